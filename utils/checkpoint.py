@@ -1,0 +1,65 @@
+"""Checkpoints: plain data only, written atomically, read with ``weights_only=True``.
+
+A checkpoint is a dict of tensors and builtins (DESIGN.md section 6):
+    model        state_dict (float32) of the trained model
+    ema          state_dict of the EMA model or None (what val/detect use when present)
+    model_yaml   dict that rebuilds the architecture exactly (nc, resolved anchors, head settings)
+    names        list of class names
+    hyp, opt     dicts of the run's hyperparameters and options
+    epoch, best_fitness, optimizer, scaler, ema_updates, scheduler   (what --resume needs)
+Nothing here unpickles code, so a checkpoint from anywhere is safe to open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: Union[str, Path]) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves a broken file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); clear errors for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found (train one with train.py or see weights/README.md)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt/unsafe files; name the file
+        raise ValueError(f"{path}: not a readable checkpoint of this project ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    if not isinstance(checkpoint, dict) or "model_yaml" not in checkpoint or "model" not in checkpoint:
+        raise ValueError(f"{path}: not a checkpoint of this project (expected a dict with 'model' and 'model_yaml')")
+    return checkpoint
+
+
+def build_model(checkpoint: dict[str, Any], use_ema: bool = True) -> torch.nn.Module:
+    """Rebuild the model of a checkpoint (EMA weights when present and ``use_ema``), in eval mode, float32."""
+    from models.yolo import Model
+
+    model = Model(checkpoint["model_yaml"])
+    state = checkpoint.get("ema") if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.names = list(checkpoint.get("names") or [str(i) for i in range(model.nc)])
+    return model.eval()

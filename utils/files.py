@@ -1,0 +1,32 @@
+"""File-system helpers shared by the CLIs: known media suffixes and incremented run folders."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Union
+
+IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
+VID_FORMATS = ("asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "ts", "wmv")
+
+
+def is_image_file(path: Union[str, Path]) -> bool:
+    return Path(path).suffix[1:].lower() in IMG_FORMATS
+
+
+def is_video_file(path: Union[str, Path]) -> bool:
+    return Path(path).suffix[1:].lower() in VID_FORMATS
+
+
+def increment_path(path: Union[str, Path], exist_ok: bool = False, mkdir: bool = False) -> Path:
+    """runs/train/exp -> runs/train/exp2, exp3, ... (the first free one) unless exist_ok."""
+    path = Path(path)
+    if path.exists() and not exist_ok:
+        stem_match = re.match(r"^(.*?)(\d*)$", path.name)
+        stem = stem_match.group(1) if stem_match else path.name
+        siblings = [p.name for p in path.parent.glob(f"{stem}*")]
+        numbers = [int(m.group(1)) for name in siblings if (m := re.fullmatch(rf"{re.escape(stem)}(\d+)", name))]
+        path = path.with_name(f"{stem}{max(numbers + [1]) + 1}")
+    if mkdir:
+        path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,144 @@
+"""Non-maximum suppression: torchvision's kernel when it loads, an exact pure-torch twin otherwise.
+
+The pure-torch path reproduces greedy NMS without a Python loop over boxes: it iterates
+"a box is suppressed iff a kept, higher-scoring box overlaps it" to its fixed point, which is
+exactly the greedy result, in a handful of vectorised passes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable, Optional
+
+import torch
+
+from utils.boxes import box_iou, cxcywh_to_xyxy
+
+logger = logging.getLogger(__name__)
+
+# Pairwise overlap matrices above this many boxes are built in row blocks to bound memory.
+_IOU_BLOCK_ROWS = 4096
+
+
+@functools.lru_cache(maxsize=1)
+def _torchvision_nms() -> Optional[Callable]:
+    """torchvision.ops.nms if its compiled op works here, else None (warned once)."""
+    try:
+        from torchvision.ops import nms as tv_nms
+
+        tv_nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+        return tv_nms
+    except (ImportError, RuntimeError, AttributeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        logger.warning("torchvision NMS unavailable (%s); using the pure-torch NMS", reason)
+        return None
+
+
+def nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
+    """Exact greedy NMS in pure torch.
+
+    Args:
+        boxes: (N, 4) xyxy.
+        scores: (N,) scores.
+        iou_thres: boxes overlapping a kept, higher-scoring box by IoU > iou_thres are dropped.
+    Returns:
+        (n,) int64 indices into ``boxes`` of the kept boxes, by decreasing score.
+    """
+    order = scores.argsort(descending=True, stable=True)
+    sorted_boxes = boxes[order]
+    num = sorted_boxes.shape[0]
+    if num == 0:
+        return order
+    overlaps = torch.empty((num, num), dtype=torch.bool, device=boxes.device)
+    for start in range(0, num, _IOU_BLOCK_ROWS):
+        rows = slice(start, start + _IOU_BLOCK_ROWS)
+        overlaps[rows] = box_iou(sorted_boxes[rows], sorted_boxes) > iou_thres  # (rows, N)
+    overlaps.triu_(diagonal=1)  # only a higher-scoring box (row i < column j) can suppress
+    keep = torch.ones(num, dtype=torch.bool, device=boxes.device)
+    while True:
+        suppressed = (overlaps & keep[:, None]).any(0)  # (N,)
+        new_keep = ~suppressed
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return order[keep]
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, backend: str = "auto") -> torch.Tensor:
+    """Greedy NMS; ``backend`` is ``auto`` (torchvision if usable), ``torchvision`` or ``torch``.
+
+    Returns (n,) int64 indices of kept boxes by decreasing score.
+    """
+    if backend not in ("auto", "torchvision", "torch"):
+        raise ValueError(f"unknown NMS backend {backend!r}; expected auto, torchvision or torch")
+    kernel = _torchvision_nms() if backend != "torch" else None
+    if kernel is None:
+        if backend == "torchvision":
+            raise RuntimeError("torchvision NMS was requested but torchvision's ops cannot be loaded")
+        return nms_torch(boxes, scores, iou_thres)
+    return kernel(boxes, scores, iou_thres)
+
+
+def batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_thres: float, backend: str = "auto"
+) -> torch.Tensor:
+    """Class-aware NMS: boxes of different ``classes`` (N,) never suppress each other."""
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    span = boxes.max() - boxes.min() + 1  # shifting by class * span makes classes disjoint
+    offsets = classes.to(boxes.dtype)[:, None] * span  # (N, 1)
+    return nms(boxes + offsets, scores, iou_thres, backend)
+
+
+def non_max_suppression(
+    prediction: torch.Tensor,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    classes: Optional[list[int]] = None,
+    agnostic: bool = False,
+    multi_label: bool = False,
+    max_det: int = 300,
+    nc: Optional[int] = None,
+    max_candidates: int = 30000,
+    backend: str = "auto",
+) -> list[torch.Tensor]:
+    """Decoded head output -> per-image detections.
+
+    Args:
+        prediction: (B, N, 5 + nc + E) rows ``cx, cy, w, h, obj, cls_0..cls_{nc-1}, extra_0..`` in
+            pixels; the E extra columns (e.g. the C-BBL localization uncertainty) ride along.
+        nc: number of classes; defaults to all columns after objectness (E = 0).
+        max_candidates: boxes above ``conf_thres`` kept for NMS per image, highest first; a warning is
+            logged whenever more are present (never a silent cut).
+    Returns:
+        B tensors of (n, 6 + E): ``x1, y1, x2, y2, conf, cls, extra..``, by decreasing conf, n <= max_det.
+    """
+    if not (0 <= conf_thres <= 1 and 0 <= iou_thres <= 1):
+        raise ValueError(f"conf_thres={conf_thres} and iou_thres={iou_thres} must lie in [0, 1]")
+    nc = prediction.shape[2] - 5 if nc is None else nc
+    num_extra = prediction.shape[2] - 5 - nc
+    outputs = []
+    for image_pred in prediction:  # (N, 5 + nc + E)
+        image_pred = image_pred[image_pred[:, 4] > conf_thres]
+        boxes = cxcywh_to_xyxy(image_pred[:, :4])
+        class_scores = image_pred[:, 5 : 5 + nc] * image_pred[:, 4:5]  # (n, nc) conf = obj * cls
+        extras = image_pred[:, 5 + nc :]  # (n, E)
+        if multi_label and nc > 1:
+            box_idx, cls_idx = (class_scores > conf_thres).nonzero(as_tuple=True)
+            conf = class_scores[box_idx, cls_idx]
+        else:
+            conf, cls_idx = class_scores.max(1)
+            box_idx = torch.arange(len(conf), device=conf.device)
+            box_idx, cls_idx, conf = box_idx[conf > conf_thres], cls_idx[conf > conf_thres], conf[conf > conf_thres]
+        dets = torch.cat([boxes[box_idx], conf[:, None], cls_idx[:, None].float(), extras[box_idx]], 1)
+        if classes is not None:
+            dets = dets[(dets[:, 5:6] == torch.tensor(classes, device=dets.device)).any(1)]
+        if dets.shape[0] > max_candidates:
+            logger.warning("NMS: %d candidates above conf %.3g, keeping the top %d", len(dets), conf_thres,
+                           max_candidates)
+            dets = dets[dets[:, 4].argsort(descending=True)[:max_candidates]]
+        class_ids = torch.zeros_like(dets[:, 5]) if agnostic else dets[:, 5]
+        keep = batched_nms(dets[:, :4], dets[:, 4], class_ids, iou_thres, backend)[:max_det]
+        outputs.append(dets[keep].reshape(-1, 6 + num_extra))
+    return outputs

@@ -1,0 +1,100 @@
+"""Tests for utils/nms.py: the pure-torch NMS equals torchvision's; the full pipeline's contract."""
+
+import logging
+
+import pytest
+import torch
+from conftest import random_boxes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from utils import nms as nms_module
+from utils.nms import batched_nms, nms, nms_torch, non_max_suppression
+
+torchvision_ops = pytest.importorskip("torchvision.ops")
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.integers(0, 300), st.floats(0.1, 0.9), st.integers(0, 10_000))
+def test_pure_torch_nms_equals_torchvision(num, iou_thres, seed):
+    boxes = random_boxes(num, size=200.0, seed=seed)
+    scores = torch.rand(num, generator=torch.Generator().manual_seed(seed))
+    expected = torchvision_ops.nms(boxes, scores, iou_thres)
+    assert torch.equal(nms_torch(boxes, scores, iou_thres), expected)
+
+
+def test_pure_torch_batched_nms_equals_torchvision():
+    boxes = random_boxes(500, size=300.0, seed=3)
+    scores = torch.rand(500, generator=torch.Generator().manual_seed(4))
+    classes = torch.randint(0, 5, (500,), generator=torch.Generator().manual_seed(5))
+    expected = torchvision_ops.batched_nms(boxes, scores, classes, 0.5)
+    assert torch.equal(batched_nms(boxes, scores, classes, 0.5, backend="torch"), expected)
+
+
+def test_nms_chain_suppression_is_greedy():
+    # A overlaps B, B overlaps C, A does not overlap C: greedy keeps A and C.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [4.0, 0, 14, 10], [8.0, 0, 18, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert nms_torch(boxes, scores, 0.3).tolist() == [0, 2]
+
+
+def test_fallback_warns_once_and_works(monkeypatch, caplog):
+    nms_module._torchvision_nms.cache_clear()
+
+    def broken_import(*args, **kwargs):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(torchvision_ops, "nms", broken_import)
+    with caplog.at_level(logging.WARNING):
+        keep = nms(random_boxes(20), torch.rand(20), 0.5)
+        nms(random_boxes(20), torch.rand(20), 0.5)
+    warnings = [r for r in caplog.records if "torchvision NMS unavailable" in r.message]
+    assert len(warnings) == 1 and "torchvision::nms" in warnings[0].message
+    assert keep.dtype == torch.int64 and len(keep) > 0
+    with pytest.raises(RuntimeError, match="torchvision"):
+        nms(random_boxes(5), torch.rand(5), 0.5, backend="torchvision")
+    nms_module._torchvision_nms.cache_clear()
+
+
+def _prediction(rows):
+    return torch.tensor(rows, dtype=torch.float32)[None]  # (1, N, 5 + nc + E)
+
+
+def test_non_max_suppression_contract_with_extra_column():
+    # cx, cy, w, h, obj, cls0, cls1, uncertainty
+    pred = _prediction([
+        [50, 50, 20, 20, 0.9, 0.9, 0.1, 0.3],
+        [51, 50, 20, 20, 0.8, 0.9, 0.1, 0.7],  # duplicate of the first, same class: suppressed
+        [51, 50, 20, 20, 0.8, 0.1, 0.9, 0.5],  # same place, other class: kept (class-aware)
+        [200, 200, 10, 10, 0.1, 0.9, 0.1, 0.2],  # below conf_thres
+    ])
+    (dets,) = non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, nc=2)
+    assert dets.shape == (2, 7)
+    torch.testing.assert_close(dets[0, :4], torch.tensor([40.0, 40.0, 60.0, 60.0]))
+    torch.testing.assert_close(dets[:, 4], torch.tensor([0.81, 0.72]))
+    assert dets[:, 5].tolist() == [0.0, 1.0]
+    torch.testing.assert_close(dets[:, 6], torch.tensor([0.3, 0.5]))
+    (agnostic,) = non_max_suppression(pred, 0.25, 0.45, agnostic=True, nc=2)
+    assert len(agnostic) == 1
+    (only_class_1,) = non_max_suppression(pred, 0.25, 0.45, classes=[1], nc=2)
+    assert only_class_1[:, 5].tolist() == [1.0]
+
+
+def test_non_max_suppression_max_det_and_candidates_warning(caplog):
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.rand(1, 600, 2, generator=generator) * 2000
+    pred = torch.cat([centres, torch.full((1, 600, 2), 8.0), torch.rand(1, 600, 3, generator=generator) * 0.5 + 0.5],
+                     2)
+    (dets,) = non_max_suppression(pred, 0.01, 0.5, max_det=500)
+    assert len(dets) == 500
+    assert (dets[:-1, 4] >= dets[1:, 4]).all()
+    with caplog.at_level(logging.WARNING):
+        non_max_suppression(pred, 0.01, 0.5, max_candidates=100)
+    assert any("candidates" in r.message for r in caplog.records)
+
+
+def test_non_max_suppression_empty_and_bad_thresholds():
+    (dets,) = non_max_suppression(torch.zeros(1, 0, 7), nc=2)
+    assert dets.shape == (0, 6)
+    with pytest.raises(ValueError, match="conf_thres"):
+        non_max_suppression(torch.zeros(1, 1, 7), conf_thres=1.5)

@@ -33,3 +33,73 @@ def aerial_coco_sample() -> Path:
     if not AERIAL_COCO_SAMPLE.is_dir():
         pytest.skip(f"shared aerial COCO sample not found at {AERIAL_COCO_SAMPLE}")
     return AERIAL_COCO_SAMPLE
+
+
+# A tiny two-level detector (strides 8 and 16) for plumbing tests of detect/val/export.
+TINY_MODEL_YAML = {
+    "nc": 3,
+    "depth_multiple": 1.0,
+    "width_multiple": 1.0,
+    "anchors": [[4, 5, 8, 10, 12, 8], [16, 20, 24, 16, 32, 40]],
+    "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [16, 3, 2]], [-1, 1, "Conv", [16, 3, 2]],
+                 [-1, 1, "Conv", [32, 3, 2]]],
+    "head": [[[2, 3], 1, "Detect", ["nc", "anchors"]]],
+}
+
+
+def make_tiny_checkpoint(path: Path, box: str = "regress", names: list | None = None, seed: int = 0,
+                         objectness_logit: float | None = 0.0) -> Path:
+    """Save a randomly initialised tiny model as a project checkpoint at ``path``.
+
+    ``objectness_logit`` overwrites the objectness and class biases (0.0: sigmoid 0.5 each, so random weights
+    give confidences near 0.25 and many boxes above a conf threshold of 0.1); None keeps YOLOv5's priors
+    (almost no boxes).
+    """
+    from models.yolo import Model
+    from utils.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = Model(TINY_MODEL_YAML, head={"box": box})
+    detect = model.detect
+    if objectness_logit is not None:
+        with torch.no_grad():
+            for conv in detect.m:
+                conv.bias.view(detect.na, detect.no)[:, detect.box_channels:] = objectness_logit
+    names = names or ["car", "pedestrian", "van"]
+    save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml, "names": names,
+                     "epoch": 0}, path)
+    return path
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """Factory: ``tiny_checkpoint(box='regress'|'cbbl', name='tiny.pt', **kw)`` -> path of a saved tiny model."""
+
+    def make(box: str = "regress", name: str | None = None, **kwargs) -> Path:
+        return make_tiny_checkpoint(tmp_path / (name or f"tiny_{box}.pt"), box=box, **kwargs)
+
+    return make
+
+
+def make_yolo_dataset(root: Path, num_images: int = 6, size: tuple[int, int] = (96, 128), seed: int = 0) -> Path:
+    """Tiny YOLO dataset under ``root/images`` + ``root/labels``: black (h, w) PNGs with 1-3 filled boxes,
+    box k in colour channel k (255), label class k. Returns the images folder."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    height, width = size
+    for index in range(num_images):
+        image = np.zeros((height, width, 3), np.uint8)
+        lines = []
+        for channel in range(int(rng.integers(1, 4))):
+            box_w, box_h = rng.integers(6, width // 3), rng.integers(6, height // 3)
+            x1, y1 = rng.integers(0, width - box_w), rng.integers(0, height - box_h)
+            image[y1:y1 + box_h, x1:x1 + box_w, channel] = 255
+            lines.append(f"{channel} {(x1 + box_w / 2) / width:.6f} {(y1 + box_h / 2) / height:.6f} "
+                         f"{box_w / width:.6f} {box_h / height:.6f}")
+        cv2.imwrite(str(root / "images" / f"im{index}.png"), image[:, :, ::-1])  # channel 0 = red in RGB
+        (root / "labels" / f"im{index}.txt").write_text("\n".join(lines) + "\n")
+    return root / "images"

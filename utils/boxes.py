@@ -122,6 +122,21 @@ def box_ioa(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     return inter / (box_area(boxes1)[:, None] + _EPS)
 
 
+def paired_overlap(boxes1: np.ndarray, boxes2: np.ndarray, use_ioa: np.ndarray) -> np.ndarray:
+    """Exact overlap of aligned pairs: (P, 4), (P, 4) xyxy -> (P,) float64, no epsilon.
+
+    Row i is IoU(boxes1[i], boxes2[i]), or intersection / area(boxes1[i]) where ``use_ioa[i]``.
+    Evaluation compares these with thresholds exactly as COCO/VisDrone do (an IoU of exactly 0.75
+    must pass 0.75); a zero denominator gives 0.
+    """
+    inter_w = (np.minimum(boxes1[:, 2], boxes2[:, 2]) - np.maximum(boxes1[:, 0], boxes2[:, 0])).clip(min=0)
+    inter_h = (np.minimum(boxes1[:, 3], boxes2[:, 3]) - np.maximum(boxes1[:, 1], boxes2[:, 1])).clip(min=0)
+    inter = inter_w * inter_h
+    area1 = box_area(boxes1)
+    denominator = np.where(use_ioa, area1, area1 + box_area(boxes2) - inter)
+    return np.divide(inter, denominator, out=np.zeros_like(inter, dtype=np.float64), where=denominator > 0)
+
+
 def aligned_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str = "iou") -> torch.Tensor:
     """Element-wise IoU family of (..., 4) cxcywh boxes -> (...).
 

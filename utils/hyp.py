@@ -13,10 +13,9 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, default_beta
+from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, UM_MODES, default_beta
 
 BOX_LOSSES = ("ciou", "l1", "smooth_l1", "cbbl")
-UM_MODES = ("abs", "min")
 
 
 @dataclass(frozen=True)

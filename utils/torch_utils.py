@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import os
 import random
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,3 +60,45 @@ def time_sync() -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.time()
+
+
+class ModelEMA:
+    """Exponential moving average of a model's float weights (buffers copied), for steadier evaluation.
+
+    decay(updates) = decay * (1 - exp(-updates / tau)) ramps from 0 so the early average follows
+    the fast-changing weights; ``state_dict``/``load_state_dict`` carry it across a resume.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0):
+        self.ema = copy.deepcopy(de_parallel(model)).eval()
+        self.decay, self.tau, self.updates = decay, tau, updates
+        for param in self.ema.parameters():
+            param.requires_grad_(False)
+
+    def current_decay(self) -> float:
+        return self.decay * (1 - math.exp(-self.updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Blend the live weights in: ema = d * ema + (1 - d) * live for floats; other buffers copied."""
+        self.updates += 1
+        decay = self.current_decay()
+        live_state = de_parallel(model).state_dict()
+        for name, ema_value in self.ema.state_dict().items():
+            if ema_value.dtype.is_floating_point:
+                ema_value.mul_(decay).add_(live_state[name].detach().to(ema_value.dtype), alpha=1 - decay)
+            else:
+                ema_value.copy_(live_state[name])
+
+    def update_attr(self, model: nn.Module, names: tuple[str, ...] = ("yaml", "nc", "names", "stride")) -> None:
+        """Copy plain attributes (class names, yaml, ...) from the live model."""
+        for name in names:
+            if hasattr(de_parallel(model), name):
+                setattr(self.ema, name, getattr(de_parallel(model), name))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.load_state_dict(state["ema"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,190 @@
+"""The reference side of speed_vs_yolov5.py: Ultralytics' YOLOv5 (PyPI ``yolov5``), run in its own venv.
+
+Runs INSIDE the reference virtual environment and never imports our code (``utils``/``models`` here
+would be theirs). Each task reads the shared inputs written by speed_vs_yolov5.py (same images,
+targets, candidates, predictions) and prints one line ``RESULT_JSON: {...}`` with its timings.
+Their models are built from their YAML with random weights (no download): same architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULT_PREFIX = "RESULT_JSON: "
+
+
+def _timed(fn, warmup: int, repeats: int) -> dict:
+    """Median/min/max wall seconds of fn() after warm-up calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def _package_dir() -> Path:
+    import yolov5
+
+    return Path(yolov5.__file__).resolve().parent
+
+
+def _hyp() -> dict:
+    import yaml
+
+    with open(_package_dir() / "data" / "hyps" / "hyp.scratch-low.yaml", encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _build_model(cfg: str, nc: int):
+    """Their Model from their YAML (random weights), with the hyps their ComputeLoss reads."""
+    from yolov5.models.yolo import Model
+
+    torch.manual_seed(0)
+    model = Model(str(_package_dir() / "models" / f"{cfg}.yaml"), ch=3, nc=nc)
+    model.hyp = _hyp()
+    return model
+
+
+def task_train_step(args: argparse.Namespace) -> dict:
+    """Forward + loss + backward on the shared batch (train mode, fp32, CPU)."""
+    from yolov5.utils.loss import ComputeLoss
+
+    batch = torch.load(Path(args.inputs) / "train_batch.pt", weights_only=True)
+    images = batch["images"].float() / 255  # (B, 3, H, W)
+    targets = batch["targets"]  # (M, 6) [image, class, cx, cy, w, h] normalised
+    model = _build_model(args.cfg, args.nc).train()
+    criterion = ComputeLoss(model)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        loss, _ = criterion(model(images), targets)
+        loss.backward()
+
+    return _timed(step, args.warmup, args.repeats)
+
+
+def task_infer(args: argparse.Namespace) -> dict:
+    """Batch-1 latency per image size: eval mode, Conv+BN fused (their ``fuse()``), no grad."""
+    model = _build_model(args.cfg, args.nc).fuse().eval()
+    results = {}
+    for size in args.sizes:
+        image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.inference_mode():
+            results[str(size)] = _timed(lambda image=image: model(image), args.warmup, args.repeats)
+    return results
+
+
+def task_nms(args: argparse.Namespace) -> dict:
+    """Their non_max_suppression on the shared candidate tensor (1, N, 5 + nc), per named setting."""
+    from yolov5.utils.general import non_max_suppression
+
+    candidates = torch.load(Path(args.inputs) / "nms_candidates.pt", weights_only=True)
+    settings = torch.load(Path(args.inputs) / "nms_settings.pt", weights_only=True)
+
+    results = {}
+    for name, setting in settings.items():
+        def run(setting=setting) -> list:
+            return non_max_suppression(candidates, **setting)
+
+        results[name] = {**_timed(run, args.warmup, args.repeats), "kept": int(run()[0].shape[0])}
+    return results
+
+
+def task_dataloader(args: argparse.Namespace) -> dict:
+    """Images per second through their mosaic training loader on the shared YOLO-format images."""
+    from yolov5.utils.dataloaders import create_dataloader
+
+    loader, dataset = create_dataloader(args.images, args.img, args.batch, 32, hyp=_hyp(), augment=True,
+                                        cache=False, rect=False, workers=args.workers, shuffle=True, seed=0)
+    return _drain(loader, args.batches)
+
+
+def _drain(loader, num_batches: int) -> dict:
+    """Time ``num_batches`` batches after one warm-up batch; cycles the loader if it is shorter."""
+    iterator, seen, start = iter(loader), 0, None
+    for index in range(num_batches + 1):
+        try:
+            images = next(iterator)[0]
+        except StopIteration:
+            iterator = iter(loader)
+            images = next(iterator)[0]
+        if index == 0:
+            start = time.perf_counter()
+            continue
+        seen += images.shape[0]
+    elapsed = time.perf_counter() - start
+    return {"images": seen, "seconds": elapsed, "images_per_s": seen / elapsed}
+
+
+def task_metrics(args: argparse.Namespace) -> dict:
+    """Their val.py matching (process_batch per image, 10 IoUs) then ap_per_class on the shared predictions."""
+    if not hasattr(np, "trapz"):  # their compute_ap calls np.trapz, renamed np.trapezoid in numpy 2.x
+        np.trapz = np.trapezoid
+    from yolov5.utils.metrics import ap_per_class
+    from yolov5.val import process_batch
+
+    data = np.load(Path(args.inputs) / "metric_inputs.npz")
+    preds, labels = torch.from_numpy(data["preds"]), torch.from_numpy(data["labels"])  # (P, 7), (L, 6)
+    num_images = int(data["num_images"])
+    per_image = [(preds[preds[:, 0] == i, 1:], labels[labels[:, 0] == i, 1:]) for i in range(num_images)]
+    iouv = torch.linspace(0.5, 0.95, 10)
+
+    def run() -> tuple:
+        stats = []
+        for det, lab in per_image:
+            correct = process_batch(det, lab, iouv)
+            stats.append((correct, det[:, 4], det[:, 5], lab[:, 0]))
+        tp, conf, pred_cls, target_cls = (torch.cat(x, 0).numpy() for x in zip(*stats))
+        return ap_per_class(tp, conf, pred_cls, target_cls, names={i: str(i) for i in range(args.nc)})
+
+    timing = _timed(run, args.warmup, args.repeats)
+    ap = run()[5]  # (nc, 10)
+    timing["map50"], timing["map50_95"] = float(ap[:, 0].mean()), float(ap.mean())
+    return timing
+
+
+TASKS = {"train_step": task_train_step, "infer": task_infer, "nms": task_nms, "dataloader": task_dataloader,
+         "metrics": task_metrics}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("--inputs", default="", help="folder of shared inputs written by speed_vs_yolov5.py")
+    parser.add_argument("--cfg", default="yolov5s", help="their model YAML name (yolov5n, yolov5s, ...)")
+    parser.add_argument("--nc", type=int, default=10)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[640])
+    parser.add_argument("--images", default="", help="YOLO-format image folder for the dataloader task")
+    parser.add_argument("--img", type=int, default=640)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("YOLOv5_VERBOSE", "False")
+    result = {"task": args.task, "cfg": args.cfg, "torch_threads": torch.get_num_threads(), **TASKS[args.task](args)}
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

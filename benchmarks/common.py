@@ -1,0 +1,127 @@
+"""What every benchmark script shares: the machine/versions header, a timer, CSV/JSON writers.
+
+Kept tiny on purpose so any ``benchmarks/*.py`` can adopt it: figures are only meaningful next to
+the machine, the load on it and the library versions that produced them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str:
+    """Short commit of the working tree the figures came from ('unknown' outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """Machine (CPU, cores, 1/5/15-min load), library versions and git commit, as a flat dict."""
+    import cv2
+    import numpy
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_1_5_15": [round(x, 2) for x in load],
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "opencv": cv2.__version__,
+        "commit": _git_commit(),
+    }
+
+
+def header_lines(settings: dict[str, Any]) -> list[str]:
+    """Human-readable header: environment then settings, one ``key: value`` per line."""
+    env = environment()
+    return [f"{key}: {value}" for key, value in {**env, **settings}.items()]
+
+
+def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> dict[str, float]:
+    """Wall-clock seconds of ``fn()``: warm-up calls discarded, then median/min/max over ``repeats``."""
+    if repeats < 1:
+        raise ValueError(f"time_call needs repeats >= 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as indented JSON (atomic: temp file then rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write rows (dicts; columns = union of keys in first-seen order) as CSV, replacing the file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV written by :func:`write_csv` / :func:`append_csv_row` ([] if the file is missing)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def append_csv_row(path: Path, row: dict[str, Any]) -> Path:
+    """Add one row, so a long study keeps every finished result; rewrites the file if new columns appear."""
+    rows = read_csv(path)
+    known = list(rows[0].keys()) if rows else []
+    if rows and all(key in known for key in row):
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=known).writerow(row)
+        return Path(path)
+    return write_csv(path, [*rows, row])

@@ -1,0 +1,148 @@
+"""The Detect head: per level a 1x1 conv predicting, per anchor, box channels + objectness + classes.
+
+Two box modes (DESIGN.md section 3): ``regress`` (4 raw offsets, YOLOv5) and ``cbbl`` (4*K logits, one
+distribution over the C-BBL grid per coordinate). The head only predicts and decodes; assignment and loss
+live in utils/loss.py. Everything after the eval-mode decode sees ordinary cx, cy, w, h boxes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, CBBLGrid, decode_offsets, expectation_and_entropy
+
+BOX_MODES = ("regress", "cbbl")
+DEFAULT_HEAD = {"box": "regress", "bins": 11, "alpha": 4.0, "beta": 5.0, "space": "logit", "restore": "expectation"}
+# YOLOv5 priors: about 8 objects per 640x640 image, and 0.6 of the class mass spread over nc classes.
+OBJECTS_PER_640_IMAGE = 8.0
+CLASS_PRIOR = 0.6
+PRIOR_IMAGE_SIZE = 640.0
+
+
+def resolve_head(settings: Optional[dict]) -> dict:
+    """DEFAULT_HEAD updated with ``settings``; ValueError naming an unknown key or value."""
+    head = dict(DEFAULT_HEAD)
+    unknown = sorted(set(settings or {}) - set(head))
+    if unknown:
+        raise ValueError(f"unknown Detect head setting(s) {unknown}; known: {sorted(head)}")
+    head.update({key: value for key, value in (settings or {}).items() if value is not None})
+    for key, choices in (("box", BOX_MODES), ("space", OFFSET_SPACES), ("restore", RESTORE_MODES)):
+        if head[key] not in choices:
+            raise ValueError(f"Detect head {key}={head[key]!r} is not one of {choices}")
+    if head["box"] == "regress" and head["space"] != "logit":
+        raise ValueError(f"regression always decodes in the 'logit' space, got space={head['space']!r}")
+    head["bins"], head["alpha"], head["beta"] = int(head["bins"]), float(head["alpha"]), float(head["beta"])
+    return head
+
+
+class Detect(nn.Module):
+    """Prediction head over ``nl`` feature levels with ``na`` anchors each.
+
+    Args:
+        nc: number of classes.
+        anchors: per level a flat list ``[w0, h0, w1, h1, ...]`` in pixels (converted to grid units by
+            :meth:`set_stride`).
+        ch: input channels per level.
+        head: Detect settings, see :data:`DEFAULT_HEAD`.
+    """
+
+    def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int], head: Optional[dict] = None):
+        super().__init__()
+        settings = resolve_head(head)
+        self.nc, self.nl, self.na = int(nc), len(anchors), len(anchors[0]) // 2
+        if len(ch) != self.nl:
+            raise ValueError(f"Detect got {len(ch)} input levels but anchors for {self.nl} levels")
+        self.box_mode, self.bins, self.space, self.restore = settings["box"], settings["bins"], settings["space"], \
+            settings["restore"]
+        self.alpha, self.beta = settings["alpha"], settings["beta"]
+        self.grid: Optional[CBBLGrid] = None
+        if self.box_mode == "cbbl":
+            self.grid = CBBLGrid(alpha=self.alpha, bins=self.bins, beta=self.beta)
+        self.box_channels = 4 * self.bins if self.grid is not None else 4
+        self.num_extra = 1 if self.grid is not None else 0
+        self.no = self.box_channels + 1 + self.nc
+        points = self.grid.points if self.grid is not None else torch.zeros(1)
+        self.register_buffer("grid_points", points.reshape(-1, 1).clone(), persistent=False)  # (K, 1)
+        self.register_buffer("stride", torch.ones(self.nl))
+        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(self.nl, self.na, 2))
+        self.m = nn.ModuleList(nn.Conv2d(channels, self.no * self.na, 1) for channels in ch)
+
+    def settings(self) -> dict:
+        """The head settings that rebuild this head (stored in ``model.yaml['detect']``)."""
+        return {"box": self.box_mode, "bins": self.bins, "alpha": self.alpha, "beta": self.beta,
+                "space": self.space, "restore": self.restore}
+
+    def set_stride(self, stride: torch.Tensor) -> None:
+        """Record the level strides and turn the pixel anchors into grid units (pixels / stride)."""
+        self.stride.copy_(stride)
+        self.anchors.div_(stride.view(-1, 1, 1))
+
+    def initialize_biases(self, image_size: float = PRIOR_IMAGE_SIZE) -> None:
+        """YOLOv5 objectness/class priors; C-BBL box logits equal, so the initial expectation is offset 0.
+
+        Objectness: log(8 objects / number of cells at that stride); classes: log(0.6 / (nc - 0.99)).
+        """
+        class_prior = math.log(CLASS_PRIOR / (self.nc - 0.99))
+        with torch.no_grad():
+            for conv, stride in zip(self.m, self.stride.tolist()):
+                bias = conv.bias.view(self.na, self.no)  # (A, no), shares storage with the conv bias
+                if self.grid is not None:
+                    bias[:, :self.box_channels] = 0.0
+                bias[:, self.box_channels] = math.log(OBJECTS_PER_640_IMAGE / (image_size / stride) ** 2)
+                bias[:, self.box_channels + 1:] = class_prior
+
+    def forward(self, features: list[torch.Tensor]):
+        """Training: list of nl raw tensors (B, A, H, W, box_channels + 1 + nc).
+
+        Eval: (pred (B, N, 5 + nc + num_extra), raw list) with pred = cx, cy, w, h (pixels of the network
+        input), sigmoid objectness and classes, and in C-BBL mode the mean entropy over the 4 coordinates.
+        """
+        raw = []
+        for level, conv in enumerate(self.m):
+            out = conv(features[level])
+            batch, _, height, width = out.shape
+            raw.append(out.view(batch, self.na, self.no, height, width).permute(0, 1, 3, 4, 2).contiguous())
+            # raw[-1]: (B, A, H, W, no)
+        if self.training:
+            return raw
+        return torch.cat([self.decode_level(out, level) for level, out in enumerate(raw)], 1), raw
+
+    def box_offsets(self, box_raw: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Raw box channels (..., box_channels) -> (offsets t (..., 4), uncertainty (..., 1) or None).
+
+        C-BBL expectation = softmax then a fixed K -> 1 projection on the grid points (export friendly).
+        """
+        if self.grid is None:
+            return box_raw, None
+        logits = box_raw.unflatten(-1, (4, self.bins))  # (..., 4, K)
+        offsets, coord_entropy = expectation_and_entropy(logits, self.grid_points)  # (..., 4) each
+        if self.restore == "top2":
+            offsets = self.grid.decode(logits, "top2")  # (..., 4)
+        uncertainty = coord_entropy.mean(-1, keepdim=True)  # (..., 1)
+        return offsets.to(box_raw.dtype), uncertainty.to(box_raw.dtype)
+
+    def decode_level(self, raw: torch.Tensor, level: int) -> torch.Tensor:
+        """One level's raw (B, A, H, W, no) -> (B, A*H*W, 5 + nc + num_extra) float32 decoded predictions.
+
+        Float32 even for a half-precision model: fp16 spacing is 1 px above 1024 px, too coarse for tiny boxes.
+        """
+        raw = raw.float()
+        batch, _, height, width, _ = raw.shape
+        offsets, uncertainty = self.box_offsets(raw[..., :self.box_channels])
+        cell_offset, size_ratio = decode_offsets(offsets, self.space)  # (B, A, H, W, 2) each
+        stride = self.stride[level]
+        ys = torch.arange(height, device=raw.device, dtype=raw.dtype)
+        xs = torch.arange(width, device=raw.device, dtype=raw.dtype)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        cell_xy = torch.stack((grid_x, grid_y), -1).view(1, 1, height, width, 2)  # (1, 1, H, W, 2)
+        anchor_wh = (self.anchors[level] * stride).view(1, self.na, 1, 1, 2).to(raw.dtype)  # pixels
+        box_xy = (cell_offset + cell_xy) * stride
+        box_wh = size_ratio * anchor_wh
+        scores = raw[..., self.box_channels:].sigmoid()  # (B, A, H, W, 1 + nc)
+        parts = [box_xy, box_wh, scores] + ([uncertainty] if uncertainty is not None else [])
+        return torch.cat(parts, -1).view(batch, -1, 5 + self.nc + self.num_extra)

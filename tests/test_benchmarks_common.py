@@ -1,0 +1,50 @@
+"""benchmarks/common.py: the environment header, the timer and the resumable CSV writers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.common import append_csv_row, environment, header_lines, read_csv, time_call, write_csv, write_json
+
+
+def test_environment_names_machine_and_versions():
+    env = environment()
+    for key in ("cpu", "cores", "load_1_5_15", "python", "torch", "numpy", "opencv"):
+        assert key in env and env[key] not in (None, "")
+    assert len(env["load_1_5_15"]) == 3
+
+
+def test_header_lines_put_settings_after_environment():
+    lines = header_lines({"img": 640})
+    assert lines[-1] == "img: 640"
+    assert any(line.startswith("torch: ") for line in lines)
+
+
+def test_time_call_counts_repeats_and_orders_stats():
+    calls = []
+    stats = time_call(lambda: calls.append(1), warmup=2, repeats=3)
+    assert len(calls) == 5
+    assert stats["min_s"] <= stats["median_s"] <= stats["max_s"]
+    with pytest.raises(ValueError, match="repeats"):
+        time_call(lambda: None, repeats=0)
+
+
+def test_append_csv_row_keeps_rows_and_widens_columns(tmp_path):
+    path = tmp_path / "runs.csv"
+    assert read_csv(path) == []
+    append_csv_row(path, {"config": "ciou", "seed": 0})
+    append_csv_row(path, {"config": "cbbl", "seed": 1})
+    append_csv_row(path, {"config": "l1", "seed": 2, "error": "boom"})
+    rows = read_csv(path)
+    assert [row["config"] for row in rows] == ["ciou", "cbbl", "l1"]
+    assert rows[0]["error"] == "" and rows[2]["error"] == "boom"
+
+
+def test_write_csv_and_json_round_trip(tmp_path):
+    write_csv(tmp_path / "a.csv", [{"x": 1, "y": 2.5}, {"x": 3}])
+    assert read_csv(tmp_path / "a.csv") == [{"x": "1", "y": "2.5"}, {"x": "3", "y": ""}]
+    write_json(tmp_path / "a.json", {"rows": [1, 2]})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"rows": [1, 2]}
+    assert not list(tmp_path.glob("*.tmp"))

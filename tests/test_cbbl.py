@@ -1,0 +1,199 @@
+"""Tests for utils/cbbl.py: the grid, two-hot encode / decode, the C-BBL losses and the offset spaces."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from utils.cbbl import (
+    CBBLGrid,
+    ce_loss,
+    decode_offsets,
+    default_beta,
+    distribution_entropy,
+    encode_offsets,
+    entropy,
+    grid_points,
+    two_hot_loss,
+    um_loss,
+)
+
+GRID_ARGS = dict(alpha=st.floats(0.5, 8.0), bins=st.integers(2, 25), beta=st.floats(0.0, 8.0))
+
+
+@settings(deadline=None, max_examples=40)
+@given(**GRID_ARGS)
+def test_grid_symmetric_increasing_with_ends_at_alpha(alpha: float, bins: int, beta: float) -> None:
+    points = CBBLGrid(alpha, bins, beta).points
+    assert points.shape == (bins,)
+    assert torch.all(points.diff() > 0)
+    torch.testing.assert_close(points, -points.flip(0), rtol=0, atol=1e-6 * alpha)
+    assert points[0].item() == pytest.approx(-alpha) and points[-1].item() == pytest.approx(alpha)
+    if bins % 2:
+        assert points[bins // 2].item() == 0.0
+
+
+@pytest.mark.parametrize("beta, expected", [(5.0, [0, 0.047, 0.173, 0.518, 1.454, 4]),
+                                            (3.0, [0, 0.172, 0.486, 1.058, 2.101, 4])])
+def test_grid_matches_design_values(beta: float, expected: list[float]) -> None:
+    points = CBBLGrid(alpha=4.0, bins=11, beta=beta).points
+    torch.testing.assert_close(points[5:], torch.tensor(expected), rtol=0, atol=1e-3)
+
+
+def test_uniform_grid_for_beta_zero_or_flag() -> None:
+    uniform = torch.linspace(-4, 4, 11)
+    torch.testing.assert_close(CBBLGrid(beta=0.0).points, uniform)
+    torch.testing.assert_close(CBBLGrid(beta=5e-324).points, uniform)  # no 0/0 on the way to the limit
+    torch.testing.assert_close(CBBLGrid(beta=1e-6).points, uniform, rtol=0, atol=1e-5)
+    torch.testing.assert_close(CBBLGrid(beta=5.0, uniform=True).points, uniform)
+
+
+@pytest.mark.parametrize("kwargs", [dict(bins=1), dict(alpha=0.0), dict(beta=-1.0), dict(beta=200.0)])
+def test_grid_rejects_bad_settings(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="C-BBL"):
+        grid_points(**kwargs)
+
+
+@settings(deadline=None, max_examples=40)
+@given(t=st.lists(st.floats(-4.0, 4.0), min_size=1, max_size=30), beta=st.sampled_from([0.0, 3.0, 5.0]))
+def test_encode_is_a_lossless_two_hot_inside_the_range(t: list[float], beta: float) -> None:
+    grid = CBBLGrid(alpha=4.0, bins=11, beta=beta)
+    offsets = torch.tensor(t)
+    target = grid.encode(offsets)  # (n, K)
+    torch.testing.assert_close(target.sum(-1), torch.ones(len(t)))
+    nonzero = target > 0
+    assert torch.all(nonzero.sum(-1) <= 2)
+    for row in nonzero:
+        idx = row.nonzero().flatten()
+        assert len(idx) < 2 or idx[1] - idx[0] == 1, "the two non-zeros must sit on neighbouring points"
+    restored = (target.double() * grid.points.double()).sum(-1)
+    torch.testing.assert_close(restored, offsets.double(), rtol=0, atol=1e-6)
+
+
+@settings(deadline=None, max_examples=30)
+@given(t=st.lists(st.floats(-50.0, 50.0), min_size=1, max_size=30))
+def test_two_hot_index_agrees_with_searchsorted(t: list[float]) -> None:
+    grid = CBBLGrid(alpha=4.0, bins=11, beta=5.0)
+    offsets = torch.cat([torch.tensor(t), grid.points])  # the points themselves are the edge cases
+    left, weight_left = grid.two_hot(offsets)
+    clamped = offsets.clamp(-4.0, 4.0)
+    expected = torch.searchsorted(grid.points, clamped, right=True).clamp(1, 10) - 1
+    torch.testing.assert_close(left, expected)
+    assert torch.all((weight_left >= 0) & (weight_left <= 1))
+
+
+def test_encode_clamps_outside_the_range() -> None:
+    grid = CBBLGrid()
+    target = grid.encode(torch.tensor([9.0, -7.5, 4.0]))
+    assert target[0, -1] == 1 and target[1, 0] == 1 and target[2, -1] == 1
+    torch.testing.assert_close(grid.decode(torch.log(target.clamp(min=1e-12))), torch.tensor([4.0, -4.0, 4.0]),
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("restore", ["expectation", "top2"])
+def test_decode_of_a_large_one_hot_returns_that_point(restore: str) -> None:
+    grid = CBBLGrid()
+    logits = torch.eye(11) * 100.0  # row i: one-hot on point i
+    torch.testing.assert_close(grid.decode(logits, restore), grid.points, rtol=0, atol=1e-5)
+
+
+def test_top2_restores_from_the_two_largest_probabilities() -> None:
+    grid = CBBLGrid(beta=0.0)  # points -4, -3.2, ..., 4
+    probs = torch.zeros(11)
+    probs[[2, 3, 9]] = torch.tensor([0.3, 0.5, 0.2])
+    expected = (0.3 * grid.points[2] + 0.5 * grid.points[3]) / 0.8
+    torch.testing.assert_close(grid.decode(probs.log(), "top2"), expected)
+    with pytest.raises(ValueError, match="restore"):
+        grid.decode(probs.log(), "median")
+
+
+def test_ce_gradient_is_softmax_minus_target() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, 11, generator=generator, dtype=torch.float64, requires_grad=True)
+    target = CBBLGrid().encode(torch.randn(6, 4, generator=generator) * 3)
+    ce_loss(logits, target).sum().backward()
+    torch.testing.assert_close(logits.grad.float(), logits.detach().float().softmax(-1) - target, rtol=0, atol=1e-6)
+
+
+def test_um_loss_zero_at_the_target_and_positive_otherwise() -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 11, generator=generator)
+    torch.testing.assert_close(um_loss(logits, logits.softmax(-1)), torch.zeros(5), rtol=0, atol=1e-5)
+    two_hot = CBBLGrid().encode(torch.tensor([0.3, -1.0, 2.5, 0.0, 3.9]))
+    flat = torch.zeros(5, 11)  # entropy ln 11 > ln 2 >= H(two-hot)
+    assert torch.all(um_loss(flat, two_hot) > 1.0)
+    torch.testing.assert_close(um_loss(flat, two_hot, mode="min"), entropy(flat))
+    with pytest.raises(ValueError, match="UM mode"):
+        um_loss(flat, two_hot, mode="max")
+
+
+def test_entropies_are_non_negative_and_bounded() -> None:
+    logits = torch.randn(100, 11) * 5
+    assert torch.all(entropy(logits) >= 0) and torch.all(entropy(logits) <= math.log(11) + 1e-5)
+    target_entropy = distribution_entropy(CBBLGrid().encode(torch.randn(100) * 2))
+    assert torch.all(target_entropy >= 0) and torch.all(target_entropy <= math.log(2) + 1e-6)
+
+
+@pytest.mark.parametrize("um_mode", ["abs", "min"])
+def test_fused_two_hot_loss_equals_the_reference_losses(um_mode: str) -> None:
+    generator = torch.Generator().manual_seed(2)
+    grid = CBBLGrid()
+    logits = (torch.randn(40, 4, 11, generator=generator, dtype=torch.float64) * 3).requires_grad_()
+    offsets = torch.randn(40, 4, generator=generator) * 3
+    row_weights = torch.rand(40, 4, generator=generator, dtype=torch.float64)
+    left, weight_left = grid.two_hot(offsets)
+    fused, expectation = two_hot_loss(logits, left, weight_left, grid.points, 0.7, um_mode)
+    (fused_grad,) = torch.autograd.grad((fused * row_weights).sum(), logits)
+    target = grid.encode(offsets).double()
+    reference = ce_loss(logits, target) - distribution_entropy(target) + 0.7 * um_loss(logits, target, um_mode)
+    (reference_grad,) = torch.autograd.grad((reference * row_weights).sum(), logits)
+    torch.testing.assert_close(fused.double(), reference.double(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fused_grad, reference_grad, rtol=0, atol=1e-5)
+    torch.testing.assert_close(expectation, grid.decode(logits.detach()), rtol=0, atol=1e-5)
+    assert not expectation.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_everything_finite_in_low_precision_and_extreme_logits(dtype: torch.dtype, scale: float) -> None:
+    grid = CBBLGrid()
+    generator = torch.Generator().manual_seed(3)
+    logits = (torch.randn(8, 4, 11, generator=generator).sign() * scale).to(dtype).requires_grad_()
+    offsets = (torch.randn(8, 4, generator=generator) * 3).to(dtype)
+    target = grid.encode(offsets)
+    left, weight_left = grid.two_hot(offsets)
+    fused, expectation = two_hot_loss(logits, left, weight_left, grid.points)
+    values = [ce_loss(logits, target), um_loss(logits, target), um_loss(logits, target, "min"), entropy(logits),
+              grid.decode(logits), grid.decode(logits, "top2"), fused, expectation]
+    assert all(torch.isfinite(value).all() for value in values)
+    (grad,) = torch.autograd.grad(sum(value.float().sum() for value in values[:3] + [fused]), logits)
+    assert torch.isfinite(grad).all()
+
+
+@settings(deadline=None, max_examples=40)
+@given(dx=st.floats(-0.49, 1.49), dy=st.floats(-0.49, 1.49), rw=st.floats(0.26, 3.9), rh=st.floats(0.26, 3.9),
+       space=st.sampled_from(["logit", "linear"]))
+def test_offset_spaces_round_trip(dx: float, dy: float, rw: float, rh: float, space: str) -> None:
+    dxy, ratio = torch.tensor([[dx, dy]], dtype=torch.float64), torch.tensor([[rw, rh]], dtype=torch.float64)
+    t = encode_offsets(dxy, ratio, space)  # (1, 4)
+    back_dxy, back_ratio = decode_offsets(t, space)
+    torch.testing.assert_close(back_dxy, dxy, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(back_ratio, ratio, rtol=1e-6, atol=1e-9)
+
+
+def test_offset_zero_is_the_anchor_prior_in_both_spaces() -> None:
+    for space in ("logit", "linear"):
+        dxy, ratio = decode_offsets(torch.zeros(4), space)
+        torch.testing.assert_close(dxy, torch.full((2,), 0.5))
+        torch.testing.assert_close(ratio, torch.ones(2))
+    with pytest.raises(ValueError, match="offset space"):
+        decode_offsets(torch.zeros(4), "log")
+
+
+def test_default_beta_by_training_size() -> None:
+    assert default_beta(640) == 5.0 and default_beta(1023) == 5.0
+    assert default_beta(1024) == 3.0 and default_beta(1536) == 3.0

@@ -1,0 +1,117 @@
+"""models/detect.py, the Detect head: output layout, hand-worked decode in both modes, bias priors, settings.
+
+(Not tests/test_detect.py: that name belongs to the detect.py CLI.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.detect import Detect, resolve_head
+from utils.cbbl import CBBLGrid
+
+NC, STRIDE = 2, 8.0
+ANCHORS_PX = [[16.0, 24.0, 40.0, 32.0]]  # one level, two anchors (pixels)
+
+
+def make_detect(**head) -> Detect:
+    detect = Detect(NC, ANCHORS_PX, ch=[4], head=head)
+    detect.set_stride(torch.tensor([STRIDE]))
+    detect.initialize_biases()
+    return detect.eval()
+
+
+def sigmoid(value: float) -> float:
+    return 1 / (1 + math.exp(-value))
+
+
+def test_training_output_layout_both_modes():
+    for head, box_channels in (({"box": "regress"}, 4), ({"box": "cbbl", "bins": 7}, 28)):
+        detect = make_detect(**head).train()
+        out = detect([torch.randn(2, 4, 5, 3)])
+        assert len(out) == 1 and out[0].shape == (2, 2, 5, 3, box_channels + 1 + NC)
+        assert detect.box_channels == box_channels and detect.no == box_channels + 1 + NC
+    assert torch.allclose(detect.anchors, torch.tensor(ANCHORS_PX).view(1, 2, 2) / STRIDE)
+
+
+def test_regression_decode_of_hand_set_raw_values():
+    detect = make_detect(box="regress")
+    raw = torch.zeros(1, 2, 2, 3, 4 + 1 + NC)  # (B, A, H, W, no)
+    raw[0, 1, 1, 2] = torch.tensor([0.3, -0.2, 0.5, -1.0, 1.5, -2.0, 0.7])
+    pred = detect.decode_level(raw, 0).view(1, 2, 2, 3, -1)[0, 1, 1, 2]
+    expected = [(2 * sigmoid(0.3) - 0.5 + 2) * STRIDE, (2 * sigmoid(-0.2) - 0.5 + 1) * STRIDE,
+                (2 * sigmoid(0.5)) ** 2 * 40.0, (2 * sigmoid(-1.0)) ** 2 * 32.0,
+                sigmoid(1.5), sigmoid(-2.0), sigmoid(0.7)]
+    assert pred.shape == (5 + NC,)
+    assert torch.allclose(pred, torch.tensor(expected), atol=1e-5)
+
+
+def test_cbbl_decode_of_hand_set_logits():
+    bins = 3
+    detect = make_detect(box="cbbl", bins=bins, alpha=4.0, beta=0.0)  # grid points -4, 0, 4
+    raw = torch.zeros(1, 2, 1, 2, 4 * bins + 1 + NC)
+    logits = [[0.0, 0.0, math.log(3.0)], [2.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 0.0]]  # x, y, w, h
+    raw[0, 0, 0, 1, :4 * bins] = torch.tensor(logits).flatten()  # coordinate-major: K logits of x, then y, ...
+    raw[0, 0, 0, 1, 4 * bins:] = torch.tensor([0.0, 1.0, -1.0])
+    pred = detect.decode_level(raw, 0)[0, 1]  # anchor 0, cell (0, 1)
+    offsets, entropies = [], []
+    for row in logits:
+        weights = [math.exp(v) for v in row]
+        probs = [w / sum(weights) for w in weights]
+        offsets.append(sum(p * point for p, point in zip(probs, (-4.0, 0.0, 4.0))))
+        entropies.append(-sum(p * math.log(p) for p in probs))
+    expected = [(2 * sigmoid(offsets[0]) - 0.5 + 1) * STRIDE, (2 * sigmoid(offsets[1]) - 0.5 + 0) * STRIDE,
+                (2 * sigmoid(offsets[2])) ** 2 * 16.0, (2 * sigmoid(offsets[3])) ** 2 * 24.0,
+                0.5, sigmoid(1.0), sigmoid(-1.0), sum(entropies) / 4]
+    assert pred.shape == (5 + NC + 1,)
+    assert torch.allclose(pred, torch.tensor(expected), atol=1e-5)
+
+
+def test_linear_space_and_top2_restore_go_through_the_grid():
+    detect = make_detect(box="cbbl", bins=5, space="linear", restore="top2")
+    logits = torch.randn(3, 4, 5)
+    raw = torch.zeros(1, 2, 1, 3, 20 + 1 + NC)
+    raw[0, 0, 0, :, :20] = logits.flatten(1)
+    pred = detect.decode_level(raw, 0)[0, :3]  # anchor 0, cells 0..2
+    offsets = CBBLGrid(alpha=4.0, bins=5, beta=5.0).decode(logits, "top2")  # (3, 4)
+    expected_x = (offsets[:, 0] + 0.5 + torch.arange(3.0)) * STRIDE
+    expected_w = offsets[:, 2].exp() * 16.0
+    assert torch.allclose(pred[:, 0], expected_x, atol=1e-5) and torch.allclose(pred[:, 2], expected_w, atol=1e-5)
+
+
+def test_cbbl_bias_init_puts_the_expectation_at_the_anchor_prior():
+    detect = make_detect(box="cbbl", bins=11)
+    pred, raw = detect([torch.zeros(1, 4, 2, 2)])  # zero features: the outputs are the biases
+    boxes = pred[0].view(2, 2, 2, -1)  # (A, H, W, 5 + nc + 1)
+    cell_centres = (torch.arange(2.0) + 0.5) * STRIDE
+    assert torch.allclose(boxes[0, 0, :, 0], cell_centres, atol=1e-5)
+    assert torch.allclose(boxes[:, 0, 0, 2:4], torch.tensor(ANCHORS_PX).view(2, 2), atol=1e-4)
+    assert torch.allclose(boxes[..., -1], torch.full((2, 2, 2), math.log(11)), atol=1e-5)  # uniform: max entropy
+    objectness = sigmoid(math.log(8 / (640 / STRIDE) ** 2))
+    assert torch.allclose(boxes[..., 4], torch.full((2, 2, 2), objectness), atol=1e-6)
+    assert torch.allclose(boxes[..., 5], torch.full((2, 2, 2), 0.6 / (NC - 0.99) / (1 + 0.6 / (NC - 0.99))))
+
+
+def test_export_friendly_expectation_matches_grid_decode():
+    detect = make_detect(box="cbbl", bins=11, beta=3.0)
+    logits = torch.randn(6, 4, 11) * 3
+    offsets, uncertainty = detect.box_offsets(logits.flatten(1))
+    assert torch.allclose(offsets, detect.grid.decode(logits), atol=1e-6)
+    assert uncertainty.shape == (6, 1)
+
+
+@pytest.mark.parametrize("settings, message", [({"box": "ciou"}, "box"), ({"colour": 1}, "unknown"),
+                                               ({"box": "regress", "space": "linear"}, "logit"),
+                                               ({"restore": "max"}, "restore")])
+def test_bad_head_settings_raise(settings, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_head(settings)
+
+
+def test_settings_round_trip():
+    detect = make_detect(box="cbbl", bins=7, alpha=3.0, beta=2.0, space="linear", restore="top2")
+    assert resolve_head(detect.settings()) == detect.settings()
+    assert detect.num_extra == 1 and detect.grid.bins == 7

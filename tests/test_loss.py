@@ -1,0 +1,242 @@
+"""Tests for utils/loss.py: hand-worked YOLOv5 assignment, diagnostics, loss terms, and overfitting each mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.detect import Detect
+from models.yolo import Model
+from utils.boxes import aligned_iou
+from utils.cbbl import encode_offsets
+from utils.hyp import load_hyp
+from utils.loss import ComputeLoss, LossGains, _LevelGather, assign_level, bce_with_logits, level_name
+
+MODES = ("ciou", "l1", "smooth_l1", "cbbl")
+# Two levels (strides 8 and 16 at 64 px), anchors in pixels: small enough to run hundreds of steps on a CPU.
+TINY_CFG = {"nc": 3, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": [[8, 10, 16, 12], [24, 20, 30, 36]],
+            "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [16, 3, 2]], [-1, 1, "Conv", [16, 3, 2]],
+                         [-1, 1, "Conv", [32, 3, 2]]],
+            "head": [[[2, 3], 1, "Detect", ["nc", "anchors"]]]}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: extra threads only add contention on a shared CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class HeadOnly(nn.Module):
+    """A model that is just a Detect head (the loss reads nothing else)."""
+
+    def __init__(self, head: dict, nc: int = 3):
+        super().__init__()
+        self.detect = Detect(nc, TINY_CFG["anchors"], [1, 1], head)
+        self.detect.set_stride(torch.tensor([8.0, 16.0]))
+
+
+def targets_px(rows: list[list[float]], imgsz: int = 64) -> torch.Tensor:
+    """[img, cls, cx, cy, w, h] in pixels -> normalised (M, 6)."""
+    targets = torch.tensor(rows, dtype=torch.float32).view(-1, 6)
+    targets[:, 2:] /= imgsz
+    return targets
+
+
+def random_preds(detect: Detect, batch: int = 2, imgsz: int = 64, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, detect.na, imgsz // int(s), imgsz // int(s), detect.no, generator=generator)
+            .requires_grad_() for s in detect.stride.tolist()]
+
+
+def positives(assigned) -> set[tuple[int, int, int]]:
+    return set(zip(assigned.anchor.tolist(), assigned.cell_x.tolist(), assigned.cell_y.tolist()))
+
+
+def test_assignment_own_cell_and_two_nearest_neighbours() -> None:
+    anchors = torch.tensor([[1.0, 1.0], [2.0, 2.0], [8.0, 8.0]])  # grid units
+    targets = torch.tensor([[0, 1, 2.3 / 8, 5.7 / 8, 1.5 / 8, 1.5 / 8]])  # centre (2.3, 5.7), size 1.5 cells
+    assigned = assign_level(targets, anchors, (8, 8), anchor_t=4.0)
+    # anchors 0 (ratio 1.5) and 1 (1.33) match, 2 (5.3) does not; x frac .3 -> left cell, y frac .7 -> lower cell
+    assert positives(assigned) == {(a, x, y) for a in (0, 1) for x, y in ((2, 5), (1, 5), (2, 6))}
+    expected_dxy = {(2, 5): (0.3, 0.7), (1, 5): (1.3, 0.7), (2, 6): (0.3, -0.3)}
+    for x, y, box in zip(assigned.cell_x.tolist(), assigned.cell_y.tolist(), assigned.box):
+        torch.testing.assert_close(box, torch.tensor([*expected_dxy[(x, y)], 1.5, 1.5]), rtol=0, atol=1e-5)
+    assert assigned.cls.tolist() == [1] * 6 and assigned.gt.tolist() == [0] * 6
+
+
+def test_assignment_at_the_border_and_on_a_cell_middle_line() -> None:
+    anchors = torch.tensor([[1.0, 1.0]])
+    corner = assign_level(torch.tensor([[0, 0, 0.3 / 8, 7.8 / 8, 1 / 8, 1 / 8]]), anchors, (8, 8), 4.0)
+    assert positives(corner) == {(0, 0, 7)}  # both neighbours fall outside the grid
+    middle = assign_level(torch.tensor([[0, 0, 3.5 / 8, 4.2 / 8, 1 / 8, 1 / 8]]), anchors, (8, 8), 4.0)
+    assert positives(middle) == {(0, 3, 4), (0, 3, 3)}  # no x neighbour: dx would sit on -0.5 or 1.5
+
+
+def test_gt_too_small_for_every_anchor_gets_no_positive_and_is_counted() -> None:
+    loss_fn = ComputeLoss(HeadOnly(load_hyp().head_settings(64)), load_hyp(), imgsz=64)
+    # 1.5 px: ratio 5.3 to the smallest anchor (8 px); a 5.5x6.5 px box matches both p3 anchors, no p4 one
+    targets = targets_px([[0, 0, 20, 20, 1.5, 1.5], [1, 2, 40, 30, 5.5, 6.5]])
+    loss_fn(random_preds(loss_fn.detect), targets)
+    stats = loss_fn.stats.as_dict()
+    assert stats["gt_total"] == 2 and stats["gt_unmatched"] == 1 and stats["gt_unmatched_frac"] == 0.5
+    assert stats["gt_p3"] == 1 and stats["pos_p3"] == 6 and stats["gt_p4"] == 0 and stats["pos_p4"] == 0
+    loss_fn.stats.reset()
+    with torch.no_grad():  # validation losses do not count
+        loss_fn(random_preds(loss_fn.detect), targets)
+    assert loss_fn.stats.as_dict()["gt_total"] == 0
+
+
+@settings(deadline=None, max_examples=25)
+@given(seed=st.integers(0, 10_000), num_first=st.integers(0, 6), num_second=st.integers(0, 6))
+def test_batched_assignment_equals_per_image(seed: int, num_first: int, num_second: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    boxes = torch.rand(num_first + num_second, 4, generator=generator) * torch.tensor([1, 1, 0.3, 0.3]) + 0.01
+    image_idx = torch.tensor([0.0] * num_first + [1.0] * num_second)
+    targets = torch.cat([image_idx[:, None], torch.zeros(len(boxes), 1), boxes], 1)
+    anchors = torch.tensor([[1.0, 1.5], [3.0, 2.0]])
+    batched = assign_level(targets, anchors, (8, 8), 4.0)
+    rows = lambda a, offset=0: {(b, an, y, x, g + offset) for b, an, y, x, g in  # noqa: E731
+                                zip(*(v.tolist() for v in (a.batch, a.anchor, a.cell_y, a.cell_x, a.gt)))}
+    first = assign_level(targets[:num_first], anchors, (8, 8), 4.0)
+    second = assign_level(targets[num_first:], anchors, (8, 8), 4.0)
+    assert rows(batched) == rows(first) | rows(second, offset=num_first)
+    assert torch.all((batched.box[:, :2] > -0.5) & (batched.box[:, :2] < 1.5))
+    ratio = batched.box[:, 2:] / batched.anchor_wh
+    assert torch.all(torch.max(ratio, 1 / ratio) < 4.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_loss_items_and_total(mode: str) -> None:
+    hyp = load_hyp(box_loss=mode)
+    loss_fn = ComputeLoss(HeadOnly(hyp.head_settings(64)), hyp, imgsz=64)
+    preds = random_preds(loss_fn.detect)
+    total, items = loss_fn(preds, targets_px([[0, 1, 30, 30, 10, 14], [1, 2, 12, 50, 20, 16]]))
+    assert set(items) == {"box", "obj", "cls"}
+    assert all(value.dim() == 0 and not value.requires_grad and value > 0 for value in items.values())
+    torch.testing.assert_close(total.detach(), sum(items.values()) * 2)
+    total.backward()
+    assert all(torch.isfinite(pred.grad).all() for pred in preds)
+
+
+def test_empty_targets_give_objectness_only() -> None:
+    hyp = load_hyp(box_loss="cbbl")
+    loss_fn = ComputeLoss(HeadOnly(hyp.head_settings(64)), hyp, imgsz=64)
+    total, items = loss_fn(random_preds(loss_fn.detect), torch.zeros(0, 6))
+    assert items["box"] == 0 and items["cls"] == 0 and items["obj"] > 0 and torch.isfinite(total)
+    assert loss_fn.stats.as_dict()["gt_total"] == 0
+
+
+def test_head_and_hyp_must_agree() -> None:
+    with pytest.raises(ValueError, match="box_loss='cbbl'"):
+        ComputeLoss(HeadOnly(load_hyp().head_settings(64)), load_hyp(box_loss="cbbl"))
+    with pytest.raises(ValueError, match="box_loss='ciou'"):
+        ComputeLoss(HeadOnly(load_hyp(box_loss="cbbl").head_settings(64)), load_hyp())
+
+
+def test_gains_are_rescaled_in_a_factory_without_touching_the_hyp() -> None:
+    hyp = load_hyp(box=0.05, obj=1.0, cls=0.5)
+    gains = LossGains.from_hyp(hyp, num_levels=4, num_classes=10, imgsz=1280)
+    assert gains.box == pytest.approx(0.05 * 3 / 4)
+    assert gains.obj == pytest.approx(1.0 * 4 * 3 / 4)
+    assert gains.cls == pytest.approx(0.5 * 10 / 80 * 3 / 4)
+    assert (hyp.box, hyp.obj, hyp.cls) == (0.05, 1.0, 0.5)
+
+
+def test_objectness_target_is_the_best_iou_of_the_decoded_box() -> None:
+    hyp = load_hyp()
+    loss_fn = ComputeLoss(HeadOnly(hyp.head_settings(64)), hyp, imgsz=64)
+    targets = targets_px([[0, 0, 20, 28, 10, 12], [0, 1, 21, 27, 16, 8]])  # both on p3 cell (2, 3)
+    pred = torch.zeros(1, 2, 8, 8, loss_fn.detect.no)
+    assigned = assign_level(targets, loss_fn.detect.anchors[0], (8, 8), hyp.anchor_t)
+    first = assigned.gt == 0
+    exact = encode_offsets(assigned.box[first, :2], assigned.box[first, 2:] / assigned.anchor_wh[first])
+    pred[assigned.batch[first], assigned.anchor[first], assigned.cell_y[first], assigned.cell_x[first], :4] = exact
+    obj_target = torch.zeros(1, 2, 8, 8)
+    flat_index = ((assigned.batch * 2 + assigned.anchor) * 8 + assigned.cell_y) * 8 + assigned.cell_x
+    loss_fn._positive_terms(pred.view(-1, loss_fn.detect.no)[flat_index], assigned, flat_index, obj_target)
+    # the first GT is predicted exactly: its IoU of 1 wins over the second GT's on the shared cells
+    exact_cells = set(zip(*(v[first].tolist() for v in (assigned.anchor, assigned.cell_x, assigned.cell_y))))
+    for anchor, x, y in positives(assigned):
+        assert 0 < obj_target[0, anchor, y, x] <= 1
+        if (anchor, x, y) in exact_cells:
+            assert obj_target[0, anchor, y, x].item() == pytest.approx(1.0, abs=1e-5)
+    assert obj_target.count_nonzero() == len(positives(assigned))
+
+
+def test_level_gather_matches_plain_indexing_and_its_gradient() -> None:
+    generator = torch.Generator().manual_seed(4)
+    pred = torch.randn(2, 3, 4, 5, 9, generator=generator, dtype=torch.float64, requires_grad=True)
+    cells = [torch.randint(0, size, (7,), generator=generator) for size in (2, 3, 4, 5)]  # repeats included
+    flat_index = ((cells[0] * 3 + cells[1]) * 4 + cells[2]) * 5 + cells[3]
+    obj, positive = _LevelGather.apply(pred, flat_index, 4)
+    torch.testing.assert_close(positive, pred[cells[0], cells[1], cells[2], cells[3]].float())
+    obj_weight, positive_weight = torch.rand(obj.shape, generator=generator), torch.rand(positive.shape)
+    (grad,) = torch.autograd.grad((obj * obj_weight).sum() + (positive * positive_weight).sum(), pred)
+    plain = (pred[..., 4] * obj_weight).sum() + (pred[cells[0], cells[1], cells[2], cells[3]] * positive_weight).sum()
+    (expected,) = torch.autograd.grad(plain, pred)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_focal_bce_and_label_smoothing() -> None:
+    logits, target = torch.tensor([4.0, -4.0, 0.5]), torch.tensor([1.0, 0.0, 1.0])
+    plain = bce_with_logits(logits, target, torch.tensor(1.0))
+    torch.testing.assert_close(plain, F.binary_cross_entropy_with_logits(logits, target))
+    assert bce_with_logits(logits, target, torch.tensor(1.0), focal_gamma=1.5) < plain
+    preds = [torch.full((1, 2, size, size, 4 + 1 + 3), -10.0) for size in (8, 4)]
+    for pred in preds:
+        pred[..., 5] = 10.0  # class 0, confidently, everywhere
+    targets = targets_px([[0, 0, 20, 28, 10, 12]])
+    cls_loss = {smoothing: ComputeLoss(HeadOnly(load_hyp().head_settings(64)), load_hyp(label_smoothing=smoothing),
+                                       64)(preds, targets)[1]["cls"] for smoothing in (0.0, 0.2)}
+    assert cls_loss[0.0] < 1e-5 < cls_loss[0.2]
+
+
+def test_offset_labels_beyond_alpha_are_counted() -> None:
+    hyp = load_hyp(box_loss="cbbl")
+    loss_fn = ComputeLoss(HeadOnly(hyp.head_settings(64)), hyp, imgsz=64)
+    # centre x at 2.5005 cells: the right neighbour's dx = -0.4995 -> logit label about -8.3 (clamped at -4)
+    loss_fn(random_preds(loss_fn.detect, batch=1), targets_px([[0, 0, 8 * 2.5005, 8 * 3.2, 10, 12]]))
+    stats = loss_fn.stats.as_dict()
+    assert stats["clamped"] >= 2 and 0 < stats["clamped_frac"] < 1
+
+
+def test_level_names_follow_the_stride() -> None:
+    assert [level_name(s, i) for i, s in enumerate([4.0, 8.0, 16.0, 32.0])] == ["p2", "p3", "p4", "p5"]
+    assert level_name(12.0, 1) == "l1"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tiny_model_overfits_one_batch(mode: str, one_thread) -> None:
+    torch.manual_seed(0)
+    hyp = load_hyp(box_loss=mode)
+    model = Model(TINY_CFG, head=hyp.head_settings(64)).train()
+    loss_fn = ComputeLoss(model, hyp, imgsz=64)
+    # three objects whose positives never share a (cell, anchor): every target is reachable at once
+    targets = targets_px([[0, 0, 13, 19, 12, 14], [0, 1, 46, 44, 28, 24], [0, 2, 44, 14, 10, 8]])
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(200):
+        total, _ = loss_fn(model(image), targets)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(total.item())
+    assert losses[-1] < 0.1 * losses[0], f"{mode}: loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+    with torch.no_grad():
+        ious = []
+        for level, pred in enumerate(model(image)):
+            assigned = assign_level(targets, model.detect.anchors[level], tuple(pred.shape[2:4]), hyp.anchor_t)
+            cells = torch.stack([assigned.anchor, assigned.cell_y, assigned.cell_x], 1)
+            assert len(cells.unique(dim=0)) == len(cells), "test targets must not share a positive"
+            raw = pred[assigned.batch, assigned.anchor, assigned.cell_y, assigned.cell_x, :model.detect.box_channels]
+            ious.append(aligned_iou(loss_fn.box_term(raw, assigned)[0], assigned.box))
+    ious = torch.cat(ious)
+    assert len(ious) > 0 and ious.mean() > 0.9, f"{mode}: mean IoU {ious.mean():.3f}, min {ious.min():.3f}"

@@ -1,0 +1,81 @@
+"""val.py CLI smoke tests: a tiny checkpoint on the synthetic set, and scoring saved predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import val
+from utils.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from models.yolo import Model
+
+    model = Model("models/yolov5n.yaml", nc=5)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml,
+                     "names": ["car", "truck", "pedestrian", "bicycle", "bus"]}, path)
+    return path
+
+
+def test_weights_on_synthetic_data_writes_table_plots_and_files(tiny_checkpoint: Path, tmp_path: Path):
+    assert val.main(["--weights", str(tiny_checkpoint), "--data", "data/synthetic.yaml", "--img", "64",
+                     "--batch-size", "16", "--workers", "0", "--project", str(tmp_path), "--name", "run",
+                     "--save-txt", "--save-json", "--verbose", "--conf-thres", "0.01"]) == 0
+    run_dir = tmp_path / "run"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert -1.0 <= results["map50"] <= 1.0 and len(results["per_class"]) == 5
+    assert results["speed_ms"]["inference"] > 0
+    for name in ("PR_curve.png", "confusion_matrix.png", "predictions.json", "ground_truth.json", "options.json"):
+        assert (run_dir / name).is_file(), name
+    assert len(list((run_dir / "labels").glob("*.txt"))) > 0
+
+
+def test_visdrone_protocol_exports_toolkit_txt(tiny_checkpoint: Path, tmp_path: Path):
+    results = val.run(weights=str(tiny_checkpoint), data="data/synthetic.yaml", imgsz=64, batch_size=32, workers=0,
+                      project=str(tmp_path), name="vd", protocol="visdrone", save_txt=True, noplots=True,
+                      conf_thres=0.01)
+    assert results.protocol == "visdrone" and "AR500" in results.extra
+    for path in (tmp_path / "vd" / "labels").glob("*.txt"):
+        for line in path.read_text().splitlines():
+            assert len(line.split(",")) == 8 and line.endswith(",-1,-1")
+
+
+def test_score_saved_coco_json(aerial_coco_sample: Path, tmp_path: Path):
+    folder = aerial_coco_sample / "coco_evaluate"
+    results = val.run(pred=str(folder / "result.json"), gt=str(folder / "dataset.json"), project=str(tmp_path))
+    assert results.map50 == pytest.approx(0.18498, abs=1e-4)  # pycocotools on the same files
+    assert results.ap_small == -1.0  # the file's GT 'area' fields are all large (pycocotools' rule)
+    assert (tmp_path / "exp" / "results.json").is_file()
+
+
+def test_score_saved_visdrone_folders(tmp_path: Path):
+    gt_dir, pred_dir = tmp_path / "annotations", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    (gt_dir / "a.txt").write_text("10,10,10,10,1,4,0,0\n30,30,10,10,1,1,0,0\n")
+    (pred_dir / "a.txt").write_text("10,10,10,10,0.9,4,-1,-1\n")
+    results = val.run(pred=str(pred_dir), gt=str(gt_dir), project=str(tmp_path / "runs"), noplots=True)
+    assert results.protocol == "visdrone" and results.map50 == pytest.approx(0.5)  # car 1, pedestrian 0
+
+
+def test_malformed_inputs_give_clear_errors(tmp_path: Path):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    pred = tmp_path / "pred.json"
+    pred.write_text("[{\"image_id\": 1,")
+    with pytest.raises(ValueError, match="pred.json: not valid JSON"):
+        val.run(pred=str(pred), gt=str(gt), project=str(tmp_path / "runs"))
+    pred.write_text(json.dumps([{"image_id": 3, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.3}]))
+    with pytest.raises(ValueError, match=r"image ids \[3\]"):
+        val.run(pred=str(pred), gt=str(gt), project=str(tmp_path / "runs"))
+    with pytest.raises(ValueError, match="both be COCO JSON files or both VisDrone"):
+        val.run(pred=str(pred), gt=str(tmp_path), project=str(tmp_path / "runs"))
+    with pytest.raises(ValueError, match="--pred and --gt go together"):
+        val.parse_options(["--pred", str(pred)])
+    with pytest.raises(ValueError, match="unknown val options"):
+        val.run(weights="x.pt", bogus=1)

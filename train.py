@@ -1,0 +1,26 @@
+"""Train a detector: ``python train.py --data data/synthetic.yaml --cfg models/yolov5n.yaml --img 320``.
+
+Thin CLI: parse the flags into TrainOptions and call utils.train_run.run (see --help).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+from utils.distributed import DistContext
+from utils.log import setup_logging
+from utils.train_options import parse_options
+from utils.train_run import run
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    opts = parse_options(argv)
+    setup_logging(DistContext.from_env(local_rank=opts.local_rank).rank)
+    run(opts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

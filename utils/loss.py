@@ -1,0 +1,324 @@
+"""Training loss: YOLOv5 target assignment shared by every box-loss mode, then box + objectness + class terms.
+
+The box term is chosen by ``hyp.box_loss`` (DESIGN.md section 3): ``ciou`` (1 - CIoU of the decoded
+box, the baseline), ``l1`` / ``smooth_l1`` (on the raw offsets, see :meth:`ComputeLoss.box_term`) or
+``cbbl`` (cross-entropy against two-hot labels over the head's grid + uncertainty loss). Objectness is
+IoU-aware in every mode: its target is the IoU of the decoded box with its ground truth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.boxes import aligned_iou
+from utils.cbbl import decode_offsets, encode_offsets, two_hot_loss
+from utils.hyp import Hyp
+from utils.torch_utils import de_parallel
+
+# Objectness weight per level, finest first. 3 levels: YOLOv5's tuned values. 4 levels (P2..P5, TPH-YOLOv5)
+# and others: each level has 4x the cells of the next coarser one, and the per-level loss is a mean over cells,
+# so weights in the 4:1 cell-count ratio make every cell count about equally (TPH-YOLOv5 uses the same numbers).
+OBJ_BALANCE = {1: (1.0,), 2: (4.0, 1.0), 3: (4.0, 1.0, 0.4), 4: (4.0, 1.0, 0.25, 0.06),
+               5: (4.0, 1.0, 0.25, 0.06, 0.02)}
+# YOLOv5's gr: objectness target = (1 - gr) + gr * IoU; 1.0 = the plain IoU of the decoded box.
+OBJ_IOU_RATIO = 1.0
+# Focal loss alpha (Lin et al. 2017), used when hyp.fl_gamma > 0.
+FOCAL_ALPHA = 0.25
+# Smooth-L1 transition point on raw offsets (torch's / mmdetection's default).
+SMOOTH_L1_BETA = 1.0
+# The setting YOLOv5's loss gains were tuned at; gains are rescaled from it (see LossGains.from_hyp).
+_REFERENCE_LEVELS, _REFERENCE_CLASSES, _REFERENCE_IMGSZ = 3, 80, 640
+
+
+@dataclass(frozen=True)
+class LossGains:
+    """Weights of the box, objectness and class terms after YOLOv5's rescaling (the hyp is never mutated)."""
+
+    box: float
+    obj: float
+    cls: float
+
+    @classmethod
+    def from_hyp(cls, hyp: Hyp, num_levels: int, num_classes: int, imgsz: int) -> LossGains:
+        """Scale hyp gains from YOLOv5's tuning point: by 3/levels, classes/80 (cls) and (imgsz/640)^2 (obj)."""
+        level_scale = _REFERENCE_LEVELS / num_levels
+        return cls(box=hyp.box * level_scale,
+                   obj=hyp.obj * (imgsz / _REFERENCE_IMGSZ) ** 2 * level_scale,
+                   cls=hyp.cls * num_classes / _REFERENCE_CLASSES * level_scale)
+
+
+class LevelTargets(NamedTuple):
+    """Positives of one level, P rows. Boxes in grid units, centre relative to the cell's top-left corner."""
+
+    batch: torch.Tensor  # (P,) long, image index in the batch
+    anchor: torch.Tensor  # (P,) long
+    cell_y: torch.Tensor  # (P,) long
+    cell_x: torch.Tensor  # (P,) long
+    box: torch.Tensor  # (P, 4) float (dx, dy, w, h): dx, dy in [-0.5, 1.5]
+    anchor_wh: torch.Tensor  # (P, 2) float, grid units
+    cls: torch.Tensor  # (P,) long
+    gt: torch.Tensor  # (P,) long, row of the ground truth in the batch's targets
+
+
+def assign_level(targets: torch.Tensor, anchors: torch.Tensor, grid_hw: tuple[int, int],
+                 anchor_t: float) -> LevelTargets:
+    """YOLOv5 assignment on one level: anchor ratio test, then the GT's own cell + its 2 nearest neighbours.
+
+    Args:
+        targets: (M, 6) float ``[img_idx, cls, cx, cy, w, h]``, cxcywh normalised.
+        anchors: (A, 2) anchor sizes in grid units of this level.
+        grid_hw: (H, W) of the level's feature map.
+        anchor_t: a GT goes to an anchor when max(w/a_w, a_w/w, h/a_h, a_h/h) < anchor_t.
+    Returns:
+        LevelTargets with P <= 3 * A * M positives. A neighbour cell is the one across the nearer cell edge
+        (x and y separately), so dx, dy stay inside the decode's open range (-0.5, 1.5); a centre exactly on
+        a cell's middle line gets no neighbour on that axis (both would sit on the unreachable ends).
+    """
+    grid_h, grid_w = grid_hw
+    grid_size = targets.new_tensor([grid_w, grid_h])
+    centre = targets[:, 2:4] * grid_size  # (M, 2) grid units
+    size = targets[:, 4:6] * grid_size  # (M, 2)
+    ratio = size[None] / anchors[:, None]  # (A, M, 2)
+    worst_ratio = torch.max(ratio, 1 / ratio).amax(-1)  # (A, M); nan-free: inf for zero sizes
+    anchor_idx, gt_idx = (worst_ratio < anchor_t).nonzero(as_tuple=True)  # (Q,)
+    gt_centre = centre[gt_idx]  # (Q, 2)
+    own = gt_centre.floor().clamp(min=torch.zeros_like(grid_size), max=grid_size - 1)  # (Q, 2)
+    frac = gt_centre - own  # (Q, 2)
+    neighbour = own + torch.where(frac < 0.5, -1.0, 1.0)  # (Q, 2), across the nearer edge
+    has_neighbour = (frac != 0.5) & (neighbour >= 0) & (neighbour < grid_size)  # (Q, 2)
+    x_side = torch.stack([neighbour[:, 0], own[:, 1]], -1)  # (Q, 2)
+    y_side = torch.stack([own[:, 0], neighbour[:, 1]], -1)  # (Q, 2)
+    cells = torch.stack([own, x_side, y_side])  # (3, Q, 2)
+    keep = torch.stack([torch.ones_like(has_neighbour[:, 0]), has_neighbour[:, 0], has_neighbour[:, 1]])  # (3, Q)
+    cells = cells[keep]  # (P, 2)
+    anchor_idx = anchor_idx.expand(3, -1)[keep]  # (P,)
+    gt_idx = gt_idx.expand(3, -1)[keep]  # (P,)
+    box = torch.cat([centre[gt_idx] - cells, size[gt_idx]], -1)  # (P, 4)
+    cells = cells.long()
+    return LevelTargets(batch=targets[gt_idx, 0].long(), anchor=anchor_idx, cell_y=cells[:, 1], cell_x=cells[:, 0],
+                        box=box, anchor_wh=anchors[anchor_idx], cls=targets[gt_idx, 1].long(), gt=gt_idx)
+
+
+class AssignmentStats:
+    """Assignment diagnostics summed over calls until :meth:`reset` (train.py logs :meth:`as_dict` per epoch).
+
+    Counts stay tensors on the loss's device, so a training step never waits for them; only ``as_dict`` syncs.
+    Only calls with autograd enabled count (training steps): validation losses, computed under no_grad,
+    leave the epoch's figures alone.
+    """
+
+    def __init__(self, level_names: list[str]):
+        self.level_names = list(level_names)
+        self._counts: dict[str, torch.Tensor | float] = {}
+
+    def reset(self) -> None:
+        self._counts = {}
+
+    def add(self, name: str, value: torch.Tensor | float) -> None:
+        if torch.is_grad_enabled():
+            self._counts[name] = self._counts.get(name, 0.0) + value
+
+    def as_dict(self) -> dict[str, float]:
+        """GT totals, GTs with no positive anywhere, per-level positives and matched GTs, clamped offset labels.
+
+        ``clamped`` counts offset labels t* beyond +-alpha (modes cbbl, l1, smooth_l1; 0 for ciou).
+        """
+        counts = {name: float(value) for name, value in self._counts.items()}
+        gt_total = counts.get("gt_total", 0.0)
+        stats = {"gt_total": gt_total, "gt_unmatched": counts.get("gt_unmatched", 0.0),
+                 "gt_unmatched_frac": counts.get("gt_unmatched", 0.0) / max(gt_total, 1.0)}
+        for name in self.level_names:
+            stats[f"pos_{name}"] = counts.get(f"pos_{name}", 0.0)
+            stats[f"gt_{name}"] = counts.get(f"gt_{name}", 0.0)
+        stats["clamped"] = counts.get("clamped", 0.0)
+        stats["clamped_frac"] = stats["clamped"] / max(counts.get("offsets", 0.0), 1.0)
+        return stats
+
+
+def level_name(stride: float, level: int) -> str:
+    """'p3' for stride 8 (pyramid level = log2 stride); 'l{level}' when the stride is not a power of two."""
+    exponent = math.log2(stride) if stride > 0 else -1.0
+    return f"p{round(exponent)}" if exponent >= 0 and exponent == round(exponent) else f"l{level}"
+
+
+def bce_with_logits(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor,
+                    focal_gamma: float = 0.0) -> torch.Tensor:
+    """Mean binary cross-entropy over all elements, optionally focal: (...), (...) -> scalar.
+
+    Focal (gamma > 0): each element is scaled by alpha_t * (1 - p_t)^gamma (Lin et al. 2017) so easy
+    negatives, the bulk of objectness cells, stop dominating.
+    """
+    loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
+    if focal_gamma > 0:
+        prob = logits.sigmoid()
+        prob_true = target * prob + (1 - target) * (1 - prob)
+        alpha_true = target * FOCAL_ALPHA + (1 - target) * (1 - FOCAL_ALPHA)
+        loss = loss * alpha_true * (1 - prob_true) ** focal_gamma
+    return loss.mean()
+
+
+class _LevelGather(torch.autograd.Function):
+    """A level's objectness logits and its positives' channels, with ONE gradient buffer for the level.
+
+    Indexing the two separately makes autograd fill two zero tensors of the level's full size and add them:
+    the wider C-BBL head paid ~2x for that alone (measured, benchmarks/loss_speed.py).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pred: torch.Tensor, flat_index: torch.Tensor,
+                obj_channel: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(flat_index)
+        ctx.shape, ctx.dtype, ctx.obj_channel = pred.shape, pred.dtype, obj_channel
+        rows = pred.reshape(-1, pred.shape[-1])  # (B*A*H*W, C)
+        return pred[..., obj_channel].float(), rows[flat_index].float()
+
+    @staticmethod
+    def backward(ctx: Any, grad_obj: Optional[torch.Tensor],
+                 grad_positive: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], None, None]:
+        (flat_index,) = ctx.saved_tensors
+        grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=flat_index.device)  # (B, A, H, W, C)
+        if grad_obj is not None:
+            grad[..., ctx.obj_channel] = grad_obj
+        if grad_positive is not None:
+            grad.view(-1, ctx.shape[-1]).index_add_(0, flat_index, grad_positive.to(ctx.dtype))
+        return grad, None, None
+
+
+class ComputeLoss:
+    """YOLOv5-style criterion: ``loss_fn(preds, targets) -> (total, {'box', 'obj', 'cls'})``.
+
+    Reads the head's settings (anchors, strides, box mode, C-BBL grid, offset space, restore) from
+    ``model.detect``, so training encodes exactly what val/detect decode. ``imgsz`` only scales the
+    objectness gain (YOLOv5's (imgsz/640)^2). ``stats`` holds the assignment diagnostics.
+    """
+
+    def __init__(self, model: nn.Module, hyp: Hyp, imgsz: int = _REFERENCE_IMGSZ):
+        detect = de_parallel(model).detect
+        if (detect.box_mode == "cbbl") != hyp.is_cbbl:
+            raise ValueError(f"hyp box_loss={hyp.box_loss!r} does not fit a Detect head with box={detect.box_mode!r}; "
+                             "build the model with head=hyp.head_settings(imgsz)")
+        if detect.nl not in OBJ_BALANCE:
+            raise ValueError(f"no objectness balance for {detect.nl} detection levels; known: {sorted(OBJ_BALANCE)}")
+        self.detect, self.hyp = detect, hyp
+        self.gains = LossGains.from_hyp(hyp, detect.nl, detect.nc, imgsz)
+        self.balance = OBJ_BALANCE[detect.nl]
+        self.stats = AssignmentStats([level_name(float(s), i) for i, s in enumerate(detect.stride)])
+
+    def __call__(self, preds: list[torch.Tensor],
+                 targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss of a batch.
+
+        Args:
+            preds: nl tensors (B, A, H, W, box_channels + 1 + nc), raw head outputs (training mode).
+            targets: (M, 6) ``[img_idx, cls, cx, cy, w, h]``, cxcywh normalised to the network input.
+        Returns:
+            total: scalar, (box + obj + cls) * B as YOLOv5 (each term already weighted by its gain).
+            items: detached 0-dim ``box``, ``obj``, ``cls``.
+        """
+        if len(preds) != self.detect.nl:
+            raise ValueError(f"expected {self.detect.nl} prediction levels, got {len(preds)}")
+        device = preds[0].device
+        targets = targets.to(device=device, dtype=torch.float32)
+        obj_pos_weight = torch.tensor(self.hyp.obj_pw, device=device)
+        box_loss = cls_loss = obj_loss = torch.zeros((), device=device)
+        matched_any = torch.zeros(len(targets), dtype=torch.bool, device=device)
+        for level, pred in enumerate(preds):
+            anchors = self.detect.anchors[level].to(device=device, dtype=torch.float32)
+            assigned = assign_level(targets, anchors, tuple(pred.shape[2:4]), self.hyp.anchor_t)
+            _, num_anchors, grid_h, grid_w, _ = pred.shape
+            flat_index = ((assigned.batch * num_anchors + assigned.anchor) * grid_h + assigned.cell_y) * grid_w
+            flat_index = flat_index + assigned.cell_x  # (P,) row of each positive in pred viewed as (B*A*H*W, C)
+            obj_logits, positive = _LevelGather.apply(pred, flat_index, self.detect.box_channels)  # (B,A,H,W), (P,C)
+            obj_target = torch.zeros_like(obj_logits)  # (B, A, H, W)
+            if len(assigned.gt):
+                level_box, level_cls = self._positive_terms(positive, assigned, flat_index, obj_target)
+                box_loss, cls_loss = box_loss + level_box, cls_loss + level_cls
+            level_obj = bce_with_logits(obj_logits, obj_target, obj_pos_weight, self.hyp.fl_gamma)
+            obj_loss = obj_loss + self.balance[level] * level_obj
+            self._count_level(level, assigned, matched_any)
+        self.stats.add("gt_total", len(targets))
+        self.stats.add("gt_unmatched", (~matched_any).sum())
+        items = {"box": box_loss * self.gains.box, "obj": obj_loss * self.gains.obj, "cls": cls_loss * self.gains.cls}
+        total = (items["box"] + items["obj"] + items["cls"]) * preds[0].shape[0]
+        return total, {name: value.detach() for name, value in items.items()}
+
+    def _positive_terms(self, positive: torch.Tensor, assigned: LevelTargets, flat_index: torch.Tensor,
+                        obj_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box and class losses of one level's positives (P, C); writes their IoU into ``obj_target`` (B, A, H, W)."""
+        box_channels = self.detect.box_channels
+        pred_box, box_loss = self.box_term(positive[:, :box_channels], assigned)
+        iou = aligned_iou(pred_box.detach(), assigned.box, kind="iou").clamp(min=0)  # (P,)
+        # Several GTs may claim one cell: keep the best IoU (deterministic, unlike last-write-wins).
+        obj_target.view(-1).scatter_reduce_(0, flat_index, (1 - OBJ_IOU_RATIO) + OBJ_IOU_RATIO * iou, reduce="amax")
+        if self.detect.nc == 1:
+            return box_loss, torch.zeros_like(box_loss)
+        cls_logits = positive[:, box_channels + 1:]  # (P, nc)
+        smoothing = self.hyp.label_smoothing
+        cls_target = torch.full_like(cls_logits, 0.5 * smoothing)
+        cls_target[torch.arange(len(cls_logits), device=cls_logits.device), assigned.cls] = 1 - 0.5 * smoothing
+        cls_pos_weight = torch.tensor(self.hyp.cls_pw, device=cls_logits.device)
+        return box_loss, bce_with_logits(cls_logits, cls_target, cls_pos_weight, self.hyp.fl_gamma)
+
+    def box_term(self, raw_box: torch.Tensor, assigned: LevelTargets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box loss of positives: raw box channels (P, box_channels) -> (decoded boxes (P, 4), mean loss).
+
+        Decoded boxes are ``(dx, dy, w, h)`` in grid units, relative to the positive's cell.
+        ``l1`` / ``smooth_l1`` compare the raw offsets t with t* = encode_offsets(...) in the head's space,
+        clamped to +-cbbl_alpha: the very labels C-BBL quantizes, so the ablation changes only the loss form
+        (paper Table 1 compares L1 / Smooth-L1 / CE on the same offset labels); an L1 on decoded boxes
+        would instead scale with object size.
+        """
+        detect, mode = self.detect, self.hyp.box_loss
+        offsets, loss = raw_box, None  # (P, 4) for regression
+        if mode != "ciou":
+            target_offsets = encode_offsets(assigned.box[:, :2], assigned.box[:, 2:] / assigned.anchor_wh,
+                                            detect.space)  # (P, 4)
+            alpha = detect.grid.alpha if mode == "cbbl" else self.hyp.cbbl_alpha
+            self.stats.add("clamped", (target_offsets.abs() > alpha).sum())
+            self.stats.add("offsets", target_offsets.numel())
+            if mode == "cbbl":
+                logits = raw_box.unflatten(-1, (4, detect.bins))  # (P, 4, K), coordinate-major channels
+                offsets, loss = self._cbbl_term(logits, target_offsets)
+            else:
+                loss_fn = F.l1_loss if mode == "l1" else partial(F.smooth_l1_loss, beta=SMOOTH_L1_BETA)
+                loss = loss_fn(offsets, target_offsets.clamp(-alpha, alpha))
+        dxy, size_ratio = decode_offsets(offsets, detect.space)
+        pred_box = torch.cat([dxy, size_ratio * assigned.anchor_wh], -1)  # (P, 4)
+        ciou_weight = 1.0 if mode == "ciou" else self.hyp.cbbl_ciou if mode == "cbbl" else 0.0
+        if ciou_weight > 0:
+            ciou_loss = ciou_weight * (1 - aligned_iou(pred_box, assigned.box, kind="ciou")).mean()
+            loss = ciou_loss if loss is None else loss + ciou_loss
+        return pred_box, loss
+
+    def _cbbl_term(self, logits: torch.Tensor, target_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """C-BBL offsets (P, 4) and mean over positives and coordinates of KL(p* || p) + cbbl_um * L_UM.
+
+        KL = L_CE - H(p*): the paper's cross-entropy shifted by a constant of the labels, so the gradient
+        is the same softmax - p*, but the logged box loss goes to 0 at the optimum like CIoU's (a two-hot
+        label's own entropy, up to ln 2, would otherwise stay in it as a floor). The offsets carry a
+        gradient only when the optional CIoU term needs one.
+        """
+        grid = self.detect.grid
+        left, weight_left = grid.two_hot(target_offsets)  # (P, 4) each, clamped to +-alpha
+        loss, expectation = two_hot_loss(logits, left, weight_left, grid.points, self.hyp.cbbl_um,
+                                         self.hyp.cbbl_um_mode)
+        if self.hyp.cbbl_ciou > 0 or self.detect.restore != "expectation":
+            with torch.set_grad_enabled(self.hyp.cbbl_ciou > 0 and torch.is_grad_enabled()):
+                expectation = grid.decode(logits, self.detect.restore)  # (P, 4)
+        return expectation, loss.mean()
+
+    def _count_level(self, level: int, assigned: LevelTargets, matched_any: torch.Tensor) -> None:
+        """Diagnostics of one level: positives, GTs with at least one positive here; marks them in ``matched_any``."""
+        matched_here = torch.zeros_like(matched_any)
+        matched_here[assigned.gt] = True
+        matched_any |= matched_here
+        name = self.stats.level_names[level]
+        self.stats.add(f"pos_{name}", len(assigned.gt))
+        self.stats.add(f"gt_{name}", matched_here.sum())

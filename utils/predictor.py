@@ -1,0 +1,330 @@
+"""The library side of detect.py: options -> frames -> detections -> arrays (and files on request).
+
+``run(**opts)`` returns one :class:`ImageResult` per frame, so detection is usable from Python without
+touching the disk; :class:`OutputWriter` writes annotated images/videos, YOLO txt files and crops when asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from models.backend import DetectBackend
+from utils.annotate import crop_box, draw_detections, save_feature_maps
+from utils.augment import letterbox
+from utils.boxes import scale_boxes_to_original, xyxy_to_cxcywhn
+from utils.files import increment_path
+from utils.log import log_once
+from utils.nms import non_max_suppression
+from utils.slicing import sliced_detect
+from utils.sources import Frame, iterate_frames
+from utils.torch_utils import select_device
+
+logger = logging.getLogger(__name__)
+
+ForwardFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Everything one detect run needs (YOLOv5's detect.py names), validated at construction."""
+
+    weights: tuple[str, ...] = ("yolov5s.pt",)
+    source: str = "data/images"
+    data: Optional[str] = None
+    imgsz: tuple[int, int] = (640, 640)
+    conf_thres: float = 0.25
+    iou_thres: float = 0.45
+    max_det: int = 1000
+    device: str = ""
+    view_img: bool = False
+    save_txt: bool = False
+    save_conf: bool = False
+    save_crop: bool = False
+    nosave: bool = False
+    classes: Optional[tuple[int, ...]] = None
+    agnostic_nms: bool = False
+    augment: bool = False
+    visualize: bool = False
+    project: str = "runs/detect"
+    name: str = "exp"
+    exist_ok: bool = False
+    line_thickness: Optional[int] = None
+    hide_labels: bool = False
+    hide_conf: bool = False
+    half: bool = False
+    vid_stride: int = 1
+    slice: Optional[tuple[int, int]] = None  # (tile_h, tile_w) frame pixels: sliced inference
+    overlap: float = 0.2
+    slice_full_pass: bool = False
+    slice_batch: int = 8
+
+    def __post_init__(self) -> None:
+        fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards
+        weights = [self.weights] if isinstance(self.weights, (str, Path)) else self.weights
+        fix(self, "weights", tuple(str(w) for w in weights))
+        fix(self, "imgsz", _pair(self.imgsz))
+        fix(self, "slice", None if self.slice is None else _pair(self.slice))
+        fix(self, "source", str(self.source))
+        fix(self, "classes", None if self.classes is None else tuple(int(c) for c in self.classes))
+        self._validate()
+
+    def _validate(self) -> None:
+        checks = {"imgsz": len(self.imgsz) == 2 and min(self.imgsz) > 0, "conf_thres": 0 <= self.conf_thres <= 1,
+                  "iou_thres": 0 <= self.iou_thres <= 1, "max_det": self.max_det > 0,
+                  "vid_stride": self.vid_stride >= 1,
+                  "overlap": 0 <= self.overlap < 1, "slice_batch": self.slice_batch >= 1,
+                  "slice": self.slice is None or (len(self.slice) == 2 and min(self.slice) > 0)}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("invalid detect option(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+
+
+def _pair(size: Union[int, Sequence[int]]) -> tuple[int, ...]:
+    """640 or [640] -> (640, 640); [h, w] -> (h, w)."""
+    sizes = [int(s) for s in ([size] if isinstance(size, int) else size)]
+    return tuple(sizes * 2 if len(sizes) == 1 else sizes)
+
+
+@dataclass
+class ImageResult:
+    """Detections of one frame, in original-image pixels.
+
+    Attributes:
+        path: image, video or stream the frame came from; frame: frame index (0 for images).
+        xyxy: (n, 4) float32 xyxy pixels. conf: (n,) float32. cls: (n,) int64.
+        uncertainty: (n,) float32 C-BBL localization uncertainty (nats), or None for regression models.
+        shape: (height, width) of the original frame.
+    """
+
+    path: str
+    frame: int
+    xyxy: np.ndarray
+    conf: np.ndarray
+    cls: np.ndarray
+    uncertainty: Optional[np.ndarray]
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_detections(cls, dets: torch.Tensor, path: str, frame: int, shape: Sequence[int],
+                        has_uncertainty: bool) -> ImageResult:
+        """From (n, 6 + E) ``x1, y1, x2, y2, conf, cls, extra..`` detections."""
+        array = dets.detach().float().cpu().numpy()
+        return cls(path=path, frame=frame, xyxy=array[:, :4].copy(), conf=array[:, 4].copy(),
+                   cls=array[:, 5].astype(np.int64), uncertainty=array[:, 6].copy() if has_uncertainty else None,
+                   shape=(int(shape[0]), int(shape[1])))
+
+
+def network_batch(images: list[np.ndarray], imgsz: Sequence[int], stride: int, fixed_shape: bool = False):
+    """Letterbox BGR images (H_i, W_i, 3) to one (B, 3, h, w) float RGB batch in [0, 1].
+
+    ``fixed_shape`` pads to exactly ``imgsz``; otherwise same-shape images are padded only to the next multiple
+    of ``stride``. Returns (batch, per image (letterboxed shape, ratio_pad) for scale_boxes_to_original).
+    """
+    auto = not fixed_shape and len({image.shape for image in images}) == 1
+    boxed = [letterbox(image, tuple(imgsz), auto=auto, stride=stride) for image in images]
+    batch = np.stack([padded[:, :, ::-1].transpose(2, 0, 1) for padded, _, _ in boxed])  # (B, 3, h, w) RGB
+    undo = [(padded.shape[:2], ((ratio_h, ratio_w), pad)) for padded, (ratio_w, ratio_h), pad in boxed]
+    return torch.from_numpy(np.ascontiguousarray(batch)).float().div_(255), undo
+
+
+def detect_images(images: list[np.ndarray], forward: ForwardFn, imgsz: Sequence[int], stride: int, nc: int,
+                  opts: DetectOptions, fixed_shape: bool = False) -> list[torch.Tensor]:
+    """Letterbox, one forward pass for the batch, NMS, undo the letterbox.
+
+    Args:
+        images: list of (H_i, W_i, 3) uint8 BGR. forward: (B, 3, h, w) float [0, 1] RGB -> (B, N, 5 + nc + E).
+    Returns:
+        per image (n, 6 + E) ``x1, y1, x2, y2, conf, cls, extra..`` in that image's pixels.
+    """
+    batch, undo = network_batch(images, imgsz, stride, fixed_shape)
+    dets = non_max_suppression(forward(batch).float().cpu(), opts.conf_thres, opts.iou_thres,
+                               list(opts.classes) if opts.classes is not None else None, opts.agnostic_nms,
+                               max_det=opts.max_det, nc=nc)
+    for det, (boxed_shape, ratio_pad), image in zip(dets, undo, images):
+        det[:, :4] = scale_boxes_to_original(det[:, :4], boxed_shape, image.shape[:2], ratio_pad)
+    return dets
+
+
+def check_imgsz(imgsz: Sequence[int], stride: int) -> tuple[int, int]:
+    """Round each side up to a multiple of the model's largest stride (warned when changed)."""
+    rounded = tuple(int(-(-size // stride) * stride) for size in imgsz)
+    if rounded != tuple(imgsz):
+        logger.warning("--imgsz %s is not a multiple of the stride %d; using %s", list(imgsz), stride, list(rounded))
+    return rounded  # type: ignore[return-value]
+
+
+def load_names(data: Union[str, Path]) -> list[str]:
+    """Class names from a dataset YAML (``names`` as a list or an {id: name} mapping)."""
+    with open(data, encoding="utf-8") as f:
+        config = yaml.safe_load(f) or {}
+    names = config.get("names") if isinstance(config, dict) else None
+    if isinstance(names, dict):
+        names = [names[key] for key in sorted(names)]
+    if not isinstance(names, list):
+        raise ValueError(f"{data}: expected a 'names' list or mapping of class names")
+    return [str(name) for name in names]
+
+
+def build_forward(backend: DetectBackend, augment: bool) -> ForwardFn:
+    """The batch forward function: the backend, or test-time augmentation around it (utils/tta.py)."""
+    if not augment:
+        return backend
+    try:
+        from utils.tta import tta_forward
+    except ImportError as err:
+        raise ValueError("--augment needs utils/tta.py (test-time augmentation), which is not available") from err
+    return lambda images: tta_forward(backend, images, stride=backend.stride)
+
+
+def run(**options) -> list[ImageResult]:
+    """Detect on every frame of ``source``; see :class:`DetectOptions` for the options.
+
+    Returns one :class:`ImageResult` per frame read (after --vid-stride), in source order.
+    """
+    unknown = sorted(set(options) - {field.name for field in fields(DetectOptions)})
+    if unknown:
+        raise ValueError(f"unknown detect option(s) {unknown}")
+    opts = DetectOptions(**options)
+    backend = DetectBackend(list(opts.weights), device=select_device(opts.device), half=opts.half)
+    imgsz = backend.fixed_imgsz or check_imgsz(opts.imgsz, backend.stride)
+    if backend.device.type != "cpu":
+        backend.warmup(imgsz)
+    forward = build_forward(backend, opts.augment)
+
+    def detect_fn(images: list[np.ndarray]) -> list[torch.Tensor]:
+        return detect_images(images, forward, imgsz, backend.stride, backend.nc, opts, backend.fixed_imgsz is not None)
+
+    names = load_names(opts.data) if opts.data else backend.names
+    writer = OutputWriter(opts, names, backend.num_extra > 0)
+    results = []
+    try:
+        for frame in iterate_frames(opts.source, opts.vid_stride):
+            results.append(detect_frame(frame, detect_fn, opts, backend.num_extra > 0, names))
+            if opts.visualize:
+                visualize(backend, frame, imgsz, writer.save_dir / "features")
+            writer.write(frame, results[-1])
+    finally:
+        writer.close()  # finish video files even when a later frame fails
+    return results
+
+
+def detect_frame(frame: Frame, detect_fn: Callable[[list[np.ndarray]], list[torch.Tensor]], opts: DetectOptions,
+                 has_uncertainty: bool, names: Sequence[str]) -> ImageResult:
+    """One frame, sliced (--slice) or in a single pass, as an :class:`ImageResult` (and one log line)."""
+    start = time.perf_counter()
+    if opts.slice is not None:
+        dets = sliced_detect(detect_fn, frame.image, opts.slice, opts.overlap, opts.iou_thres, opts.agnostic_nms,
+                             opts.slice_full_pass, opts.max_det, opts.slice_batch)
+    else:
+        dets = detect_fn([frame.image])[0]
+    result = ImageResult.from_detections(dets, frame.path, frame.index, frame.image.shape, has_uncertainty)
+    classes, counts = np.unique(result.cls, return_counts=True)
+    found = ", ".join(f"{n} {names[c] if c < len(names) else c}" for c, n in zip(classes, counts)) or "no detections"
+    logger.info("%s%s %dx%d: %s, %.1f ms", frame.path, f" frame {frame.index}" if frame.is_video else "",
+                frame.image.shape[1], frame.image.shape[0], found, (time.perf_counter() - start) * 1000)
+    return result
+
+
+def visualize(backend: DetectBackend, frame: Frame, imgsz: Sequence[int], save_dir: Path) -> None:
+    """--visualize: feature maps of each layer of the (first) PyTorch model for one frame."""
+    if not hasattr(backend, "models"):
+        log_once(logger, logging.WARNING, "--visualize needs .pt weights; skipped for exported models")
+        return
+    batch, _ = network_batch([frame.image], imgsz, backend.stride)
+    model = backend.models[0]
+    batch = batch.to(backend.device, next(model.parameters()).dtype)
+    save_feature_maps(model.model, lambda: model(batch), save_dir / _frame_stem(frame))
+
+
+class OutputWriter:
+    """Files of one run under ``project/name``: annotated images and videos, YOLO txt labels, crops."""
+
+    def __init__(self, opts: DetectOptions, names: Sequence[str], has_uncertainty: bool):
+        self.opts, self.names, self.has_uncertainty = opts, list(names), has_uncertainty
+        self.save_images = not opts.nosave
+        self.save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok)
+        if self.save_images or opts.save_txt or opts.save_crop:
+            (self.save_dir / "labels" if opts.save_txt else self.save_dir).mkdir(parents=True, exist_ok=True)
+        self.video_writers: dict[str, cv2.VideoWriter] = {}
+
+    def write(self, frame: Frame, result: ImageResult) -> None:
+        """Save what the options ask for about one frame (and show it with --view-img)."""
+        stem_frame = _frame_stem(frame)
+        if self.opts.save_txt:
+            self.write_txt(self.save_dir / "labels" / f"{stem_frame}.txt", result)
+        if self.opts.save_crop:
+            for i, (box, class_id) in enumerate(zip(result.xyxy, result.cls)):
+                crop_dir = self.save_dir / "crops" / self._name(class_id)
+                crop_dir.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(crop_dir / f"{stem_frame}_{i}.jpg"), crop_box(frame.image, box))
+        if not (self.save_images or self.opts.view_img):
+            return
+        annotated = draw_detections(frame.image, result.xyxy, result.cls, result.conf, self.names,
+                                    self.opts.line_thickness, self.opts.hide_labels, self.opts.hide_conf)
+        if self.opts.view_img:
+            self._show(frame.path, annotated)
+        if self.save_images and frame.is_video:
+            self._video_writer(frame, annotated.shape).write(annotated)
+        elif self.save_images:
+            cv2.imwrite(str(self.save_dir / Path(frame.path).name), annotated)
+
+    def write_txt(self, path: Path, result: ImageResult) -> None:
+        """YOLO rows ``cls cx cy w h`` normalised, + ``conf`` (+ ``uncertainty`` for C-BBL) with --save-conf."""
+        height, width = result.shape
+        boxes = xyxy_to_cxcywhn(result.xyxy.astype(np.float64), width, height)
+        with open(path, "w", encoding="utf-8") as f:
+            for i, box in enumerate(boxes):
+                values = [f"{v:.6g}" for v in box]
+                if self.opts.save_conf:
+                    values.append(f"{result.conf[i]:.6g}")
+                    if self.has_uncertainty:
+                        values.append(f"{result.uncertainty[i]:.6g}")
+                f.write(" ".join([str(int(result.cls[i]))] + values) + "\n")
+
+    def _name(self, class_id: int) -> str:
+        return self.names[class_id] if 0 <= class_id < len(self.names) else str(class_id)
+
+    def _video_writer(self, frame: Frame, shape: Sequence[int]) -> cv2.VideoWriter:
+        if frame.path not in self.video_writers:
+            fps = frame.fps / self.opts.vid_stride if frame.fps else 30.0
+            path = self.save_dir / f"{_safe_stem(frame.path)}.mp4"
+            self.video_writers[frame.path] = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                                             (int(shape[1]), int(shape[0])))
+        return self.video_writers[frame.path]
+
+    @staticmethod
+    def _show(window: str, image: np.ndarray) -> None:
+        try:
+            cv2.imshow(window, image)
+            cv2.waitKey(1)
+        except cv2.error as err:
+            log_once(logger, logging.WARNING, "--view-img: OpenCV cannot open a window here (%s)",
+                     str(err).splitlines()[0] if str(err) else "no GUI")
+
+    def close(self) -> None:
+        """Finish video files and say where the results went."""
+        for writer in self.video_writers.values():
+            writer.release()
+        if self.save_dir.exists():
+            logger.info("Results saved to %s", self.save_dir)
+
+
+def _safe_stem(path: str) -> str:
+    """A file-name stem for a file, webcam index or stream URL."""
+    stem = Path(path).stem if not path.isdigit() else f"webcam{path}"
+    return "".join(char if char.isalnum() or char in "-_." else "_" for char in stem) or "stream"
+
+
+def _frame_stem(frame: Frame) -> str:
+    """``name`` for an image, ``name_<frame index>`` for a video frame."""
+    return f"{_safe_stem(frame.path)}_{frame.index}" if frame.is_video else _safe_stem(frame.path)

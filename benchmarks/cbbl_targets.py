@@ -2,7 +2,7 @@
 
 Reads the official annotations of the shared VisDrone sample (training labels: categories 1..10, score 1),
 letterboxes every image to --img (long side = img, padded square, no augmentation), assigns the boxes the
-YOLOv5 way (utils.loss.assign_level, anchor_t 4) on the TPH-YOLOv5 levels (strides 4/8/16/32, 4 anchors
+YOLOv5 way (utils.assign.assign_level, anchor_t 4) on the TPH-YOLOv5 levels (strides 4/8/16/32, 4 anchors
 each) for two anchor sets: the repository's data-free defaults (utils.anchors.default_anchors, what
 models/yolov5l-xs-tph.yaml gets without data) and k-means anchors fitted on these labels at that size
 (utils.anchors.kmean_anchors, what train.py computes). Writes benchmarks/results/cbbl_targets_<img>.png
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS_DIR, header_lines, write_json  # noqa: E402
 from utils.anchors import default_anchors, kmean_anchors  # noqa: E402
+from utils.assign import assign_level  # noqa: E402
 from utils.cbbl import encode_offsets  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.loss import assign_level  # noqa: E402
 from utils.visdrone import read_annotation, to_yolo_labels  # noqa: E402
 
 logger = logging.getLogger("cbbl_targets")

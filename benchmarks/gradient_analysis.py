@@ -44,8 +44,8 @@ def object_gradient_norms(model, loss_fn, images: torch.Tensor, targets: torch.T
     Returns:
         norms (P,), areas (P,), entropies (P,) over all levels.
     """
+    from utils.assign import assign_level
     from utils.cbbl import entropy
-    from utils.loss import assign_level
 
     detect = loss_fn.detect
     with torch.no_grad():

@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS_DIR, header_lines, write_json  # noqa: E402
 from models.detect import Detect  # noqa: E402
+from utils.assign import assign_level  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.loss import ComputeLoss, assign_level  # noqa: E402
+from utils.loss import ComputeLoss  # noqa: E402
 
 logger = logging.getLogger("loss_speed")
 YOLOV5_ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]

@@ -21,6 +21,11 @@ def random_boxes(num: int, size: float = 100.0, seed: int = 0) -> torch.Tensor:
     return torch.cat([top_left, top_left + extent], 1)
 
 
+def positives(assigned) -> set[tuple[int, int, int]]:
+    """(anchor, cell_x, cell_y) of every positive in a utils.assign.LevelTargets."""
+    return set(zip(assigned.anchor.tolist(), assigned.cell_x.tolist(), assigned.cell_y.tolist()))
+
+
 @pytest.fixture
 def visdrone_sample() -> Path:
     if not VISDRONE_SAMPLE.is_dir():

@@ -1,4 +1,4 @@
-"""Tests for utils/loss.py: hand-worked YOLOv5 assignment, diagnostics, loss terms, and overfitting each mode."""
+"""Tests for utils/loss.py: assignment diagnostics, loss terms, and overfitting each mode."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from conftest import positives
 
 from models.detect import Detect
 from models.yolo import Model
+from utils.assign import assign_level
 from utils.boxes import aligned_iou
 from utils.cbbl import encode_offsets
 from utils.hyp import load_hyp
-from utils.loss import ComputeLoss, LossGains, _LevelGather, assign_level, bce_with_logits, level_name
+from utils.loss import ComputeLoss, LossGains, _LevelGather, bce_with_logits
 
 MODES = ("ciou", "l1", "smooth_l1", "cbbl")
 # Two levels (strides 8 and 16 at 64 px), anchors in pixels: small enough to run hundreds of steps on a CPU.
@@ -55,30 +55,6 @@ def random_preds(detect: Detect, batch: int = 2, imgsz: int = 64, seed: int = 0)
             .requires_grad_() for s in detect.stride.tolist()]
 
 
-def positives(assigned) -> set[tuple[int, int, int]]:
-    return set(zip(assigned.anchor.tolist(), assigned.cell_x.tolist(), assigned.cell_y.tolist()))
-
-
-def test_assignment_own_cell_and_two_nearest_neighbours() -> None:
-    anchors = torch.tensor([[1.0, 1.0], [2.0, 2.0], [8.0, 8.0]])  # grid units
-    targets = torch.tensor([[0, 1, 2.3 / 8, 5.7 / 8, 1.5 / 8, 1.5 / 8]])  # centre (2.3, 5.7), size 1.5 cells
-    assigned = assign_level(targets, anchors, (8, 8), anchor_t=4.0)
-    # anchors 0 (ratio 1.5) and 1 (1.33) match, 2 (5.3) does not; x frac .3 -> left cell, y frac .7 -> lower cell
-    assert positives(assigned) == {(a, x, y) for a in (0, 1) for x, y in ((2, 5), (1, 5), (2, 6))}
-    expected_dxy = {(2, 5): (0.3, 0.7), (1, 5): (1.3, 0.7), (2, 6): (0.3, -0.3)}
-    for x, y, box in zip(assigned.cell_x.tolist(), assigned.cell_y.tolist(), assigned.box):
-        torch.testing.assert_close(box, torch.tensor([*expected_dxy[(x, y)], 1.5, 1.5]), rtol=0, atol=1e-5)
-    assert assigned.cls.tolist() == [1] * 6 and assigned.gt.tolist() == [0] * 6
-
-
-def test_assignment_at_the_border_and_on_a_cell_middle_line() -> None:
-    anchors = torch.tensor([[1.0, 1.0]])
-    corner = assign_level(torch.tensor([[0, 0, 0.3 / 8, 7.8 / 8, 1 / 8, 1 / 8]]), anchors, (8, 8), 4.0)
-    assert positives(corner) == {(0, 0, 7)}  # both neighbours fall outside the grid
-    middle = assign_level(torch.tensor([[0, 0, 3.5 / 8, 4.2 / 8, 1 / 8, 1 / 8]]), anchors, (8, 8), 4.0)
-    assert positives(middle) == {(0, 3, 4), (0, 3, 3)}  # no x neighbour: dx would sit on -0.5 or 1.5
-
-
 def test_gt_too_small_for_every_anchor_gets_no_positive_and_is_counted() -> None:
     loss_fn = ComputeLoss(HeadOnly(load_hyp().head_settings(64)), load_hyp(), imgsz=64)
     # 1.5 px: ratio 5.3 to the smallest anchor (8 px); a 5.5x6.5 px box matches both p3 anchors, no p4 one
@@ -91,25 +67,6 @@ def test_gt_too_small_for_every_anchor_gets_no_positive_and_is_counted() -> None
     with torch.no_grad():  # validation losses do not count
         loss_fn(random_preds(loss_fn.detect), targets)
     assert loss_fn.stats.as_dict()["gt_total"] == 0
-
-
-@settings(deadline=None, max_examples=25)
-@given(seed=st.integers(0, 10_000), num_first=st.integers(0, 6), num_second=st.integers(0, 6))
-def test_batched_assignment_equals_per_image(seed: int, num_first: int, num_second: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    boxes = torch.rand(num_first + num_second, 4, generator=generator) * torch.tensor([1, 1, 0.3, 0.3]) + 0.01
-    image_idx = torch.tensor([0.0] * num_first + [1.0] * num_second)
-    targets = torch.cat([image_idx[:, None], torch.zeros(len(boxes), 1), boxes], 1)
-    anchors = torch.tensor([[1.0, 1.5], [3.0, 2.0]])
-    batched = assign_level(targets, anchors, (8, 8), 4.0)
-    rows = lambda a, offset=0: {(b, an, y, x, g + offset) for b, an, y, x, g in  # noqa: E731
-                                zip(*(v.tolist() for v in (a.batch, a.anchor, a.cell_y, a.cell_x, a.gt)))}
-    first = assign_level(targets[:num_first], anchors, (8, 8), 4.0)
-    second = assign_level(targets[num_first:], anchors, (8, 8), 4.0)
-    assert rows(batched) == rows(first) | rows(second, offset=num_first)
-    assert torch.all((batched.box[:, :2] > -0.5) & (batched.box[:, :2] < 1.5))
-    ratio = batched.box[:, 2:] / batched.anchor_wh
-    assert torch.all(torch.max(ratio, 1 / ratio) < 4.0)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -205,11 +162,6 @@ def test_offset_labels_beyond_alpha_are_counted() -> None:
     loss_fn(random_preds(loss_fn.detect, batch=1), targets_px([[0, 0, 8 * 2.5005, 8 * 3.2, 10, 12]]))
     stats = loss_fn.stats.as_dict()
     assert stats["clamped"] >= 2 and 0 < stats["clamped_frac"] < 1
-
-
-def test_level_names_follow_the_stride() -> None:
-    assert [level_name(s, i) for i, s in enumerate([4.0, 8.0, 16.0, 32.0])] == ["p2", "p3", "p4", "p5"]
-    assert level_name(12.0, 1) == "l1"
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.predictor import DetectOptions, ImageResult, OutputWriter, check_imgsz, detect_images, load_names, run
+from utils.detect_outputs import OutputWriter
+from utils.predictor import DetectOptions, ImageResult, check_imgsz, detect_images, load_names, run
 
 
 def test_options_normalise_and_validate():

@@ -16,7 +16,8 @@ CBBL = {"box": "cbbl", "bins": 11, "alpha": 4, "beta": 5, "space": "logit", "res
 # exact parameter counts of YOLOv5's own model summaries.
 PUBLISHED = {"n": (1.9, 4.5), "s": (7.2, 16.5), "m": (21.2, 49.0), "l": (46.5, 109.1), "x": (86.7, 205.7)}
 EXACT_PARAMS = {"n": 1_872_157, "s": 7_235_389, "m": 21_190_557, "l": 46_563_709, "x": 86_749_405}
-BIG_CONFIGS = ["yolov5m", "yolov5l", "yolov5x", "yolov5l-xs-tph", "yolov5l-tph-plus", "yolov5s-xs-tph"]
+BIG_CONFIGS = ["yolov5m", "yolov5l", "yolov5x", "yolov5l-xs-tph", "yolov5x-xs-tph", "yolov5l-tph-plus",
+               "yolov5s-xs-tph"]
 
 
 def loss_like(outputs: list[torch.Tensor]) -> torch.Tensor:

@@ -37,7 +37,7 @@ class TrainOptions:
     data: str = DEFAULT_DATA
     hyp_path: str = ""  # "" = built-in Hyp() values; the CLI defaults to DEFAULT_HYP
     hyp: Hyp = field(default_factory=Hyp)
-    epochs: int = 12
+    epochs: int = 30
     batch_size: int = 8
     imgsz: int = 320
     rect: bool = False
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cfg", default="", help=f"model YAML (default {DEFAULT_CFG}, or the --weights architecture)")
     add("--data", default=DEFAULT_DATA, help="dataset YAML")
     add("--hyp", default=DEFAULT_HYP, help="hyperparameter YAML ('' = built-in YOLOv5 scratch values)")
-    add("--epochs", type=int, default=12)
+    add("--epochs", type=int, default=30)
     add("--batch-size", "--batch", type=int, default=8, help="total batch size over all processes")
     add("--imgsz", "--img", "--img-size", type=int, default=320, help="train and val image size (pixels)")
     add("--rect", action="store_true", help="rectangular training batches")

@@ -1,0 +1,107 @@
+"""YOLOv5 target assignment: which anchors and cells of a level are positives for each ground truth.
+
+Shared by every box-loss mode (utils/loss.py), and counted: tiny objects are where anchor matching fails
+(a box whose size ratio to every anchor exceeds anchor_t gets no positive at all), so the diagnostics
+here say per level and overall how many ground truths went unmatched.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+class LevelTargets(NamedTuple):
+    """Positives of one level, P rows. Boxes in grid units, centre relative to the cell's top-left corner."""
+
+    batch: torch.Tensor  # (P,) long, image index in the batch
+    anchor: torch.Tensor  # (P,) long
+    cell_y: torch.Tensor  # (P,) long
+    cell_x: torch.Tensor  # (P,) long
+    box: torch.Tensor  # (P, 4) float (dx, dy, w, h): dx, dy in [-0.5, 1.5]
+    anchor_wh: torch.Tensor  # (P, 2) float, grid units
+    cls: torch.Tensor  # (P,) long
+    gt: torch.Tensor  # (P,) long, row of the ground truth in the batch's targets
+
+
+def assign_level(targets: torch.Tensor, anchors: torch.Tensor, grid_hw: tuple[int, int],
+                 anchor_t: float) -> LevelTargets:
+    """YOLOv5 assignment on one level: anchor ratio test, then the GT's own cell + its 2 nearest neighbours.
+
+    Args:
+        targets: (M, 6) float ``[img_idx, cls, cx, cy, w, h]``, cxcywh normalised.
+        anchors: (A, 2) anchor sizes in grid units of this level.
+        grid_hw: (H, W) of the level's feature map.
+        anchor_t: a GT goes to an anchor when max(w/a_w, a_w/w, h/a_h, a_h/h) < anchor_t.
+    Returns:
+        LevelTargets with P <= 3 * A * M positives. A neighbour cell is the one across the nearer cell edge
+        (x and y separately), so dx, dy stay inside the decode's open range (-0.5, 1.5); a centre exactly on
+        a cell's middle line gets no neighbour on that axis (both would sit on the unreachable ends).
+    """
+    grid_h, grid_w = grid_hw
+    grid_size = targets.new_tensor([grid_w, grid_h])
+    centre = targets[:, 2:4] * grid_size  # (M, 2) grid units
+    size = targets[:, 4:6] * grid_size  # (M, 2)
+    ratio = size[None] / anchors[:, None]  # (A, M, 2)
+    worst_ratio = torch.max(ratio, 1 / ratio).amax(-1)  # (A, M); nan-free: inf for zero sizes
+    anchor_idx, gt_idx = (worst_ratio < anchor_t).nonzero(as_tuple=True)  # (Q,)
+    gt_centre = centre[gt_idx]  # (Q, 2)
+    own = gt_centre.floor().clamp(min=torch.zeros_like(grid_size), max=grid_size - 1)  # (Q, 2)
+    frac = gt_centre - own  # (Q, 2)
+    neighbour = own + torch.where(frac < 0.5, -1.0, 1.0)  # (Q, 2), across the nearer edge
+    has_neighbour = (frac != 0.5) & (neighbour >= 0) & (neighbour < grid_size)  # (Q, 2)
+    x_side = torch.stack([neighbour[:, 0], own[:, 1]], -1)  # (Q, 2)
+    y_side = torch.stack([own[:, 0], neighbour[:, 1]], -1)  # (Q, 2)
+    cells = torch.stack([own, x_side, y_side])  # (3, Q, 2)
+    keep = torch.stack([torch.ones_like(has_neighbour[:, 0]), has_neighbour[:, 0], has_neighbour[:, 1]])  # (3, Q)
+    cells = cells[keep]  # (P, 2)
+    anchor_idx = anchor_idx.expand(3, -1)[keep]  # (P,)
+    gt_idx = gt_idx.expand(3, -1)[keep]  # (P,)
+    box = torch.cat([centre[gt_idx] - cells, size[gt_idx]], -1)  # (P, 4)
+    cells = cells.long()
+    return LevelTargets(batch=targets[gt_idx, 0].long(), anchor=anchor_idx, cell_y=cells[:, 1], cell_x=cells[:, 0],
+                        box=box, anchor_wh=anchors[anchor_idx], cls=targets[gt_idx, 1].long(), gt=gt_idx)
+
+
+class AssignmentStats:
+    """Assignment diagnostics summed over calls until :meth:`reset` (train.py logs :meth:`as_dict` per epoch).
+
+    Counts stay tensors on the loss's device, so a training step never waits for them; only ``as_dict`` syncs.
+    Only calls with autograd enabled count (training steps): validation losses, computed under no_grad,
+    leave the epoch's figures alone.
+    """
+
+    def __init__(self, level_names: list[str]):
+        self.level_names = list(level_names)
+        self._counts: dict[str, torch.Tensor | float] = {}
+
+    def reset(self) -> None:
+        self._counts = {}
+
+    def add(self, name: str, value: torch.Tensor | float) -> None:
+        if torch.is_grad_enabled():
+            self._counts[name] = self._counts.get(name, 0.0) + value
+
+    def as_dict(self) -> dict[str, float]:
+        """GT totals, GTs with no positive anywhere, per-level positives and matched GTs, clamped offset labels.
+
+        ``clamped`` counts offset labels t* beyond +-alpha (modes cbbl, l1, smooth_l1; 0 for ciou).
+        """
+        counts = {name: float(value) for name, value in self._counts.items()}
+        gt_total = counts.get("gt_total", 0.0)
+        stats = {"gt_total": gt_total, "gt_unmatched": counts.get("gt_unmatched", 0.0),
+                 "gt_unmatched_frac": counts.get("gt_unmatched", 0.0) / max(gt_total, 1.0)}
+        for name in self.level_names:
+            stats[f"pos_{name}"] = counts.get(f"pos_{name}", 0.0)
+            stats[f"gt_{name}"] = counts.get(f"gt_{name}", 0.0)
+        stats["clamped"] = counts.get("clamped", 0.0)
+        stats["clamped_frac"] = stats["clamped"] / max(counts.get("offsets", 0.0), 1.0)
+        return stats
+
+
+def level_name(stride: float, level: int) -> str:
+    """'p3' for stride 8 (pyramid level = log2 stride); 'l{level}' when the stride is not a power of two."""
+    exponent = math.log2(stride) if stride > 0 else -1.0
+    return f"p{round(exponent)}" if exponent >= 0 and exponent == round(exponent) else f"l{level}"

@@ -158,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-min", type=float, default=45.0, help="start no new run after this many minutes")
     parser.add_argument("--retry-failed", action="store_true", help="run failed (config, seed) pairs again")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ablation",
-                        help="results folder (runs.csv, summary.csv, curves); training runs go to OUT/runs")
+                        help="results folder (runs.csv, summary.csv, curves); runs train in runs/ablation/<its name>")
     return parser.parse_args(argv)
 
 

@@ -59,3 +59,11 @@ def test_missing_and_foreign_files(tmp_path):
     (tmp_path / "garbage.pt").write_bytes(b"\x00not a zip")
     with pytest.raises(ValueError, match="garbage.pt"):
         load_checkpoint(tmp_path / "garbage.pt")
+
+
+def test_plain_state_dict_is_accepted_only_for_transfer(tmp_path):
+    path = tmp_path / "state.pt"
+    torch.save({"model": {"w": torch.ones(2)}}, path)
+    with pytest.raises(ValueError, match="model_yaml"):
+        load_checkpoint(path)
+    assert load_checkpoint(path, weights_only_transfer=True)["model"]["w"].sum() == 2

@@ -39,8 +39,13 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Union[str, Path]) -> None:
         raise
 
 
-def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``); clear errors for a missing or foreign file."""
+def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu",
+                    weights_only_transfer: bool = False) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); clear errors for a missing or foreign file.
+
+    ``weights_only_transfer`` also accepts a plain ``{'model': state_dict}`` (no ``model_yaml``): enough to
+    transfer pretrained weights by name and shape into a model built from ``--cfg``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found (train one with train.py or see weights/README.md)")
@@ -49,8 +54,9 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     except Exception as err:  # torch raises several types for corrupt/unsafe files; name the file
         raise ValueError(f"{path}: not a readable checkpoint of this project ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from err
-    if not isinstance(checkpoint, dict) or "model_yaml" not in checkpoint or "model" not in checkpoint:
-        raise ValueError(f"{path}: not a checkpoint of this project (expected a dict with 'model' and 'model_yaml')")
+    required = ("model",) if weights_only_transfer else ("model", "model_yaml")
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in required):
+        raise ValueError(f"{path}: not a checkpoint of this project (expected a dict with {' and '.join(required)})")
     return checkpoint
 
 

@@ -69,7 +69,7 @@ def build_model(opts: TrainOptions, names: list[str], device: torch.device,
         model = Model(resume_checkpoint["model_yaml"])
         model.load_state_dict(resume_checkpoint["model"])
     else:
-        pretrained = load_checkpoint(opts.weights) if opts.weights else None
+        pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg)) if opts.weights else None
         cfg = opts.cfg or pretrained["model_yaml"]
         model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
                       head=opts.hyp.head_settings(opts.imgsz))

@@ -1,6 +1,6 @@
 """The reference side of speed_vs_yolov5.py: Ultralytics' YOLOv5 (PyPI ``yolov5``), run in its own venv.
 
-Runs INSIDE the reference virtual environment and never imports our code (``utils``/``models`` here
+Runs INSIDE the reference virtual environment and never imports our library (``utils``/``models`` here
 would be theirs). Each task reads the shared inputs written by speed_vs_yolov5.py (same images,
 targets, candidates, predictions) and prints one line ``RESULT_JSON: {...}`` with its timings.
 Their models are built from their YAML with random weights (no download): same architecture.
@@ -9,11 +9,10 @@ Their models are built from their YAML with random weights (no download): same a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +21,17 @@ import torch
 RESULT_PREFIX = "RESULT_JSON: "
 
 
-def _timed(fn, warmup: int, repeats: int) -> dict:
-    """Median/min/max wall seconds of fn() after warm-up calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+def _load_sibling(name: str):
+    """A stdlib/numpy/torch-only module of benchmarks/, loaded by path: our repo root stays off sys.path."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The same timer and loader drain as our side: both sides are measured by identical code.
+time_call = _load_sibling("common").time_call
+drain_loader = _load_sibling("speed_inputs").drain_loader
 
 
 def _package_dir() -> Path:
@@ -72,7 +72,7 @@ def task_train_step(args: argparse.Namespace) -> dict:
         loss, _ = criterion(model(images), targets)
         loss.backward()
 
-    return _timed(step, args.warmup, args.repeats)
+    return time_call(step, args.warmup, args.repeats)
 
 
 def task_infer(args: argparse.Namespace) -> dict:
@@ -82,7 +82,7 @@ def task_infer(args: argparse.Namespace) -> dict:
     for size in args.sizes:
         image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
         with torch.inference_mode():
-            results[str(size)] = _timed(lambda image=image: model(image), args.warmup, args.repeats)
+            results[str(size)] = time_call(lambda image=image: model(image), args.warmup, args.repeats)
     return results
 
 
@@ -98,7 +98,7 @@ def task_nms(args: argparse.Namespace) -> dict:
         def run(setting=setting) -> list:
             return non_max_suppression(candidates, **setting)
 
-        results[name] = {**_timed(run, args.warmup, args.repeats), "kept": int(run()[0].shape[0])}
+        results[name] = {**time_call(run, args.warmup, args.repeats), "kept": int(run()[0].shape[0])}
     return results
 
 
@@ -108,24 +108,7 @@ def task_dataloader(args: argparse.Namespace) -> dict:
 
     loader, dataset = create_dataloader(args.images, args.img, args.batch, 32, hyp=_hyp(), augment=True,
                                         cache=False, rect=False, workers=args.workers, shuffle=True, seed=0)
-    return _drain(loader, args.batches)
-
-
-def _drain(loader, num_batches: int) -> dict:
-    """Time ``num_batches`` batches after one warm-up batch; cycles the loader if it is shorter."""
-    iterator, seen, start = iter(loader), 0, None
-    for index in range(num_batches + 1):
-        try:
-            images = next(iterator)[0]
-        except StopIteration:
-            iterator = iter(loader)
-            images = next(iterator)[0]
-        if index == 0:
-            start = time.perf_counter()
-            continue
-        seen += images.shape[0]
-    elapsed = time.perf_counter() - start
-    return {"images": seen, "seconds": elapsed, "images_per_s": seen / elapsed}
+    return drain_loader(loader, args.batches)
 
 
 def task_metrics(args: argparse.Namespace) -> dict:
@@ -149,7 +132,7 @@ def task_metrics(args: argparse.Namespace) -> dict:
         tp, conf, pred_cls, target_cls = (torch.cat(x, 0).numpy() for x in zip(*stats))
         return ap_per_class(tp, conf, pred_cls, target_cls, names={i: str(i) for i in range(args.nc)})
 
-    timing = _timed(run, args.warmup, args.repeats)
+    timing = time_call(run, args.warmup, args.repeats)
     ap = run()[5]  # (nc, 10)
     timing["map50"], timing["map50_95"] = float(ap[:, 0].mean()), float(ap.mean())
     return timing

@@ -4,7 +4,7 @@
     python detect.py --weights best.pt --source big_frame.jpg --slice 640 640 --overlap 0.2 --slice-full-pass
     python detect.py --weights best.onnx --source 0          # webcam, through ONNX Runtime
 
-Outputs go to runs/detect/<name>; ``utils.predictor.run`` does the work and returns the arrays.
+Outputs go to runs/detect/<name>; ``utils.infer.predictor.run`` does the work and returns the arrays.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import argparse
 import sys
 from typing import Optional
 
+from utils.infer.predictor import ImageResult, run
 from utils.log import setup_logging
-from utils.predictor import ImageResult, run
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from utils.export import FORMATS, run
+from utils.infer.export import FORMATS, run
 from utils.log import setup_logging
 
 

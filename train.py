@@ -1,6 +1,6 @@
 """Train a detector: ``python train.py --data data/synthetic.yaml --cfg models/yolov5n.yaml --img 320``.
 
-Thin CLI: parse the flags into TrainOptions and call utils.train_run.run (see --help).
+Thin CLI: parse the flags into TrainOptions and call utils.engine.run.run (see --help).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Optional
 
 from utils.distributed import DistContext
+from utils.engine.options import parse_options
+from utils.engine.run import run
 from utils.log import setup_logging
-from utils.train_options import parse_options
-from utils.train_run import run
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -2,7 +2,7 @@
 
 Also scores saved predictions without a model: ``python val.py --pred preds.json --gt gt.json`` (COCO
 JSON files) or ``--pred results_dir --gt annotations_dir`` (VisDrone txt folders, the toolkit's rules).
-Thin CLI: flags -> ValOptions -> run(); the work happens in utils/validator.py and utils/val_scoring.py.
+Thin CLI: flags -> ValOptions -> run(); the work happens in utils/eval/validator.py and utils/eval/scoring.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from utils.eval.run import run_options
 from utils.files import increment_path
 from utils.log import setup_logging
 
@@ -109,7 +110,6 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> ValOptions:
 
 def run(**opts: Any) -> Any:
     """val.py from Python: keyword arguments are ValOptions fields. Returns ValResults (a list for study)."""
-    from utils.val_run import run_options
 
     names = {f.name for f in fields(ValOptions)}
     unknown = sorted(set(opts) - names)

@@ -4,7 +4,7 @@
     python benchmarks/ablation.py --configs ciou cbbl_ce_um_in --seeds 1 2 --budget-min 35
 
 Trains the same small model once per (config, seed) through the library entry point
-utils.train_run.run, appends each finished run's row (last-epoch mAP50, mAP50-95, AP_small, wall
+utils.engine.run.run, appends each finished run's row (last-epoch mAP50, mAP50-95, AP_small, wall
 time, or the failure) to benchmarks/results/ablation/runs.csv at once, and skips finished rows on a
 rerun. Then writes summary.csv (mean and sample std over seeds) and curves.png (validation mAP50-95
 and training box loss per epoch, mean over seeds). Tiny-budget figures: read the spread, not the digits.
@@ -47,7 +47,7 @@ METRICS = {"map50": "metrics/mAP_0.5", "map50_95": "metrics/mAP_0.5:0.95", "ap_s
 
 def train_options(args: argparse.Namespace, config: str, seed: int):
     """TrainOptions of one run: the same model/data/schedule for every config, only the box branch differs."""
-    from utils.train_options import TrainOptions
+    from utils.engine.options import TrainOptions
 
     hyp = load_hyp(ROOT / args.hyp, warmup_epochs=args.warmup_epochs, **CONFIGS[config])
     return TrainOptions(optimizer=args.optimizer, cfg=str(ROOT / args.cfg), data=str(ROOT / args.data), hyp=hyp,
@@ -60,7 +60,7 @@ def train_options(args: argparse.Namespace, config: str, seed: int):
 
 def run_one(args: argparse.Namespace, config: str, seed: int) -> dict:
     """Train one (config, seed); its summary row (status 'failed' with the error if it raised)."""
-    from utils.train_run import run
+    from utils.engine.run import run
 
     opts = train_options(args, config, seed)
     hyp = opts.hyp

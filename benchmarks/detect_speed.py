@@ -25,12 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS_DIR, header_lines, time_call, write_json  # noqa: E402
-from models.backend import DetectBackend  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
+from utils.infer.backend import DetectBackend  # noqa: E402
+from utils.infer.predictor import DetectOptions, detect_images, network_batch  # noqa: E402
+from utils.infer.slicing import sliced_detect, tile_grid  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.predictor import DetectOptions, detect_images, network_batch  # noqa: E402
-from utils.slicing import sliced_detect, tile_grid  # noqa: E402
 
 logger = logging.getLogger("detect_speed")
 DEFAULT_FRAME = Path(__file__).resolve().parents[2] / "shared/data/visdrone-sample/images/0000001_02999_d_0000005.jpg"

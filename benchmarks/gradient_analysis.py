@@ -73,12 +73,13 @@ def object_gradient_norms(model, loss_fn, images: torch.Tensor, targets: torch.T
 
 def analyse_checkpoint(path: Path, batches: list) -> dict:
     """Mean / median gradient norm of small and normal objects (and C-BBL's mean entropy) for one checkpoint."""
-    from utils.checkpoint import build_model, load_checkpoint
+    from models.yolo import model_from_checkpoint
+    from utils.checkpoint import load_checkpoint
     from utils.hyp import load_hyp
     from utils.loss import ComputeLoss
 
     checkpoint = load_checkpoint(path)
-    model = build_model(checkpoint, use_ema=False).float().eval()
+    model = model_from_checkpoint(checkpoint, use_ema=False).float().eval()
     hyp = load_hyp(checkpoint["hyp"])
     loss_fn = ComputeLoss(model, hyp, imgsz=int(checkpoint["opt"]["imgsz"]))
     parts = [object_gradient_norms(model, loss_fn, images, targets, scale) for images, targets, scale in batches]
@@ -95,8 +96,8 @@ def analyse_checkpoint(path: Path, batches: list) -> dict:
 
 def fixed_batches(data_yaml: str, imgsz: int, num_batches: int, batch_size: int) -> list:
     """The first validation batches (no augmentation) as (images float, targets, original px per network px)."""
-    from utils.data_config import load_data_config
-    from utils.dataset import create_dataloader
+    from utils.data.config import load_data_config
+    from utils.data.dataset import create_dataloader
 
     data = load_data_config(data_yaml)
     loader, _ = create_dataloader(data["val"], imgsz, batch_size, 32, augment=False, rect=False, workers=0)

@@ -22,10 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import coco_eval, visdrone_eval  # noqa: E402
+from utils.eval import coco as coco_eval
+from utils.eval import visdrone as visdrone_eval  # noqa: E402
+from utils.eval.metrics import BoxSet  # noqa: E402
+from utils.eval.scoring import score_coco  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.metrics import BoxSet  # noqa: E402
-from utils.val_scoring import score_coco  # noqa: E402
 
 logger = logging.getLogger("metrics_speed")
 GOAL_S = 10.0

@@ -5,7 +5,7 @@
     python benchmarks/slicing_recall.py --data visdrone                 # tile + train yolov5n first, then evaluate
 
 Frames: ``synthetic``: 1536 x 1536 frames, each a 4 x 4 mosaic of the project's synthetic 384 px scenes
-(utils/synthetic.py, seeds never used by the training set), ground truth from the renderer;
+(utils/data/synthetic.py, seeds never used by the training set), ground truth from the renderer;
 ``visdrone``: the shared sample's val + test-dev frames (960..2000 px wide), objects of categories 1..10.
 "Small" = area < 32^2 original pixels. Recall = ground truths matched one-to-one by a detection
 (IoU >= 0.5, highest confidence first), with at most --max-det detections per frame in every mode.
@@ -34,11 +34,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.common import RESULTS_DIR, header_lines, write_json  # noqa: E402
 from utils.boxes import box_iou  # noqa: E402
+from utils.data.synthetic import make_image  # noqa: E402
+from utils.data.visdrone import CATEGORY_NAMES, format_labels, read_annotation  # noqa: E402
+from utils.infer.predictor import run as detect_run  # noqa: E402
+from utils.infer.slicing import tile_grid  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.predictor import run as detect_run  # noqa: E402
-from utils.slicing import tile_grid  # noqa: E402
-from utils.synthetic import make_image  # noqa: E402
-from utils.visdrone import CATEGORY_NAMES, format_labels, read_annotation  # noqa: E402
 
 logger = logging.getLogger("slicing_recall")
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "visdrone-sample"
@@ -226,7 +226,7 @@ def main() -> None:
     settings = {"weights": str(weights), "data": args.data, "frames": f"{len(frames)} frames, {frame_w}x{frame_h}",
                 "tile": args.tile, "img": args.img, "big_img": args.big_img, "conf_thres": args.conf_thres,
                 "max_det": args.max_det, "match_iou": MATCH_IOU}
-    logging.getLogger("utils.predictor").setLevel(logging.WARNING)
+    logging.getLogger("utils.infer.predictor").setLevel(logging.WARNING)
     logger.info("\n".join(header_lines(settings)))
     rows = []
     for label, mode in modes.items():

@@ -102,7 +102,7 @@ def ours_nms(args: argparse.Namespace) -> dict:
 
 def ours_dataloader(args: argparse.Namespace) -> dict:
     """Images per second through our mosaic training loader on the shared images (same hyps as theirs)."""
-    from utils.dataset import create_dataloader
+    from utils.data.dataset import create_dataloader
 
     loader, _ = create_dataloader(str(args.images), args.img, args.batch, 32, hyp=load_hyp(None), augment=True,
                                   workers=args.workers, shuffle=True, seed=0)
@@ -110,9 +110,9 @@ def ours_dataloader(args: argparse.Namespace) -> dict:
 
 
 def ours_metrics(args: argparse.Namespace) -> dict:
-    """utils.coco_eval.evaluate (what our val reports: mAP50, mAP50-95, AP by area) on the shared predictions."""
-    from utils.coco_eval import evaluate
-    from utils.metrics import BoxSet
+    """utils.eval.coco.evaluate (what our val reports: mAP50, mAP50-95, AP by area) on the shared predictions."""
+    from utils.eval.coco import evaluate
+    from utils.eval.metrics import BoxSet
 
     data = np.load(args.inputs / "metric_inputs.npz")
     preds, labels = data["preds"], data["labels"]  # (P, 7) [img, xyxy, conf, cls], (L, 6) [img, cls, xyxy]

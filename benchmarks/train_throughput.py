@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS_DIR, header_lines, write_json  # noqa: E402
 from models.yolo import Model  # noqa: E402
+from utils.engine.optim import accumulate_steps, build_optimizer  # noqa: E402
+from utils.engine.trainer import Trainer  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
-from utils.optim import accumulate_steps, build_optimizer  # noqa: E402
 from utils.torch_utils import ModelEMA  # noqa: E402
-from utils.trainer import Trainer  # noqa: E402
 
 logger = logging.getLogger("train_throughput")
 MODES = ("ciou", "cbbl")

@@ -27,6 +27,7 @@ from models.fuse import fuse_model  # noqa: E402
 from models.info import model_info  # noqa: E402
 from models.parse import parse_model, row_lines  # noqa: E402
 from utils.anchors import check_anchor_order, default_anchors  # noqa: E402
+from utils.log import setup_logging  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,15 @@ def transfer_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -
     return len(matching), len(own)
 
 
+def model_from_checkpoint(checkpoint: dict, use_ema: bool = True) -> Model:
+    """Rebuild the model of a checkpoint (EMA weights when present and ``use_ema``), in eval mode, float32."""
+    model = Model(checkpoint["model_yaml"])
+    state = checkpoint.get("ema") if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.names = list(checkpoint.get("names") or [str(i) for i in range(model.nc)])
+    return model.eval()
+
+
 def format_table(model: Model) -> str:
     """The layer table: index, from, repeats, params, module, resolved args."""
     lines = [f"{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<20}arguments"]
@@ -193,7 +203,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """CLI entry: 0 on success, 2 with the error on stderr for a broken config."""
-    from utils.log import setup_logging
 
     setup_logging()
     opts = parse_args(argv)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from conftest import positives
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import positives
 from utils.assign import assign_level, level_name
 
 

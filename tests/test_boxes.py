@@ -2,10 +2,10 @@
 
 import numpy as np
 import torch
-from conftest import random_boxes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import random_boxes
 from utils.boxes import (
     aligned_iou,
     box_ioa,

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import positives
 
 from models.detect import Detect
 from models.yolo import Model
+from tests.conftest import positives
 from utils.assign import assign_level
 from utils.boxes import aligned_iou
 from utils.cbbl import encode_offsets

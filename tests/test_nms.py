@@ -4,10 +4,10 @@ import logging
 
 import pytest
 import torch
-from conftest import random_boxes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import random_boxes
 from utils import nms as nms_module
 from utils.nms import batched_nms, nms, nms_torch, non_max_suppression
 

@@ -58,14 +58,3 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in required):
         raise ValueError(f"{path}: not a checkpoint of this project (expected a dict with {' and '.join(required)})")
     return checkpoint
-
-
-def build_model(checkpoint: dict[str, Any], use_ema: bool = True) -> torch.nn.Module:
-    """Rebuild the model of a checkpoint (EMA weights when present and ``use_ema``), in eval mode, float32."""
-    from models.yolo import Model
-
-    model = Model(checkpoint["model_yaml"])
-    state = checkpoint.get("ema") if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    model.names = list(checkpoint.get("names") or [str(i) for i in range(model.nc)])
-    return model.eval()

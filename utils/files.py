@@ -6,6 +6,9 @@ import re
 from pathlib import Path
 from typing import Union
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The repository root: where data/, models/ and runs/ live, whatever the current folder."""
+
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
 VID_FORMATS = ("asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "ts", "wmv")
 

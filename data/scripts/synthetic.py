@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere: the repo root holds utils/
 
+from utils.data.synthetic import generate_dataset  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.synthetic import generate_dataset  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,7 +3,7 @@
     python data/scripts/visdrone2yolo.py --src datasets/VisDrone
 
 ``--src`` is one split folder (with images/ and annotations/) or a folder of them. Annotation files are
-left untouched: evaluation reads ignored regions from them (utils/visdrone.py).
+left untouched: evaluation reads ignored regions from them (utils/data/visdrone.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere: the repo root holds utils/
 
+from utils.data.visdrone import convert_split, split_dirs  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.visdrone import convert_split, split_dirs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,0 +1,86 @@
+"""Tests for utils/data/config.py: path resolution, names/nc checks, generation, missing-data help."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import make_yolo_dataset
+from utils.data.config import REPO_ROOT, find_data_file, load_data_config
+
+
+def write_yaml(path: Path, content: dict) -> Path:
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+def test_splits_resolve_against_path(tmp_path):
+    make_yolo_dataset(tmp_path / "set" / "a", num_images=1)
+    make_yolo_dataset(tmp_path / "set" / "b", num_images=1)
+    (tmp_path / "set" / "list.txt").write_text("a/images/im0.png\n")
+    config = load_data_config(write_yaml(tmp_path / "d.yaml", {
+        "path": str(tmp_path / "set"), "train": ["a/images", "b/images"], "val": "list.txt",
+        "names": {0: "car", 1: "bus", 2: "van"}}))
+    assert config["train"] == [str(tmp_path / "set" / "a" / "images"), str(tmp_path / "set" / "b" / "images")]
+    assert config["val"] == str(tmp_path / "set" / "list.txt") and config["test"] is None
+    assert config["names"] == ["car", "bus", "van"] and config["nc"] == 3
+
+
+def test_without_path_the_yaml_folder_is_the_root(tmp_path):
+    make_yolo_dataset(tmp_path, num_images=1)
+    config = load_data_config(write_yaml(tmp_path / "d.yaml", {"train": "images", "val": "images", "nc": 2}))
+    assert config["path"] == str(tmp_path) and config["names"] == ["class0", "class1"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ({"train": "x", "val": "x", "nc": 3, "names": ["a", "b"]}, "nc=3 but 2 names"),
+    ({"train": "x", "val": "x"}, "needs 'names' or 'nc'"),
+    ({"train": "x", "val": "x", "names": {0: "a", 2: "b"}}, "ids must be 0..1"),
+    ({"train": "x", "val": "x", "names": ["a"], "generate": {"imgs": 3}}, "'generate' must be"),
+    (["train", "val"], "expected a mapping"),
+])
+def test_malformed_yaml_is_a_value_error(tmp_path, content, message):
+    with pytest.raises(ValueError, match=message):
+        load_data_config(write_yaml(tmp_path / "bad.yaml", content))
+
+
+def test_missing_data_says_where_and_how(tmp_path):
+    path = write_yaml(tmp_path / "d.yaml", {"path": str(tmp_path), "train": "tr", "val": "va", "names": ["a"],
+                                            "download": "unzip the archive here"})
+    with pytest.raises(FileNotFoundError, match="tr', .*va'.*never downloads.*unzip the archive here"):
+        load_data_config(path)
+    with pytest.raises(ValueError, match="split 'test' is required"):
+        load_data_config(path, splits=("test",))
+
+
+def test_visdrone_yaml_names_the_official_zips_and_converter():
+    with pytest.raises(FileNotFoundError) as error:
+        load_data_config("VisDrone.yaml")  # looked up in <repo>/data/
+    message = str(error.value)
+    for name in ("VisDrone2019-DET-train.zip", "VisDrone2019-DET-val.zip", "VisDrone2019-DET-test-dev.zip",
+                 "visdrone2yolo.py", str(REPO_ROOT / "datasets" / "VisDrone")):
+        assert name in message
+
+
+def test_visdrone_yaml_content():
+    config = yaml.safe_load(find_data_file("VisDrone.yaml").read_text())
+    assert config["nc"] == 10 and config["names"][0] == "pedestrian" and config["names"][-1] == "motor"
+    assert config["val"].startswith("VisDrone2019-DET-val") and "test-dev" in config["test"]
+
+
+def test_generate_makes_the_set_once(tmp_path):
+    content = {"path": str(tmp_path / "syn"), "train": "images/train", "val": "images/val", "names": ["a"] * 5,
+               "generate": {"images": 2, "val_images": 1, "size": 64, "seed": 0}}
+    config = load_data_config(write_yaml(tmp_path / "s.yaml", content))
+    assert len(list(Path(config["train"]).glob("*.jpg"))) == 2 and len(list(Path(config["val"]).glob("*.jpg"))) == 1
+    mtime = (Path(config["train"]) / "train_00000.jpg").stat().st_mtime_ns
+    load_data_config(tmp_path / "s.yaml")
+    assert (Path(config["train"]) / "train_00000.jpg").stat().st_mtime_ns == mtime
+
+
+def test_default_synthetic_yaml_loads():
+    config = load_data_config("data/synthetic.yaml")
+    assert config["path"] == str(REPO_ROOT / "datasets" / "synthetic")
+    assert config["nc"] == 5 and Path(config["train"]).is_dir() and Path(config["val"]).is_dir()

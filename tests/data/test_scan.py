@@ -1,0 +1,138 @@
+"""Tests for utils/data/scan.py: file listing, every bad-input case reported once, the cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import make_yolo_dataset
+from utils.data.scan import image_to_label_path, list_image_files, scan_dataset
+
+GOOD = "0 0.5 0.5 0.2 0.2\n"
+
+
+def add_bad_cases(images: Path) -> dict[str, str]:
+    """Add one file per bad case to a dataset; returns {case: the text its report must contain}."""
+    labels = images.parent / "labels"
+    good_png = (images / "im0.png").read_bytes()
+    (images / "random_bytes.jpg").write_bytes(b"this is not an image" * 10)
+    ok, encoded = cv2.imencode(".jpg", np.full((40, 40, 3), 90, np.uint8))
+    assert ok
+    (images / "truncated.jpg").write_bytes(encoded.tobytes()[: len(encoded) // 2])
+    for name in ("bad_utf8", "columns", "nonnumber", "outside", "zerosize", "bigclass", "duplicate", "nolabel",
+                 "empty"):
+        (images / f"{name}.png").write_bytes(good_png)
+    (labels / "bad_utf8.txt").write_bytes(b"\xff\xfe\x00garbage")
+    (labels / "columns.txt").write_text(GOOD + "0 0.5 0.5 0.1\n")
+    (labels / "nonnumber.txt").write_text(GOOD + "0 0.5 x 0.1 0.1\n")
+    (labels / "outside.txt").write_text(GOOD + "0 1.5 0.5 0.1 0.1\n")
+    (labels / "zerosize.txt").write_text(GOOD + "0 0.5 0.5 0.0 0.1\n")
+    (labels / "bigclass.txt").write_text(GOOD + "7 0.5 0.5 0.1 0.1\n")
+    (labels / "duplicate.txt").write_text(GOOD + GOOD)
+    (labels / "empty.txt").write_text("")
+    return {
+        "random_bytes": "random_bytes.jpg: corrupt image skipped", "truncated": "truncated.jpg: corrupt image skipped",
+        "bad_utf8": "bad_utf8.txt: unreadable label file", "columns": "columns.txt:2: label line dropped: expected 5",
+        "nonnumber": "nonnumber.txt:2: label line dropped: non-number",
+        "outside": "outside.txt:2: label line dropped: box", "zerosize": "zerosize.txt:2: label line dropped: non-pos",
+        "bigclass": "bigclass.txt:2: label line dropped: class id 7 >= nc=3",
+        "duplicate": "duplicate.txt: 1 duplicate", "nolabel": "nolabel.txt: no label file",
+    }
+
+
+def test_every_bad_case_is_reported_once(tmp_path, caplog):
+    images = make_yolo_dataset(tmp_path / "data", num_images=3)
+    expected = add_bad_cases(images)
+    with caplog.at_level(logging.INFO):
+        result = scan_dataset(list_image_files(images), nc=3, workers=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for case, text in expected.items():
+        assert sum(text in message for message in warnings) == 1, f"{case}: {text!r} not reported exactly once"
+    # corrupt: random bytes, truncated JPEG, unreadable label file; the rest keep their good line
+    assert (result.found, result.missing, result.empty, result.corrupt) == (9, 1, 1, 3)
+    assert len(result.im_files) == 11 and len(result.labels) == 11 and result.shapes.shape == (11, 2)
+    assert "found 9, missing 1, empty 1, corrupt 3" in caplog.text
+    for path, labels in zip(result.im_files, result.labels):
+        if Path(path).stem in ("columns", "nonnumber", "outside", "zerosize", "bigclass", "duplicate"):
+            np.testing.assert_allclose(labels, [[0, 0.5, 0.5, 0.2, 0.2]])
+
+
+def test_only_the_cache_is_written_and_it_is_reused(tmp_path, caplog):
+    images = make_yolo_dataset(tmp_path / "data", num_images=3)
+    add_bad_cases(images)
+    before = {p for p in tmp_path.rglob("*")}
+    first = scan_dataset(list_image_files(images), nc=3, workers=1)
+    assert {p for p in tmp_path.rglob("*")} - before == {tmp_path / "data" / "labels.cache"}
+    with caplog.at_level(logging.INFO):
+        second = scan_dataset(list_image_files(images), nc=3, workers=1)
+    assert "loaded label cache" in caplog.text
+    assert "bigclass.txt:2" in caplog.text  # problems are reported again from the cache
+    assert second.im_files == first.im_files and second.summary() == first.summary()
+    for a, b in zip(first.labels, second.labels):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_editing_a_label_invalidates_the_cache(tmp_path, caplog):
+    images = make_yolo_dataset(tmp_path / "data", num_images=2)
+    scan_dataset(list_image_files(images), workers=1)
+    label = tmp_path / "data" / "labels" / "im0.txt"
+    label.write_text("2 0.25 0.25 0.1 0.1\n")
+    os.utime(label, ns=(1, 1))  # a different mtime even on coarse clocks
+    with caplog.at_level(logging.INFO):
+        result = scan_dataset(list_image_files(images), workers=1)
+    assert "loaded label cache" not in caplog.text
+    np.testing.assert_allclose(result.labels[0], [[2, 0.25, 0.25, 0.1, 0.1]])
+
+
+def test_unwritable_cache_only_warns(tmp_path, caplog):
+    images = make_yolo_dataset(tmp_path / "data", num_images=2)
+    (tmp_path / "data" / "labels.cache").mkdir()  # a folder where the file should go: writing fails
+    with caplog.at_level(logging.WARNING):
+        result = scan_dataset(list_image_files(images), workers=1)
+    assert len(result.im_files) == 2
+    assert "label cache not saved" in caplog.text
+
+
+def test_unlabelled_folder_gets_one_message_and_no_cache(tmp_path, caplog):
+    images = make_yolo_dataset(tmp_path / "data", num_images=3)
+    for label in (tmp_path / "data" / "labels").iterdir():
+        label.unlink()
+    (tmp_path / "data" / "labels").rmdir()
+    with caplog.at_level(logging.WARNING):
+        result = scan_dataset(list_image_files(images), workers=1)
+    assert result.missing == 3 and len(result.im_files) == 3
+    assert [r.getMessage() for r in caplog.records].count("no label files (e.g. " + str(
+        tmp_path / "data" / "labels" / "im0.txt") + "): all 3 images used without objects") == 1
+    assert not list(tmp_path.rglob("*.cache"))
+
+
+def test_no_usable_image_is_an_error(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="no usable image"):
+        scan_dataset(list_image_files(tmp_path / "images"), workers=1)
+
+
+def test_list_image_files_sources(tmp_path):
+    images = make_yolo_dataset(tmp_path / "d", num_images=3)
+    (tmp_path / "d" / "list.txt").write_text("./images/im0.png\nimages/im2.png\n\n")
+    (images / "notes.md").write_text("not an image")
+    assert len(list_image_files(images)) == 3
+    assert [Path(p).name for p in list_image_files(tmp_path / "d" / "list.txt")] == ["im0.png", "im2.png"]
+    assert len(list_image_files([images, tmp_path / "d" / "list.txt"])) == 3
+    assert len(list_image_files(str(images / "im*.png"))) == 3
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_image_files(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no images"):
+        list_image_files(tmp_path / "d" / "labels")
+
+
+def test_image_to_label_path():
+    assert image_to_label_path("/a/images/train/x.jpg") == str(Path("/a/labels/train/x.txt"))
+    assert image_to_label_path("/images/b/images/x.png") == str(Path("/images/b/labels/x.txt"))
+    assert image_to_label_path("/a/b/x.jpg") == str(Path("/a/b/x.txt"))

@@ -1,0 +1,107 @@
+"""utils/eval/validator.py: validate() with a scripted detector on a hand-made loader (no training needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from utils.eval.validator import ValResults, validate
+
+NAMES = ["car", "person"]
+IMG = 64
+
+
+class ScriptedDetector(nn.Module):
+    """Eval-mode stand-in for Model: returns (pred, raw) with the planted boxes of each batch in turn."""
+
+    def __init__(self, preds: list[torch.Tensor]):
+        super().__init__()
+        self.preds, self.calls = preds, 0
+        self.stride = torch.tensor([8.0, 16.0, 32.0])
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor):
+        pred = self.preds[self.calls % len(self.preds)]
+        self.calls += 1
+        return pred[: len(images)], [torch.zeros(1)]
+
+
+def _prediction(boxes_cxcywh: list[list[float]], cls: list[int], conf: list[float], extra: list[float] | None = None):
+    """(1, N, 5 + nc [+1]) rows: box, objectness = conf, one-hot class probabilities [, uncertainty]."""
+    rows = []
+    for index, (box, c, p) in enumerate(zip(boxes_cxcywh, cls, conf)):
+        probs = [1.0 if k == c else 0.0 for k in range(len(NAMES))]
+        rows.append(box + [p] + probs + ([extra[index]] if extra else []))
+    return torch.tensor([rows], dtype=torch.float32)
+
+
+def _batch(targets_rows: list[list[float]], original=(IMG, IMG)):
+    """One image; letterbox identity unless ``original`` differs (then a plain scale)."""
+    images = torch.zeros(1, 3, IMG, IMG, dtype=torch.uint8)
+    gain = IMG / original[0]
+    shapes = ((original, ((gain, gain), (0.0, 0.0))),)
+    return images, torch.tensor(targets_rows, dtype=torch.float32).reshape(-1, 6), ["img0.jpg"], shapes
+
+
+def test_perfect_detections_score_one_and_boxes_go_back_to_original_pixels(tmp_path: Path):
+    targets = [[0, 0, 0.25, 0.25, 0.2, 0.2], [0, 1, 0.7, 0.6, 0.3, 0.4]]
+    pred = _prediction([[16, 16, 12.8, 12.8], [44.8, 38.4, 19.2, 25.6]], [0, 1], [0.9, 0.8], extra=[0.2, 0.4])
+    results = validate(ScriptedDetector([pred]), [_batch(targets, original=(128, 128))], NAMES, save_dir=tmp_path,
+                       plots=True, save_json=True, save_txt=True)
+    assert results.map50 == pytest.approx(1.0) and results.map50_95 == pytest.approx(1.0)
+    assert results.precision == pytest.approx(1.0) and results.recall == pytest.approx(1.0)
+    assert results.ap_small == pytest.approx(1.0)  # 25.6 px and 38.4x51.2 px in the 128 px original
+    assert results.ap_medium == pytest.approx(1.0) and results.ap_large == -1.0
+    assert results.fitness() == pytest.approx(1.0)
+    assert results.uncertainty == {"tp": pytest.approx(0.3), "fp": pytest.approx(float("nan"), nan_ok=True)}
+    assert [row["instances"] for row in results.per_class] == [1, 1]
+    for name in ("PR_curve.png", "F1_curve.png", "confusion_matrix.png", "results.json", "predictions.json"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    assert saved[0]["bbox"] == pytest.approx([19.2, 19.2, 25.6, 25.6], abs=1e-3)  # original pixels
+    assert (tmp_path / "labels" / "img0.txt").read_text().count("\n") == 2
+
+
+def test_false_positive_lowers_precision_and_losses_are_averaged():
+    targets = [[0, 0, 0.25, 0.25, 0.2, 0.2]]
+    pred = _prediction([[16, 16, 12.8, 12.8], [50, 50, 10, 10]], [0, 0], [0.9, 0.95])
+    calls = []
+
+    def fake_loss(raw, targets):
+        calls.append(len(targets))
+        return torch.tensor(3.0), {"box": torch.tensor(0.5), "obj": torch.tensor(1.0), "cls": torch.tensor(0.1)}
+
+    results = validate(ScriptedDetector([pred]), [_batch(targets)] * 2, NAMES, compute_loss=fake_loss)
+    assert results.map50 == pytest.approx(0.5, abs=0.01)  # FP ranked first: precision 1/2 at recall 1
+    assert results.losses == pytest.approx({"box": 0.5, "obj": 1.0, "cls": 0.1}) and calls == [1, 1]
+    assert results.loss is results.losses
+
+
+def test_no_ground_truth_is_undefined_not_zero():
+    pred = _prediction([[16, 16, 10, 10]], [0], [0.9])
+    results = validate(ScriptedDetector([pred]), [_batch([])], NAMES)
+    assert results.map50 == -1.0 and results.per_class == [] and results.fitness() == 0.0
+
+
+def test_visdrone_protocol_and_single_cls():
+    targets = [[0, 0, 0.25, 0.25, 0.2, 0.2], [0, 1, 0.7, 0.6, 0.3, 0.4]]
+    pred = _prediction([[16, 16, 12.8, 12.8], [44.8, 38.4, 19.2, 25.6]], [1, 0], [0.9, 0.8])  # classes swapped
+    visdrone = validate(ScriptedDetector([pred]), [_batch(targets)], NAMES, protocol="visdrone")
+    assert visdrone.map50 == 0.0 and visdrone.protocol == "visdrone" and "AR500" in visdrone.extra
+    single = validate(ScriptedDetector([pred]), [_batch(targets)], NAMES, single_cls=True)
+    assert single.map50 == pytest.approx(1.0)
+
+
+def test_bad_protocol_is_an_error():
+    with pytest.raises(ValueError, match="protocol"):
+        validate(ScriptedDetector([_prediction([], [], [])]), [], NAMES, protocol="voc")
+
+
+def test_as_dict_has_every_figure():
+    row = ValResults(map50=0.5, map50_95=0.25).as_dict()
+    assert row["fitness"] == pytest.approx(0.1 * 0.5 + 0.9 * 0.25)
+    assert {"precision", "recall", "map75", "ap_small", "per_class", "speed_ms"} <= set(row)

@@ -1,0 +1,79 @@
+"""Tests for utils/infer/export.py and export.py: files beside the weights, ONNX Runtime and TorchScript outputs equal
+PyTorch's, the C-BBL decode inside the graph, dynamic and fixed shapes, and detect.py on the exported files."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import export
+from utils.infer.backend import METADATA_KEY, DetectBackend
+from utils.infer.export import onnx_max_error
+from utils.infer.export import run as export_run
+from utils.infer.predictor import run as detect_run
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+
+
+@pytest.mark.parametrize("box", ["regress", "cbbl"])
+def test_export_matches_pytorch(tiny_checkpoint, box):
+    weights = tiny_checkpoint(box, name="best.pt")
+    written = export.main(["--weights", str(weights), "--include", "onnx", "torchscript", "--imgsz", "64",
+                           "--dynamic"])
+    assert written == [weights.with_name("best.onnx"), weights.with_name("best.torchscript")]
+    reference = DetectBackend(weights)
+    images = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(3))
+    expected = reference(images)
+    for path in written:
+        backend = DetectBackend(path)
+        assert (backend.nc, backend.names, backend.stride, backend.num_extra) == (3, reference.names, 16,
+                                                                                   reference.num_extra)
+        got = backend(images)
+        assert got.shape == expected.shape
+        assert ((got - expected).abs() / expected.abs().clamp(min=1)).max() < 1e-4
+    graph = onnx.load(str(written[0]))
+    assert any(prop.key == METADATA_KEY for prop in graph.metadata_props)
+    ops = {node.op_type for node in graph.graph.node}
+    if box == "cbbl":
+        assert "MatMul" in ops and ops & {"Softmax", "LogSoftmax", "Exp"}, "C-BBL softmax + grid projection in graph"
+
+
+def test_fixed_shape_onnx_and_detect_on_it(tmp_path, tiny_checkpoint):
+    weights = tiny_checkpoint("cbbl", name="best.pt")
+    onnx_path = export_run(weights, include=["onnx"], imgsz=64, batch_size=2)[0]
+    backend = DetectBackend(onnx_path)
+    assert backend.is_onnx and backend.fixed_imgsz == (64, 64) and backend.fixed_batch == 2
+    assert backend(torch.rand(3, 3, 64, 64)).shape[0] == 3, "batches are chunked and padded to the fixed batch"
+    with pytest.raises(ValueError, match="takes \\(64, 64\\)"):
+        backend(torch.rand(1, 3, 32, 64))
+    model = DetectBackend(weights).models[0]
+    assert onnx_max_error(onnx_path, model, torch.rand(2, 3, 64, 64)) < 1e-4
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    square = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)  # same letterbox for both
+    cv2.imwrite(str(image_dir / "x.png"), square)
+    options = {"source": str(image_dir), "imgsz": 64, "conf_thres": 0.1, "nosave": True, "project": str(tmp_path)}
+    from_onnx = detect_run(weights=str(onnx_path), **options)[0]
+    from_pt = detect_run(weights=str(weights), **options)[0]
+    assert len(from_onnx.conf) == len(from_pt.conf) > 0
+    np.testing.assert_allclose(from_onnx.xyxy, from_pt.xyxy, atol=1e-2)
+    np.testing.assert_allclose(from_onnx.uncertainty, from_pt.uncertainty, atol=1e-4)
+
+
+def test_export_bad_inputs(tmp_path, tiny_checkpoint):
+    weights = tiny_checkpoint("regress")
+    with pytest.raises(ValueError, match="unknown or empty"):
+        export_run(weights, include=["tflite"])
+    with pytest.raises(ValueError, match="multiples of the model stride 16"):
+        export_run(weights, include=["onnx"], imgsz=60)
+    with pytest.raises(ValueError, match="takes a .pt"):
+        export_run(tmp_path / "model.onnx")
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        export_run(tmp_path / "absent.pt")
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 3, 1), (torch.rand(1, 3, 8, 8),), str(plain), dynamo=False)
+    with pytest.raises(ValueError, match=f"no '{METADATA_KEY}' metadata"):
+        DetectBackend(plain)

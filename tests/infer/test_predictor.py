@@ -1,0 +1,95 @@
+"""Tests for utils/infer/predictor.py: options, letterbox undo, results arrays and the files written from them."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from utils.infer.outputs import OutputWriter
+from utils.infer.predictor import DetectOptions, ImageResult, check_imgsz, detect_images, load_names, run
+
+
+def test_options_normalise_and_validate():
+    opts = DetectOptions(weights="a.pt", imgsz=[320], slice=[256], classes=[0, 2])
+    assert opts.weights == ("a.pt",) and opts.imgsz == (320, 320) and opts.slice == (256, 256)
+    assert opts.classes == (0, 2)
+    with pytest.raises(ValueError, match="conf_thres=1.5"):
+        DetectOptions(conf_thres=1.5)
+    with pytest.raises(ValueError, match="overlap=1.0"):
+        DetectOptions(overlap=1.0)
+    with pytest.raises(ValueError, match="unknown detect option"):
+        run(weights="a.pt", source=".", colour="red")
+
+
+def test_check_imgsz_rounds_up_to_the_stride():
+    assert check_imgsz((100, 64), 32) == (128, 64)
+
+
+def test_detect_images_undoes_the_letterbox():
+    """A fake network that always sees one box at its centre: it must land at the centre of the original."""
+    seen_shapes = []
+
+    def forward(images):
+        seen_shapes.append(tuple(images.shape))
+        height, width = images.shape[2:]
+        pred = torch.zeros(images.shape[0], 1, 9)
+        pred[:, 0, :5] = torch.tensor([width / 2, height / 2, width / 2, height / 4, 1.0])
+        pred[:, 0, 5] = 1.0  # class 0
+        pred[:, 0, 8] = 0.25  # uncertainty
+        return pred
+
+    image = np.zeros((100, 200, 3), dtype=np.uint8)
+    opts = DetectOptions(conf_thres=0.5)
+    dets = detect_images([image], forward, (64, 64), 16, 3, opts)
+    assert seen_shapes == [(1, 3, 32, 64)], "auto letterbox pads only to the stride"
+    assert dets[0].tolist() == [pytest.approx([50, 37.5, 150, 62.5, 1.0, 0.0, 0.25])]
+    dets = detect_images([image], forward, (64, 64), 16, 3, opts, fixed_shape=True)
+    assert seen_shapes[-1] == (1, 3, 64, 64)
+    assert dets[0][0, :4].tolist() == pytest.approx([50, 25, 150, 75])
+
+
+def test_result_arrays_and_txt_rows(tmp_path):
+    dets = torch.tensor([[10.0, 20.0, 30.0, 60.0, 0.9, 2.0, 1.25]])
+    result = ImageResult.from_detections(dets, "x.jpg", 0, (100, 200, 3), has_uncertainty=True)
+    assert result.xyxy.dtype == np.float32 and result.cls.dtype == np.int64 and result.shape == (100, 200)
+    writer = OutputWriter(DetectOptions(project=str(tmp_path), save_conf=True), ["a", "b", "c"], True)
+    writer.write_txt(tmp_path / "x.txt", result)
+    assert (tmp_path / "x.txt").read_text().split() == ["2", "0.1", "0.4", "0.1", "0.4", "0.9", "1.25"]
+
+
+def test_load_names(tmp_path):
+    (tmp_path / "list.yaml").write_text("names: [car, van]\n")
+    (tmp_path / "map.yaml").write_text("names:\n  1: van\n  0: car\n")
+    (tmp_path / "bad.yaml").write_text("nc: 2\n")
+    assert load_names(tmp_path / "list.yaml") == load_names(tmp_path / "map.yaml") == ["car", "van"]
+    with pytest.raises(ValueError, match="bad.yaml"):
+        load_names(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("box", ["regress", "cbbl"])
+def test_run_returns_arrays_matching_the_txt_files(tmp_path, tiny_checkpoint, box):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("a.jpg", (90, 120, 3)), ("b.png", (64, 64, 3))):
+        cv2.imwrite(str(images / name), rng.integers(0, 255, shape, dtype=np.uint8))
+    results = run(weights=str(tiny_checkpoint(box)), source=str(images), imgsz=64, conf_thres=0.1, max_det=30,
+                  save_txt=True, save_conf=True, save_crop=True, project=str(tmp_path / "runs"), name="exp")
+    assert [r.path for r in results] == [str(images / "a.jpg"), str(images / "b.png")]
+    out = tmp_path / "runs" / "exp"
+    for result in results:
+        assert 0 < len(result.conf) <= 30 and (result.conf > 0.1).all()
+        assert (result.uncertainty is not None) == (box == "cbbl")
+        assert (result.xyxy[:, 2:] <= [result.shape[1], result.shape[0]]).all()
+        rows = np.loadtxt(out / "labels" / f"{result.path.rsplit('/', 1)[1].split('.')[0]}.txt", ndmin=2)
+        assert rows.shape == (len(result.conf), 7 if box == "cbbl" else 6)
+        np.testing.assert_array_equal(rows[:, 0], result.cls)
+        np.testing.assert_allclose(rows[:, 5], result.conf, rtol=1e-5)
+        height, width = result.shape
+        np.testing.assert_allclose(rows[:, 1] * width, (result.xyxy[:, 0] + result.xyxy[:, 2]) / 2, rtol=1e-4)
+        if box == "cbbl":
+            np.testing.assert_allclose(rows[:, 6], result.uncertainty, rtol=1e-5)
+    assert (out / "a.jpg").is_file() and (out / "b.png").is_file()
+    assert len(list((out / "crops").rglob("*.jpg"))) == sum(len(r.conf) for r in results)

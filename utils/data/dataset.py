@@ -1,0 +1,237 @@
+"""YOLO-format detection dataset and its DataLoader (the data contract of docs/ARCHITECTURE.md).
+
+A batch is ``(images uint8 (B, 3, H, W) RGB, targets float32 (M, 6) [image_index, class, cx, cy, w, h]
+normalised to the network image, paths, shapes)``; ``shapes[i] = ((h0, w0), ((ratio_h, ratio_w),
+(pad_w, pad_h)))`` undoes the letterbox, or None for a mosaic. Finding and checking files lives in
+``utils.data.scan``; the transforms in ``utils.data.augment``; this module only reads the hyperparameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Union
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, distributed
+
+from utils.boxes import cxcywhn_to_xyxy, xyxy_to_cxcywhn
+from utils.data.augment import augment_hsv, letterbox, mixup, mosaic4, random_affine, random_flip
+from utils.data.scan import list_image_files, scan_dataset
+from utils.hyp import Hyp
+
+logger = logging.getLogger(__name__)
+
+CACHE_MODES = (None, False, True, "ram")
+# cv2 reads in stored orientation so image sizes agree with the header sizes the scan reads.
+IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+class LoadImagesAndLabels(Dataset):
+    """Images + YOLO labels with letterbox (val, optionally rectangular batches) or mosaic/mixup/affine/HSV/flip
+    augmentation (train). ``labels[i]`` (n, 5) ``[class, cx, cy, w, h]`` normalised, ``shapes`` (N, 2) ``[w, h]``.
+    """
+
+    def __init__(
+        self, path: Union[str, Path, list], img_size: int = 640, batch_size: int = 16, augment: bool = False,
+        hyp: Optional[Hyp] = None, rect: bool = False, cache: Union[None, bool, str] = None, single_cls: bool = False,
+        stride: int = 32, pad: float = 0.0, image_weights: bool = False, seed: int = 0, prefix: str = "",
+        nc: Optional[int] = None, workers: int = 8,
+    ) -> None:
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache={cache!r} not supported: use None or 'ram' (a disk cache would write into "
+                             "the dataset)")
+        self.img_size, self.augment, self.stride = img_size, augment, stride
+        self.hyp = hyp if hyp is not None else Hyp()
+        self.rect = rect and not image_weights
+        self.mosaic = augment and not self.rect
+        self.image_weights = image_weights
+        if augment and self.hyp.copy_paste > 0:
+            logger.warning("%scopy_paste=%s ignored: it needs segment labels, which this loader does not read",
+                           prefix, self.hyp.copy_paste)
+        scan = scan_dataset(list_image_files(path, prefix), nc=nc, workers=workers, prefix=prefix)
+        self.im_files, self.shapes = scan.im_files, scan.shapes
+        self.labels = [labels.copy() for labels in scan.labels]
+        if single_cls:
+            for labels in self.labels:
+                labels[:, 0] = 0
+        self.indices = np.arange(len(self.im_files))
+        self.batch_index = np.zeros(len(self.im_files), np.int64)
+        if self.rect:
+            self._sort_for_rect(batch_size, pad)
+        self.rng = np.random.default_rng(seed)
+        self.ims: list[Optional[np.ndarray]] = [None] * len(self.im_files)
+        if cache in (True, "ram"):
+            self._cache_images(workers, prefix)
+
+    def __len__(self) -> int:
+        return len(self.im_files)
+
+    def _sort_for_rect(self, batch_size: int, pad: float) -> None:
+        """Order images by aspect ratio and give each batch the smallest stride-multiple shape (h, w) that
+        fits all its images at ``img_size`` (less padding, faster val)."""
+        aspect = self.shapes[:, 1] / self.shapes[:, 0]  # h / w
+        order = aspect.argsort()
+        self.im_files = [self.im_files[i] for i in order]
+        self.labels = [self.labels[i] for i in order]
+        self.shapes, aspect = self.shapes[order], aspect[order]
+        self.batch_index = np.arange(len(order)) // batch_size
+        num_batches = int(self.batch_index[-1]) + 1
+        relative = np.ones((num_batches, 2))
+        for batch in range(num_batches):
+            batch_aspect = aspect[self.batch_index == batch]
+            if batch_aspect.max() < 1:
+                relative[batch] = (batch_aspect.max(), 1)
+            elif batch_aspect.min() > 1:
+                relative[batch] = (1, 1 / batch_aspect.min())
+        self.batch_shapes = (np.ceil(relative * self.img_size / self.stride + pad) * self.stride).astype(int)
+
+    def _cache_images(self, workers: int, prefix: str) -> None:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for index, (image, _, _) in enumerate(pool.map(self.load_image, range(len(self)))):
+                self.ims[index] = image
+        gigabytes = sum(image.nbytes for image in self.ims) / 1e9
+        logger.info("%scached %d images in RAM (%.2f GB)", prefix, len(self.ims), gigabytes)
+
+    def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """Image ``index`` as (h, w, 3) BGR with its long side resized to ``img_size`` -> (image, (h0, w0), (h, w))."""
+        height0, width0 = int(self.shapes[index][1]), int(self.shapes[index][0])
+        image = self.ims[index]
+        if image is None:
+            image = cv2.imread(self.im_files[index], IMREAD_FLAGS)
+            if image is None:
+                raise FileNotFoundError(f"image {self.im_files[index]} could not be read (changed since the scan?)")
+            gain = self.img_size / max(image.shape[:2])
+            if gain != 1:
+                interpolation = cv2.INTER_LINEAR if (self.augment or gain > 1) else cv2.INTER_AREA
+                size = (max(1, round(image.shape[1] * gain)), max(1, round(image.shape[0] * gain)))
+                image = cv2.resize(image, size, interpolation=interpolation)
+        return image, (height0, width0), image.shape[:2]
+
+    def _pixel_labels(self, index: int, width: float, height: float, pad: tuple[float, float] = (0, 0)) -> np.ndarray:
+        """Labels of image ``index`` as (n, 5) ``[class, x1, y1, x2, y2]`` pixels of a (height, width) image."""
+        labels = self.labels[index]
+        boxes = cxcywhn_to_xyxy(labels[:, 1:5], width, height, pad[0], pad[1])
+        return np.concatenate((labels[:, :1], boxes), 1).astype(np.float32)
+
+    def _affine_args(self) -> dict[str, float]:
+        hyp = self.hyp
+        return {"degrees": hyp.degrees, "translate": hyp.translate, "scale": hyp.scale, "shear": hyp.shear,
+                "perspective": hyp.perspective, "min_px": hyp.box_min_px, "min_area_frac": hyp.box_min_area_frac,
+                "max_aspect": hyp.box_max_aspect}
+
+    def load_mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``index`` and three random others in a mosaic, affine-warped and cropped to
+        (img_size, img_size) -> (image BGR, labels (n, 5) ``[class, x1, y1, x2, y2]`` pixels)."""
+        chosen = [index, *self.rng.integers(0, len(self), 3)]
+        images, labels = [], []
+        for i in chosen:
+            image, _, (height, width) = self.load_image(int(i))
+            images.append(image)
+            labels.append(self._pixel_labels(int(i), width, height))
+        canvas, canvas_labels = mosaic4(images, labels, self.img_size, self.rng, self.hyp.box_min_area_frac)
+        border = -(self.img_size // 2)
+        return random_affine(canvas, canvas_labels, self.rng, border=(border, border), **self._affine_args())
+
+    def load_letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """Image ``index`` letterboxed to its (rect batch or square) shape -> (image BGR, pixel labels (n, 5),
+        shapes entry ((h0, w0), ((ratio_h, ratio_w), (pad_w, pad_h))))."""
+        image, (height0, width0), (height, width) = self.load_image(index)
+        shape = tuple(self.batch_shapes[self.batch_index[index]]) if self.rect else self.img_size
+        image, (ratio_w, ratio_h), pad = letterbox(image, shape, auto=False, scaleup=self.augment)
+        labels = self._pixel_labels(index, ratio_w * width, ratio_h * height, pad)
+        shapes = ((height0, width0), ((ratio_h * height / height0, ratio_w * width / width0), pad))
+        return image, labels, shapes
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, Optional[tuple]]:
+        """-> (image uint8 (3, H, W) RGB, targets (n, 6) ``[0, class, cx, cy, w, h]`` normalised, path, shapes)."""
+        index = int(self.indices[index])
+        hyp, shapes = self.hyp, None
+        if self.mosaic and self.rng.random() < hyp.mosaic:
+            image, labels = self.load_mosaic(index)
+            if self.rng.random() < hyp.mixup:
+                image, labels = mixup(image, labels, *self.load_mosaic(int(self.rng.integers(0, len(self)))), self.rng)
+        else:
+            image, labels, shapes = self.load_letterboxed(index)
+            if self.augment:
+                image, labels = random_affine(image, labels, self.rng, **self._affine_args())
+        boxes_n = xyxy_to_cxcywhn(labels[:, 1:5], image.shape[1], image.shape[0])
+        if self.augment:
+            augment_hsv(image, hyp.hsv_h, hyp.hsv_s, hyp.hsv_v, self.rng)
+            image = random_flip(image, boxes_n, hyp.fliplr, hyp.flipud, self.rng)
+        targets = np.zeros((len(labels), 6), np.float32)
+        targets[:, 1], targets[:, 2:] = labels[:, 0], boxes_n
+        chw = np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))  # (3, H, W) RGB
+        return torch.from_numpy(chw), torch.from_numpy(targets), self.im_files[index], shapes
+
+    def sample_by_class_weights(self, class_weights: np.ndarray) -> None:
+        """Draw this epoch's images with probability proportional to the summed weight of their classes
+        (``image_weights``: rare classes are seen more often). class_weights: (nc,)."""
+        image_weights = np.array([class_weights[labels[:, 0].astype(int)].sum() for labels in self.labels])
+        image_weights = image_weights + 1e-6  # background images keep a small chance
+        self.indices = self.rng.choice(len(self), len(self), p=image_weights / image_weights.sum())
+
+    @staticmethod
+    def collate_fn(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, list[str], tuple]:
+        """Stack a batch and write each target's image index into column 0."""
+        images, targets, paths, shapes = zip(*batch)
+        for image_index, image_targets in enumerate(targets):
+            image_targets[:, 0] = image_index
+        return torch.stack(images, 0), torch.cat(targets, 0), list(paths), shapes
+
+    @staticmethod
+    def collate_quad(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, list[str], tuple]:
+        """Tile each group of four images 2x2 into one image of twice the size (batch B -> B // 4):
+        more context per image at the same per-pixel scale. Targets are re-normalised to the tile."""
+        images, targets, paths, _ = LoadImagesAndLabels.collate_fn(batch)
+        groups = len(images) // 4
+        if groups == 0:
+            raise ValueError(f"quad collate needs a batch of at least 4 images, got {len(images)}")
+        height, width = images.shape[2:]
+        tiled = images[:groups * 4].view(groups, 2, 2, 3, height, width)  # (G, row, col, 3, H, W)
+        tiled = tiled.permute(0, 3, 1, 4, 2, 5).reshape(groups, 3, 2 * height, 2 * width)  # (G, 3, 2H, 2W)
+        targets = targets[targets[:, 0] < groups * 4].clone()
+        position = targets[:, 0].long() % 4
+        targets[:, 2] = (targets[:, 2] + position % 2) / 2
+        targets[:, 3] = (targets[:, 3] + position // 2) / 2
+        targets[:, 4:] /= 2
+        targets[:, 0] = torch.div(targets[:, 0], 4, rounding_mode="floor")
+        return tiled.contiguous(), targets, paths[:groups * 4:4], (None,) * groups
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream, derived from the loader's seed."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.rng = np.random.default_rng([torch.initial_seed() % 2**32, worker_id])
+
+
+def create_dataloader(
+    path: Union[str, Path, list], imgsz: int, batch_size: int, stride: int, hyp: Optional[Hyp] = None,
+    augment: bool = False, rect: bool = False, cache: Union[None, bool, str] = None, workers: int = 0,
+    shuffle: bool = False, single_cls: bool = False, pad: float = 0.0, rank: int = -1, image_weights: bool = False,
+    quad: bool = False, seed: int = 0, prefix: str = "", nc: Optional[int] = None,
+) -> tuple[DataLoader, LoadImagesAndLabels]:
+    """The loader and its dataset; see the module docstring for the batch format.
+
+    ``rank`` >= 0 shards the data with a DistributedSampler; ``nc`` (optional) drops labels with class >= nc.
+    """
+    if rect and shuffle:
+        logger.warning("%srect=True is incompatible with shuffle; shuffle disabled", prefix)
+        shuffle = False
+    dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect, cache=cache,
+                                  single_cls=single_cls, stride=int(stride), pad=pad, image_weights=image_weights,
+                                  seed=seed, prefix=prefix, nc=nc, workers=max(1, workers))
+    batch_size = min(batch_size, len(dataset))
+    num_workers = min(os.cpu_count() or 1, workers, batch_size)
+    sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    generator = torch.Generator().manual_seed(seed + max(rank, 0))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                        num_workers=num_workers, pin_memory=torch.cuda.is_available(), generator=generator,
+                        collate_fn=LoadImagesAndLabels.collate_quad if quad else LoadImagesAndLabels.collate_fn,
+                        worker_init_fn=_seed_worker, persistent_workers=num_workers > 0)
+    return loader, dataset
+

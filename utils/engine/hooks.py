@@ -1,0 +1,221 @@
+"""Training hooks: small classes with named events, called by utils/trainer.Trainer in list order.
+
+Order used by training (utils/engine/run.py): LR schedule, mosaic closing, validation, best model +
+early stopping, results.csv, checkpoint, TensorBoard, plots. results.csv is written before the
+checkpoint, so a kill between the two leaves at most an extra row, which the resume truncates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from utils.checkpoint import save_checkpoint
+from utils.distributed import DistContext, broadcast_object
+from utils.engine.optim import lr_lambda
+
+logger = logging.getLogger(__name__)
+
+# Warmup lasts at least this many batches, so a tiny dataset still ramps the LR over several steps.
+MIN_WARMUP_ITERATIONS = 10
+
+
+class Hook:
+    """Base: every event is a no-op; ``name`` keys the hook's state in checkpoints."""
+
+    name = "hook"
+
+    def before_train(self, trainer: Any) -> None: ...
+    def before_epoch(self, trainer: Any) -> None: ...
+    def before_step(self, trainer: Any) -> None: ...
+    def after_step(self, trainer: Any) -> None: ...
+    def after_epoch(self, trainer: Any) -> None: ...
+    def after_train(self, trainer: Any) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Hooks without state accept anything."""
+
+
+class LRScheduleHook(Hook):
+    """Linear or cosine LR per epoch, with a warmup that ramps LR (bias group from warmup_bias_lr) and momentum.
+
+    Groups: pg0 norm weights, pg1 decayed weights, pg2 biases (utils/engine/optim.py). The LR is a pure function
+    of (epoch, iteration), so a resume needs no scheduler state beyond the epoch.
+    """
+
+    name = "lr"
+
+    def __init__(self, lr0: float, lrf: float, epochs: int, cosine: bool, momentum: float,
+                 warmup_epochs: float, warmup_momentum: float, warmup_bias_lr: float, num_batches: int):
+        self.lr0, self.momentum = lr0, momentum
+        self.lf = lr_lambda(epochs, lrf, cosine)
+        self.warmup_momentum, self.warmup_bias_lr = warmup_momentum, warmup_bias_lr
+        self.warmup_iterations = (max(round(warmup_epochs * num_batches), MIN_WARMUP_ITERATIONS)
+                                  if warmup_epochs > 0 else 0)
+
+    def before_epoch(self, trainer: Any) -> None:
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = self.lr0 * self.lf(trainer.epoch)
+
+    def before_step(self, trainer: Any) -> None:
+        """During warmup interpolate LR and momentum from their warmup values by the batch index."""
+        if trainer.iteration > self.warmup_iterations:
+            return
+        ramp = [0, self.warmup_iterations]
+        target_lr = self.lr0 * self.lf(trainer.epoch)
+        for index, group in enumerate(trainer.optimizer.param_groups):
+            start_lr = self.warmup_bias_lr if index == 2 else 0.0
+            group["lr"] = float(np.interp(trainer.iteration, ramp, [start_lr, target_lr]))
+            momentum = float(np.interp(trainer.iteration, ramp, [self.warmup_momentum, self.momentum]))
+            if "momentum" in group:
+                group["momentum"] = momentum
+            elif "betas" in group:
+                group["betas"] = (momentum, group["betas"][1])
+
+    def after_epoch(self, trainer: Any) -> None:
+        for index, group in enumerate(trainer.optimizer.param_groups):
+            trainer.metrics[f"lr/pg{index}"] = group["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"warmup_iterations": self.warmup_iterations}
+
+
+class CloseMosaicHook(Hook):
+    """Turn the training dataset's mosaic off for the last ``close_epochs`` epochs (cleaner final fit)."""
+
+    name = "close_mosaic"
+
+    def __init__(self, dataset: Any, close_epochs: int):
+        self.dataset, self.close_epochs = dataset, close_epochs
+
+    def before_epoch(self, trainer: Any) -> None:
+        if self.close_epochs and trainer.epoch >= trainer.epochs - self.close_epochs and self.dataset.mosaic:
+            logger.info("closing mosaic for the last %d epoch(s)", trainer.epochs - trainer.epoch)
+            self.dataset.mosaic = False
+
+
+class ImageWeightsHook(Hook):
+    """--image-weights: each epoch, draw images in proportion to the inverse frequency of their classes."""
+
+    name = "image_weights"
+
+    def __init__(self, dataset: Any, nc: int):
+        classes = np.concatenate([labels[:, 0].astype(int) for labels in dataset.labels] or [np.zeros(0, int)])
+        counts = np.bincount(classes, minlength=nc).astype(np.float64)  # (nc,)
+        self.dataset, self.class_weights = dataset, 1.0 / np.maximum(counts, 1.0)
+
+    def before_epoch(self, trainer: Any) -> None:
+        self.dataset.sample_by_class_weights(self.class_weights / self.class_weights.sum())
+
+
+class ValidationHook(Hook):
+    """Validate the EMA model after each epoch (or only the last with ``noval``) into ``trainer.metrics``.
+
+    ``validate_fn(model) -> results`` with ``.precision .recall .map50 .map50_95 .ap_small .fitness()``
+    and optional ``.loss`` dict; ``final_fn()`` validates best.pt verbosely after training.
+    """
+
+    name = "validation"
+
+    def __init__(self, validate_fn: Callable[[Any], Any], noval: bool = False,
+                 final_fn: Optional[Callable[[], Any]] = None):
+        self.validate_fn, self.noval, self.final_fn = validate_fn, noval, final_fn
+
+    def after_epoch(self, trainer: Any) -> None:
+        final_epoch = trainer.epoch + 1 == trainer.epochs
+        if self.noval and not final_epoch:
+            results = None
+        else:
+            model = trainer.ema.ema if trainer.ema is not None else trainer.unwrapped_model
+            results = self.validate_fn(model)
+        trainer.metrics.update(metrics_row(results))
+
+    def after_train(self, trainer: Any) -> None:
+        if trainer.completed and self.final_fn is not None:
+            self.final_fn()
+
+
+def metrics_row(results: Any) -> dict[str, float]:
+    """The results.csv validation columns of a ValResults (NaN when validation was skipped)."""
+    if results is None:
+        keys = ("precision", "recall", "mAP_0.5", "mAP_0.5:0.95", "AP_small")
+        row = {f"metrics/{key}": math.nan for key in keys}
+        row.update({f"val/{term}_loss": math.nan for term in ("box", "obj", "cls")})
+        return {**row, "fitness": math.nan}
+    row = {"metrics/precision": float(results.precision), "metrics/recall": float(results.recall),
+           "metrics/mAP_0.5": float(results.map50), "metrics/mAP_0.5:0.95": float(results.map50_95),
+           "metrics/AP_small": float(results.ap_small)}
+    val_losses = getattr(results, "loss", None) or {}
+    row.update({f"val/{term}_loss": float(val_losses.get(term, math.nan)) for term in ("box", "obj", "cls")})
+    return {**row, "fitness": float(results.fitness())}
+
+
+class BestModelHook(Hook):
+    """Track the best fitness (0.1*mAP50 + 0.9*mAP50-95) and stop after ``patience`` epochs without a gain."""
+
+    name = "best"
+
+    def __init__(self, patience: int, context: Optional[DistContext] = None):
+        self.patience, self.context = patience, context or DistContext()
+        self.best_fitness, self.best_epoch = -math.inf, -1
+
+    def after_epoch(self, trainer: Any) -> None:
+        fitness = trainer.metrics.get("fitness", math.nan)
+        trainer.is_best = not math.isnan(fitness) and fitness > self.best_fitness
+        if trainer.is_best:
+            self.best_fitness, self.best_epoch = fitness, trainer.epoch
+        stop = bool(self.patience) and self.best_epoch >= 0 and trainer.epoch - self.best_epoch >= self.patience
+        if stop and self.context.is_main:
+            logger.info("early stopping: no improvement for %d epochs; best epoch %d, fitness %.4f",
+                        self.patience, self.best_epoch, self.best_fitness)
+        trainer.stop = broadcast_object(stop, self.context)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_fitness": self.best_fitness, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_fitness = float(state.get("best_fitness", -math.inf))
+        self.best_epoch = int(state.get("best_epoch", -1))
+
+
+class CheckpointHook(Hook):
+    """Write weights/last.pt every epoch (best.pt when best, epoch{N}.pt every ``save_period``), atomically.
+
+    ``static`` holds what does not change during training (model_yaml, names, hyp, opt).
+    """
+
+    name = "checkpoint"
+
+    def __init__(self, weights_dir: Path, static: dict[str, Any], save_period: int = -1, nosave: bool = False):
+        self.weights_dir, self.static = Path(weights_dir), static
+        self.save_period, self.nosave = save_period, nosave
+
+    def build(self, trainer: Any) -> dict[str, Any]:
+        """The checkpoint dict (see utils/checkpoint.py for the keys)."""
+        hook_states = {hook.name: hook.state_dict() for hook in trainer.hooks}
+        model_state = {key: value.detach().float() if value.is_floating_point() else value.detach()
+                       for key, value in trainer.unwrapped_model.state_dict().items()}
+        ema = trainer.ema
+        return {**self.static, **trainer.state_dict(), "model": model_state,
+                "ema": ema.ema.state_dict() if ema is not None else None,
+                "ema_updates": ema.updates if ema is not None else 0,
+                "best_fitness": hook_states.get("best", {}).get("best_fitness"),
+                "scheduler": hook_states.get("lr"), "hooks": hook_states}
+
+    def after_epoch(self, trainer: Any) -> None:
+        final_epoch = trainer.epoch + 1 == trainer.epochs or trainer.stop
+        if self.nosave and not final_epoch:
+            return
+        checkpoint = self.build(trainer)
+        if trainer.is_best:  # before last.pt: a kill in between resumes the epoch and may rewrite best.pt
+            save_checkpoint(checkpoint, self.weights_dir / "best.pt")
+        save_checkpoint(checkpoint, self.weights_dir / "last.pt")
+        if self.save_period > 0 and (trainer.epoch + 1) % self.save_period == 0:
+            save_checkpoint(checkpoint, self.weights_dir / f"epoch{trainer.epoch}.pt")

@@ -1,0 +1,197 @@
+"""``run(opts)``: one training run (or --evolve generations) from TrainOptions, as train.py calls it.
+
+Wires the parts (utils/engine/setup.py) into a Trainer with hooks in a fixed order, handles --resume
+(latest or a given last.pt: same options, exact state) and the torchrun/DDP context.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from models.yolo import model_from_checkpoint
+from utils.anchors import check_anchors
+from utils.checkpoint import load_checkpoint
+from utils.data.config import load_data_config
+from utils.distributed import DistContext, cleanup, init_distributed, wrap_ddp
+from utils.engine import setup as train_setup
+from utils.engine.evolve import evolve
+from utils.engine.hooks import (
+    BestModelHook,
+    CheckpointHook,
+    CloseMosaicHook,
+    Hook,
+    ImageWeightsHook,
+    LRScheduleHook,
+    ValidationHook,
+)
+from utils.engine.optim import accumulate_steps, build_optimizer, nominal_batch, scaled_weight_decay
+from utils.engine.options import RESUME_LATEST, TrainOptions
+from utils.engine.trainer import Trainer
+from utils.engine.writers import PlotsHook, ResultsCsvHook, TensorBoardHook
+from utils.eval.validator import validate
+from utils.loss import ComputeLoss
+from utils.torch_utils import ModelEMA, init_seeds, select_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished run leaves: its folder, the last epoch's metrics row, and the final validation."""
+
+    save_dir: Path
+    epochs_done: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    final: Optional[Any] = None
+
+
+def find_resume_checkpoint(opts: TrainOptions) -> Path:
+    """--resume: the newest last.pt under --project, or the given path. Raises FileNotFoundError if none."""
+    if opts.resume != RESUME_LATEST:
+        path = Path(opts.resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+        return path
+    candidates = sorted(Path(opts.project).glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"--resume: no last.pt found under {opts.project}; give the path of one")
+    return candidates[-1]
+
+
+def resume_options(opts: TrainOptions) -> tuple[TrainOptions, dict[str, Any], Path]:
+    """The options stored in the checkpoint (the run continues exactly as started), its dict and path."""
+    path = find_resume_checkpoint(opts)
+    checkpoint = load_checkpoint(path)
+    stored = TrainOptions.from_dict(checkpoint["opt"], resume=str(path), local_rank=opts.local_rank)
+    if int(checkpoint["epoch"]) + 1 >= stored.epochs:
+        raise ValueError(f"--resume {path}: training already finished all {stored.epochs} epochs; nothing to resume "
+                         "(start a new run with --weights to train further)")
+    logger.info("resuming %s from epoch %d of %d", path, int(checkpoint["epoch"]) + 1, stored.epochs)
+    return stored, checkpoint, path
+
+
+def run(opts: TrainOptions) -> TrainOutcome:
+    """Train (or evolve hyperparameters with --evolve N) and return the outcome of the (last) run."""
+    if opts.evolve:
+
+        return evolve(opts, train)
+    return train(opts)
+
+
+def train(opts: TrainOptions) -> TrainOutcome:
+    """One training run; DDP when launched by torchrun (WORLD_SIZE > 1)."""
+    context = DistContext.from_env(local_rank=opts.local_rank)
+    checkpoint, save_dir = None, None
+    if opts.resume:
+        opts, checkpoint, resume_path = resume_options(opts)
+        save_dir = resume_path.parent.parent
+    device = select_device(opts.device, opts.batch_size)
+    if context.enabled and device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
+    init_distributed(context, device)
+    try:
+        if save_dir is None and context.is_main:
+            save_dir = train_setup.make_run_dir(opts)
+        return _train(opts, context, device, save_dir, checkpoint)
+    finally:
+        cleanup(context)
+
+
+def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_dir: Optional[Path],
+           checkpoint: Optional[dict]) -> TrainOutcome:
+    init_seeds(opts.seed + 1 + max(context.rank, 0), deterministic=True)
+    with train_setup.main_process_first(context):
+        data = load_data_config(opts.data)
+    names = train_setup.class_names(data, opts.single_cls)
+    model = train_setup.build_model(opts, names, device, checkpoint)
+    stride = train_setup.grid_size(model)
+    imgsz = train_setup.check_image_size(opts.imgsz, stride)
+    batch_size = opts.batch_size // context.world_size
+    train_loader, dataset, val_loader = train_setup.build_loaders(opts, data, imgsz, stride, context, batch_size)
+    if checkpoint is None and not opts.noautoanchor:
+
+        check_anchors(dataset, model, thr=opts.hyp.anchor_t, imgsz=imgsz)
+
+    loss_fn = ComputeLoss(model, opts.hyp, imgsz=imgsz)
+    accumulate = accumulate_steps(opts.batch_size, nominal_batch(opts.nbs, len(dataset)))
+    logger.info("gradient accumulation: %d batch(es) of %d per optimizer step", accumulate, opts.batch_size)
+    weight_decay = scaled_weight_decay(opts.hyp.weight_decay, opts.batch_size, accumulate)
+    optimizer = build_optimizer(model, opts.optimizer, opts.hyp.lr0, opts.hyp.momentum, weight_decay)
+    ema = ModelEMA(model) if context.is_main else None
+    final = FinalValidation(save_dir, val_loader, names, device, plots=not opts.noplots) if context.is_main else None
+    hooks = build_hooks(opts, context, save_dir, model, dataset, val_loader, loss_fn, len(train_loader), final)
+    trainer = Trainer(model=wrap_ddp(model, context, device, opts.sync_bn), loss_fn=loss_fn, optimizer=optimizer,
+                      train_loader=train_loader, device=device, epochs=opts.epochs, hooks=hooks, ema=ema,
+                      accumulate=accumulate, imgsz=imgsz, stride=stride, multi_scale=opts.multi_scale,
+                      context=context, seed=opts.seed)
+    if checkpoint is not None:
+        restore_state(trainer, checkpoint)
+    logger.info("training %d epochs at --img %d, batch %d (x%d accumulated), results to %s",
+                opts.epochs, imgsz, opts.batch_size, accumulate, save_dir)
+    trainer.fit()
+    return TrainOutcome(save_dir=save_dir, epochs_done=trainer.epoch + 1, metrics=dict(trainer.metrics),
+                        final=final and final.results)
+
+
+def restore_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """Optimizer, scaler, epoch, EMA and every hook's state from a last.pt."""
+    trainer.load_state_dict(checkpoint)
+    if trainer.ema is not None and checkpoint.get("ema") is not None:
+        trainer.ema.load_state_dict({"ema": checkpoint["ema"], "updates": checkpoint["ema_updates"]})
+    hook_states = checkpoint.get("hooks") or {}
+    for hook in trainer.hooks:
+        hook.load_state_dict(hook_states.get(hook.name, {}))
+
+
+class FinalValidation:
+    """After training: validate best.pt (last.pt if no best) verbosely, per class, with plots."""
+
+    def __init__(self, save_dir: Path, val_loader: Any, names: list[str], device: torch.device, plots: bool):
+        self.save_dir, self.val_loader, self.names = save_dir, val_loader, names
+        self.device, self.plots, self.results = device, plots, None
+
+    def __call__(self) -> Any:
+
+        path = self.save_dir / "weights" / "best.pt"
+        path = path if path.is_file() else path.with_name("last.pt")
+        if not path.is_file():
+            return None
+        model = model_from_checkpoint(load_checkpoint(path)).to(self.device)
+        logger.info("validating %s", path)
+        self.results = validate(model, self.val_loader, self.names, verbose=True, plots=self.plots,
+                                save_dir=self.save_dir)
+        return self.results
+
+
+def build_hooks(opts: TrainOptions, context: DistContext, save_dir: Optional[Path], model: torch.nn.Module,
+                dataset: Any, val_loader: Any, loss_fn: Any, num_batches: int,
+                final: Optional[FinalValidation]) -> list[Hook]:
+    """The hooks in their fixed order; rank > 0 only keeps what changes training itself."""
+    hyp = opts.hyp
+    hooks: list[Any] = [LRScheduleHook(hyp.lr0, hyp.lrf, opts.epochs, opts.cos_lr, hyp.momentum, hyp.warmup_epochs,
+                                       hyp.warmup_momentum, hyp.warmup_bias_lr, num_batches),
+                        CloseMosaicHook(dataset, opts.close_mosaic)]
+    if opts.image_weights:
+        hooks.append(ImageWeightsHook(dataset, model.nc))
+    if not context.is_main:
+        return [*hooks, BestModelHook(opts.patience, context)]
+
+    names = model.names
+
+    def validate_epoch(ema_model: torch.nn.Module) -> Any:
+        return validate(ema_model, val_loader, names, compute_loss=loss_fn)
+
+    hooks.append(ValidationHook(validate_epoch, noval=opts.noval, final_fn=final))
+    hooks.append(BestModelHook(opts.patience, context))
+    hooks.append(ResultsCsvHook(save_dir / "results.csv"))
+    static = {"model_yaml": model.yaml, "names": names, "hyp": opts.hyp.to_dict(), "opt": opts.to_dict()}
+    hooks.append(CheckpointHook(save_dir / "weights", static, opts.save_period, opts.nosave))
+    hooks.append(TensorBoardHook(save_dir / "tensorboard"))
+    if not opts.noplots:
+        hooks.append(PlotsHook(save_dir, names, dataset.labels))
+    return hooks

@@ -1,0 +1,173 @@
+"""The training loop: fixed phases, one small step; everything else is a hook (utils/engine/hooks.py).
+
+``fit()`` runs ``before_train``, then per epoch ``before_epoch`` / ``train_one_epoch`` /
+``after_epoch`` inside try/finally, so ``after_train`` (final checkpoint, plots, writers) always runs.
+Hooks read and set the trainer's public attributes (epoch, iteration, metrics, stop, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.distributed import DistContext
+from utils.torch_utils import ModelEMA, de_parallel
+
+logger = logging.getLogger(__name__)
+
+# Largest gradient norm applied: a single bad batch early in training cannot blow the weights up.
+GRAD_CLIP_NORM = 10.0
+# --multi-scale draws each batch's size from this fraction range of --img (rounded to the stride).
+MULTI_SCALE_RANGE = (0.5, 1.5)
+EVENTS = ("before_train", "before_epoch", "before_step", "after_step", "after_epoch", "after_train")
+
+
+def check_finite_loss(loss: torch.Tensor, loss_items: dict[str, float], paths: Sequence[str], iteration: int) -> None:
+    """Stop at once on a NaN/inf loss, naming the batch's images and the per-term losses."""
+    if torch.isfinite(loss).all():
+        return
+    shown = ", ".join(str(p) for p in list(paths)[:8]) + (" ..." if len(paths) > 8 else "")
+    raise FloatingPointError(f"non-finite training loss {loss.detach().flatten().tolist()} at iteration {iteration}; "
+                             f"loss terms {loss_items}; batch images: {shown}")
+
+
+def multi_scale_size(imgsz: int, stride: int, rng: random.Random) -> int:
+    """A random training size in MULTI_SCALE_RANGE * imgsz, a multiple of the largest stride."""
+    low, high = int(imgsz * MULTI_SCALE_RANGE[0]), int(imgsz * MULTI_SCALE_RANGE[1] + stride)
+    return max(rng.randrange(low, high) // stride * stride, stride)
+
+
+class Trainer:
+    """Runs epochs of forward / loss / backward / (accumulated) optimizer step / EMA; hooks do the rest."""
+
+    def __init__(self, *, model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+                 train_loader: Any, device: torch.device, epochs: int, hooks: Sequence[Any] = (),
+                 ema: Optional[ModelEMA] = None, accumulate: int = 1, imgsz: int = 640, stride: int = 32,
+                 multi_scale: bool = False, context: Optional[DistContext] = None, seed: int = 0):
+        self.model, self.loss_fn, self.optimizer, self.ema = model, loss_fn, optimizer, ema
+        self.train_loader, self.device, self.epochs, self.hooks = train_loader, device, epochs, list(hooks)
+        self.accumulate, self.imgsz, self.stride, self.multi_scale = accumulate, imgsz, stride, multi_scale
+        self.context = context or DistContext()
+        self.amp = device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.rng = random.Random(seed)
+        self.start_epoch = 0
+        self.epoch = 0
+        self.iteration = 0  # global batch index since the start of training
+        self.last_optimizer_step = -1
+        self.num_batches = len(train_loader)
+        self.batch: tuple = ()
+        self.mean_losses: dict[str, float] = {}
+        self.metrics: dict[str, float] = {}  # set by hooks after an epoch (validation, lr, diagnostics)
+        self.stop = False  # set by a hook (early stopping) to end training after this epoch
+        self.is_best = False  # set by the best-model hook when this epoch has the best fitness so far
+        self.completed = False  # True once the epoch loop ended without an exception
+
+    def call(self, event: str) -> None:
+        """Run one event on every hook, in list order."""
+        assert event in EVENTS, f"unknown trainer event {event!r}"
+        for hook in self.hooks:
+            getattr(hook, event)(self)
+
+    def fit(self) -> None:
+        """All epochs from ``start_epoch``; ``after_train`` runs even when an epoch raises."""
+        self.call("before_train")
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                self.epoch = epoch
+                self.call("before_epoch")
+                self.train_one_epoch()
+                self.call("after_epoch")
+                if self.stop:
+                    logger.info("stopping early after epoch %d", epoch)
+                    break
+            self.completed = True
+        finally:
+            self.call("after_train")
+
+    def train_one_epoch(self) -> None:
+        """One pass over the training loader with a progress bar (rank 0 only)."""
+        self.model.train()
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        if hasattr(self.loss_fn, "stats"):
+            self.loss_fn.stats.reset()
+        self.mean_losses = {}
+        self.optimizer.zero_grad()
+        progress = tqdm(enumerate(self.train_loader), total=self.num_batches, disable=not self.context.is_main,
+                        bar_format="{l_bar}{bar:10}{r_bar}")
+        for batch_index, (images, targets, paths, *_rest) in progress:
+            self.iteration = batch_index + self.num_batches * self.epoch
+            self.batch = (images, targets, paths)
+            self.call("before_step")
+            loss_items = self.train_step(images, targets, paths)
+            self.mean_losses = {key: (self.mean_losses.get(key, 0.0) * batch_index + value) / (batch_index + 1)
+                                for key, value in loss_items.items()}
+            progress.set_description(self._progress_text(targets.shape[0], images.shape[-1]))
+            self.call("after_step")
+        stats = getattr(self.loss_fn, "stats", None)
+        if stats is not None:  # assignment diagnostics of the loss (positives per level, unmatched targets, ...)
+            self.metrics.update({f"diag/{key}": float(value) for key, value in stats.as_dict().items()})
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor, paths: Sequence[str]) -> dict[str, float]:
+        """Forward, loss, backward; an optimizer step (clipped, scaled) once ``accumulate`` batches are in; EMA.
+
+        Args: images uint8 (B, 3, H, W); targets (M, 6) [image, class, cx, cy, w, h] normalised.
+        Returns the per-term losses of this batch as floats.
+        """
+        images = images.to(self.device, non_blocking=True).float() / 255
+        if self.multi_scale:
+            size = multi_scale_size(self.imgsz, self.stride, self.rng)
+            if size != images.shape[-1]:
+                scale = size / max(images.shape[2:])
+                new_hw = [round(side * scale / self.stride) * self.stride for side in images.shape[2:]]
+                images = F.interpolate(images, size=new_hw, mode="bilinear", align_corners=False)
+        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            preds = self.model(images)
+            loss, loss_terms = self.loss_fn(preds, targets.to(self.device))
+        loss_items = {key: float(value) for key, value in loss_terms.items()}
+        check_finite_loss(loss, loss_items, paths, self.iteration)
+        if self.context.enabled:
+            loss = loss * self.context.world_size  # DDP averages gradients over ranks; keep the per-image scale
+        self.scaler.scale(loss.sum()).backward()
+        if self.iteration - self.last_optimizer_step >= self.accumulate:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=GRAD_CLIP_NORM)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.last_optimizer_step = self.iteration
+        return loss_items
+
+    def _progress_text(self, num_instances: int, size: int) -> str:
+        memory = torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0.0
+        losses = " ".join(f"{key}={value:.4g}" for key, value in self.mean_losses.items())
+        return (f"epoch {self.epoch + 1}/{self.epochs} gpu_mem {memory:.3g}G {losses} "
+                f"instances {num_instances} size {size}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resume needs from the loop itself (hooks and EMA save their own parts)."""
+        return {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "iteration": self.iteration, "last_optimizer_step": self.last_optimizer_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the saved (complete) epoch."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # empty when saved with AMP off (CPU)
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.last_optimizer_step = int(state.get("last_optimizer_step", -1))
+
+    @property
+    def unwrapped_model(self) -> nn.Module:
+        return de_parallel(self.model)

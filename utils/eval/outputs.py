@@ -1,0 +1,87 @@
+"""Files a validation run writes besides results.json: txt labels and COCO JSON predictions.
+
+``--save-txt`` writes one file per image in ``labels/``: YOLO txt (``class cx cy w h [conf]``
+normalised to the original image) under the COCO protocol, the VisDrone toolkit's result format
+(``x,y,w,h,score,category,-1,-1``) under the VisDrone protocol. ``--save-json`` writes
+``predictions.json`` (COCO results) with the matching ``ground_truth.json`` and, when a reference
+evaluator imports, logs its figures beside ours.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.boxes import xyxy_to_cxcywhn
+from utils.eval import coco as coco_eval
+from utils.eval import visdrone as visdrone_eval
+from utils.eval.metrics import BoxSet
+
+logger = logging.getLogger(__name__)
+
+
+def _yolo_lines(dets: BoxSet, height: int, width: int, save_conf: bool) -> list[str]:
+    boxes_n = xyxy_to_cxcywhn(dets.boxes, width, height)
+    return [f"{int(c)} {' '.join(f'{v:.6f}' for v in box)}" + (f" {s:.5f}" if save_conf else "")
+            for c, box, s in zip(dets.category, boxes_n, dets.score)]
+
+
+def write_txt(collected: Any, save_dir: Path, protocol: str, save_conf: bool, save_hybrid: bool) -> Path:
+    """One txt per image in ``save_dir/labels``; ``save_hybrid`` adds the GT boxes at confidence 1."""
+    labels_dir = save_dir / "labels"
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    if save_hybrid:
+        logger.warning("--save-hybrid: txt files hold predictions plus ground truth (for auto-labelling); "
+                       "the metrics above are unaffected")
+    for index, (path, (height, width)) in enumerate(zip(collected.image_paths, collected.image_shapes)):
+        dets = collected.dets.subset(collected.dets.image == index)
+        if save_hybrid:
+            gts = collected.gts.subset(collected.gts.image == index)
+            dets = visdrone_eval.concat_boxsets([dets, BoxSet(gts.image, gts.boxes, gts.category,
+                                                              score=np.ones(len(gts)))])
+        if protocol == "visdrone":
+            lines = visdrone_eval.result_lines(dets.boxes, dets.score, dets.category + 1)
+        else:
+            lines = _yolo_lines(dets, height, width, save_conf)
+        (labels_dir / f"{Path(path).stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+    logger.info("%d label files saved to %s", len(collected.image_paths), labels_dir)
+    return labels_dir
+
+
+def write_json(collected: Any, names: list[str], save_dir: Path) -> tuple[Path, Path]:
+    """predictions.json + ground_truth.json (COCO, original pixels; image ids = loader order)."""
+    images = [{"id": i, "file_name": Path(p).name, "height": int(hw[0]), "width": int(hw[1])}
+              for i, (p, hw) in enumerate(zip(collected.image_paths, collected.image_shapes))]
+    gt_path, pred_path = save_dir / "ground_truth.json", save_dir / "predictions.json"
+    gt_path.write_text(json.dumps(coco_eval.coco_gt_json(collected.gts, images, dict(enumerate(names)))))
+    pred_path.write_text(json.dumps(coco_eval.coco_detections_json(collected.dets)))
+    logger.info("COCO predictions saved to %s (ground truth: %s)", pred_path, gt_path)
+    return gt_path, pred_path
+
+
+def cross_check(gt_path: Path, pred_path: Path) -> dict[str, dict[str, float]] | None:
+    """Our COCO figures and the reference evaluator's on the same files, logged side by side."""
+    reference = coco_eval.reference_stats(gt_path, pred_path)
+    if reference is None:
+        return None
+    gt = coco_eval.load_coco_gt(gt_path)
+    ours = coco_eval.evaluate(gt.boxes, coco_eval.load_coco_detections(pred_path, gt.image_ids), gt.image_ids,
+                              gt.category_ids).stats
+    logger.info("%8s %10s %10s", "metric", "ours", "reference")
+    for name, value in ours.items():
+        logger.info("%8s %10.4f %10.4f", name, value, reference.get(name, float("nan")))
+    return {"ours": ours, "reference": reference}
+
+
+def save_outputs(collected: Any, names: list[str], save_dir: Path, *, protocol: str, save_txt: bool = False,
+                 save_conf: bool = False, save_json: bool = False, save_hybrid: bool = False,
+                 plots: bool = False) -> None:
+    """Write the txt/JSON files asked for (plots are written while scoring)."""
+    if save_txt or save_hybrid:
+        write_txt(collected, save_dir, protocol, save_conf, save_hybrid)
+    if save_json:
+        cross_check(*write_json(collected, names, save_dir))

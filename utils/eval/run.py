@@ -1,0 +1,120 @@
+"""What ``val.py`` runs: a model over a dataset split (tasks train/val/test/speed/study) or the scoring of
+saved predictions (``--pred/--gt``). Options come as val.ValOptions (duck-typed here: no CLI import)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.data.config import load_data_config
+from utils.data.dataset import create_dataloader
+from utils.data.visdrone import CATEGORY_NAMES
+from utils.eval import coco as coco_eval
+from utils.eval import visdrone as visdrone_eval
+from utils.eval.metrics import BoxSet
+from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
+from utils.eval.validator import ValResults, log_results, validate
+from utils.infer.backend import DetectBackend
+from utils.torch_utils import select_device
+
+logger = logging.getLogger(__name__)
+
+# --task speed: YOLOv5's operating point for timing runs.
+SPEED_CONF, SPEED_IOU = 0.25, 0.45
+STUDY_SIZES = tuple(range(256, 1536 + 128, 128))
+
+
+def run_options(opts: Any, save_dir: Path) -> ValResults | list[ValResults]:
+    """Dispatch on the options: saved predictions, a size study, or one validation run."""
+    if opts.pred is not None:
+        return score_saved(opts, save_dir)
+    if opts.task == "study":
+        return run_study(opts, save_dir)
+    if opts.task == "speed":
+        opts = replace(opts, conf_thres=SPEED_CONF, iou_thres=SPEED_IOU, save_json=False, noplots=True)
+    return run_model(opts, save_dir)
+
+
+def run_model(opts: Any, save_dir: Path) -> ValResults:
+    """Load the weights (DetectBackend), build the split's loader and validate."""
+
+    split = "val" if opts.task in ("speed", "study") else opts.task
+    data = load_data_config(opts.data, splits=(split,))
+    device = select_device(opts.device, opts.batch_size)
+    backend = DetectBackend(list(opts.weights), device=device, fuse=True, half=opts.half)
+    if backend.nc != data["nc"] and not opts.single_cls:
+        raise ValueError(f"{opts.weights[0]} predicts {backend.nc} classes but {opts.data} has {data['nc']}")
+    exported = backend.fixed_imgsz is not None
+    imgsz = backend.fixed_imgsz[0] if exported else opts.imgsz
+    loader, _ = create_dataloader(data[split], imgsz, backend.fixed_batch or opts.batch_size, backend.stride,
+                                  rect=not exported, pad=0.5, workers=opts.workers, single_cls=opts.single_cls,
+                                  prefix=f"{split}: ")
+    protocol = opts.protocol or "coco"
+    return validate(backend, loader, data["names"], conf_thres=opts.conf_thres, iou_thres=opts.iou_thres,
+                    max_det=opts.max_det, save_dir=save_dir, plots=not opts.noplots, verbose=opts.verbose,
+                    protocol=protocol, augment=opts.augment, half=opts.half, single_cls=opts.single_cls,
+                    save_txt=opts.save_txt, save_conf=opts.save_conf, save_json=opts.save_json,
+                    save_hybrid=opts.save_hybrid, merge=opts.merge)
+
+
+def run_study(opts: Any, save_dir: Path) -> list[ValResults]:
+    """mAP and speed against image size; writes study.json."""
+    rows, results = [], []
+    for size in STUDY_SIZES:
+        logger.info("study: --imgsz %d", size)
+        result = run_model(replace(opts, imgsz=size, noplots=True, save_json=False, save_txt=False),
+                           save_dir / f"imgsz{size}")
+        results.append(result)
+        rows.append({"imgsz": size, "map50": result.map50, "map50_95": result.map50_95, **result.speed_ms})
+    (save_dir / "study.json").write_text(json.dumps(rows, indent=2))
+    return results
+
+
+def _pred_format(opts: Any) -> str:
+    """``coco`` for two JSON files, ``visdrone`` for two folders; a mismatch with --protocol is an error."""
+    pred, gt = Path(opts.pred), Path(opts.gt)
+    for path in (pred, gt):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found")
+    if pred.is_file() and gt.is_file():
+        kind = "coco"
+    elif pred.is_dir() and gt.is_dir():
+        kind = "visdrone"
+    else:
+        raise ValueError(f"--pred {pred} and --gt {gt} must both be COCO JSON files or both VisDrone txt folders")
+    if opts.protocol not in (None, kind):
+        raise ValueError(f"--protocol {opts.protocol} cannot score {'JSON files' if kind == 'coco' else 'folders'}; "
+                         f"those are scored with the {kind} rules")
+    return kind
+
+
+def score_saved(opts: Any, save_dir: Path) -> ValResults:
+    """Score saved predictions against their ground truth (no model), log the table, write results."""
+    protocol = _pred_format(opts)
+    if protocol == "coco":
+        gt = coco_eval.load_coco_gt(opts.gt)
+        dets = coco_eval.load_coco_detections(opts.pred, gt.image_ids)
+        index = np.searchsorted(gt.category_ids, dets.category).clip(0, max(len(gt.category_ids) - 1, 0))
+        known = gt.category_ids[index] == dets.category if len(gt.category_ids) else np.zeros(len(dets), bool)
+        dets = BoxSet(dets.image, dets.boxes, np.where(known, index, -1), score=dets.score)
+        gts = BoxSet(gt.boxes.image, gt.boxes.boxes, np.searchsorted(gt.category_ids, gt.boxes.category),
+                     area=gt.boxes.area, ignore=gt.boxes.ignore)
+        names = [gt.category_names[int(c)] for c in gt.category_ids]
+        fields, curves = score_coco(dets, gts, names, gt.image_ids)
+        num_images, num_instances = len(gt.image_ids), int((~gts.ignore).sum())
+    else:
+        dets, gts, image_ids, sizes = visdrone_eval.load_folders(opts.pred, opts.gt, opts.images)
+        names = list(CATEGORY_NAMES[1:11])
+        fields, curves = score_visdrone(dets, gts, names, image_ids, sizes)
+        num_images, num_instances = len(image_ids), int(np.isin(gts.category, visdrone_eval.CLASSES).sum())
+    results = ValResults(**fields, protocol=protocol)
+    log_results(results, num_images, num_instances, True)
+    if not opts.noplots:
+        plot_metrics(curves, None, names, save_dir)
+    (save_dir / "results.json").write_text(json.dumps(results.as_dict(), indent=2))
+    return results

@@ -1,0 +1,125 @@
+"""Turn collected detections and ground truths into ValResults figures under one protocol.
+
+Used by utils/eval/validator.py (a model over a loader) and by val.py's ``--pred/--gt`` mode (saved files).
+Both protocols share one matching (utils.eval.metrics.greedy_match); P and R come from its IoU-.5 states.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from utils.data.visdrone import annotation_path
+from utils.eval import coco as coco_eval
+from utils.eval import plots as metric_plots
+from utils.eval import visdrone as visdrone_eval
+from utils.eval.metrics import BoxSet, ConfusionMatrix, PRCurves, pr_curves
+from utils.log import log_once
+
+logger = logging.getLogger(__name__)
+
+
+def _class_rows(names: list[str], gts: BoxSet, counted_gt: np.ndarray, curves: PRCurves, ap50: np.ndarray,
+                ap: np.ndarray) -> list[dict[str, Any]]:
+    """Per-class table rows for classes with counted GTs (class ids index ``names``, ap rows follow them)."""
+    rows = []
+    for row, cls in enumerate(curves.classes):
+        mask = counted_gt & (gts.category == cls)
+        rows.append({"class": int(cls), "name": names[cls] if cls < len(names) else str(cls),
+                     "images": int(len(np.unique(gts.image[mask]))), "instances": int(mask.sum()),
+                     "P": float(curves.precision[row]), "R": float(curves.recall[row]),
+                     "AP50": float(ap50[cls]), "AP": float(ap[cls])})
+    return rows
+
+
+def _uncertainty(state50: np.ndarray, det_extra: np.ndarray) -> Optional[dict[str, float]]:
+    """Mean localization uncertainty (first extra column) of TPs and FPs at IoU .5; None without one."""
+    if det_extra.shape[1] == 0:
+        return None
+    column = det_extra[:, 0]
+    tp, fp = column[state50 == 1], column[state50 == 0]
+    return {"tp": float(tp.mean()) if len(tp) else float("nan"), "fp": float(fp.mean()) if len(fp) else float("nan")}
+
+
+def _operating_point(dets: BoxSet, state50: np.ndarray, gt_count: dict[int, int]) -> PRCurves:
+    counted = state50 >= 0
+    return pr_curves(state50[counted] == 1, dets.score[counted], dets.category[counted], gt_count)
+
+
+def score_coco(dets: BoxSet, gts: BoxSet, names: list[str], image_ids: np.ndarray,
+               det_extra: Optional[np.ndarray] = None) -> tuple[dict[str, Any], PRCurves]:
+    """COCO protocol figures (class ids 0..nc-1 = category ids) -> ValResults fields and the PR curves."""
+    result = coco_eval.evaluate(gts, dets, image_ids, np.arange(len(names)))
+    state50 = np.where(result.det_evaluated, result.det_state[0], -1)
+    counted_gt = ~gts.ignore
+    gt_count = {int(c): int((counted_gt & (gts.category == c)).sum()) for c in range(len(names))}
+    curves = _operating_point(dets, state50, gt_count)
+    stats = result.stats
+    fields = {"precision": float(curves.precision.mean()) if len(curves.classes) else -1.0,
+              "recall": float(curves.recall.mean()) if len(curves.classes) else -1.0,
+              "map50": stats["AP50"], "map50_95": stats["AP"], "map75": stats["AP75"], "ap_small": stats["APs"],
+              "ap_medium": stats["APm"], "ap_large": stats["APl"],
+              "per_class": _class_rows(names, gts, counted_gt, curves, result.class_ap(0), result.class_ap()),
+              "uncertainty": _uncertainty(state50, det_extra if det_extra is not None else np.zeros((len(dets), 0))),
+              "extra": {k: v for k, v in stats.items() if k.startswith("AR")}}
+    return fields, curves
+
+
+def score_visdrone(dets: BoxSet, gts: BoxSet, names: list[str], image_ids: np.ndarray,
+                   image_sizes: dict[int, tuple[int, int]], det_extra: Optional[np.ndarray] = None
+                   ) -> tuple[dict[str, Any], PRCurves]:
+    """VisDrone protocol figures; ``gts``/``dets`` use toolkit categories (1..10; 0 ignored region, 11 others)."""
+    result = visdrone_eval.evaluate(gts, dets, image_ids, image_sizes)
+    state50 = result.det_state[0]
+    zero_based = BoxSet(dets.image, dets.boxes, dets.category - 1, score=dets.score)
+    curves = _operating_point(zero_based, state50, {c - 1: n for c, n in result.gt_count.items()})
+    counted_gt = np.isin(gts.category, visdrone_eval.CLASSES)
+    gts_zero = BoxSet(gts.image, gts.boxes, gts.category - 1, ignore=gts.ignore)
+    stats = result.stats
+    fields = {"precision": float(curves.precision.mean()) if len(curves.classes) else -1.0,
+              "recall": float(curves.recall.mean()) if len(curves.classes) else -1.0,
+              "map50": stats["AP50"], "map50_95": stats["AP"], "map75": stats["AP75"],
+              "per_class": _class_rows(names, gts_zero, counted_gt, curves, result.ap[:, 0], result.ap.mean(1)),
+              "uncertainty": _uncertainty(state50, det_extra if det_extra is not None else np.zeros((len(dets), 0))),
+              "extra": {k: v for k, v in stats.items() if k.startswith("AR")}}
+    return fields, curves
+
+
+def visdrone_ground_truth(gts: BoxSet, image_paths: list[str]) -> BoxSet:
+    """Official annotations (with ignored regions and score-0 boxes) for the images when all are found
+    beside them (``<split>/annotations/<stem>.txt``), else the loader's labels as categories 1..10."""
+    files = [annotation_path(p) for p in image_paths]
+    if image_paths and all(f.is_file() for f in files):
+        return visdrone_eval.concat_boxsets([visdrone_eval.annotation_boxset(f, i) for i, f in enumerate(files)])
+    log_once(logger, logging.WARNING, "VisDrone protocol without official annotation files beside the images "
+             "(e.g. %s): scoring the YOLO labels, with no ignored regions", files[0] if files else "none")
+    return BoxSet(gts.image, gts.boxes, gts.category + 1, ignore=gts.ignore)
+
+
+def score_detections(collected: Any, names: list[str], protocol: str,
+                     save_dir: Optional[Path] = None) -> dict[str, Any]:
+    """ValResults fields of a validator ``Collected``; writes the metric plots to ``save_dir`` when given."""
+    image_ids = np.arange(len(collected.image_paths))
+    if protocol == "visdrone":
+        dets = BoxSet(collected.dets.image, collected.dets.boxes, collected.dets.category + 1,
+                      score=collected.dets.score)
+        gts = visdrone_ground_truth(collected.gts, collected.image_paths)
+        sizes = {i: tuple(int(v) for v in hw) for i, hw in enumerate(collected.image_shapes)}
+        fields, curves = score_visdrone(dets, gts, names, image_ids, sizes, collected.det_extra)
+    else:
+        fields, curves = score_coco(collected.dets, collected.gts, names, image_ids, collected.det_extra)
+    if save_dir is not None:
+        plot_metrics(curves, collected.confusion, names, Path(save_dir))
+    return fields
+
+
+def plot_metrics(curves: PRCurves, confusion: Optional[ConfusionMatrix], names: list[str], save_dir: Path) -> None:
+    """PR, F1, P and R curves and the confusion matrix as PNGs in ``save_dir``."""
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    metric_plots.plot_curves(curves, names, save_dir)
+    if confusion is not None:
+        metric_plots.plot_confusion_matrix(confusion, names, save_dir / "confusion_matrix.png")

@@ -1,0 +1,262 @@
+"""The library side of validation: run a detector over a loader and score it (val.py and train.py).
+
+``validate`` collects per-image detections and ground truths in ORIGINAL image pixels (the letterbox
+undone), then scores them with one protocol: ``coco`` (utils/eval/coco.py, pycocotools' rules) or
+``visdrone`` (utils/eval/visdrone.py, the official toolkit's rules). P and R are YOLOv5's: at the
+confidence of the best mean F1, from the protocol's own IoU-.5 matching.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from utils.boxes import cxcywhn_to_xyxy, scale_boxes_to_original
+from utils.eval.metrics import BoxSet, ConfusionMatrix
+from utils.eval.outputs import save_outputs
+from utils.eval.scoring import score_detections
+from utils.infer.tta import tta_forward
+from utils.infer.wbf import weighted_box_fusion
+from utils.nms import non_max_suppression
+from utils.torch_utils import time_sync
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("coco", "visdrone")
+# Detections kept per image when max_det is not given: COCO's 100 is too few for drone frames.
+DEFAULT_MAX_DET = {"coco": 300, "visdrone": 500}
+
+
+@dataclass
+class ValResults:
+    """Validation figures (fractions in [0, 1]; -1 when undefined, e.g. no GT of any class)."""
+
+    precision: float = -1.0
+    recall: float = -1.0
+    map50: float = -1.0
+    map50_95: float = -1.0
+    map75: float = -1.0
+    ap_small: float = -1.0
+    ap_medium: float = -1.0
+    ap_large: float = -1.0
+    per_class: list[dict[str, Any]] = field(default_factory=list)  # name, images, instances, P, R, AP50, AP
+    losses: Optional[dict[str, float]] = None  # mean box/obj/cls loss per batch
+    speed_ms: dict[str, float] = field(default_factory=dict)  # preprocess/inference/nms per image
+    uncertainty: Optional[dict[str, float]] = None  # mean C-BBL localization uncertainty of TPs and FPs
+    protocol: str = "coco"
+    extra: dict[str, float] = field(default_factory=dict)  # protocol figures beyond the above (AR...)
+
+    @property
+    def loss(self) -> Optional[dict[str, float]]:
+        """Alias of ``losses`` (the training callbacks read ``results.loss``)."""
+        return self.losses
+
+    def fitness(self) -> float:
+        """0.1 * mAP50 + 0.9 * mAP50-95 (undefined figures count as 0): what best.pt is chosen by."""
+        return 0.1 * max(self.map50, 0.0) + 0.9 * max(self.map50_95, 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fitness": self.fitness()}
+
+
+@dataclass
+class Collected:
+    """Everything one pass over the loader produced, in original-image pixels."""
+
+    dets: BoxSet
+    det_extra: np.ndarray  # (D, E) extra columns (C-BBL uncertainty) or (D, 0)
+    gts: BoxSet
+    image_paths: list[str]
+    image_shapes: list[tuple[int, int]]  # (h0, w0)
+    confusion: ConfusionMatrix
+    losses: Optional[dict[str, float]]
+    speed_ms: dict[str, float]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    if hasattr(model, "device") and isinstance(model.device, torch.device):
+        return model.device
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _loss_terms(output: Any) -> dict[str, float]:
+    """ComputeLoss output -> named floats: ``(total, {name: tensor})``, a dict, or ``(total, (box, obj, cls))``."""
+    items = output[1] if isinstance(output, (tuple, list)) else output
+    if isinstance(items, dict):
+        return {name: float(value) for name, value in items.items()}
+    return {name: float(value) for name, value in zip(("box", "obj", "cls"), items)}
+
+
+def _model_fn(model: nn.Module) -> Callable[[torch.Tensor], tuple[torch.Tensor, Any]]:
+    """A callable returning (pred, raw) for a Model (eval forward: (pred, raw)) or a backend (pred only)."""
+    def call(images: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        out = model(images)
+        return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+    return call
+
+
+def _original_gt(targets: torch.Tensor, index: int, net_hw: tuple[int, int], shape: Any) -> np.ndarray:
+    """(m, 5) ``[class, x1, y1, x2, y2]`` original pixels of image ``index`` of a batch."""
+    labels = targets[targets[:, 0] == index]
+    boxes = cxcywhn_to_xyxy(labels[:, 2:6].double(), net_hw[1], net_hw[0])
+    if shape is not None:
+        boxes = scale_boxes_to_original(boxes, net_hw, shape[0], shape[1])
+    return torch.cat([labels[:, 1:2].double(), boxes], 1).numpy()
+
+
+def _original_dets(det: torch.Tensor, net_hw: tuple[int, int], shape: Any) -> np.ndarray:
+    """NMS output (n, 6 + E) -> float64 numpy with boxes in original pixels."""
+    det = det.detach().double().cpu().clone()
+    if shape is not None:
+        det[:, :4] = scale_boxes_to_original(det[:, :4], net_hw, shape[0], shape[1])
+    return det.numpy()
+
+
+def _stride_of(model: nn.Module) -> int:
+    stride = getattr(model, "stride", 32)
+    return int(max(stride.tolist())) if torch.is_tensor(stride) else int(stride)
+
+
+def _detect(model: nn.Module, images: torch.Tensor, nc: int, nms_args: dict[str, Any], augment: bool,
+            merge: str) -> tuple[list[torch.Tensor], Any, float, float]:
+    """One batch -> (per-image NMS output (n, 6 + E), raw head output or None, seconds of inference and NMS).
+
+    ``merge='wbf'`` runs NMS per ensemble member (``forward_each``) and fuses them with weighted box fusion.
+    """
+    call, start = _model_fn(model), time_sync()
+    if merge == "wbf" and hasattr(model, "forward_each"):
+        member_preds = model.forward_each(images)
+        inference = time_sync() - start
+        per_member = [non_max_suppression(p.float(), nc=nc, **nms_args) for p in member_preds]
+        fused = [weighted_box_fusion(list(dets), max_det=nms_args["max_det"]) for dets in zip(*per_member)]
+        return fused, None, inference, time_sync() - start - inference
+    if augment:
+        pred, raw = tta_forward(lambda x: call(x)[0], images, _stride_of(model)), None
+    else:
+        pred, raw = call(images)
+    inference = time_sync() - start
+    dets = non_max_suppression(pred.float(), nc=nc, **nms_args)
+    return dets, raw, inference, time_sync() - start - inference
+
+
+def collect(model: nn.Module, dataloader: Any, nc: int, *, conf_thres: float, iou_thres: float, max_det: int,
+            compute_loss: Optional[Callable] = None, augment: bool = False, half: bool = False,
+            single_cls: bool = False, merge: str = "nms", desc: str = "val") -> Collected:
+    """Run the detector over the loader: NMS'd detections and GTs per image, losses and timings."""
+    device = _device_of(model)
+    nms_args = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": True, "agnostic": single_cls,
+                "max_det": max_det}
+    det_rows, gt_rows, paths_all, shapes_all = [], [], [], []
+    confusion, loss_sums, num_batches = ConfusionMatrix(1 if single_cls else nc), {}, 0
+    timings = np.zeros(3)
+    for images, targets, paths, shapes in tqdm(dataloader, desc=desc, leave=False):
+        start = time_sync()
+        images = images.to(device, non_blocking=True).float() / 255  # (B, 3, H, W) in [0, 1]
+        net_hw = tuple(images.shape[2:])
+        preprocess = time_sync() - start
+        with torch.no_grad(), torch.autocast("cuda", enabled=half and device.type == "cuda"):
+            dets, raw, inference, nms_time = _detect(model, images, nc, nms_args, augment, merge)
+            if compute_loss is not None and raw is not None:
+                for name, value in _loss_terms(compute_loss(raw, targets.to(device))).items():
+                    loss_sums[name] = loss_sums.get(name, 0.0) + value
+        timings += (preprocess, inference, nms_time)
+        for index, det in enumerate(dets):
+            shape = shapes[index] if shapes is not None else None
+            det_np, gt_np = _original_dets(det, net_hw, shape), _original_gt(targets.cpu(), index, net_hw, shape)
+            if single_cls:
+                det_np[:, 5], gt_np[:, 0] = 0, 0
+            confusion.update(det_np[:, :4], det_np[:, 4], det_np[:, 5].astype(int), gt_np[:, 1:], gt_np[:, 0])
+            det_rows.append(np.c_[np.full(len(det_np), len(paths_all)), det_np])
+            gt_rows.append(np.c_[np.full(len(gt_np), len(paths_all)), gt_np])
+            paths_all.append(str(paths[index]))
+            shapes_all.append(tuple(shape[0]) if shape is not None else net_hw)
+        num_batches += 1
+    losses = {k: v / max(num_batches, 1) for k, v in loss_sums.items()} if compute_loss is not None else None
+    return _collected(det_rows, gt_rows, paths_all, shapes_all, confusion, losses, timings)
+
+
+def _collected(det_rows: list, gt_rows: list, paths: list[str], shapes: list, confusion: ConfusionMatrix,
+               losses: Optional[dict[str, float]], timings: np.ndarray) -> Collected:
+    """Stack per-image rows ``[image, x1, y1, x2, y2, conf, cls, extra..]`` / ``[image, cls, x1..y2]``."""
+    det_all = np.concatenate(det_rows) if det_rows else np.zeros((0, 7))
+    gt_all = np.concatenate(gt_rows) if gt_rows else np.zeros((0, 6))
+    dets = BoxSet(det_all[:, 0], det_all[:, 1:5], det_all[:, 6], score=det_all[:, 5])
+    gts = BoxSet(gt_all[:, 0], gt_all[:, 2:6], gt_all[:, 1])
+    speed = dict(zip(("preprocess", "inference", "nms"), (timings * 1e3 / max(len(paths), 1)).tolist()))
+    return Collected(dets, det_all[:, 7:], gts, paths, shapes, confusion, losses, speed)
+
+
+def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres: float = 0.001,
+             iou_thres: float = 0.6, max_det: Optional[int] = None, compute_loss: Optional[Callable] = None,
+             save_dir: Optional[Path] = None, plots: bool = False, verbose: bool = False, protocol: str = "coco",
+             augment: bool = False, half: bool = False, single_cls: bool = False, save_txt: bool = False,
+             save_conf: bool = False, save_json: bool = False, save_hybrid: bool = False,
+             merge: str = "nms") -> ValResults:
+    """Validate a model (eval-mode ``Model`` or ``DetectBackend``) on a loader of the data contract.
+
+    Args:
+        names: class names (length nc); ``protocol``: ``coco`` or ``visdrone``.
+        max_det: detections kept per image after NMS (None: 300 under COCO, 500 under VisDrone).
+        compute_loss: ``ComputeLoss`` to also report the mean val losses (needs a ``Model``).
+        save_dir: where results.json and, when asked, plots, txt and JSON predictions go.
+        merge: how an ensemble backend's members are merged: ``nms`` (one NMS over all) or ``wbf``.
+    Returns:
+        ValResults (also logged as a table).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if merge not in ("nms", "wbf"):
+        raise ValueError(f"unknown ensemble merge {merge!r}; expected nms or wbf")
+    nc = 1 if single_cls else len(names)
+    max_det = DEFAULT_MAX_DET[protocol] if max_det is None else int(max_det)
+    was_training = model.training
+    model.eval()
+    try:
+        collected = collect(model, dataloader, len(names), conf_thres=conf_thres, iou_thres=iou_thres,
+                            max_det=max_det, compute_loss=compute_loss, augment=augment, half=half,
+                            single_cls=single_cls, merge=merge)
+    finally:
+        model.train(was_training)
+    class_names = ["object"] if single_cls else list(names)
+    scored = score_detections(collected, class_names, protocol, save_dir=save_dir if plots else None)
+    results = ValResults(**scored, losses=collected.losses, speed_ms=collected.speed_ms, protocol=protocol)
+    log_results(results, len(collected.image_paths), len(collected.gts), verbose or nc < 50)
+    if save_dir is not None:
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        save_outputs(collected, class_names, save_dir, protocol=protocol, save_txt=save_txt, save_conf=save_conf,
+                     save_json=save_json, save_hybrid=save_hybrid, plots=plots)
+        (save_dir / "results.json").write_text(json.dumps(results.as_dict(), indent=2))
+    return results
+
+
+def log_results(results: ValResults, num_images: int, num_instances: int, per_class: bool) -> None:
+    """The YOLOv5-style table: totals, then one row per class with GTs."""
+    header = f"{'Class':>20}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
+    logger.info(header)
+    logger.info("%20s%11i%11i%11.3g%11.3g%11.3g%11.3g", "all", num_images, num_instances, results.precision,
+                results.recall, results.map50, results.map50_95)
+    for row in results.per_class if per_class else []:
+        logger.info("%20s%11i%11i%11.3g%11.3g%11.3g%11.3g", row["name"], row["images"], row["instances"], row["P"],
+                    row["R"], row["AP50"], row["AP"])
+    if results.protocol == "coco":
+        logger.info("AP75 %.3f  AP_small %.3f  AP_medium %.3f  AP_large %.3f", results.map75, results.ap_small,
+                    results.ap_medium, results.ap_large)
+    if results.extra:
+        logger.info("  ".join(f"{k} {v:.3f}" for k, v in results.extra.items()))
+    if results.uncertainty:
+        logger.info("localization uncertainty (nats): TP %.3f  FP %.3f", results.uncertainty["tp"],
+                    results.uncertainty["fp"])
+    speed = results.speed_ms
+    if speed:
+        logger.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image", speed["preprocess"],
+                    speed["inference"], speed["nms"])

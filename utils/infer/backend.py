@@ -1,0 +1,188 @@
+"""One inference interface over trained weights: PyTorch checkpoints (one, or several as an ensemble),
+ONNX files (ONNX Runtime) and TorchScript files.
+
+Every backend takes float images (B, 3, H, W) in [0, 1] and returns the eval-mode decoded head
+output (B, N, 5 + nc + num_extra) described in docs/ARCHITECTURE.md, so detect/val never need
+to know which file they were given. Exported files carry the model's facts (names, stride, box
+mode) as JSON metadata written by :func:`model_metadata`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.yolo import model_from_checkpoint
+from utils.checkpoint import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+WeightsArg = Union[str, Path, Sequence[Union[str, Path]]]
+# Key of the JSON metadata in ONNX metadata_props and in TorchScript extra files.
+METADATA_KEY = "cbbl_tph"
+SUFFIXES = (".pt", ".onnx", ".torchscript")
+
+
+def model_metadata(model: nn.Module, imgsz: Sequence[int], batch_size: int, dynamic: bool) -> dict[str, Any]:
+    """What a backend needs to know about an exported model: classes, stride, box mode, input shape."""
+    detect = model.detect
+    return {"names": list(model.names), "nc": int(model.nc), "stride": int(max(model.stride.tolist())),
+            "box_mode": str(detect.box_mode), "num_extra": int(detect.num_extra),
+            "imgsz": [int(s) for s in imgsz], "batch_size": int(batch_size), "dynamic": bool(dynamic)}
+
+
+def _parse_metadata(text: str, path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: unreadable '{METADATA_KEY}' metadata ({err}); re-export it with export.py") from err
+    missing = {"names", "nc", "stride", "box_mode", "num_extra"} - set(meta)
+    if missing:
+        raise ValueError(f"{path}: metadata lacks {sorted(missing)}; re-export it with export.py")
+    return meta
+
+
+class DetectBackend(nn.Module):
+    """Weights file(s) -> a callable detector with ``nc``, ``names``, ``stride``, ``num_extra``, ``box_mode``.
+
+    Args:
+        weights: a ``.pt`` checkpoint (EMA weights when present), a list of them (an ensemble: their
+            predictions are concatenated along N so one NMS merges them), an ``.onnx`` or a ``.torchscript`` file.
+        device: torch device for inputs and outputs (ONNX Runtime uses its CUDA provider only on CUDA).
+        fuse: fuse Conv+BN where the model offers ``fuse()``.
+        half: fp16 inference (CUDA and .pt/.torchscript only; ignored with a warning elsewhere).
+    """
+
+    def __init__(self, weights: WeightsArg, device: Union[str, torch.device] = "cpu", fuse: bool = True,
+                 half: bool = False):
+        super().__init__()
+        paths = [Path(w) for w in ([weights] if isinstance(weights, (str, Path)) else weights)]
+        if not paths:
+            raise ValueError("no weights given")
+        for path in paths:
+            if path.suffix not in SUFFIXES:
+                raise ValueError(f"{path}: unsupported weights format {path.suffix!r}; expected one of {SUFFIXES}")
+        if len(paths) > 1 and any(p.suffix != ".pt" for p in paths):
+            raise ValueError(f"an ensemble takes .pt checkpoints only, got {[str(p) for p in paths]}")
+        self.device = torch.device(device)
+        self.fp16 = bool(half) and self.device.type == "cuda" and paths[0].suffix != ".onnx"
+        if half and not self.fp16:
+            logger.warning("--half needs CUDA and a .pt/.torchscript model; running in float32")
+        self.is_onnx = paths[0].suffix == ".onnx"
+        self.is_torchscript = paths[0].suffix == ".torchscript"
+        self.fixed_imgsz: tuple[int, int] | None = None  # (h, w) an exported model was frozen to
+        self.fixed_batch: int | None = None
+        if self.is_onnx:
+            self._load_onnx(paths[0])
+        elif self.is_torchscript:
+            self._load_torchscript(paths[0])
+        else:
+            self._load_checkpoints(paths, fuse)
+
+    def _load_checkpoints(self, paths: list[Path], fuse: bool) -> None:
+        models = []
+        for path in paths:
+            model = model_from_checkpoint(load_checkpoint(path, map_location="cpu"), use_ema=True)
+            if fuse and hasattr(model, "fuse"):
+                model = model.fuse()
+            models.append(model.to(self.device).eval())
+        first = models[0]
+        for path, model in zip(paths[1:], models[1:]):
+            if model.nc != first.nc or list(model.names) != list(first.names):
+                raise ValueError(f"ensemble members disagree on classes: {paths[0]} has {first.nc} "
+                                 f"{list(first.names)}, {path} has {model.nc} {list(model.names)}")
+        modes = {m.detect.box_mode for m in models}
+        self.box_mode = modes.pop() if len(modes) == 1 else "mixed"
+        extras = {int(m.detect.num_extra) for m in models}
+        if len(extras) > 1:
+            logger.warning("ensemble mixes C-BBL and regression heads: the uncertainty column is dropped")
+        self.num_extra = min(extras)
+        self.nc, self.names = int(first.nc), list(first.names)
+        self.stride = int(max(max(m.stride.tolist()) for m in models))
+        self.models = nn.ModuleList(m.half() if self.fp16 else m for m in models)
+
+    def _load_onnx(self, path: Path) -> None:
+        import onnxruntime
+
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} not found (export one with export.py --include onnx)")
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types; name the file
+            raise ValueError(f"{path}: not a loadable ONNX model ({type(err).__name__}: {err})") from err
+        props = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise ValueError(f"{path}: no '{METADATA_KEY}' metadata; export it with this project's export.py")
+        self._apply_metadata(_parse_metadata(props[METADATA_KEY], path))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _load_torchscript(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"TorchScript model {path} not found (export one with export.py)")
+        extra_files = {f"{METADATA_KEY}.json": ""}
+        try:
+            module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra_files)
+        except RuntimeError as err:
+            raise ValueError(f"{path}: not a loadable TorchScript model ({err})") from err
+        self._apply_metadata(_parse_metadata(extra_files[f"{METADATA_KEY}.json"] or "{}", path))
+        self.script_module = module.half() if self.fp16 else module.float()
+
+    def _apply_metadata(self, meta: dict[str, Any]) -> None:
+        self.nc, self.names = int(meta["nc"]), list(meta["names"])
+        self.stride, self.box_mode, self.num_extra = int(meta["stride"]), str(meta["box_mode"]), int(meta["num_extra"])
+        if not meta.get("dynamic", True):
+            self.fixed_imgsz = (int(meta["imgsz"][0]), int(meta["imgsz"][1]))
+            self.fixed_batch = int(meta["batch_size"])
+
+    @torch.no_grad()
+    def forward_each(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per-model predictions for (B, 3, H, W) float images in [0, 1] -> list of (B, N_m, 5 + nc + E)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if self.fixed_imgsz is not None and tuple(images.shape[2:]) != self.fixed_imgsz:
+            raise ValueError(f"this exported model takes {self.fixed_imgsz} (h, w) inputs, got "
+                             f"{tuple(images.shape[2:])}; export with --dynamic or use --imgsz {self.fixed_imgsz[0]}")
+        images = images.to(self.device)
+        if self.is_onnx:
+            return [self._run_onnx(images)]
+        images = images.half() if self.fp16 else images.float()
+        if self.is_torchscript:
+            return [self.script_module(images).float()]
+        width = 5 + self.nc + self.num_extra
+        return [_pred_of(model(images))[..., :width].float() for model in self.models]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float in [0, 1] -> (B, N, 5 + nc + num_extra) ``cx, cy, w, h`` pixels, obj, classes, extra."""
+        preds = self.forward_each(images)
+        return preds[0] if len(preds) == 1 else torch.cat(preds, 1)
+
+    def _run_onnx(self, images: torch.Tensor) -> torch.Tensor:
+        """ONNX Runtime on numpy; a fixed-batch model gets the batch in chunks, the last one zero-padded."""
+        array = images.float().cpu().numpy()
+        chunk = self.fixed_batch or len(array)
+        outputs = []
+        for start in range(0, len(array), chunk):
+            part = array[start : start + chunk]
+            padded = np.concatenate([part, np.zeros((chunk - len(part), *part.shape[1:]), np.float32)])
+            outputs.append(self.session.run(None, {self.input_name: padded})[0][: len(part)])
+        return torch.from_numpy(np.concatenate(outputs)).to(self.device)
+
+    def warmup(self, imgsz: Sequence[int] = (640, 640), batch_size: int = 1) -> None:
+        """One forward pass on zeros so that later timings exclude lazy initialisation."""
+        shape = self.fixed_imgsz or tuple(imgsz)
+        self.forward(torch.zeros(self.fixed_batch or batch_size, 3, *shape, device=self.device))
+
+
+def _pred_of(output: Union[torch.Tensor, tuple, list]) -> torch.Tensor:
+    """Eval-mode models return (pred, raw); exported wrappers return pred alone."""
+    return output[0] if isinstance(output, (tuple, list)) else output

@@ -8,12 +8,12 @@ The ONNX file is checked against PyTorch with ONNX Runtime; detect.py and val.py
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Optional
 
 from utils.infer.export import FORMATS, run
 from utils.log import setup_logging
+from utils.options import cli_main
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -34,7 +34,4 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"export.py: error: {err}")
+    cli_main(main, "export.py")

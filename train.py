@@ -1,26 +1,36 @@
-"""Train a detector: ``python train.py --data data/synthetic.yaml --cfg models/yolov5n.yaml --img 320``.
+"""Train a detector: ``python train.py --data synthetic.yaml --cfg yolov5n.yaml --img 320``.
 
-Thin CLI: parse the flags into TrainOptions and call utils.engine.run.run (see --help).
+Thin CLI: flags -> TrainOptions (utils/engine/options.py, which also generates this parser) ->
+``utils.engine.run.run``. From Python, ``train.run(data=..., imgsz=..., epochs=...)`` takes the same
+options as keyword arguments and trains the same recipe.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 from utils.distributed import DistContext
-from utils.engine.options import parse_options
-from utils.engine.run import run
+from utils.engine.options import TrainOptions, parse_options
+from utils.engine.run import TrainOutcome
+from utils.engine.run import run as run_training
 from utils.log import setup_logging
+from utils.options import cli_main, options_from_kwargs
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    opts = parse_options(argv)
+def run(**kwargs: Any) -> TrainOutcome:
+    """YOLOv5's ``train.run(**kwargs)``: TrainOptions fields as keyword arguments (``hyp`` a path or dict)."""
+    return _train(options_from_kwargs(TrainOptions, kwargs))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> TrainOutcome:
+    return _train(parse_options(argv))
+
+
+def _train(opts: TrainOptions) -> TrainOutcome:
     setup_logging(DistContext.from_env(local_rank=opts.local_rank).rank)
-    run(opts)
-    return 0
+    return run_training(opts)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main, "train.py")

@@ -102,9 +102,11 @@ def ours_nms(args: argparse.Namespace) -> dict:
 
 def ours_dataloader(args: argparse.Namespace) -> dict:
     """Images per second through our mosaic training loader on the shared images (same hyps as theirs)."""
+    from utils.data.augment import AugmentSettings
     from utils.data.dataset import create_dataloader
 
-    loader, _ = create_dataloader(str(args.images), args.img, args.batch, 32, hyp=load_hyp(None), augment=True,
+    loader, _ = create_dataloader(str(args.images), args.img, args.batch, 32, augmentation=AugmentSettings.from_hyp(),
+                                  augment=True,
                                   workers=args.workers, shuffle=True, seed=0)
     return speed_inputs.drain_loader(loader, args.loader_batches)
 

@@ -1,4 +1,4 @@
-"""File-system helpers shared by the CLIs: known media suffixes and incremented run folders."""
+"""File-system helpers shared by the CLIs: the repository root, bare-name look-ups, media suffixes, run folders."""
 
 from __future__ import annotations
 
@@ -33,3 +33,18 @@ def increment_path(path: Union[str, Path], exist_ok: bool = False, mkdir: bool =
     if mkdir:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def resolve_path(path: Union[str, Path], flag: str, search_dir: str = "") -> Path:
+    """A file the user named, found as YOLOv5 finds it: as given, else under the repository root, else in the
+    repository's ``search_dir`` (so ``--cfg yolov5s.yaml`` and ``--hyp hyp.VisDrone.yaml`` work from any folder).
+
+    Raises FileNotFoundError naming the flag and the places looked in.
+    """
+    given = Path(path)
+    candidates = [given, REPO_ROOT / given] + ([REPO_ROOT / search_dir / given] if search_dir else [])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    where = f" (also looked in {REPO_ROOT / search_dir})" if search_dir else ""
+    raise FileNotFoundError(f"{flag} {path} not found{where}")

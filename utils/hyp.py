@@ -16,6 +16,9 @@ import yaml
 from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, UM_MODES, default_beta
 
 BOX_LOSSES = ("ciou", "l1", "smooth_l1", "cbbl")
+# Keys of YOLOv5/TPH-YOLOv5 hyp files that no code of theirs reads any more (v5+ assigns by anchor_t alone):
+# accepted so their files load unchanged, and dropped.
+UNUSED_YOLOV5_KEYS = ("iou_t",)
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,6 @@ class Hyp:
     cls_pw: float = 1.0  # positive weight of the class BCE
     obj: float = 1.0
     obj_pw: float = 1.0
-    iou_t: float = 0.20  # kept for YOLOv5 file compatibility (unused by the assigner)
     anchor_t: float = 4.0  # max size ratio between a ground truth and an anchor it is assigned to
     fl_gamma: float = 0.0  # focal loss gamma (0 = plain BCE)
     label_smoothing: float = 0.0
@@ -131,6 +133,7 @@ def load_hyp(source: Union[str, Path, dict, None] = None, **overrides: Any) -> H
             raise ValueError(f"{origin}: expected a mapping of hyperparameters, got {type(values).__name__}")
     elif isinstance(source, dict):
         values = dict(source)
+    values = {key: value for key, value in values.items() if key not in UNUSED_YOLOV5_KEYS}
     known = {field.name for field in dataclasses.fields(Hyp)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -17,6 +17,25 @@ import torch.nn as nn
 logger = logging.getLogger(__name__)
 
 
+# Training image sides are multiples of the largest stride and of at least this (YOLOv5's grid floor).
+TRAIN_GRID_FLOOR = 32
+
+
+def max_stride(strides: Any, floor: int = 1) -> int:
+    """The grid an image size must fit: the largest level stride (a tensor, list or number), at least ``floor``."""
+    values = strides.tolist() if torch.is_tensor(strides) else strides
+    values = values if isinstance(values, (list, tuple)) else [values]
+    return max(int(max(values)), floor)
+
+
+def round_to_stride(size: int, stride: int, flag: str = "--img") -> int:
+    """``size`` rounded up to a multiple of ``stride``, with a warning when that changes it."""
+    rounded = int(math.ceil(size / stride) * stride)
+    if rounded != size:
+        logger.warning("%s %d is not a multiple of the max stride %d; using %d", flag, size, stride, rounded)
+    return rounded
+
+
 def select_device(device: str = "", batch_size: int = 0) -> torch.device:
     """'' (auto: first CUDA device, else CPU), 'cpu', '0' or '0,1' (CUDA ids) -> torch.device.
 
@@ -89,12 +108,6 @@ class ModelEMA:
                 ema_value.mul_(decay).add_(live_state[name].detach().to(ema_value.dtype), alpha=1 - decay)
             else:
                 ema_value.copy_(live_state[name])
-
-    def update_attr(self, model: nn.Module, names: tuple[str, ...] = ("yaml", "nc", "names", "stride")) -> None:
-        """Copy plain attributes (class names, yaml, ...) from the live model."""
-        for name in names:
-            if hasattr(de_parallel(model), name):
-                setattr(self.ema, name, getattr(de_parallel(model), name))
 
     def state_dict(self) -> dict[str, Any]:
         return {"ema": self.ema.state_dict(), "updates": self.updates}

@@ -8,6 +8,7 @@ import torch
 
 from tests.conftest import make_yolo_dataset
 from utils.boxes import cxcywh_to_xyxy, scale_boxes_to_original
+from utils.data.augment import AugmentSettings
 from utils.data.dataset import LoadImagesAndLabels, create_dataloader
 from utils.hyp import Hyp
 
@@ -64,7 +65,8 @@ def test_rect_batches_are_small_stride_multiples(images):
 
 def test_affine_augmented_loader_keeps_boxes_exact(images):
     hyp = NO_AUGMENT.replace(translate=0.1, scale=0.3)
-    loader, _ = create_dataloader(images, imgsz=128, batch_size=6, stride=32, hyp=hyp, augment=True, seed=1)
+    loader, _ = create_dataloader(images, imgsz=128, batch_size=6, stride=32,
+                                  augmentation=AugmentSettings.from_hyp(hyp), augment=True, seed=1)
     loader.dataset.mosaic = False
     batch_images, targets, _, _ = next(iter(loader))
     inner = targets[((cxcywh_to_xyxy(targets[:, 2:]) > 0) & (cxcywh_to_xyxy(targets[:, 2:]) < 1)).all(1)]
@@ -75,7 +77,8 @@ def test_mosaic_loader_is_deterministic_and_normalised(images):
     hyp = Hyp(mixup=0.5, degrees=5.0)
     batches = []
     for _ in range(2):
-        loader, _ = create_dataloader(images, imgsz=96, batch_size=4, stride=32, hyp=hyp, augment=True,
+        loader, _ = create_dataloader(images, imgsz=96, batch_size=4, stride=32,
+                                      augmentation=AugmentSettings.from_hyp(hyp), augment=True,
                                       shuffle=True, seed=3)
         batches.append(next(iter(loader)))
     (images1, targets1, _, shapes), (images2, targets2, _, _) = batches

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+import train
 from models.yolo import model_from_checkpoint
 from tests.conftest import REPO_ROOT
 from utils.checkpoint import load_checkpoint
@@ -134,3 +136,30 @@ def test_resume_latest_picks_the_newest_last_pt(tmp_path):
     assert find_resume_checkpoint(parse_options(["--resume", "--project", str(tmp_path)])) == newer
     with pytest.raises(FileNotFoundError, match="no last.pt"):
         find_resume_checkpoint(parse_options(["--resume", "--project", str(tmp_path / "empty")]))
+
+
+def test_train_run_kwargs_trains_like_the_cli(tiny_data, tmp_path):
+    kwargs = {"data": str(tiny_data), "imgsz": 64, "epochs": 1, "batch_size": 8, "workers": 0, "nbs": 8,
+              "cfg": "models/yolov5n.yaml", "project": str(tmp_path), "name": "kw", "noplots": True, "noval": True}
+    outcome = train.run(**kwargs)
+    assert outcome.epochs_done == 1 and (outcome.save_dir / "weights" / "last.pt").is_file()
+    argv = [f"--{key.replace('_', '-')}={value}" for key, value in kwargs.items() if not isinstance(value, bool)]
+    cli = parse_options([*argv, "--noplots", "--noval"]).to_dict()
+    assert yaml.safe_load((outcome.save_dir / "opt.yaml").read_text()) == {k: v for k, v in cli.items() if k != "hyp"}
+
+
+@pytest.mark.parametrize("where", ["repo", "elsewhere"])
+def test_bare_names_train_from_any_folder_into_the_repo_runs(tmp_path, where):
+    name = f"test-any-folder-{os.getpid()}-{where}"
+    run_dir = REPO_ROOT / "runs" / "train" / name
+    argv = [sys.executable, str(REPO_ROOT / "train.py"), "--cfg", "yolov5s.yaml", "--hyp", "hyp.VisDrone.yaml",
+            "--data", "synthetic.yaml", "--epochs", "1", "--img", "64", "--batch", "32", "--workers", "0",
+            "--noplots", "--noval", "--name", name]
+    try:
+        done = subprocess.run(argv, cwd=REPO_ROOT if where == "repo" else tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert (run_dir / "weights" / "last.pt").is_file() and not (tmp_path / "runs").exists()
+    finally:
+        if run_dir.is_dir():
+            shutil.rmtree(run_dir)  # the folder this test's run created

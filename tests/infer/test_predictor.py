@@ -19,7 +19,7 @@ def test_options_normalise_and_validate():
         DetectOptions(conf_thres=1.5)
     with pytest.raises(ValueError, match="overlap=1.0"):
         DetectOptions(overlap=1.0)
-    with pytest.raises(ValueError, match="unknown detect option"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \[.colour.\]"):
         run(weights="a.pt", source=".", colour="red")
 
 

@@ -8,15 +8,49 @@ pixel ``i`` covers ``[i, i + 1)``, so a box drawn over pixels ``x1 .. x2 - 1`` h
 
 from __future__ import annotations
 
-from typing import Union
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Union
 
 import cv2
 import numpy as np
+
+from utils.hyp import Hyp
 
 # YOLOv5's grey padding.
 PAD_COLOR = (114, 114, 114)
 # Beta(32, 32) keeps the mixup ratio near 0.5 (YOLOv5's choice): both images stay visible.
 MIXUP_BETA = 32.0
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """The training-time augmentation a dataset applies, under the hyp files' names (the dataset sees these
+    values, not the whole hyperparameter set). Build it with :meth:`from_hyp`."""
+
+    hsv_h: float
+    hsv_s: float
+    hsv_v: float
+    degrees: float
+    translate: float
+    scale: float
+    shear: float
+    perspective: float
+    flipud: float
+    fliplr: float
+    mosaic: float
+    mixup: float
+    copy_paste: float
+    box_min_px: float
+    box_min_area_frac: float
+    box_max_aspect: float
+
+    @classmethod
+    def from_hyp(cls, hyp: Union[Hyp, Mapping[str, Any], None] = None) -> AugmentSettings:
+        """The augmentation keys of a Hyp or hyp dict (None: the built-in defaults of :class:`Hyp`)."""
+        values = (hyp or Hyp()).to_dict() if not isinstance(hyp, Mapping) else hyp
+        return cls(**{field.name: values[field.name] for field in dataclasses.fields(cls)})
 
 
 def letterbox(

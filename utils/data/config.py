@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from utils.data.synthetic import generate_dataset
-from utils.files import REPO_ROOT
+from utils.files import REPO_ROOT, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +24,13 @@ SPLITS = ("train", "val", "test")
 GENERATE_KEYS = {"images", "val_images", "size", "seed"}
 
 
+# The one class of --single-cls runs, named as YOLOv5 names it.
+SINGLE_CLASS_NAME = "item"
+
+
 def find_data_file(path: Union[str, Path]) -> Path:
-    """A data YAML as given, else under ``<repo>/data/`` (so ``--data VisDrone.yaml`` works anywhere)."""
-    path = Path(path)
-    for candidate in (path, REPO_ROOT / "data" / path):
-        if candidate.is_file():
-            return candidate.resolve()
-    raise FileNotFoundError(f"data file {path} not found (also looked in {REPO_ROOT / 'data'})")
+    """A data YAML as given, else under the repository or its ``data/`` (``--data VisDrone.yaml`` works anywhere)."""
+    return resolve_path(path, "--data", "data").resolve()
 
 
 def _read_names(config: dict, origin: str) -> list[str]:

@@ -3,7 +3,8 @@
 A batch is ``(images uint8 (B, 3, H, W) RGB, targets float32 (M, 6) [image_index, class, cx, cy, w, h]
 normalised to the network image, paths, shapes)``; ``shapes[i] = ((h0, w0), ((ratio_h, ratio_w),
 (pad_w, pad_h)))`` undoes the letterbox, or None for a mosaic. Finding and checking files lives in
-``utils.data.scan``; the transforms in ``utils.data.augment``; this module only reads the hyperparameters.
+``utils.data.scan``; the transforms in ``utils.data.augment``; this module applies them with the
+:class:`AugmentSettings` it is given.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, distributed
 
 from utils.boxes import cxcywhn_to_xyxy, xyxy_to_cxcywhn
-from utils.data.augment import augment_hsv, letterbox, mixup, mosaic4, random_affine, random_flip
+from utils.data.augment import AugmentSettings, augment_hsv, letterbox, mixup, mosaic4, random_affine, random_flip
 from utils.data.scan import list_image_files, scan_dataset
-from utils.hyp import Hyp
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ class LoadImagesAndLabels(Dataset):
 
     def __init__(
         self, path: Union[str, Path, list], img_size: int = 640, batch_size: int = 16, augment: bool = False,
-        hyp: Optional[Hyp] = None, rect: bool = False, cache: Union[None, bool, str] = None, single_cls: bool = False,
+        augmentation: Optional[AugmentSettings] = None, rect: bool = False,
+        cache: Union[None, bool, str] = None, single_cls: bool = False,
         stride: int = 32, pad: float = 0.0, image_weights: bool = False, seed: int = 0, prefix: str = "",
         nc: Optional[int] = None, workers: int = 8,
     ) -> None:
@@ -46,13 +47,13 @@ class LoadImagesAndLabels(Dataset):
             raise ValueError(f"cache={cache!r} not supported: use None or 'ram' (a disk cache would write into "
                              "the dataset)")
         self.img_size, self.augment, self.stride = img_size, augment, stride
-        self.hyp = hyp if hyp is not None else Hyp()
+        self.augmentation = augmentation or AugmentSettings.from_hyp()
         self.rect = rect and not image_weights
         self.mosaic = augment and not self.rect
         self.image_weights = image_weights
-        if augment and self.hyp.copy_paste > 0:
+        if augment and self.augmentation.copy_paste > 0:
             logger.warning("%scopy_paste=%s ignored: it needs segment labels, which this loader does not read",
-                           prefix, self.hyp.copy_paste)
+                           prefix, self.augmentation.copy_paste)
         scan = scan_dataset(list_image_files(path, prefix), nc=nc, workers=workers, prefix=prefix)
         self.im_files, self.shapes = scan.im_files, scan.shapes
         self.labels = [labels.copy() for labels in scan.labels]
@@ -119,10 +120,10 @@ class LoadImagesAndLabels(Dataset):
         return np.concatenate((labels[:, :1], boxes), 1).astype(np.float32)
 
     def _affine_args(self) -> dict[str, float]:
-        hyp = self.hyp
-        return {"degrees": hyp.degrees, "translate": hyp.translate, "scale": hyp.scale, "shear": hyp.shear,
-                "perspective": hyp.perspective, "min_px": hyp.box_min_px, "min_area_frac": hyp.box_min_area_frac,
-                "max_aspect": hyp.box_max_aspect}
+        aug = self.augmentation
+        return {"degrees": aug.degrees, "translate": aug.translate, "scale": aug.scale, "shear": aug.shear,
+                "perspective": aug.perspective, "min_px": aug.box_min_px, "min_area_frac": aug.box_min_area_frac,
+                "max_aspect": aug.box_max_aspect}
 
     def load_mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image ``index`` and three random others in a mosaic, affine-warped and cropped to
@@ -133,7 +134,7 @@ class LoadImagesAndLabels(Dataset):
             image, _, (height, width) = self.load_image(int(i))
             images.append(image)
             labels.append(self._pixel_labels(int(i), width, height))
-        canvas, canvas_labels = mosaic4(images, labels, self.img_size, self.rng, self.hyp.box_min_area_frac)
+        canvas, canvas_labels = mosaic4(images, labels, self.img_size, self.rng, self.augmentation.box_min_area_frac)
         border = -(self.img_size // 2)
         return random_affine(canvas, canvas_labels, self.rng, border=(border, border), **self._affine_args())
 
@@ -150,10 +151,10 @@ class LoadImagesAndLabels(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, Optional[tuple]]:
         """-> (image uint8 (3, H, W) RGB, targets (n, 6) ``[0, class, cx, cy, w, h]`` normalised, path, shapes)."""
         index = int(self.indices[index])
-        hyp, shapes = self.hyp, None
-        if self.mosaic and self.rng.random() < hyp.mosaic:
+        aug, shapes = self.augmentation, None
+        if self.mosaic and self.rng.random() < aug.mosaic:
             image, labels = self.load_mosaic(index)
-            if self.rng.random() < hyp.mixup:
+            if self.rng.random() < aug.mixup:
                 image, labels = mixup(image, labels, *self.load_mosaic(int(self.rng.integers(0, len(self)))), self.rng)
         else:
             image, labels, shapes = self.load_letterboxed(index)
@@ -161,8 +162,8 @@ class LoadImagesAndLabels(Dataset):
                 image, labels = random_affine(image, labels, self.rng, **self._affine_args())
         boxes_n = xyxy_to_cxcywhn(labels[:, 1:5], image.shape[1], image.shape[0])
         if self.augment:
-            augment_hsv(image, hyp.hsv_h, hyp.hsv_s, hyp.hsv_v, self.rng)
-            image = random_flip(image, boxes_n, hyp.fliplr, hyp.flipud, self.rng)
+            augment_hsv(image, aug.hsv_h, aug.hsv_s, aug.hsv_v, self.rng)
+            image = random_flip(image, boxes_n, aug.fliplr, aug.flipud, self.rng)
         targets = np.zeros((len(labels), 6), np.float32)
         targets[:, 1], targets[:, 2:] = labels[:, 0], boxes_n
         chw = np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))  # (3, H, W) RGB
@@ -210,8 +211,9 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def create_dataloader(
-    path: Union[str, Path, list], imgsz: int, batch_size: int, stride: int, hyp: Optional[Hyp] = None,
-    augment: bool = False, rect: bool = False, cache: Union[None, bool, str] = None, workers: int = 0,
+    path: Union[str, Path, list], imgsz: int, batch_size: int, stride: int,
+    augmentation: Optional[AugmentSettings] = None, augment: bool = False, rect: bool = False,
+    cache: Union[None, bool, str] = None, workers: int = 0,
     shuffle: bool = False, single_cls: bool = False, pad: float = 0.0, rank: int = -1, image_weights: bool = False,
     quad: bool = False, seed: int = 0, prefix: str = "", nc: Optional[int] = None,
 ) -> tuple[DataLoader, LoadImagesAndLabels]:
@@ -222,9 +224,9 @@ def create_dataloader(
     if rect and shuffle:
         logger.warning("%srect=True is incompatible with shuffle; shuffle disabled", prefix)
         shuffle = False
-    dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect, cache=cache,
-                                  single_cls=single_cls, stride=int(stride), pad=pad, image_weights=image_weights,
-                                  seed=seed, prefix=prefix, nc=nc, workers=max(1, workers))
+    dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, augmentation=augmentation, rect=rect,
+                                  cache=cache, single_cls=single_cls, stride=int(stride), pad=pad,
+                                  image_weights=image_weights, seed=seed, prefix=prefix, nc=nc, workers=max(1, workers))
     batch_size = min(batch_size, len(dataset))
     num_workers = min(os.cpu_count() or 1, workers, batch_size)
     sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)

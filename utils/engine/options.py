@@ -1,8 +1,9 @@
-"""TrainOptions: the one frozen, validated object a training run is driven by.
+"""TrainOptions: the one frozen, validated object a training run is driven by, and train.py's flags.
 
-argparse (YOLOv5's flag names and meanings, plus --box-loss and the C-BBL knobs), the --hyp YAML
-(with CLI overrides) and the --data YAML are merged here once; a bad value is an error at
-construction, never halfway through training. ``asdict(opts)`` is what checkpoints store.
+Each field is declared once with its default and help (:func:`utils.options.option`); train.py's parser
+is generated from it, so ``python train.py`` and ``train.run(**kwargs)`` train the same recipe. The --hyp
+YAML, with the C-BBL/box-loss flags applied over it, is merged here once; a bad value is an error at
+construction, never halfway through training. ``to_dict()`` is what opt.yaml and checkpoints store.
 """
 
 from __future__ import annotations
@@ -10,86 +11,121 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
+from utils.cbbl import OFFSET_SPACES, RESTORE_MODES
+from utils.data.dataset import CACHE_MODES
 from utils.engine.optim import OPTIMIZERS
-from utils.files import REPO_ROOT
+from utils.files import REPO_ROOT, resolve_path
 from utils.hyp import BOX_LOSSES, UM_MODES, Hyp, load_hyp
+from utils.options import build_parser as build_options_parser
+from utils.options import option
 
 DEFAULT_CFG = "models/yolov5n.yaml"
 DEFAULT_DATA = "data/synthetic.yaml"
 DEFAULT_HYP = "data/hyps/hyp.VisDrone.yaml"  # the project's (Adam) recipe; pass --hyp '' for built-in YOLOv5 values
 RESUME_LATEST = "latest"  # --resume without a path: the newest last.pt under the project folder
-CACHE_MODES = ("ram",)  # the dataset never writes caches into the data folders
-# CLI flag -> Hyp field, applied over the --hyp file when given.
-HYP_OVERRIDES = ("box_loss", "label_smoothing", "cbbl_bins", "cbbl_alpha", "cbbl_beta", "cbbl_um",
-                 "cbbl_um_mode", "cbbl_in", "cbbl_restore", "cbbl_space", "cbbl_ciou")
+DESCRIPTION = "Train a TPH-YOLOv5-style detector (regression or C-BBL box head)"
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Everything one run needs; ``hyp`` is the merged, validated hyperparameter set."""
+    """Everything one run needs. ``hyp`` may be given as a YAML path, a dict or a Hyp; after construction it is
+    the merged, validated :class:`Hyp` (the box-loss/C-BBL fields below override single keys of it)."""
 
-    weights: str = ""
-    cfg: str = DEFAULT_CFG
-    data: str = DEFAULT_DATA
-    hyp_path: str = ""  # "" = built-in Hyp() values; the CLI defaults to DEFAULT_HYP
-    hyp: Hyp = field(default_factory=Hyp)
-    epochs: int = 30
-    batch_size: int = 8
-    imgsz: int = 320
-    rect: bool = False
-    resume: str = ""
-    nosave: bool = False
-    noval: bool = False
-    noautoanchor: bool = False
-    noplots: bool = False
-    evolve: int = 0
-    cache: Optional[str] = None
-    image_weights: bool = False
-    device: str = ""
-    multi_scale: bool = False
-    single_cls: bool = False
-    optimizer: str = "AdamW"
-    sync_bn: bool = False
-    workers: int = 2
-    project: str = "runs/train"
-    name: str = "exp"
-    exist_ok: bool = False
-    quad: bool = False
-    cos_lr: bool = False
-    patience: int = 100
-    freeze: tuple[int, ...] = (0,)
-    save_period: int = -1
-    seed: int = 0
-    local_rank: int = -1
-    close_mosaic: int = 0
-    nbs: int = 0
+    weights: str = option("", "initial weights: a checkpoint ('' = from scratch)")
+    cfg: str = option("", f"model YAML, bare names look in models/ (default {DEFAULT_CFG}, or the --weights "
+                          "architecture)")
+    data: str = option(DEFAULT_DATA, "dataset YAML, bare names look in data/")
+    hyp: Union[Hyp, str, dict] = option(DEFAULT_HYP, "hyperparameter YAML, bare names look in data/hyps/ "
+                                        "('' = built-in YOLOv5 scratch values)")
+    epochs: int = option(30, "training epochs")
+    batch_size: int = option(8, "total batch size over all processes", flags=("--batch",))
+    imgsz: int = option(320, "train and val image size (pixels)", flags=("--img", "--img-size"))
+    rect: bool = option(False, "rectangular training batches")
+    resume: str = option("", "resume the latest run or a given last.pt", nargs="?", const=RESUME_LATEST)
+    nosave: bool = option(False, "only save the final checkpoint")
+    noval: bool = option(False, "only validate after the final epoch")
+    noautoanchor: bool = option(False, "keep the YAML's anchors")
+    noplots: bool = option(False, "save no plot files")
+    evolve: int = option(0, "evolve hyperparameters for N generations", nargs="?", const=300)
+    cache: Optional[str] = option(None, "cache decoded images in RAM", nargs="?", const="ram")
+    image_weights: bool = option(False, "sample images by their class weights")
+    device: str = option("", "cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    multi_scale: bool = option(False, "vary the image size +/- 50%%")
+    single_cls: bool = option(False, "train multi-class data as one class")
+    optimizer: str = option("AdamW", "optimizer (YOLOv5 default: SGD)", choices=OPTIMIZERS, aliases=[
+        ("--adam", {"action": "store_const", "const": "Adam",
+                    "help": "alias of --optimizer Adam (TPH-YOLOv5's flag)"})])
+    sync_bn: bool = option(False, "SyncBatchNorm in DDP mode")
+    workers: int = option(2, "dataloader workers (per process)")
+    project: str = option(str(REPO_ROOT / "runs" / "train"), "save to project/name")
+    name: str = option("exp", "save to project/name")
+    exist_ok: bool = option(False, "reuse project/name instead of incrementing it")
+    quad: bool = option(False, "quad dataloader")
+    cos_lr: bool = option(False, "cosine LR schedule")
+    patience: int = option(100, "early stopping patience (epochs without improvement)")
+    freeze: tuple[int, ...] = option((0,), "freeze the first N layers, or layer indices 0 1 2")
+    save_period: int = option(-1, "also save a checkpoint every N epochs (-1 = off)")
+    seed: int = option(0, "global training seed")
+    local_rank: int = option(-1, "set by torch.distributed launchers", flags=("--local_rank",))
+    close_mosaic: int = option(0, "turn mosaic off for the last N epochs")
+    nbs: int = option(0, "nominal batch: gradients accumulate to about this many images; 0 = auto: YOLOv5's 64, "
+                         "lowered on tiny datasets to keep >= 12 steps/epoch (weight decay stays normalised to 64)")
+    # Single keys of the hyp file (None = keep the file's value).
+    box_loss: Optional[str] = option(None, "box loss (cbbl = C-BBL head)", choices=BOX_LOSSES)
+    label_smoothing: Optional[float] = option(None, "class label smoothing epsilon")
+    cbbl_bins: Optional[int] = option(None, "C-BBL grid points per coordinate (K)")
+    cbbl_alpha: Optional[float] = option(None, "C-BBL offset range [-alpha, alpha]")
+    cbbl_beta: Optional[float] = option(None, "C-BBL IN transform strength (default by the training size)")
+    cbbl_um: Optional[float] = option(None, "weight of the uncertainty-matching loss (0 = off)")
+    cbbl_um_mode: Optional[str] = option(None, "uncertainty-matching target", choices=UM_MODES)
+    cbbl_in: Optional[bool] = option(None, "interval non-uniform grid", action=argparse.BooleanOptionalAction)
+    cbbl_restore: Optional[str] = option(None, "box from the distribution", choices=RESTORE_MODES)
+    cbbl_space: Optional[str] = option(None, "offset space of the grid", choices=OFFSET_SPACES)
+    cbbl_ciou: Optional[float] = option(None, "weight of an extra CIoU term on C-BBL boxes")
+    hyp_path: str = option("", "the resolved --hyp file ('' = none); set from hyp", cli=False)
 
     def __post_init__(self) -> None:
+        fix = object.__setattr__  # normalise inputs once; the object stays frozen afterwards
+        if not self.resume and not self.cfg and not self.weights:
+            fix(self, "cfg", DEFAULT_CFG)
+        if self.cfg and not self.resume:
+            fix(self, "cfg", str(resolve_path(self.cfg, "--cfg", "models")))
+        if self.weights and not self.resume:
+            fix(self, "weights", str(resolve_path(self.weights, "--weights")))
+        if isinstance(self.hyp, (str, Path)):
+            fix(self, "hyp_path", str(resolve_path(self.hyp, "--hyp", "data/hyps")) if str(self.hyp) else "")
+        fix(self, "hyp", self._merged_hyp())
+        fix(self, "freeze", tuple(int(index) for index in self.freeze))
+        fix(self, "cache", self.cache or None)
+        fix(self, "project", str(self.project))
+        self._validate()
+
+    def _merged_hyp(self) -> Hyp:
+        overrides = {name: getattr(self, name) for name in HYP_OVERRIDES}
+        if isinstance(self.hyp, Hyp):
+            return load_hyp(self.hyp.to_dict(), **overrides)
+        return load_hyp(self.hyp_path or None if isinstance(self.hyp, (str, Path)) else self.hyp, **overrides)
+
+    def _validate(self) -> None:
         if self.nbs < 0:
             raise ValueError(f"--nbs must be >= 0 (0 = auto), got {self.nbs}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "imgsz": self.imgsz}
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.workers < 0 or self.patience < 0 or self.close_mosaic < 0 or self.evolve < 0:
-            raise ValueError(f"--workers/--patience/--close-mosaic/--evolve must be >= 0, got {self.workers}, "
-                             f"{self.patience}, {self.close_mosaic}, {self.evolve}")
+        for name in ("epochs", "batch_size", "imgsz"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("workers", "patience", "close_mosaic", "evolve"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
         if self.cache is not None and self.cache not in CACHE_MODES:
             raise ValueError(f"--cache {self.cache!r} is not one of {CACHE_MODES}")
-        if not self.resume and not self.cfg and not self.weights:
-            raise ValueError("give a model: --cfg models/*.yaml and/or --weights some.pt")
-        for flag, path in (("--cfg", self.cfg), ("--weights", self.weights)):
-            if path and not self.resume and not Path(path).is_file():
-                raise FileNotFoundError(f"{flag} {path} not found")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (nested hyp as a dict, tuples as lists) for opt.yaml and checkpoints."""
+        """Plain data (hyp as the merged dict, tuples as lists) for opt.yaml and checkpoints."""
         values = dataclasses.asdict(self)
         values["freeze"] = list(self.freeze)
         return values
@@ -101,94 +137,19 @@ class TrainOptions:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}")
-        merged = {**values, **changes}
-        if isinstance(merged.get("hyp"), dict):
-            merged["hyp"] = load_hyp(merged["hyp"])
-        merged["freeze"] = tuple(merged.get("freeze", (0,)))
-        return cls(**merged)
+        return cls(**{**values, **changes})
+
+
+# The fields above that override single keys of the --hyp file.
+HYP_OVERRIDES = ("box_loss", "label_smoothing", "cbbl_bins", "cbbl_alpha", "cbbl_beta", "cbbl_um",
+                 "cbbl_um_mode", "cbbl_in", "cbbl_restore", "cbbl_space", "cbbl_ciou")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The train.py argument parser (YOLOv5 names; defaults make ``python train.py`` a short CPU run)."""
-    parser = argparse.ArgumentParser(description="Train a TPH-YOLOv5-style detector (regression or C-BBL box head)")
-    add = parser.add_argument
-    add("--weights", default="", help="initial weights: a checkpoint of this project ('' = from scratch)")
-    add("--cfg", default="", help=f"model YAML (default {DEFAULT_CFG}, or the --weights architecture)")
-    add("--data", default=DEFAULT_DATA, help="dataset YAML")
-    add("--hyp", default=DEFAULT_HYP, help="hyperparameter YAML ('' = built-in YOLOv5 scratch values)")
-    add("--epochs", type=int, default=30)
-    add("--batch-size", "--batch", type=int, default=8, help="total batch size over all processes")
-    add("--imgsz", "--img", "--img-size", type=int, default=320, help="train and val image size (pixels)")
-    add("--rect", action="store_true", help="rectangular training batches")
-    add("--resume", nargs="?", const=RESUME_LATEST, default="", help="resume the latest run or a given last.pt")
-    add("--nosave", action="store_true", help="only save the final checkpoint")
-    add("--noval", action="store_true", help="only validate after the final epoch")
-    add("--noautoanchor", action="store_true", help="keep the YAML's anchors")
-    add("--noplots", action="store_true", help="save no plot files")
-    add("--evolve", type=int, nargs="?", const=300, default=0, help="evolve hyperparameters for N generations")
-    add("--cache", nargs="?", const="ram", default=None, help="cache decoded images in RAM")
-    add("--image-weights", action="store_true", help="sample images by their class weights")
-    add("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    add("--multi-scale", action="store_true", help="vary the image size +/- 50%%")
-    add("--single-cls", action="store_true", help="train multi-class data as one class")
-    add("--optimizer", choices=OPTIMIZERS, default="AdamW", help="YOLOv5 default: SGD")
-    add("--adam", action="store_true", help="alias of --optimizer Adam (lr0 still comes from the hyp file)")
-    add("--sync-bn", action="store_true", help="SyncBatchNorm in DDP mode")
-    add("--workers", type=int, default=2, help="dataloader workers (per process)")
-    add("--project", default="runs/train")
-    add("--name", default="exp")
-    add("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
-    add("--quad", action="store_true", help="quad dataloader")
-    add("--cos-lr", action="store_true", help="cosine LR schedule")
-    add("--patience", type=int, default=100, help="early stopping patience (epochs without improvement)")
-    add("--freeze", nargs="+", type=int, default=[0], help="freeze the first N layers, or layer indices 0 1 2")
-    add("--save-period", type=int, default=-1, help="also save a checkpoint every N epochs (-1 = off)")
-    add("--seed", type=int, default=0)
-    add("--local_rank", "--local-rank", type=int, default=-1, help="set by torch.distributed launchers")
-    add("--close-mosaic", type=int, default=0, help="turn mosaic off for the last N epochs")
-    add("--nbs", type=int, default=0, help="nominal batch: gradients accumulate to about this many images; "
-        "0 = auto: YOLOv5's 64, lowered on tiny datasets to keep >= 12 steps/epoch (weight decay stays "
-        "normalised to 64 images either way)")
-    _add_hyp_overrides(parser)
-    return parser
-
-
-def _add_hyp_overrides(parser: argparse.ArgumentParser) -> None:
-    """Flags that override single keys of the --hyp file (None = keep the file's value)."""
-    add = parser.add_argument
-    add("--box-loss", choices=BOX_LOSSES, default=None, help="box loss (cbbl = C-BBL head)")
-    add("--label-smoothing", type=float, default=None)
-    add("--cbbl-bins", type=int, default=None, help="C-BBL grid points per coordinate (K)")
-    add("--cbbl-alpha", type=float, default=None, help="C-BBL offset range [-alpha, alpha]")
-    add("--cbbl-beta", type=float, default=None, help="C-BBL IN transform strength (default by --img)")
-    add("--cbbl-um", type=float, default=None, help="weight of the uncertainty-matching loss (0 = off)")
-    add("--cbbl-um-mode", choices=UM_MODES, default=None)
-    add("--cbbl-in", action=argparse.BooleanOptionalAction, default=None, help="interval non-uniform grid")
-    add("--cbbl-restore", choices=("expectation", "top2"), default=None)
-    add("--cbbl-space", choices=("logit", "linear"), default=None)
-    add("--cbbl-ciou", type=float, default=None, help="weight of an extra CIoU term on C-BBL boxes")
-
-
-def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    """Merge parsed flags and the --hyp file (flag overrides win) into validated TrainOptions."""
-    values = {key: value for key, value in vars(args).items() if key not in HYP_OVERRIDES}
-    hyp_path = values.pop("hyp")
-    if values.pop("adam"):
-        values["optimizer"] = "Adam"
-    if hyp_path and not Path(hyp_path).is_file():
-        in_repo = REPO_ROOT / hyp_path  # so the default works from any working directory
-        if not in_repo.is_file():
-            raise FileNotFoundError(f"--hyp {hyp_path} not found")
-        hyp_path = str(in_repo)
-    overrides = {key: getattr(args, key) for key in HYP_OVERRIDES}
-    hyp = load_hyp(hyp_path or None, **overrides)
-    if not values["cfg"] and not values["weights"]:
-        values["cfg"] = DEFAULT_CFG
-    values["freeze"] = tuple(values["freeze"])
-    values["cache"] = values["cache"] or None
-    return TrainOptions(hyp_path=hyp_path, hyp=hyp, **values)
+    """train.py's parser, generated from TrainOptions (YOLOv5's flag names and spellings)."""
+    return build_options_parser(TrainOptions, DESCRIPTION)
 
 
 def parse_options(argv: Optional[Sequence[str]] = None) -> TrainOptions:
     """train.py's command line (``argv`` for tests; None = sys.argv) -> TrainOptions."""
-    return options_from_args(build_parser().parse_args(argv))
+    return TrainOptions(**vars(build_parser().parse_args(argv)))

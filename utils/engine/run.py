@@ -34,8 +34,7 @@ from utils.engine.options import RESUME_LATEST, TrainOptions
 from utils.engine.trainer import Trainer
 from utils.engine.writers import PlotsHook, ResultsCsvHook, TensorBoardHook
 from utils.eval.validator import validate
-from utils.loss import ComputeLoss
-from utils.torch_utils import ModelEMA, init_seeds, select_device
+from utils.torch_utils import TRAIN_GRID_FLOOR, ModelEMA, init_seeds, max_stride, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -108,16 +107,14 @@ def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_
     with train_setup.main_process_first(context):
         data = load_data_config(opts.data)
     names = train_setup.class_names(data, opts.single_cls)
-    model = train_setup.build_model(opts, names, device, checkpoint)
-    stride = train_setup.grid_size(model)
-    imgsz = train_setup.check_image_size(opts.imgsz, stride)
+    model, loss_fn, imgsz = train_setup.build(opts, names, device, checkpoint)
+    stride = max_stride(model.stride, TRAIN_GRID_FLOOR)
     batch_size = opts.batch_size // context.world_size
     train_loader, dataset, val_loader = train_setup.build_loaders(opts, data, imgsz, stride, context, batch_size)
     if checkpoint is None and not opts.noautoanchor:
 
         check_anchors(dataset, model, thr=opts.hyp.anchor_t, imgsz=imgsz)
 
-    loss_fn = ComputeLoss(model, opts.hyp, imgsz=imgsz)
     accumulate = accumulate_steps(opts.batch_size, nominal_batch(opts.nbs, len(dataset)))
     logger.info("gradient accumulation: %d batch(es) of %d per optimizer step", accumulate, opts.batch_size)
     weight_decay = scaled_weight_decay(opts.hyp.weight_decay, opts.batch_size, accumulate)

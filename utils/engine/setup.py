@@ -1,13 +1,13 @@
-"""Building a training run's parts from TrainOptions: run folder, model, data loaders, optimizer.
+"""Building a training run's parts from TrainOptions: the run folder, the model and criterion (:func:`build`,
+the one builder), the data loaders.
 
-Each builder takes the options and explicit arguments and returns plain objects; utils/engine/run.py
+Each function takes the options and explicit arguments and returns plain objects; utils/engine/run.py
 wires them into a Trainer with its hooks.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +19,14 @@ import yaml
 
 from models.yolo import Model, transfer_state_dict
 from utils.checkpoint import load_checkpoint
+from utils.data.augment import AugmentSettings
+from utils.data.config import SINGLE_CLASS_NAME
 from utils.data.dataset import create_dataloader
 from utils.distributed import DistContext, barrier
 from utils.engine.options import TrainOptions
 from utils.files import increment_path
+from utils.loss import ComputeLoss
+from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride, round_to_stride
 
 logger = logging.getLogger(__name__)
 
@@ -58,30 +62,44 @@ def write_run_yamls(opts: TrainOptions, save_dir: Path) -> None:
 
 
 def class_names(data: dict[str, Any], single_cls: bool) -> list[str]:
-    return ["item"] if single_cls else [str(name) for name in data["names"]]
+    return [SINGLE_CLASS_NAME] if single_cls else [str(name) for name in data["names"]]
 
 
-def build_model(opts: TrainOptions, names: list[str], device: torch.device,
-                resume_checkpoint: Optional[dict] = None) -> nn.Module:
-    """The model to train: exactly the checkpoint's on resume; else from --cfg (or --weights' architecture),
-    with --weights transferred by name and shape (a different nc or head keeps those layers' init)."""
+def build(opts: TrainOptions, names: list[str], device: torch.device,
+          resume_checkpoint: Optional[dict] = None) -> tuple[Model, ComputeLoss, int]:
+    """The one builder: training options -> (model, criterion, training image size).
 
+    Every size-dependent setting (the C-BBL beta, the objectness gain) comes from the size training actually
+    uses: --img rounded up to the model's largest stride. On resume the model is exactly the checkpoint's.
+    """
     if resume_checkpoint is not None:
         model = Model(resume_checkpoint["model_yaml"])
         model.load_state_dict(resume_checkpoint["model"])
+        imgsz = round_to_stride(opts.imgsz, max_stride(model.stride, TRAIN_GRID_FLOOR))
     else:
-        pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg)) if opts.weights else None
-        cfg = opts.cfg or pretrained["model_yaml"]
-        model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
-                      head=opts.hyp.head_settings(opts.imgsz))
-        if pretrained is not None:
-            state = pretrained.get("ema") or pretrained["model"]
-            loaded, total = transfer_state_dict(model, {k: v.float() for k, v in state.items()})
-            logger.info("transferred %d/%d items from %s", loaded, total, opts.weights)
+        model = _new_model(opts, names, opts.imgsz)
+        imgsz = round_to_stride(opts.imgsz, max_stride(model.stride, TRAIN_GRID_FLOOR))
+        if opts.hyp.head_settings(imgsz) != opts.hyp.head_settings(opts.imgsz):
+            model = _new_model(opts, names, imgsz)  # the head depends on the size: build it for the one used
     model.names = names
     model.yaml["names"] = names
     freeze_layers(model, opts.freeze)
-    return model.to(device)
+    model = model.to(device)
+    return model, ComputeLoss(model, opts.hyp, imgsz=imgsz), imgsz
+
+
+def _new_model(opts: TrainOptions, names: list[str], imgsz: int) -> Model:
+    """From --cfg (or --weights' architecture), with --weights transferred by name and shape (a different nc or
+    head keeps those layers' init)."""
+    pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg)) if opts.weights else None
+    cfg = opts.cfg or pretrained["model_yaml"]
+    model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
+                  head=opts.hyp.head_settings(imgsz))
+    if pretrained is not None:
+        state = pretrained.get("ema") or pretrained["model"]
+        loaded, total = transfer_state_dict(model, {k: v.float() for k, v in state.items()})
+        logger.info("transferred %d/%d items from %s", loaded, total, opts.weights)
+    return model
 
 
 def freeze_layers(model: nn.Module, freeze: tuple[int, ...]) -> list[str]:
@@ -98,19 +116,6 @@ def freeze_layers(model: nn.Module, freeze: tuple[int, ...]) -> list[str]:
     return frozen
 
 
-def grid_size(model: nn.Module) -> int:
-    """The largest stride (at least 32): image sizes must be multiples of it."""
-    return max(int(model.stride.max()), 32)
-
-
-def check_image_size(imgsz: int, stride: int) -> int:
-    """--img rounded up to a multiple of the model's largest stride (with a warning when changed)."""
-    size = int(math.ceil(imgsz / stride) * stride)
-    if size != imgsz:
-        logger.warning("--img %d is not a multiple of the max stride %d; using %d", imgsz, stride, size)
-    return size
-
-
 def build_loaders(opts: TrainOptions, data: dict[str, Any], imgsz: int, stride: int, context: DistContext,
                   batch_size: int) -> tuple[Any, Any, Optional[Any]]:
     """(train_loader, train_dataset, val_loader or None on non-main ranks); ``batch_size`` per process."""
@@ -118,12 +123,13 @@ def build_loaders(opts: TrainOptions, data: dict[str, Any], imgsz: int, stride: 
     nc = 1 if opts.single_cls else int(data["nc"])
     with main_process_first(context):
         train_loader, dataset = create_dataloader(
-            data["train"], imgsz, batch_size, stride, hyp=opts.hyp, augment=True, rect=opts.rect, cache=opts.cache,
+            data["train"], imgsz, batch_size, stride, augmentation=AugmentSettings.from_hyp(opts.hyp), augment=True,
+            rect=opts.rect, cache=opts.cache,
             workers=opts.workers, shuffle=not opts.rect, single_cls=opts.single_cls, rank=context.rank,
             image_weights=opts.image_weights, quad=opts.quad, seed=opts.seed, prefix="train: ", nc=nc)
     val_loader = None
     if context.is_main:
         val_loader, _ = create_dataloader(
-            data["val"], imgsz, batch_size * VAL_BATCH_FACTOR, stride, hyp=opts.hyp, rect=True, cache=opts.cache,
+            data["val"], imgsz, batch_size * VAL_BATCH_FACTOR, stride, rect=True, cache=opts.cache,
             workers=opts.workers, single_cls=opts.single_cls, pad=VAL_RECT_PAD, seed=opts.seed, prefix="val: ", nc=nc)
     return train_loader, dataset, val_loader

@@ -1,11 +1,11 @@
 """What ``val.py`` runs: a model over a dataset split (tasks train/val/test/speed/study) or the scoring of
-saved predictions (``--pred/--gt``). Options come as val.ValOptions (duck-typed here: no CLI import)."""
+saved predictions (``--pred/--gt``), driven by :class:`utils.eval.options.ValOptions`."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,12 @@ from utils.data.visdrone import CATEGORY_NAMES
 from utils.eval import coco as coco_eval
 from utils.eval import visdrone as visdrone_eval
 from utils.eval.metrics import BoxSet
+from utils.eval.options import ValOptions
 from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
 from utils.eval.validator import ValResults, log_results, validate
+from utils.files import increment_path
 from utils.infer.backend import DetectBackend
+from utils.options import options_from_kwargs
 from utils.torch_utils import select_device
 
 logger = logging.getLogger(__name__)
@@ -29,7 +32,20 @@ SPEED_CONF, SPEED_IOU = 0.25, 0.45
 STUDY_SIZES = tuple(range(256, 1536 + 128, 128))
 
 
-def run_options(opts: Any, save_dir: Path) -> ValResults | list[ValResults]:
+def run(**kwargs: Any) -> ValResults | list[ValResults]:
+    """``val.run(weights=..., data=..., imgsz=...)`` as in YOLOv5: ValOptions fields as keyword arguments.
+
+    Makes the run folder (project/name, incremented), records the options in it and runs them.
+    """
+    opts = options_from_kwargs(ValOptions, kwargs)
+    save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok, mkdir=True)
+    (save_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2))
+    results = run_options(opts, save_dir)
+    logger.info("results saved to %s", save_dir)
+    return results
+
+
+def run_options(opts: ValOptions, save_dir: Path) -> ValResults | list[ValResults]:
     """Dispatch on the options: saved predictions, a size study, or one validation run."""
     if opts.pred is not None:
         return score_saved(opts, save_dir)
@@ -40,7 +56,7 @@ def run_options(opts: Any, save_dir: Path) -> ValResults | list[ValResults]:
     return run_model(opts, save_dir)
 
 
-def run_model(opts: Any, save_dir: Path) -> ValResults:
+def run_model(opts: ValOptions, save_dir: Path) -> ValResults:
     """Load the weights (DetectBackend), build the split's loader and validate."""
 
     split = "val" if opts.task in ("speed", "study") else opts.task
@@ -62,7 +78,7 @@ def run_model(opts: Any, save_dir: Path) -> ValResults:
                     save_hybrid=opts.save_hybrid, merge=opts.merge)
 
 
-def run_study(opts: Any, save_dir: Path) -> list[ValResults]:
+def run_study(opts: ValOptions, save_dir: Path) -> list[ValResults]:
     """mAP and speed against image size; writes study.json."""
     rows, results = [], []
     for size in STUDY_SIZES:
@@ -75,7 +91,7 @@ def run_study(opts: Any, save_dir: Path) -> list[ValResults]:
     return results
 
 
-def _pred_format(opts: Any) -> str:
+def _pred_format(opts: ValOptions) -> str:
     """``coco`` for two JSON files, ``visdrone`` for two folders; a mismatch with --protocol is an error."""
     pred, gt = Path(opts.pred), Path(opts.gt)
     for path in (pred, gt):
@@ -93,7 +109,7 @@ def _pred_format(opts: Any) -> str:
     return kind
 
 
-def score_saved(opts: Any, save_dir: Path) -> ValResults:
+def score_saved(opts: ValOptions, save_dir: Path) -> ValResults:
     """Score saved predictions against their ground truth (no model), log the table, write results."""
     protocol = _pred_format(opts)
     if protocol == "coco":

@@ -20,13 +20,14 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from utils.boxes import cxcywhn_to_xyxy, scale_boxes_to_original
+from utils.data.config import SINGLE_CLASS_NAME
 from utils.eval.metrics import BoxSet, ConfusionMatrix
 from utils.eval.outputs import save_outputs
 from utils.eval.scoring import score_detections
 from utils.infer.tta import tta_forward
 from utils.infer.wbf import weighted_box_fusion
 from utils.nms import non_max_suppression
-from utils.torch_utils import time_sync
+from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride, time_sync
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +123,7 @@ def _original_dets(det: torch.Tensor, net_hw: tuple[int, int], shape: Any) -> np
 
 
 def _stride_of(model: nn.Module) -> int:
-    stride = getattr(model, "stride", 32)
-    return int(max(stride.tolist())) if torch.is_tensor(stride) else int(stride)
+    return max_stride(getattr(model, "stride", TRAIN_GRID_FLOOR))
 
 
 def _detect(model: nn.Module, images: torch.Tensor, nc: int, nms_args: dict[str, Any], augment: bool,
@@ -226,7 +226,7 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
                             single_cls=single_cls, merge=merge)
     finally:
         model.train(was_training)
-    class_names = ["object"] if single_cls else list(names)
+    class_names = [SINGLE_CLASS_NAME] if single_cls else list(names)
     scored = score_detections(collected, class_names, protocol, save_dir=save_dir if plots else None)
     results = ValResults(**scored, losses=collected.losses, speed_ms=collected.speed_ms, protocol=protocol)
     log_results(results, len(collected.image_paths), len(collected.gts), verbose or nc < 50)

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
+from utils.torch_utils import max_stride
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ SUFFIXES = (".pt", ".onnx", ".torchscript")
 def model_metadata(model: nn.Module, imgsz: Sequence[int], batch_size: int, dynamic: bool) -> dict[str, Any]:
     """What a backend needs to know about an exported model: classes, stride, box mode, input shape."""
     detect = model.detect
-    return {"names": list(model.names), "nc": int(model.nc), "stride": int(max(model.stride.tolist())),
+    return {"names": list(model.names), "nc": int(model.nc), "stride": max_stride(model.stride),
             "box_mode": str(detect.box_mode), "num_extra": int(detect.num_extra),
             "imgsz": [int(s) for s in imgsz], "batch_size": int(batch_size), "dynamic": bool(dynamic)}
 
@@ -105,7 +106,7 @@ class DetectBackend(nn.Module):
             logger.warning("ensemble mixes C-BBL and regression heads: the uncertainty column is dropped")
         self.num_extra = min(extras)
         self.nc, self.names = int(first.nc), list(first.names)
-        self.stride = int(max(max(m.stride.tolist()) for m in models))
+        self.stride = max(max_stride(m.stride) for m in models)
         self.models = nn.ModuleList(m.half() if self.fp16 else m for m in models)
 
     def _load_onnx(self, path: Path) -> None:

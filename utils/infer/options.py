@@ -1,4 +1,5 @@
-"""What one detect run is asked to do (:class:`DetectOptions`) and what it finds per frame (:class:`ImageResult`)."""
+"""What one detect run is asked to do (:class:`DetectOptions`, detect.py's flags are generated from it) and
+what it finds per frame (:class:`ImageResult`)."""
 
 from __future__ import annotations
 
@@ -10,40 +11,45 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from utils.files import REPO_ROOT
+from utils.options import option
+
 
 @dataclass(frozen=True)
 class DetectOptions:
     """Everything one detect run needs (YOLOv5's detect.py names), validated at construction."""
 
-    weights: tuple[str, ...] = ("yolov5s.pt",)
-    source: str = "data/images"
-    data: Optional[str] = None
-    imgsz: tuple[int, int] = (640, 640)
-    conf_thres: float = 0.25
-    iou_thres: float = 0.45
-    max_det: int = 1000
-    device: str = ""
-    view_img: bool = False
-    save_txt: bool = False
-    save_conf: bool = False
-    save_crop: bool = False
-    nosave: bool = False
-    classes: Optional[tuple[int, ...]] = None
-    agnostic_nms: bool = False
-    augment: bool = False
-    visualize: bool = False
-    project: str = "runs/detect"
-    name: str = "exp"
-    exist_ok: bool = False
-    line_thickness: Optional[int] = None
-    hide_labels: bool = False
-    hide_conf: bool = False
-    half: bool = False
-    vid_stride: int = 1
-    slice: Optional[tuple[int, int]] = None  # (tile_h, tile_w) frame pixels: sliced inference
-    overlap: float = 0.2
-    slice_full_pass: bool = False
-    slice_batch: int = 8
+    weights: tuple[str, ...] = option(("yolov5s.pt",), ".pt (several = ensemble), .onnx, .torchscript")
+    source: str = option("data/images", "file, folder, glob, list .txt, video, img_%%04d.png sequence, webcam index "
+                                        "or stream URL")
+    data: Optional[str] = option(None, "dataset YAML whose class names replace the model's")
+    imgsz: tuple[int, ...] = option((640,), "inference size: one value or h w", flags=("--img", "--img-size"))
+    conf_thres: float = option(0.25, "confidence threshold")
+    iou_thres: float = option(0.45, "NMS IoU threshold")
+    max_det: int = option(1000, "maximum detections per image")
+    device: str = option("", "cuda device, i.e. 0 or cpu")
+    view_img: bool = option(False, "show results")
+    save_txt: bool = option(False, "save YOLO txt labels per image")
+    save_conf: bool = option(False, "append conf (and C-BBL uncertainty) to txt rows")
+    save_crop: bool = option(False, "save cropped boxes per class")
+    nosave: bool = option(False, "do not save annotated images/videos")
+    classes: Optional[tuple[int, ...]] = option(None, "keep only these class ids")
+    agnostic_nms: bool = option(False, "class-agnostic NMS")
+    augment: bool = option(False, "test-time augmentation")
+    visualize: bool = option(False, "save feature maps (.pt weights only)")
+    project: str = option(str(REPO_ROOT / "runs" / "detect"), "save results to project/name")
+    name: str = option("exp", "save results to project/name")
+    exist_ok: bool = option(False, "reuse an existing project/name")
+    line_thickness: Optional[int] = option(None, "box line width in pixels (default 1)")
+    hide_labels: bool = option(False, "draw boxes without labels")
+    hide_conf: bool = option(False, "labels without confidences")
+    half: bool = option(False, "FP16 inference (CUDA)")
+    vid_stride: int = option(1, "use every n-th video frame")
+    slice: Optional[tuple[int, ...]] = option(None, "sliced inference with tiles of H x W frame pixels", nargs=2,
+                                              metavar=("H", "W"))
+    overlap: float = option(0.2, "tile overlap ratio for --slice")
+    slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame")
+    slice_batch: int = option(8, "tiles per forward pass")
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards
@@ -52,6 +58,7 @@ class DetectOptions:
         fix(self, "imgsz", _pair(self.imgsz))
         fix(self, "slice", None if self.slice is None else _pair(self.slice))
         fix(self, "source", str(self.source))
+        fix(self, "project", str(self.project))
         fix(self, "classes", None if self.classes is None else tuple(int(c) for c in self.classes))
         self._validate()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Union
 
@@ -28,7 +27,8 @@ from utils.infer.sources import Frame, iterate_frames
 from utils.infer.tta import tta_forward
 from utils.log import log_once
 from utils.nms import non_max_suppression
-from utils.torch_utils import select_device
+from utils.options import options_from_kwargs
+from utils.torch_utils import max_stride, round_to_stride, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,8 @@ def detect_images(images: list[np.ndarray], forward: ForwardFn, imgsz: Sequence[
 
 def check_imgsz(imgsz: Sequence[int], stride: int) -> tuple[int, int]:
     """Round each side up to a multiple of the model's largest stride (warned when changed)."""
-    rounded = tuple(int(-(-size // stride) * stride) for size in imgsz)
-    if rounded != tuple(imgsz):
-        logger.warning("--imgsz %s is not a multiple of the stride %d; using %s", list(imgsz), stride, list(rounded))
-    return rounded  # type: ignore[return-value]
+    height, width = (round_to_stride(size, max_stride(stride), "--imgsz") for size in imgsz)
+    return height, width
 
 
 def load_names(data: Union[str, Path]) -> list[str]:
@@ -98,10 +96,7 @@ def run(**options) -> list[ImageResult]:
 
     Returns one :class:`ImageResult` per frame read (after --vid-stride), in source order.
     """
-    unknown = sorted(set(options) - {field.name for field in fields(DetectOptions)})
-    if unknown:
-        raise ValueError(f"unknown detect option(s) {unknown}")
-    opts = DetectOptions(**options)
+    opts = options_from_kwargs(DetectOptions, options)
     backend = DetectBackend(list(opts.weights), device=select_device(opts.device), half=opts.half)
     imgsz = backend.fixed_imgsz or check_imgsz(opts.imgsz, backend.stride)
     if backend.device.type != "cpu":

@@ -13,7 +13,7 @@ HYP_FILES = sorted((Path(__file__).resolve().parents[1] / "data" / "hyps").glob(
 
 
 def test_hyp_files_exist():
-    assert {path.name for path in HYP_FILES} >= {"hyp.scratch.yaml", "hyp.VisDrone.yaml"}
+    assert {path.name for path in HYP_FILES} >= {"hyp.scratch.yaml", "hyp.scratch-low.yaml", "hyp.VisDrone.yaml"}
 
 
 @pytest.mark.parametrize("path", HYP_FILES, ids=lambda p: p.name)
@@ -24,8 +24,8 @@ def test_every_hyp_file_loads_and_sets_every_key(path):
     assert set(values) == set(Hyp().to_dict()) - {"anchors"}, "a hyp file should spell out every key"
 
 
-def test_scratch_file_equals_the_defaults():
-    assert load_hyp(HYP_FILES[0].parent / "hyp.scratch.yaml") == Hyp()
+def test_scratch_low_file_equals_the_defaults():
+    assert load_hyp(HYP_FILES[0].parent / "hyp.scratch-low.yaml") == Hyp()
 
 
 def test_visdrone_file_has_tph_values():

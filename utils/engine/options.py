@@ -20,7 +20,7 @@ from utils.hyp import BOX_LOSSES, UM_MODES, Hyp, load_hyp
 
 DEFAULT_CFG = "models/yolov5n.yaml"
 DEFAULT_DATA = "data/synthetic.yaml"
-DEFAULT_HYP = "data/hyps/hyp.VisDrone.yaml"  # the project's (Adam) recipe; pass --hyp '' for built-in YOLOv5 values
+DEFAULT_HYP = "data/hyps/hyp.demo.yaml"  # the CPU demo recipe (AdamW); --hyp '' = built-in YOLOv5 v7.0 values
 RESUME_LATEST = "latest"  # --resume without a path: the newest last.pt under the project folder
 CACHE_MODES = ("ram",)  # the dataset never writes caches into the data folders
 # CLI flag -> Hyp field, applied over the --hyp file when given.
@@ -52,14 +52,16 @@ class TrainOptions:
     device: str = ""
     multi_scale: bool = False
     single_cls: bool = False
-    optimizer: str = "AdamW"
+    optimizer: Optional[str] = None  # YOLOv5's --optimizer (at the hyp's lr0); None = the hyp file's optimizer
+    adam: bool = False  # TPH-YOLOv5's --adam: Adam at 3e-4 for every parameter group, the hyp's lr0 unused
     sync_bn: bool = False
     workers: int = 2
     project: str = "runs/train"
     name: str = "exp"
     exist_ok: bool = False
     quad: bool = False
-    cos_lr: bool = False
+    cos_lr: bool = False  # YOLOv5's --cos-lr; with neither flag the hyp file's lr_schedule decides
+    linear_lr: bool = False  # TPH-YOLOv5's --linear-lr
     patience: int = 100
     freeze: tuple[int, ...] = (0,)
     save_period: int = -1
@@ -78,8 +80,12 @@ class TrainOptions:
         if self.workers < 0 or self.patience < 0 or self.close_mosaic < 0 or self.evolve < 0:
             raise ValueError(f"--workers/--patience/--close-mosaic/--evolve must be >= 0, got {self.workers}, "
                              f"{self.patience}, {self.close_mosaic}, {self.evolve}")
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        if self.adam and self.optimizer not in (None, "Adam"):
+            raise ValueError(f"--adam (TPH-YOLOv5's Adam at 3e-4) contradicts --optimizer {self.optimizer}; give one")
+        if self.cos_lr and self.linear_lr:
+            raise ValueError("--cos-lr and --linear-lr contradict each other; give one")
         if self.cache is not None and self.cache not in CACHE_MODES:
             raise ValueError(f"--cache {self.cache!r} is not one of {CACHE_MODES}")
         if not self.resume and not self.cfg and not self.weights:
@@ -115,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--weights", default="", help="initial weights: a checkpoint of this project ('' = from scratch)")
     add("--cfg", default="", help=f"model YAML (default {DEFAULT_CFG}, or the --weights architecture)")
     add("--data", default=DEFAULT_DATA, help="dataset YAML")
-    add("--hyp", default=DEFAULT_HYP, help="hyperparameter YAML ('' = built-in YOLOv5 scratch values)")
+    add("--hyp", default=DEFAULT_HYP, help="hyperparameter YAML ('' = built-in YOLOv5 v7.0 scratch-low values)")
     add("--epochs", type=int, default=30)
     add("--batch-size", "--batch", type=int, default=8, help="total batch size over all processes")
     add("--imgsz", "--img", "--img-size", type=int, default=320, help="train and val image size (pixels)")
@@ -131,15 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     add("--multi-scale", action="store_true", help="vary the image size +/- 50%%")
     add("--single-cls", action="store_true", help="train multi-class data as one class")
-    add("--optimizer", choices=OPTIMIZERS, default="AdamW", help="YOLOv5 default: SGD")
-    add("--adam", action="store_true", help="alias of --optimizer Adam (lr0 still comes from the hyp file)")
+    add("--optimizer", choices=OPTIMIZERS, default=None, help="optimizer at the hyp's lr0 (default: the hyp "
+        "file's 'optimizer')")
+    add("--adam", action="store_true", help="TPH-YOLOv5's Adam: lr 3e-4 for every group, the hyp's lr0 unused")
     add("--sync-bn", action="store_true", help="SyncBatchNorm in DDP mode")
     add("--workers", type=int, default=2, help="dataloader workers (per process)")
     add("--project", default="runs/train")
     add("--name", default="exp")
     add("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
     add("--quad", action="store_true", help="quad dataloader")
-    add("--cos-lr", action="store_true", help="cosine LR schedule")
+    add("--cos-lr", action="store_true", help="cosine LR schedule (default: the hyp file's 'lr_schedule')")
+    add("--linear-lr", action="store_true", help="linear LR schedule (TPH-YOLOv5's flag)")
     add("--patience", type=int, default=100, help="early stopping patience (epochs without improvement)")
     add("--freeze", nargs="+", type=int, default=[0], help="freeze the first N layers, or layer indices 0 1 2")
     add("--save-period", type=int, default=-1, help="also save a checkpoint every N epochs (-1 = off)")
@@ -173,8 +181,6 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     """Merge parsed flags and the --hyp file (flag overrides win) into validated TrainOptions."""
     values = {key: value for key, value in vars(args).items() if key not in HYP_OVERRIDES}
     hyp_path = values.pop("hyp")
-    if values.pop("adam"):
-        values["optimizer"] = "Adam"
     if hyp_path and not Path(hyp_path).is_file():
         in_repo = REPO_ROOT / hyp_path  # so the default works from any working directory
         if not in_repo.is_file():

@@ -83,6 +83,7 @@ def test_cbbl_on_a_tph_config_with_transfer(one_epoch_run, tiny_data, tmp_path, 
     assert checkpoint["model_yaml"]["detect"]["box"] == "cbbl" and checkpoint["model_yaml"]["nc"] == 1
     assert checkpoint["hyp"]["box_loss"] == "cbbl" and checkpoint["names"] == ["item"]
     assert any(message.startswith("transferred ") for message in caplog.messages)
+    assert any("head differs from the requested one (box regress -> cbbl)" in message for message in caplog.messages)
     source = load_checkpoint(one_epoch_run.save_dir / "weights/last.pt")
     for name in ("model.0.conv.weight", "model.1.conv.weight"):  # transferred, then frozen by --freeze 2
         assert torch.equal(checkpoint["model"][name], source["ema"][name])

@@ -151,8 +151,8 @@ def build_optimization(opts: TrainOptions, model: torch.nn.Module, num_images: i
     hyp = opts.hyp
     nbs = nominal_batch(opts.nbs, num_images)
     accumulate = accumulate_steps(opts.batch_size, nbs)
-    logger.info("gradient accumulation: %d batch(es) of %d per optimizer step (ramping up from 1 during warmup)",
-                accumulate, opts.batch_size)
+    logger.info("gradient accumulation: %d batch(es) of %d per optimizer step%s", accumulate, opts.batch_size,
+                " (ramping up from 1 during warmup)" if accumulate > 1 else "")
     weight_decay = scaled_weight_decay(hyp.weight_decay, opts.batch_size, accumulate)
     name, lr = choose_optimizer(hyp, opts.optimizer, opts.adam, opts.hyp_path or "the built-in hyp (scratch-low)")
     optimizer = build_optimizer(model, name, lr, hyp.momentum, weight_decay)

@@ -17,11 +17,12 @@ import torch
 import torch.nn as nn
 import yaml
 
-from models.yolo import Model, transfer_state_dict
+from models.yolo import Model
 from utils.checkpoint import load_checkpoint
 from utils.data.dataset import create_dataloader
 from utils.distributed import DistContext, barrier
 from utils.engine.options import TrainOptions
+from utils.engine.transfer import transfer_weights
 from utils.files import increment_path
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def class_names(data: dict[str, Any], single_cls: bool) -> list[str]:
 def build_model(opts: TrainOptions, names: list[str], device: torch.device,
                 resume_checkpoint: Optional[dict] = None) -> nn.Module:
     """The model to train: exactly the checkpoint's on resume; else from --cfg (or --weights' architecture),
-    with --weights transferred by name and shape (a different nc or head keeps those layers' init)."""
+    with --weights transferred by name and shape (a different nc keeps those layers' init; a different box
+    encoding rebuilds the Detect layer with a warning, utils/engine/transfer.py)."""
 
     if resume_checkpoint is not None:
         model = Model(resume_checkpoint["model_yaml"])
@@ -75,9 +77,7 @@ def build_model(opts: TrainOptions, names: list[str], device: torch.device,
         model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
                       head=opts.hyp.head_settings(opts.imgsz))
         if pretrained is not None:
-            state = pretrained.get("ema") or pretrained["model"]
-            loaded, total = transfer_state_dict(model, {k: v.float() for k, v in state.items()})
-            logger.info("transferred %d/%d items from %s", loaded, total, opts.weights)
+            transfer_weights(model, pretrained, f"--weights {opts.weights}")
     model.names = names
     model.yaml["names"] = names
     freeze_layers(model, opts.freeze)

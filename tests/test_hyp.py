@@ -38,3 +38,28 @@ def test_unknown_key_is_an_error(tmp_path):
     path.write_text(yaml.safe_dump({**yaml.safe_load(HYP_FILES[0].read_text()), "mosiac": 1.0}))
     with pytest.raises(ValueError, match="mosiac"):
         load_hyp(path)
+
+
+@pytest.mark.parametrize("name, recipe, values", [
+    # YOLOv5 v7.0's files of these names
+    ("hyp.scratch-low.yaml", ("SGD", "linear"), {"lrf": 0.01, "cls": 0.5, "obj": 1.0, "scale": 0.5, "mixup": 0.0}),
+    ("hyp.scratch-med.yaml", ("SGD", "linear"), {"lrf": 0.1, "cls": 0.3, "obj": 0.7, "scale": 0.9, "mixup": 0.1,
+                                                 "copy_paste": 0.0}),
+    ("hyp.scratch-high.yaml", ("SGD", "linear"), {"lrf": 0.1, "cls": 0.3, "obj": 0.7, "scale": 0.9, "mixup": 0.1,
+                                                  "copy_paste": 0.1}),
+    # TPH-YOLOv5's files of these names (its hyp.scratch.yaml = YOLOv5 v6.0's)
+    ("hyp.scratch.yaml", ("SGD", "cosine"), {"lr0": 0.01, "lrf": 0.1, "cls": 0.5, "obj": 1.0, "scale": 0.5}),
+    ("hyp.VisDrone.yaml", ("SGD", "cosine"), {"lr0": 0.0032, "lrf": 0.12, "momentum": 0.843, "anchor_t": 3.0}),
+    ("hyp.demo.yaml", ("AdamW", "linear"), {"lr0": 0.0032}),  # ours: python train.py's CPU demo
+])
+def test_hyp_files_keep_their_namesakes_values_and_name_their_recipe(name, recipe, values):
+    hyp = load_hyp(HYP_FILES[0].parent / name)
+    assert (hyp.optimizer, hyp.lr_schedule) == recipe
+    assert {key: getattr(hyp, key) for key in values} == values
+
+
+def test_recipe_keys_are_checked():
+    with pytest.raises(ValueError, match="optimizer"):
+        load_hyp({"optimizer": "RMSprop"})
+    with pytest.raises(ValueError, match="lr_schedule"):
+        load_hyp({"lr_schedule": "step"})

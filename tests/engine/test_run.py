@@ -200,13 +200,20 @@ def test_tph_readme_command_schedule_is_cosine_after_yolov5_warmup(tph_recipe):
     assert all(group["lr"] == pytest.approx(3e-4 * (1 + lrf) / 2) for group in optimizer.param_groups)
 
 
-def test_yolov5_scratch_low_alone_trains_sgd_linear(tmp_path):
+def test_yolov5_scratch_low_alone_trains_sgd_linear_and_adamw_on_it_warns(caplog):
     from models.yolo import Model
     from tests.conftest import TINY_MODEL_YAML
     from utils.engine.run import build_optimization
 
-    opts = parse_options(["--hyp", "data/hyps/hyp.scratch-low.yaml"])
-    optimizer, _, schedule = build_optimization(opts, Model(TINY_MODEL_YAML), 96, 12)
+    model = Model(TINY_MODEL_YAML)
+    with caplog.at_level(logging.WARNING):
+        optimizer, _, schedule = build_optimization(parse_options(["--hyp", "data/hyps/hyp.scratch-low.yaml"]),
+                                                    model, 96, 12)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        build_optimization(parse_options(["--hyp", "data/hyps/hyp.scratch-low.yaml", "--optimizer", "AdamW"]),
+                           model, 96, 12)
     assert type(optimizer) is torch.optim.SGD
     assert all(g["lr"] == 0.01 and g["momentum"] == 0.937 and g["nesterov"] for g in optimizer.param_groups)
     assert schedule.lf(15) == pytest.approx((1 - 15 / 30) * (1 - 0.01) + 0.01)  # YOLOv5 v7.0's linear lf
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "hyp.scratch-low.yaml is tuned for SGD" in warnings[0] and "\n" not in warnings[0]

@@ -44,7 +44,7 @@ class LRScheduleHook(Hook):
     """Linear or cosine LR per epoch, after YOLOv5's warmup (as in its and TPH-YOLOv5's train.py).
 
     Each group's LR is its ``initial_lr`` (utils/engine/optim.py) times the curve. During warmup, by batch
-    index: the bias group (pg2) falls from warmup_bias_lr and the others rise from 0 to that value, SGD
+    index: the bias group (pg2) falls from warmup_bias_lr and the others rise from 0 to the scheduled LR, SGD
     momentum rises from warmup_momentum (Adam's beta1 stays: YOLOv5 warms only a ``momentum`` key), and
     gradient accumulation ramps from 1 to ``full_accumulate`` = nominal batch / batch size. Everything is a
     pure function of (epoch, iteration), so a resume needs no scheduler state beyond the epoch.

@@ -100,6 +100,8 @@ def choose_optimizer(hyp: Hyp, optimizer: Optional[str] = None, adam: bool = Fal
     (an lr0 of 0.01 is ~30x too high for Adam; an Adam lr0 leaves SGD barely moving).
     """
     if adam:
+        logger.info("--adam: TPH-YOLOv5's Adam at lr %g for every group (the hyp's lr0 %g is not used)",
+                    TPH_ADAM_LR, hyp.lr0)
         return "Adam", TPH_ADAM_LR
     name = optimizer or hyp.optimizer
     if (name == "SGD") != (hyp.optimizer == "SGD"):

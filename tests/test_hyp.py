@@ -13,7 +13,7 @@ HYP_FILES = sorted((Path(__file__).resolve().parents[1] / "data" / "hyps").glob(
 
 
 def test_hyp_files_exist():
-    assert {path.name for path in HYP_FILES} >= {"hyp.scratch.yaml", "hyp.VisDrone.yaml"}
+    assert {path.name for path in HYP_FILES} >= {"hyp.scratch.yaml", "hyp.scratch-low.yaml", "hyp.VisDrone.yaml"}
 
 
 @pytest.mark.parametrize("path", HYP_FILES, ids=lambda p: p.name)
@@ -25,8 +25,8 @@ def test_every_hyp_file_loads_and_sets_every_key(path):
     assert keys == set(Hyp().to_dict()) - {"anchors"}, "a hyp file should spell out every key"
 
 
-def test_scratch_file_equals_the_defaults():
-    assert load_hyp(HYP_FILES[0].parent / "hyp.scratch.yaml") == Hyp()
+def test_scratch_low_file_equals_the_defaults():
+    assert load_hyp(HYP_FILES[0].parent / "hyp.scratch-low.yaml") == Hyp()
 
 
 def test_visdrone_file_has_tph_values():
@@ -39,3 +39,27 @@ def test_unknown_key_is_an_error(tmp_path):
     path.write_text(yaml.safe_dump({**yaml.safe_load(HYP_FILES[0].read_text()), "mosiac": 1.0}))
     with pytest.raises(ValueError, match="mosiac"):
         load_hyp(path)
+
+
+@pytest.mark.parametrize("name, recipe, values", [
+    # YOLOv5 v7.0's files of these names (TPH-YOLOv5's are the same; not hyp.scratch-high.yaml: v7.0's has lrf 0.1,
+    # TPH's lrf 0.2, so we ship none of that name)
+    ("hyp.scratch-low.yaml", ("SGD", "linear"), {"lrf": 0.01, "cls": 0.5, "obj": 1.0, "scale": 0.5, "mixup": 0.0}),
+    ("hyp.scratch-med.yaml", ("SGD", "linear"), {"lrf": 0.1, "cls": 0.3, "obj": 0.7, "scale": 0.9, "mixup": 0.1,
+                                                 "copy_paste": 0.0}),
+    # TPH-YOLOv5's files of these names (its hyp.scratch.yaml = YOLOv5 v6.0's)
+    ("hyp.scratch.yaml", ("SGD", "cosine"), {"lr0": 0.01, "lrf": 0.1, "cls": 0.5, "obj": 1.0, "scale": 0.5}),
+    ("hyp.VisDrone.yaml", ("SGD", "cosine"), {"lr0": 0.0032, "lrf": 0.12, "momentum": 0.843, "anchor_t": 3.0}),
+    ("hyp.demo.yaml", ("AdamW", "linear"), {"lr0": 0.0032}),  # ours: python train.py's CPU demo
+])
+def test_hyp_files_keep_their_namesakes_values_and_name_their_recipe(name, recipe, values):
+    hyp = load_hyp(HYP_FILES[0].parent / name)
+    assert (hyp.optimizer, hyp.lr_schedule) == recipe
+    assert {key: getattr(hyp, key) for key in values} == values
+
+
+def test_recipe_keys_are_checked():
+    with pytest.raises(ValueError, match="optimizer"):
+        load_hyp({"optimizer": "RMSprop"})
+    with pytest.raises(ValueError, match="lr_schedule"):
+        load_hyp({"lr_schedule": "step"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -106,7 +108,7 @@ def test_gains_are_rescaled_in_a_factory_without_touching_the_hyp() -> None:
     assert (hyp.box, hyp.obj, hyp.cls) == (0.05, 1.0, 0.5)
 
 
-def test_objectness_target_is_the_best_iou_of_the_decoded_box() -> None:
+def test_objectness_target_is_the_best_ciou_of_the_decoded_box() -> None:
     hyp = load_hyp()
     loss_fn = ComputeLoss(HeadOnly(hyp.head_settings(64)), hyp, imgsz=64)
     targets = targets_px([[0, 0, 20, 28, 10, 12], [0, 1, 21, 27, 16, 8]])  # both on p3 cell (2, 3)
@@ -118,13 +120,47 @@ def test_objectness_target_is_the_best_iou_of_the_decoded_box() -> None:
     obj_target = torch.zeros(1, 2, 8, 8)
     flat_index = ((assigned.batch * 2 + assigned.anchor) * 8 + assigned.cell_y) * 8 + assigned.cell_x
     loss_fn._positive_terms(pred.view(-1, loss_fn.detect.no)[flat_index], assigned, flat_index, obj_target)
-    # the first GT is predicted exactly: its IoU of 1 wins over the second GT's on the shared cells
+    # the first GT is predicted exactly: its CIoU of 1 wins over the second GT's on the shared cells
     exact_cells = set(zip(*(v[first].tolist() for v in (assigned.anchor, assigned.cell_x, assigned.cell_y))))
     for anchor, x, y in positives(assigned):
-        assert 0 < obj_target[0, anchor, y, x] <= 1
+        assert 0 <= obj_target[0, anchor, y, x] <= 1
         if (anchor, x, y) in exact_cells:
             assert obj_target[0, anchor, y, x].item() == pytest.approx(1.0, abs=1e-5)
-    assert obj_target.count_nonzero() == len(positives(assigned))
+    assert 0 < obj_target.count_nonzero() <= len(positives(assigned))
+
+
+def yolov5_ciou(box1: tuple[float, ...], box2: tuple[float, ...], eps: float = 1e-7) -> float:
+    """CIoU of two cxcywh boxes written out from Zheng et al. 2020 as YOLOv5 v7.0 computes it (plain floats)."""
+    (x1, y1, w1, h1), (x2, y2, w2, h2) = box1, box2
+    h1, h2 = h1 + eps, h2 + eps
+    inter = (max(0.0, min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2))
+             * max(0.0, min(y1 + h1 / 2, y2 + h2 / 2) - max(y1 - h1 / 2, y2 - h2 / 2)))
+    iou = inter / (w1 * h1 + w2 * h2 - inter + eps)
+    hull_w = max(x1 + w1 / 2, x2 + w2 / 2) - min(x1 - w1 / 2, x2 - w2 / 2)
+    hull_h = max(y1 + h1 / 2, y2 + h2 / 2) - min(y1 - h1 / 2, y2 - h2 / 2)
+    centre_sq, diag_sq = (x2 - x1) ** 2 + (y2 - y1) ** 2, hull_w ** 2 + hull_h ** 2 + eps
+    v = 4 / math.pi ** 2 * (math.atan(w2 / h2) - math.atan(w1 / h1)) ** 2
+    alpha = v / (v - iou + 1 + eps)
+    return iou - (centre_sq / diag_sq + v * alpha)
+
+
+def test_objectness_target_is_yolov5_v7_clamped_ciou() -> None:
+    """One GT, zero raw outputs: every positive decodes to its anchor at offset (0.5, 0.5) of its cell."""
+    hyp = load_hyp()
+    loss_fn = ComputeLoss(HeadOnly(hyp.head_settings(64)), hyp, imgsz=64)
+    targets = targets_px([[0, 0, 21, 27, 14, 9]])  # p3 (stride 8): centre (2.625, 3.375) cells, 1.75 x 1.125
+    assigned = assign_level(targets, loss_fn.detect.anchors[0], (8, 8), hyp.anchor_t)
+    flat_index = ((assigned.batch * 2 + assigned.anchor) * 8 + assigned.cell_y) * 8 + assigned.cell_x
+    obj_target = torch.zeros(1, 2, 8, 8)
+    loss_fn._positive_terms(torch.zeros(len(flat_index), loss_fn.detect.no), assigned, flat_index, obj_target)
+    anchors_px = TINY_CFG["anchors"][0]
+    seen = {"positive": 0, "clamped": 0}
+    for anchor, x, y in positives(assigned):
+        pred = (x + 0.5, y + 0.5, anchors_px[2 * anchor] / 8, anchors_px[2 * anchor + 1] / 8)  # grid units
+        ciou = yolov5_ciou(pred, (21 / 8, 27 / 8, 14 / 8, 9 / 8))
+        assert obj_target[0, anchor, y, x].item() == pytest.approx(max(ciou, 0.0), abs=1e-5)
+        seen["positive" if ciou > 0 else "clamped"] += 1
+    assert seen["positive"] and seen["clamped"], f"the case should cover both sides of the clamp: {seen}"
 
 
 def test_level_gather_matches_plain_indexing_and_its_gradient() -> None:

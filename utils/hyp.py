@@ -16,6 +16,8 @@ import yaml
 from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, UM_MODES, default_beta
 
 BOX_LOSSES = ("ciou", "l1", "smooth_l1", "cbbl")
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+LR_SCHEDULES = ("linear", "cosine")
 # Keys of YOLOv5/TPH-YOLOv5 hyp files that no code of theirs reads any more (v5+ assigns by anchor_t alone):
 # accepted so their files load unchanged, and dropped.
 UNUSED_YOLOV5_KEYS = ("iou_t",)
@@ -23,10 +25,13 @@ UNUSED_YOLOV5_KEYS = ("iou_t",)
 
 @dataclass(frozen=True)
 class Hyp:
-    """All hyperparameters of one training run (defaults = data/hyps/hyp.scratch.yaml)."""
+    """All hyperparameters of one training run (defaults = data/hyps/hyp.scratch-low.yaml, YOLOv5 v7.0)."""
 
-    # optimisation
-    lr0: float = 0.01  # initial learning rate (SGD 1e-2; Adam/AdamW take it from the file as well)
+    # optimisation: ``optimizer`` and ``lr_schedule`` name the recipe lr0..warmup_bias_lr were tuned for;
+    # they apply when train.py gets no --optimizer/--adam and no --cos-lr/--linear-lr
+    optimizer: str = "SGD"
+    lr_schedule: str = "linear"
+    lr0: float = 0.01  # initial learning rate (used by --optimizer X; TPH-YOLOv5's --adam ignores it)
     lrf: float = 0.01  # final learning rate = lr0 * lrf
     momentum: float = 0.937  # SGD momentum / Adam beta1
     weight_decay: float = 0.0005
@@ -74,6 +79,8 @@ class Hyp:
     anchors: Optional[float] = None  # YOLOv5's optional anchors-per-level override
 
     def __post_init__(self) -> None:
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("box_loss", self.box_loss, BOX_LOSSES)
         _check_choice("cbbl_um_mode", self.cbbl_um_mode, UM_MODES)
         _check_choice("cbbl_restore", self.cbbl_restore, RESTORE_MODES)

@@ -3,7 +3,8 @@
 The box term is chosen by ``hyp.box_loss`` (DESIGN.md section 3): ``ciou`` (1 - CIoU of the decoded
 box, the baseline), ``l1`` / ``smooth_l1`` (on the raw offsets, see :meth:`ComputeLoss.box_term`) or
 ``cbbl`` (cross-entropy against two-hot labels over the head's grid + uncertainty loss). Objectness is
-IoU-aware in every mode: its target is the IoU of the decoded box with its ground truth.
+IoU-aware in every mode, as in YOLOv5 v7.0: its target is the CIoU of the decoded box with its ground
+truth, clamped at 0; where several ground truths claim one cell the best wins (TPH-YOLOv5 sorts for that).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from utils.torch_utils import de_parallel
 # so weights in the 4:1 cell-count ratio make every cell count about equally (TPH-YOLOv5 uses the same numbers).
 OBJ_BALANCE = {1: (1.0,), 2: (4.0, 1.0), 3: (4.0, 1.0, 0.4), 4: (4.0, 1.0, 0.25, 0.06),
                5: (4.0, 1.0, 0.25, 0.06, 0.02)}
-# YOLOv5's gr: objectness target = (1 - gr) + gr * IoU; 1.0 = the plain IoU of the decoded box.
+# YOLOv5's gr: objectness target = (1 - gr) + gr * max(CIoU, 0); 1.0 (YOLOv5's value) = the clamped CIoU alone.
 OBJ_IOU_RATIO = 1.0
 # Focal loss alpha (Lin et al. 2017), used when hyp.fl_gamma > 0.
 FOCAL_ALPHA = 0.25
@@ -68,6 +69,15 @@ def bce_with_logits(logits: torch.Tensor, target: torch.Tensor, pos_weight: torc
         alpha_true = target * FOCAL_ALPHA + (1 - target) * (1 - FOCAL_ALPHA)
         loss = loss * alpha_true * (1 - prob_true) ** focal_gamma
     return loss.mean()
+
+
+def objectness_target(pred_box: torch.Tensor, target_box: torch.Tensor) -> torch.Tensor:
+    """YOLOv5 v7.0's objectness target of positives: (1 - gr) + gr * max(CIoU, 0), gr = OBJ_IOU_RATIO.
+
+    Args: pred_box, target_box (P, 4) cxcywh in grid units (any common frame). Returns (P,) in [0, 1].
+    """
+    ciou = aligned_iou(pred_box, target_box, kind="ciou").clamp(min=0)  # (P,)
+    return (1 - OBJ_IOU_RATIO) + OBJ_IOU_RATIO * ciou
 
 
 class _LevelGather(torch.autograd.Function):
@@ -157,12 +167,12 @@ class ComputeLoss:
 
     def _positive_terms(self, positive: torch.Tensor, assigned: LevelTargets, flat_index: torch.Tensor,
                         obj_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Box and class losses of one level's positives (P, C); writes their IoU into ``obj_target`` (B, A, H, W)."""
+        """Box and class losses of one level's positives (P, C); writes their objectness targets into
+        ``obj_target`` (B, A, H, W)."""
         box_channels = self.detect.box_channels
         pred_box, box_loss = self.box_term(positive[:, :box_channels], assigned)
-        iou = aligned_iou(pred_box.detach(), assigned.box, kind="iou").clamp(min=0)  # (P,)
-        # Several GTs may claim one cell: keep the best IoU (deterministic, unlike last-write-wins).
-        obj_target.view(-1).scatter_reduce_(0, flat_index, (1 - OBJ_IOU_RATIO) + OBJ_IOU_RATIO * iou, reduce="amax")
+        obj_target.view(-1).scatter_reduce_(0, flat_index, objectness_target(pred_box.detach(), assigned.box),
+                                            reduce="amax")  # several GTs in one cell: the best wins
         if self.detect.nc == 1:
             return box_loss, torch.zeros_like(box_loss)
         cls_logits = positive[:, box_channels + 1:]  # (P, nc)

@@ -29,21 +29,35 @@ def fake_trainer(epoch=0, epochs=3, **extra):
     return trainer
 
 
-def lr_hook(epochs=10, warmup_epochs=3.0):
-    return LRScheduleHook(lr0=0.01, lrf=0.1, epochs=epochs, cosine=False, momentum=0.9, warmup_epochs=warmup_epochs,
-                          warmup_momentum=0.8, warmup_bias_lr=0.1, num_batches=50)
+def lr_hook(epochs=10, warmup_epochs=3.0, full_accumulate=1.0):
+    return LRScheduleHook(lrf=0.1, epochs=epochs, cosine=False, momentum=0.9, warmup_epochs=warmup_epochs,
+                          warmup_momentum=0.8, warmup_bias_lr=0.1, num_batches=50, full_accumulate=full_accumulate)
 
 
-def test_warmup_ramps_lr_and_momentum():
-    trainer, hook = fake_trainer(), lr_hook()
+def test_warmup_ramps_lr_momentum_and_accumulation():
+    trainer, hook = fake_trainer(accumulate=4), lr_hook(full_accumulate=4.0)
     hook.before_epoch(trainer)
     hook.before_step(trainer)
     lrs = [g["lr"] for g in trainer.optimizer.param_groups]
     assert lrs == [0.0, 0.0, 0.1] and math.isclose(trainer.optimizer.param_groups[0]["momentum"], 0.8)
+    assert trainer.accumulate == 1
+    trainer.iteration = hook.warmup_iterations // 2
+    hook.before_step(trainer)
+    assert trainer.accumulate == 2  # 1 + (4 - 1) / 2 = 2.5, rounded half to even like numpy
     trainer.iteration = hook.warmup_iterations
     hook.before_step(trainer)
     assert all(math.isclose(g["lr"], 0.01) for g in trainer.optimizer.param_groups)
-    assert math.isclose(trainer.optimizer.param_groups[1]["momentum"], 0.9)
+    assert math.isclose(trainer.optimizer.param_groups[1]["momentum"], 0.9) and trainer.accumulate == 4
+
+
+def test_warmup_lr_comes_from_each_group_and_leaves_adam_beta1():
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    trainer, hook = fake_trainer(optimizer=build_optimizer(model, "Adam", lr=3e-4, momentum=0.843)), lr_hook()
+    trainer.iteration = hook.warmup_iterations // 2
+    hook.before_step(trainer)
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert lrs == pytest.approx([1.5e-4, 1.5e-4, (0.1 + 3e-4) / 2])
+    assert all(g["betas"] == (0.843, 0.999) for g in trainer.optimizer.param_groups)
 
 
 def test_lr_after_warmup_follows_the_schedule():

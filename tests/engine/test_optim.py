@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay, split_param_groups
+from utils.engine.optim import (
+    MIN_WARMUP_ITERATIONS,
+    TPH_ADAM_LR,
+    accumulate_steps,
+    build_optimizer,
+    choose_optimizer,
+    lr_lambda,
+    scaled_weight_decay,
+    split_param_groups,
+    use_cosine_lr,
+    warmup_accumulate,
+    warmup_iterations,
+)
+from utils.hyp import load_hyp
 
 
 def tiny_net() -> nn.Module:
@@ -70,3 +85,48 @@ def test_nominal_batch_auto_keeps_yolov5_value_on_large_sets():
     assert nominal_batch(0, 96) == 8  # the synthetic demo set: >= 12 steps per epoch
     assert nominal_batch(0, 5) == 1
     assert nominal_batch(32, 96) == 32  # an explicit --nbs wins
+
+
+HYPS = Path(__file__).resolve().parents[2] / "data" / "hyps"
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("hyp_file, flags, expected, warns", [
+    ("hyp.scratch-low.yaml", {}, ("SGD", 0.01), False),  # YOLOv5's recipe from the file alone
+    ("hyp.scratch-low.yaml", {"optimizer": "AdamW"}, ("AdamW", 0.01), True),  # SGD's lr0 under AdamW
+    ("hyp.demo.yaml", {}, ("AdamW", 0.0032), False),
+    ("hyp.demo.yaml", {"optimizer": "Adam"}, ("Adam", 0.0032), False),  # same family, same lr scale
+    ("hyp.demo.yaml", {"optimizer": "SGD"}, ("SGD", 0.0032), True),
+    ("hyp.VisDrone.yaml", {"adam": True}, ("Adam", TPH_ADAM_LR), False),  # TPH's --adam: lr0 unused
+    ("hyp.VisDrone.yaml", {"optimizer": "Adam"}, ("Adam", 0.0032), True),
+])
+def test_optimizer_comes_from_flags_or_the_hyp_file_and_mismatches_warn(hyp_file, flags, expected, warns, caplog):
+    with caplog.at_level(logging.WARNING, logger="utils.engine.optim"):
+        chosen = choose_optimizer(load_hyp(HYPS / hyp_file), hyp_name=hyp_file, **flags)
+    assert chosen == expected
+    messages = warnings_of(caplog)
+    assert len(messages) == int(warns)
+    if warns:
+        assert hyp_file in messages[0] and f"--optimizer {load_hyp(HYPS / hyp_file).optimizer}" in messages[0]
+
+
+def test_lr_schedule_comes_from_flags_or_the_hyp_file():
+    tph, yolov5 = load_hyp(HYPS / "hyp.VisDrone.yaml"), load_hyp(HYPS / "hyp.scratch-low.yaml")
+    assert use_cosine_lr(tph) and not use_cosine_lr(yolov5)  # TPH-YOLOv5's default vs YOLOv5 v7.0's
+    assert not use_cosine_lr(tph, linear_lr=True) and use_cosine_lr(yolov5, cos_lr=True)
+
+
+def test_warmup_length_has_yolov5s_minimum():
+    assert warmup_iterations(3.0, 10) == MIN_WARMUP_ITERATIONS == 100  # 30 batches -> the minimum
+    assert warmup_iterations(2.0, 1618) == 3236  # VisDrone at --batch 4: two epochs
+    assert warmup_iterations(0.0, 1618) == 0
+
+
+def test_warmup_accumulation_ramps_like_yolov5():
+    ramp = [warmup_accumulate(i, 100, 16.0) for i in range(101)]
+    assert ramp[0] == 1 and ramp[-1] == 16 and ramp == sorted(ramp)
+    assert ramp[10] == 2 and ramp[50] == 8  # 1 + 15 * 0.1 = 2.5 -> 2 (half to even); 1 + 7.5 = 8.5 -> 8
+    assert warmup_accumulate(0, 100, 0.5) == 1  # a batch above the nominal one never accumulates

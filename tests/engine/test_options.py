@@ -14,8 +14,9 @@ from utils.hyp import Hyp, load_hyp
 def test_defaults_make_a_small_run():
     opts = parse_options([])
     assert opts.cfg == DEFAULT_CFG and opts.data == "data/synthetic.yaml" and opts.weights == ""
-    assert opts.optimizer == "AdamW" and (opts.batch_size, opts.nbs, opts.imgsz) == (8, 0, 320)
-    assert opts.hyp_path.endswith("data/hyps/hyp.VisDrone.yaml") and opts.hyp.lr0 == load_hyp(opts.hyp_path).lr0
+    assert opts.optimizer is None and opts.hyp.optimizer == "AdamW"  # the demo hyp file names its optimizer
+    assert (opts.batch_size, opts.nbs, opts.imgsz) == (8, 0, 320)
+    assert opts.hyp_path.endswith("data/hyps/hyp.demo.yaml") and opts.hyp.lr0 == load_hyp(opts.hyp_path).lr0
     assert opts.hyp.box_loss == "ciou" and opts.freeze == (0,)
     assert parse_options(["--hyp", ""]).hyp == Hyp()
 
@@ -26,7 +27,7 @@ def test_yolov5_flag_names_and_aliases():
                           "--image-weights", "--multi-scale", "--sync-bn", "--quad", "--noval", "--nosave",
                           "--noplots", "--noautoanchor", "--exist-ok", "--project", "p", "--name", "n",
                           "--seed", "3", "--local_rank", "1", "--workers", "0", "--device", "cpu"])
-    assert (opts.imgsz, opts.batch_size, opts.epochs, opts.optimizer) == (64, 4, 2, "Adam")
+    assert (opts.imgsz, opts.batch_size, opts.epochs, opts.optimizer, opts.adam) == (64, 4, 2, None, True)
     assert opts.cache == "ram" and opts.freeze == (3,) and opts.local_rank == 1 and opts.cos_lr
     assert parse_options(["--imgsz", "96", "--batch-size", "2"]).imgsz == 96
     assert parse_options(["--resume"]).resume == RESUME_LATEST
@@ -50,6 +51,8 @@ def test_cli_overrides_win_over_the_hyp_file(tmp_path):
     (["--cfg", "models/nope.yaml"], "nope.yaml"),
     (["--label-smoothing", "2"], "label_smoothing"),
     (["--cache", "disk"], "disk"),
+    (["--adam", "--optimizer", "SGD"], "--adam"),
+    (["--cos-lr", "--linear-lr"], "--linear-lr"),
 ])
 def test_bad_values_are_named(argv, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import shutil
 import signal
@@ -15,7 +16,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -85,6 +88,7 @@ def test_cbbl_on_a_tph_config_with_transfer(one_epoch_run, tiny_data, tmp_path, 
     assert checkpoint["model_yaml"]["detect"]["box"] == "cbbl" and checkpoint["model_yaml"]["nc"] == 1
     assert checkpoint["hyp"]["box_loss"] == "cbbl" and checkpoint["names"] == ["item"]
     assert any(message.startswith("transferred ") for message in caplog.messages)
+    assert any("head differs from the requested one (box regress -> cbbl)" in message for message in caplog.messages)
     source = load_checkpoint(one_epoch_run.save_dir / "weights/last.pt")
     for name in ("model.0.conv.weight", "model.1.conv.weight"):  # transferred, then frozen by --freeze 2
         assert torch.equal(checkpoint["model"][name], source["ema"][name])
@@ -163,3 +167,82 @@ def test_bare_names_train_from_any_folder_into_the_repo_runs(tmp_path, where):
     finally:
         if run_dir.is_dir():
             shutil.rmtree(run_dir)  # the folder this test's run created
+
+
+# TPH-YOLOv5's README training command, verbatim (`--hy` is an argparse prefix of --hyp).
+TPH_README_COMMAND = ("--img 1536 --adam --batch 4 --epochs 80 --data ./data/VisDrone.yaml --weights yolov5l.pt "
+                      "--hy data/hyps/hyp.VisDrone.yaml --cfg models/yolov5l-xs-tph.yaml --name v5l-xs-tph")
+
+
+def tph_readme_argv(**swaps: str) -> list[str]:
+    """The README command with some flag values swapped (e.g. data='data/synthetic.yaml')."""
+    argv = TPH_README_COMMAND.split()
+    for flag, value in swaps.items():
+        argv[argv.index(f"--{flag}") + 1] = value
+    return argv
+
+
+@pytest.fixture(scope="module")
+def tph_recipe():
+    """The README command's options and optimizer/schedule as run() builds them on VisDrone-sized data.
+
+    The model is the command's own 51M-parameter graph (about 5 s of CPU), so the groups are TPH-YOLOv5's.
+    """
+    from models.yolo import Model
+    from utils.engine.run import build_optimization
+
+    opts = parse_options(tph_readme_argv(data="data/synthetic.yaml", img="256", weights=""))
+    model = Model(opts.cfg, nc=10)
+    images = 6471  # VisDrone2019-DET train: --batch 4 gives 1618 batches and YOLOv5's nominal batch of 64
+    return opts, *build_optimization(opts, model, images, math.ceil(images / opts.batch_size))
+
+
+def test_tph_readme_command_trains_adam_at_3e4_for_every_group(tph_recipe, caplog):
+    opts, optimizer, accumulate, _ = tph_recipe
+    assert opts.adam and opts.hyp_path.endswith("hyp.VisDrone.yaml") and (opts.imgsz, opts.batch_size) == (256, 4)
+    assert type(optimizer) is torch.optim.Adam and accumulate == 16
+    for group in optimizer.param_groups:
+        assert group["lr"] == group["initial_lr"] == 3e-4 and group["betas"] == (opts.hyp.momentum, 0.999)
+    decays = [group["weight_decay"] for group in optimizer.param_groups]
+    assert decays == [0.0, pytest.approx(opts.hyp.weight_decay * 4 * 16 / 64), 0.0]
+
+
+def test_tph_readme_command_schedule_is_cosine_after_yolov5_warmup(tph_recipe):
+    opts, optimizer, _, schedule = tph_recipe
+    lrf = opts.hyp.lrf
+    for epoch in range(opts.epochs + 1):  # TPH-YOLOv5's one_cycle(1, lrf, epochs)
+        assert schedule.lf(epoch) == pytest.approx(((1 - math.cos(epoch * math.pi / 80)) / 2) * (lrf - 1) + 1)
+    nw = max(round(opts.hyp.warmup_epochs * 1618), 100)
+    assert schedule.warmup_iterations == nw == 3236
+    trainer = SimpleNamespace(optimizer=optimizer, epoch=0, iteration=0, accumulate=16)
+    for iteration in (0, 1000, nw):
+        trainer.iteration = iteration
+        schedule.before_step(trainer)
+        assert trainer.accumulate == max(1, round(float(np.interp(iteration, [0, nw], [1, 64 / 4]))))
+        bias_lr = float(np.interp(iteration, [0, nw], [opts.hyp.warmup_bias_lr, 3e-4]))
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        assert lrs == pytest.approx([3e-4 * iteration / nw, 3e-4 * iteration / nw, bias_lr])
+    assert trainer.accumulate == 16
+    trainer.epoch, trainer.iteration = 40, 40 * 1618
+    schedule.before_epoch(trainer)
+    schedule.before_step(trainer)  # past warmup: no change
+    assert all(group["lr"] == pytest.approx(3e-4 * (1 + lrf) / 2) for group in optimizer.param_groups)
+
+
+def test_yolov5_scratch_low_alone_trains_sgd_linear_and_adamw_on_it_warns(caplog):
+    from models.yolo import Model
+    from tests.conftest import TINY_MODEL_YAML
+    from utils.engine.run import build_optimization
+
+    model = Model(TINY_MODEL_YAML)
+    with caplog.at_level(logging.WARNING):
+        optimizer, _, schedule = build_optimization(parse_options(["--hyp", "data/hyps/hyp.scratch-low.yaml"]),
+                                                    model, 96, 12)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        build_optimization(parse_options(["--hyp", "data/hyps/hyp.scratch-low.yaml", "--optimizer", "AdamW"]),
+                           model, 96, 12)
+    assert type(optimizer) is torch.optim.SGD
+    assert all(g["lr"] == 0.01 and g["momentum"] == 0.937 and g["nesterov"] for g in optimizer.param_groups)
+    assert schedule.lf(15) == pytest.approx((1 - 15 / 30) * (1 - 0.01) + 0.01)  # YOLOv5 v7.0's linear lf
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "hyp.scratch-low.yaml is tuned for SGD" in warnings[0] and "\n" not in warnings[0]

@@ -16,12 +16,9 @@ import numpy as np
 
 from utils.checkpoint import save_checkpoint
 from utils.distributed import DistContext, broadcast_object
-from utils.engine.optim import lr_lambda
+from utils.engine.optim import BIAS_GROUP, lr_lambda, warmup_accumulate, warmup_iterations
 
 logger = logging.getLogger(__name__)
-
-# Warmup lasts at least this many batches, so a tiny dataset still ramps the LR over several steps.
-MIN_WARMUP_ITERATIONS = 10
 
 
 class Hook:
@@ -44,40 +41,40 @@ class Hook:
 
 
 class LRScheduleHook(Hook):
-    """Linear or cosine LR per epoch, with a warmup that ramps LR (bias group from warmup_bias_lr) and momentum.
+    """Linear or cosine LR per epoch, after YOLOv5's warmup (as in its and TPH-YOLOv5's train.py).
 
-    Groups: pg0 norm weights, pg1 decayed weights, pg2 biases (utils/engine/optim.py). The LR is a pure function
-    of (epoch, iteration), so a resume needs no scheduler state beyond the epoch.
+    Each group's LR is its ``initial_lr`` (utils/engine/optim.py) times the curve. During warmup, by batch
+    index: the bias group (pg2) falls from warmup_bias_lr and the others rise from 0 to the scheduled LR, SGD
+    momentum rises from warmup_momentum (Adam's beta1 stays: YOLOv5 warms only a ``momentum`` key), and
+    gradient accumulation ramps from 1 to ``full_accumulate`` = nominal batch / batch size. Everything is a
+    pure function of (epoch, iteration), so a resume needs no scheduler state beyond the epoch.
     """
 
     name = "lr"
 
-    def __init__(self, lr0: float, lrf: float, epochs: int, cosine: bool, momentum: float,
-                 warmup_epochs: float, warmup_momentum: float, warmup_bias_lr: float, num_batches: int):
-        self.lr0, self.momentum = lr0, momentum
+    def __init__(self, lrf: float, epochs: int, cosine: bool, momentum: float, warmup_epochs: float,
+                 warmup_momentum: float, warmup_bias_lr: float, num_batches: int, full_accumulate: float = 1.0):
+        self.momentum, self.full_accumulate = momentum, full_accumulate
         self.lf = lr_lambda(epochs, lrf, cosine)
         self.warmup_momentum, self.warmup_bias_lr = warmup_momentum, warmup_bias_lr
-        self.warmup_iterations = (max(round(warmup_epochs * num_batches), MIN_WARMUP_ITERATIONS)
-                                  if warmup_epochs > 0 else 0)
+        self.warmup_iterations = warmup_iterations(warmup_epochs, num_batches)
 
     def before_epoch(self, trainer: Any) -> None:
         for group in trainer.optimizer.param_groups:
-            group["lr"] = self.lr0 * self.lf(trainer.epoch)
+            group["lr"] = group["initial_lr"] * self.lf(trainer.epoch)
 
     def before_step(self, trainer: Any) -> None:
-        """During warmup interpolate LR and momentum from their warmup values by the batch index."""
-        if trainer.iteration > self.warmup_iterations:
+        """During warmup interpolate accumulation, LR and momentum from their warmup values by the batch index."""
+        if not self.warmup_iterations or trainer.iteration > self.warmup_iterations:
             return
         ramp = [0, self.warmup_iterations]
-        target_lr = self.lr0 * self.lf(trainer.epoch)
+        trainer.accumulate = warmup_accumulate(trainer.iteration, self.warmup_iterations, self.full_accumulate)
         for index, group in enumerate(trainer.optimizer.param_groups):
-            start_lr = self.warmup_bias_lr if index == 2 else 0.0
+            start_lr = self.warmup_bias_lr if index == BIAS_GROUP else 0.0
+            target_lr = group["initial_lr"] * self.lf(trainer.epoch)
             group["lr"] = float(np.interp(trainer.iteration, ramp, [start_lr, target_lr]))
-            momentum = float(np.interp(trainer.iteration, ramp, [self.warmup_momentum, self.momentum]))
             if "momentum" in group:
-                group["momentum"] = momentum
-            elif "betas" in group:
-                group["betas"] = (momentum, group["betas"][1])
+                group["momentum"] = float(np.interp(trainer.iteration, ramp, [self.warmup_momentum, self.momentum]))
 
     def after_epoch(self, trainer: Any) -> None:
         for index, group in enumerate(trainer.optimizer.param_groups):

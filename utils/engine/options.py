@@ -25,7 +25,7 @@ from utils.options import option
 
 DEFAULT_CFG = "models/yolov5n.yaml"
 DEFAULT_DATA = "data/synthetic.yaml"
-DEFAULT_HYP = "data/hyps/hyp.VisDrone.yaml"  # the project's (Adam) recipe; pass --hyp '' for built-in YOLOv5 values
+DEFAULT_HYP = "data/hyps/hyp.demo.yaml"  # the CPU demo recipe (AdamW); --hyp '' = built-in YOLOv5 v7.0 values
 RESUME_LATEST = "latest"  # --resume without a path: the newest last.pt under the project folder
 DESCRIPTION = "Train a TPH-YOLOv5-style detector (regression or C-BBL box head)"
 
@@ -40,7 +40,7 @@ class TrainOptions:
                           "architecture)")
     data: str = option(DEFAULT_DATA, "dataset YAML, bare names look in data/")
     hyp: Union[Hyp, str, dict] = option(DEFAULT_HYP, "hyperparameter YAML, bare names look in data/hyps/ "
-                                        "('' = built-in YOLOv5 scratch values)")
+                                        "('' = built-in YOLOv5 v7.0 scratch-low values)")
     epochs: int = option(30, "training epochs")
     batch_size: int = option(8, "total batch size over all processes", flags=("--batch",))
     imgsz: int = option(320, "train and val image size (pixels)", flags=("--img", "--img-size"))
@@ -56,16 +56,17 @@ class TrainOptions:
     device: str = option("", "cuda device, i.e. 0 or 0,1,2,3 or cpu")
     multi_scale: bool = option(False, "vary the image size +/- 50%%")
     single_cls: bool = option(False, "train multi-class data as one class")
-    optimizer: str = option("AdamW", "optimizer (YOLOv5 default: SGD)", choices=OPTIMIZERS, aliases=[
-        ("--adam", {"action": "store_const", "const": "Adam",
-                    "help": "alias of --optimizer Adam (TPH-YOLOv5's flag)"})])
+    optimizer: Optional[str] = option(None, "YOLOv5's optimizer at the hyp's lr0 (default: the hyp file's "
+                                            "'optimizer')", choices=OPTIMIZERS)
+    adam: bool = option(False, "TPH-YOLOv5's Adam: lr 3e-4 for every parameter group, the hyp's lr0 unused")
     sync_bn: bool = option(False, "SyncBatchNorm in DDP mode")
     workers: int = option(2, "dataloader workers (per process)")
     project: str = option(str(REPO_ROOT / "runs" / "train"), "save to project/name")
     name: str = option("exp", "save to project/name")
     exist_ok: bool = option(False, "reuse project/name instead of incrementing it")
     quad: bool = option(False, "quad dataloader")
-    cos_lr: bool = option(False, "cosine LR schedule")
+    cos_lr: bool = option(False, "cosine LR schedule (default: the hyp file's 'lr_schedule')")
+    linear_lr: bool = option(False, "linear LR schedule (TPH-YOLOv5's flag)")
     patience: int = option(100, "early stopping patience (epochs without improvement)")
     freeze: tuple[int, ...] = option((0,), "freeze the first N layers, or layer indices 0 1 2")
     save_period: int = option(-1, "also save a checkpoint every N epochs (-1 = off)")
@@ -119,8 +120,12 @@ class TrainOptions:
         for name in ("workers", "patience", "close_mosaic", "evolve"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        if self.adam and self.optimizer not in (None, "Adam"):
+            raise ValueError(f"--adam (TPH-YOLOv5's Adam at 3e-4) contradicts --optimizer {self.optimizer}; give one")
+        if self.cos_lr and self.linear_lr:
+            raise ValueError("--cos-lr and --linear-lr contradict each other; give one")
         if self.cache is not None and self.cache not in CACHE_MODES:
             raise ValueError(f"--cache {self.cache!r} is not one of {CACHE_MODES}")
 

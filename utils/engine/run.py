@@ -29,7 +29,14 @@ from utils.engine.hooks import (
     LRScheduleHook,
     ValidationHook,
 )
-from utils.engine.optim import accumulate_steps, build_optimizer, nominal_batch, scaled_weight_decay
+from utils.engine.optim import (
+    accumulate_steps,
+    build_optimizer,
+    choose_optimizer,
+    nominal_batch,
+    scaled_weight_decay,
+    use_cosine_lr,
+)
 from utils.engine.options import RESUME_LATEST, TrainOptions
 from utils.engine.trainer import Trainer
 from utils.engine.writers import PlotsHook, ResultsCsvHook, TensorBoardHook
@@ -115,13 +122,10 @@ def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_
 
         check_anchors(dataset, model, thr=opts.hyp.anchor_t, imgsz=imgsz)
 
-    accumulate = accumulate_steps(opts.batch_size, nominal_batch(opts.nbs, len(dataset)))
-    logger.info("gradient accumulation: %d batch(es) of %d per optimizer step", accumulate, opts.batch_size)
-    weight_decay = scaled_weight_decay(opts.hyp.weight_decay, opts.batch_size, accumulate)
-    optimizer = build_optimizer(model, opts.optimizer, opts.hyp.lr0, opts.hyp.momentum, weight_decay)
+    optimizer, accumulate, schedule = build_optimization(opts, model, len(dataset), len(train_loader))
     ema = ModelEMA(model) if context.is_main else None
     final = FinalValidation(save_dir, val_loader, names, device, plots=not opts.noplots) if context.is_main else None
-    hooks = build_hooks(opts, context, save_dir, model, dataset, val_loader, loss_fn, len(train_loader), final)
+    hooks = build_hooks(opts, context, save_dir, model, dataset, val_loader, loss_fn, schedule, final)
     trainer = Trainer(model=wrap_ddp(model, context, device, opts.sync_bn), loss_fn=loss_fn, optimizer=optimizer,
                       train_loader=train_loader, device=device, epochs=opts.epochs, hooks=hooks, ema=ema,
                       accumulate=accumulate, imgsz=imgsz, stride=stride, multi_scale=opts.multi_scale,
@@ -133,6 +137,28 @@ def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_
     trainer.fit()
     return TrainOutcome(save_dir=save_dir, epochs_done=trainer.epoch + 1, metrics=dict(trainer.metrics),
                         final=final and final.results)
+
+
+def build_optimization(opts: TrainOptions, model: torch.nn.Module, num_images: int,
+                       num_batches: int) -> tuple[torch.optim.Optimizer, int, LRScheduleHook]:
+    """The optimizer (utils/engine/optim.choose_optimizer), batches per step after warmup, and the LR hook.
+
+    ``num_images`` sets the auto nominal batch; ``num_batches`` (per epoch) the warmup length.
+    """
+    hyp = opts.hyp
+    nbs = nominal_batch(opts.nbs, num_images)
+    accumulate = accumulate_steps(opts.batch_size, nbs)
+    logger.info("gradient accumulation: %d batch(es) of %d per optimizer step%s", accumulate, opts.batch_size,
+                " (ramping up from 1 during warmup)" if accumulate > 1 else "")
+    weight_decay = scaled_weight_decay(hyp.weight_decay, opts.batch_size, accumulate)
+    name, lr = choose_optimizer(hyp, opts.optimizer, opts.adam, opts.hyp_path or "the built-in hyp (scratch-low)")
+    optimizer = build_optimizer(model, name, lr, hyp.momentum, weight_decay)
+    cosine = use_cosine_lr(hyp, opts.cos_lr, opts.linear_lr)
+    logger.info("LR schedule: %s, %g -> %g over %d epochs", "cosine" if cosine else "linear", lr, lr * hyp.lrf,
+                opts.epochs)
+    schedule = LRScheduleHook(hyp.lrf, opts.epochs, cosine, hyp.momentum, hyp.warmup_epochs, hyp.warmup_momentum,
+                              hyp.warmup_bias_lr, num_batches, full_accumulate=nbs / opts.batch_size)
+    return optimizer, accumulate, schedule
 
 
 def restore_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
@@ -166,13 +192,11 @@ class FinalValidation:
 
 
 def build_hooks(opts: TrainOptions, context: DistContext, save_dir: Optional[Path], model: torch.nn.Module,
-                dataset: Any, val_loader: Any, loss_fn: Any, num_batches: int,
+                dataset: Any, val_loader: Any, loss_fn: Any, schedule: LRScheduleHook,
                 final: Optional[FinalValidation]) -> list[Hook]:
-    """The hooks in their fixed order; rank > 0 only keeps what changes training itself."""
-    hyp = opts.hyp
-    hooks: list[Any] = [LRScheduleHook(hyp.lr0, hyp.lrf, opts.epochs, opts.cos_lr, hyp.momentum, hyp.warmup_epochs,
-                                       hyp.warmup_momentum, hyp.warmup_bias_lr, num_batches),
-                        CloseMosaicHook(dataset, opts.close_mosaic)]
+    """The hooks in their fixed order (``schedule`` from build_optimization); rank > 0 only keeps what changes
+    training itself."""
+    hooks: list[Any] = [schedule, CloseMosaicHook(dataset, opts.close_mosaic)]
     if opts.image_weights:
         hooks.append(ImageWeightsHook(dataset, model.nc))
     if not context.is_main:

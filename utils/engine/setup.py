@@ -17,13 +17,14 @@ import torch
 import torch.nn as nn
 import yaml
 
-from models.yolo import Model, transfer_state_dict
+from models.yolo import Model
 from utils.checkpoint import load_checkpoint
 from utils.data.augment import AugmentSettings
 from utils.data.config import SINGLE_CLASS_NAME
 from utils.data.dataset import create_dataloader
 from utils.distributed import DistContext, barrier
 from utils.engine.options import TrainOptions
+from utils.engine.transfer import transfer_weights
 from utils.files import increment_path
 from utils.loss import ComputeLoss
 from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride, round_to_stride
@@ -89,16 +90,14 @@ def build(opts: TrainOptions, names: list[str], device: torch.device,
 
 
 def _new_model(opts: TrainOptions, names: list[str], imgsz: int) -> Model:
-    """From --cfg (or --weights' architecture), with --weights transferred by name and shape (a different nc or
-    head keeps those layers' init)."""
+    """From --cfg (or --weights' architecture), with --weights transferred by name and shape (a different nc keeps
+    those layers' init; a different box encoding rebuilds the Detect layer with a warning, utils/engine/transfer.py)."""
     pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg)) if opts.weights else None
     cfg = opts.cfg or pretrained["model_yaml"]
     model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
                   head=opts.hyp.head_settings(imgsz))
     if pretrained is not None:
-        state = pretrained.get("ema") or pretrained["model"]
-        loaded, total = transfer_state_dict(model, {k: v.float() for k, v in state.items()})
-        logger.info("transferred %d/%d items from %s", loaded, total, opts.weights)
+        transfer_weights(model, pretrained, f"--weights {opts.weights}")
     return model
 
 

@@ -53,7 +53,8 @@ class Trainer:
                  multi_scale: bool = False, context: Optional[DistContext] = None, seed: int = 0):
         self.model, self.loss_fn, self.optimizer, self.ema = model, loss_fn, optimizer, ema
         self.train_loader, self.device, self.epochs, self.hooks = train_loader, device, epochs, list(hooks)
-        self.accumulate, self.imgsz, self.stride, self.multi_scale = accumulate, imgsz, stride, multi_scale
+        self.accumulate = accumulate  # batches per optimizer step; the LR hook ramps it up during warmup
+        self.imgsz, self.stride, self.multi_scale = imgsz, stride, multi_scale
         self.context = context or DistContext()
         self.amp = device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)

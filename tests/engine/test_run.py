@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -44,7 +45,11 @@ def tiny_data(tmp_path_factory) -> Path:
 def one_epoch_run(tiny_data, tmp_path_factory):
     """One default-style epoch (autoanchor and plots on): shared by the output checks and the transfer test."""
     project = tmp_path_factory.mktemp("runs")
-    return run(parse_options([*FAST, "--data", str(tiny_data), "--epochs", "1", "--project", str(project)]))
+    previous = os.umask(0o022)
+    try:
+        return run(parse_options([*FAST, "--data", str(tiny_data), "--epochs", "1", "--project", str(project)]))
+    finally:
+        os.umask(previous)
 
 
 # YOLOv5 v7.0's results.csv columns, in order ('epoch' + Loggers.keys in
@@ -76,6 +81,10 @@ def test_one_epoch_writes_every_output(one_epoch_run):
     assert checkpoint["epoch"] == 0 and checkpoint["opt"]["imgsz"] == 64 and checkpoint["names"][0] == "car"
     assert "optimizer" not in checkpoint and "ema" not in checkpoint, "a finished run's last.pt is stripped"
     assert checkpoint["model"]["model.0.conv.weight"].dtype == torch.float16
+    for name in ("best.pt", "last.pt"):  # YOLOv5's stripped yolov5n is 3.9 MB; unstripped ours were 28.8 MB
+        assert (save_dir / "weights" / name).stat().st_size < 5e6, name
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in save_dir.rglob("*") if path.is_file()}
+    assert set(modes.values()) == {0o644}, modes
     model = model_from_checkpoint(checkpoint)
     assert model.nc == 5 and model.yaml["anchors"] == checkpoint["model_yaml"]["anchors"]
     assert one_epoch_run.final is not None and 0 <= one_epoch_run.final.map50 <= 1

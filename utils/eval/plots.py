@@ -4,6 +4,7 @@ with labels or predictions drawn (JPEG; training's train_batch*.jpg and validati
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 from collections.abc import Sequence
@@ -131,3 +132,20 @@ def plot_batch(images: torch.Tensor, targets: torch.Tensor, names: Sequence[str]
         mosaic[top:top + cell_h, left:left + cell_w] = image_bgr
     cv2.imwrite(str(save_path), mosaic)
     return Path(save_path)
+
+
+def plot_study(csv_path: Path, save_path: Path) -> Path:
+    """study.png from val.py --task study's CSV: mAP50-95 against image size and against inference time."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    column = {name: np.array([float(row[name]) for row in rows]) for name in ("imgsz", "mAP50-95", "t_inference_ms")}
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), tight_layout=True)
+    for axis, x, xlabel in ((axes[0], column["imgsz"], "image size (px)"),
+                            (axes[1], column["t_inference_ms"], "inference (ms/img)")):
+        axis.plot(x, column["mAP50-95"] * 100, ".-", linewidth=2, markersize=8)
+        axis.set(xlabel=xlabel, ylabel="mAP50-95 (%)")
+        axis.grid(alpha=0.2)
+    fig.savefig(save_path, dpi=200)
+    plt.close(fig)
+    return save_path

@@ -223,7 +223,7 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
              save_dir: Optional[Path] = None, plots: bool = False, verbose: bool = False, protocol: str = "coco",
              augment: bool = False, half: bool = False, single_cls: bool = False, save_txt: bool = False,
              save_conf: bool = False, save_json: bool = False, save_hybrid: bool = False,
-             merge: str = "nms") -> ValResults:
+             merge: str = "nms", weights_stem: str = "") -> ValResults:
     """Validate a model (eval-mode ``Model`` or ``DetectBackend``) on a loader of the data contract.
 
     Args:
@@ -232,6 +232,7 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
         compute_loss: ``ComputeLoss`` to also report the mean val losses (needs a ``Model``).
         save_dir: where results.json and, when asked, plots, txt and JSON predictions go.
         merge: how an ensemble backend's members are merged: ``nms`` (one NMS over all) or ``wbf``.
+        weights_stem: names the JSON predictions ``<weights_stem>_predictions.json``, as YOLOv5 does.
     Returns:
         ValResults (also logged as a table).
     """
@@ -260,7 +261,7 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         save_outputs(collected, class_names, save_dir, protocol=protocol, save_txt=save_txt, save_conf=save_conf,
-                     save_json=save_json, save_hybrid=save_hybrid, plots=plots)
+                     save_json=save_json, save_hybrid=save_hybrid, plots=plots, weights_stem=weights_stem)
         (save_dir / "results.json").write_text(json.dumps(results.as_dict(), indent=2))
     return results
 

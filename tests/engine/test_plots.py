@@ -22,7 +22,8 @@ def test_results_png_from_csv(tmp_path):
 
 def test_results_png_reads_yolov5_padding_and_plots_extras_apart(tmp_path):
     csv_path = tmp_path / "results.csv"
-    rows = [["epoch", *RESULTS_PANELS, "x/lr0", "diag/gt_total"]] + [[e, *[0.1 * e] * 10, math.nan, 3.0] for e in range(4)]
+    rows = [["epoch", *RESULTS_PANELS, "x/lr0", "diag/gt_total"]]
+    rows += [[epoch, *[0.1 * epoch] * 10, math.nan, 3.0] for epoch in range(4)]
     csv_path.write_text("".join(format_line(row) for row in rows))
     assert csv_path.read_text().startswith(" " * 15 + "epoch,")
     plot_results(csv_path)

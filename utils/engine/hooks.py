@@ -1,8 +1,9 @@
 """Training hooks: small classes with named events, called by utils/trainer.Trainer in list order.
 
 Order used by training (utils/engine/run.py): LR schedule, mosaic closing, validation, best model +
-early stopping, results.csv, checkpoint, plots, TensorBoard (after the plots, whose images it logs). results.csv is written before the
-checkpoint, so a kill between the two leaves at most an extra row, which the resume truncates.
+early stopping, results.csv, checkpoint, plots, TensorBoard (after the plots, whose images it logs).
+results.csv is written before the checkpoint, so a kill between the two leaves at most an extra row,
+which the resume truncates.
 """
 
 from __future__ import annotations

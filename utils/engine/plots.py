@@ -17,7 +17,6 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-
 logger = logging.getLogger(__name__)
 
 # results.png panels in YOLOv5's order (its plot_results draws columns 1-5, 8-10, 6-7 of results.csv).

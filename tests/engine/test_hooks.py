@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+from models.yolo import Model, model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.engine.hooks import BestModelHook, CheckpointHook, LRScheduleHook, ValidationHook, metrics_row
 from utils.engine.optim import build_optimizer
-from utils.engine.writers import YOLOV5_COLUMNS, ResultsCsvHook, read_results, truncate_results
+from utils.engine.writers import YOLOV5_COLUMNS, ResultsCsvHook, TensorBoardHook, read_results, truncate_results
 from utils.torch_utils import ModelEMA
 
 
@@ -109,6 +113,44 @@ def test_checkpoints_are_stripped_when_training_ends(tmp_path):
         assert set(checkpoint) == {"model", "model_yaml", "names", "epoch", "best_fitness"}
         ema_weight = trainer.ema.ema.state_dict()["0.weight"]
         assert torch.equal(checkpoint["model"]["0.weight"], ema_weight.half())
+
+
+def test_stripped_yolov5n_is_under_5_mb(tmp_path):
+    """YOLOv5's stripped yolov5n.pt is 3.9 MB; ours unstripped were 28.8 MB (weights, EMA, optimizer in fp32)."""
+    model = Model("models/yolov5n.yaml", nc=80)
+    trainer = fake_trainer(epoch=0, epochs=1, unwrapped_model=model, ema=ModelEMA(model), completed=True,
+                           optimizer=build_optimizer(model, "SGD", lr=0.01))
+    hook = CheckpointHook(tmp_path, {"model_yaml": model.yaml, "names": [str(i) for i in range(80)]})
+    hook.after_epoch(trainer)
+    full_size = (tmp_path / "last.pt").stat().st_size
+    hook.after_train(trainer)
+    assert (tmp_path / "last.pt").stat().st_size < 5e6 < full_size
+    reloaded = model_from_checkpoint(load_checkpoint(tmp_path / "last.pt"))
+    assert next(reloaded.parameters()).dtype == torch.float32
+
+
+def test_tensorboard_events_hold_the_csv_scalars_and_the_plots(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    cv2.imwrite(str(tmp_path / "results.png"), np.full((20, 30, 3), 255, np.uint8))
+    trainer = fake_trainer(completed=True)
+    trainer.metrics = {"x/lr0": 0.01, "diag/gt_total": 4.0}
+    hook = TensorBoardHook(tmp_path)
+    hook.before_train(trainer)
+    hook.after_epoch(trainer)
+    hook.after_train(trainer)
+    events = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert {"train/box_loss", "metrics/mAP_0.5", "x/lr0", "diag/gt_total"} <= set(events.Tags()["scalars"])
+    assert events.Tags()["images"] == ["results"]
+
+
+def test_tensorboard_missing_is_not_fatal(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    hook = TensorBoardHook(tmp_path)
+    trainer = fake_trainer()
+    for event in ("before_train", "after_epoch", "after_train"):
+        getattr(hook, event)(trainer)
+    assert not list(tmp_path.iterdir())
 
 
 def test_nosave_keeps_only_the_final_epoch(tmp_path):

@@ -25,6 +25,7 @@ from utils.checkpoint import load_checkpoint
 from utils.engine.options import parse_options
 from utils.engine.run import run
 from utils.engine.writers import read_results
+from utils.infer.backend import DetectBackend
 
 FAST = ["--img", "64", "--batch", "8", "--nbs", "8", "--workers", "0", "--cfg", "models/yolov5n.yaml", "--seed", "0"]
 
@@ -85,6 +86,8 @@ def test_one_epoch_writes_every_output(one_epoch_run):
         assert (save_dir / "weights" / name).stat().st_size < 5e6, name
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in save_dir.rglob("*") if path.is_file()}
     assert set(modes.values()) == {0o644}, modes
+    backend = DetectBackend(save_dir / "weights/best.pt")  # val/detect read the stripped fp16 file as fp32
+    assert backend(torch.zeros(1, 3, 64, 64)).dtype == torch.float32 and backend.nc == 5
     model = model_from_checkpoint(checkpoint)
     assert model.nc == 5 and model.yaml["anchors"] == checkpoint["model_yaml"]["anchors"]
     assert one_epoch_run.final is not None and 0 <= one_epoch_run.final.map50 <= 1

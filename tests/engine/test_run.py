@@ -21,7 +21,7 @@ import yaml
 
 from models.yolo import model_from_checkpoint
 from tests.conftest import REPO_ROOT
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.engine.options import parse_options
 from utils.engine.run import run
 from utils.engine.writers import read_results
@@ -135,6 +135,15 @@ def test_resume_after_sigkill_mid_run(tiny_data, tmp_path):
     assert resumed["epoch"] == 1 and resumed["opt"]["epochs"] == 2 and "optimizer" not in resumed
     assert not (tmp_path / "exp2").exists()
     with pytest.raises(ValueError, match="already finished"):
+        run(parse_options(["--resume", str(last)]))
+
+
+def test_a_stripped_checkpoint_is_not_resumed(tmp_path):
+    """An early-stopped run ends before --epochs, but its stripped last.pt has no optimizer state to resume."""
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    opts = parse_options(["--epochs", "5", "--project", str(tmp_path)])
+    save_checkpoint({"model": {}, "model_yaml": {}, "epoch": 1, "opt": opts.to_dict()}, last)
+    with pytest.raises(ValueError, match="already finished \\(after epoch 2 of 5\\); nothing to resume"):
         run(parse_options(["--resume", str(last)]))
 
 

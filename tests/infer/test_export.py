@@ -75,6 +75,8 @@ def test_yolov5_format_names_and_options(tmp_path, tiny_checkpoint, monkeypatch)
     with pytest.raises(ValueError, match="unknown or empty"):
         ExportOptions(weights=str(weights), include=("tensorflow",))
     assert ExportOptions(weights=str(weights), include=("ONNX",)).include == ("onnx",)
+    with pytest.raises(ValueError, match="--weights: give the .pt checkpoint"):
+        ExportOptions()
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--half exports float16 and needs a CUDA --device"):
             export_run(weights, include=["onnx"], imgsz=64, half=True)

@@ -73,6 +73,8 @@ class ExportOptions:
             raise ValueError(f"--imgsz {list(self.imgsz)} must be one or two positive sizes and --batch-size >= 1")
         if self.half and self.dynamic:
             raise ValueError("--half and --dynamic do not go together (as in YOLOv5); drop one of them")
+        if not self.weights:
+            raise ValueError("--weights: give the .pt checkpoint to export, e.g. --weights best.pt")
         if not self.weights.endswith(".pt"):
             raise ValueError(f"--weights {self.weights!r}: export takes a .pt checkpoint of this project")
 

@@ -33,7 +33,8 @@ def _save(figure: Figure, path: Union[str, Path], dpi: int = 200) -> Path:
 
 def gaussian_smooth(values: np.ndarray, sigma: float = SMOOTH_SIGMA, truncate: float = 4.0) -> np.ndarray:
     """1-D Gaussian smoothing with mirrored ends: the dotted 'smooth' line YOLOv5 draws on results.png
-    (scipy's ``gaussian_filter1d`` with its defaults, without needing scipy). NaNs stay NaN."""
+    (scipy's ``gaussian_filter1d`` with its defaults, without needing scipy). A NaN (an epoch without
+    validation) makes its neighbours within the kernel NaN too, so those points are simply not drawn."""
     values = np.asarray(values, dtype=np.float64)
     radius = int(truncate * sigma + 0.5)
     offsets = np.arange(-radius, radius + 1)

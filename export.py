@@ -3,34 +3,24 @@
     python export.py --weights runs/train/exp/weights/best.pt --include onnx torchscript --imgsz 640 --dynamic
 
 The ONNX file is checked against PyTorch with ONNX Runtime; detect.py and val.py take either file as --weights.
+Thin CLI: flags -> ExportOptions (utils/infer/export.py, which this parser is generated from) -> ``export``.
 """
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from utils.infer.export import FORMATS, run
+from utils.infer.export import ExportOptions, export
 from utils.log import setup_logging
-from utils.options import cli_main
+from utils.options import cli_main, parse_into
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="a .pt checkpoint of this project")
-    parser.add_argument("--include", nargs="+", default=list(FORMATS), choices=FORMATS, help="formats to write")
-    parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="input h w")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the example input")
-    parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    parser.add_argument("--no-check", dest="check", action="store_false", help="skip the ONNX Runtime comparison")
-    return parser.parse_args(argv)
-
-
-def main(argv: Optional[list[str]] = None) -> list[Path]:
+def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
+    options = parse_into(ExportOptions, argv, __doc__)
     setup_logging()
-    return run(**vars(parse_args(argv)))
+    return export(options)
 
 
 if __name__ == "__main__":

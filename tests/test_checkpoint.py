@@ -1,11 +1,13 @@
 """Tests for utils/checkpoint.py: atomic writes, safe loading, clear errors."""
 
+import os
 import pickle
+import stat
 
 import pytest
 import torch
 
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import is_stripped, load_checkpoint, save_checkpoint, strip_checkpoint_file
 
 
 def _checkpoint():
@@ -67,3 +69,29 @@ def test_plain_state_dict_is_accepted_only_for_transfer(tmp_path):
     with pytest.raises(ValueError, match="model_yaml"):
         load_checkpoint(path)
     assert load_checkpoint(path, weights_only_transfer=True)["model"]["w"].sum() == 2
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_files_honour_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(_checkpoint(), tmp_path / "last.pt")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "last.pt").stat().st_mode) == mode
+
+
+def test_strip_keeps_ema_weights_in_half_precision(tmp_path):
+    checkpoint = {**_checkpoint(), "ema": {"w": torch.arange(4.0) + 0.5, "steps": torch.tensor(7)},
+                  "optimizer": {"state": {}}, "scaler": {}, "hooks": {"lr": {}}, "opt": {"epochs": 4}}
+    path = tmp_path / "best.pt"
+    save_checkpoint(checkpoint, path)
+    full_size = path.stat().st_size
+    assert not is_stripped(load_checkpoint(path))
+    strip_checkpoint_file(path)
+    stripped = load_checkpoint(path)
+    assert is_stripped(stripped) and "ema" not in stripped and "hooks" not in stripped
+    assert stripped["model"]["w"].dtype == torch.float16 and stripped["model"]["steps"].dtype == torch.int64
+    torch.testing.assert_close(stripped["model"]["w"].float(), torch.arange(4.0) + 0.5)
+    assert (stripped["epoch"], stripped["opt"], stripped["names"]) == (3, {"epochs": 4}, ["a", "b"])
+    assert path.stat().st_size < full_size

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from utils.distributed import DistContext, broadcast_object, wrap_ddp
+from utils.engine.writers import read_results
 
 
 def test_single_process_by_default():
@@ -79,8 +79,7 @@ def test_train_py_under_torchrun_two_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0/2 joined with backend gloo" in result.stdout
     assert "rank 1/2 joined" not in result.stdout  # other ranks log errors only
-    with open(tmp_path / "exp" / "results.csv", newline="") as f:
-        assert [row["epoch"] for row in csv.DictReader(f)] == ["0"]
+    assert [row[0] for row in read_results(tmp_path / "exp" / "results.csv")[1]] == ["0"]
     assert (tmp_path / "exp" / "weights" / "last.pt").is_file() and not (tmp_path / "exp2").exists()
 
 

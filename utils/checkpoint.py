@@ -8,12 +8,17 @@ A checkpoint is a dict of tensors and builtins (DESIGN.md section 6):
     hyp, opt     dicts of the run's hyperparameters and options
     epoch, best_fitness, optimizer, scaler, ema_updates, scheduler   (what --resume needs)
 Nothing here unpickles code, so a checkpoint from anywhere is safe to open.
+
+At the end of training both best.pt and last.pt are stripped like YOLOv5's ``strip_optimizer``: the
+EMA weights become ``model`` in float16 and the resume state is dropped (about a seventh of the size);
+loading casts back to float32 (models/yolo.model_from_checkpoint).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Union
@@ -21,6 +26,16 @@ from typing import Any, Union
 import torch
 
 logger = logging.getLogger(__name__)
+
+# What a stripped checkpoint keeps: enough to rebuild, run, fine-tune from and describe the model.
+STRIPPED_KEYS = ("model", "model_yaml", "names", "hyp", "opt", "epoch", "best_fitness")
+
+
+def _file_mode() -> int:
+    """rw for whom the umask allows (0644 under umask 022), as ``open()`` would create the file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH) & ~umask
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Union[str, Path]) -> None:
@@ -30,6 +45,7 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Union[str, Path]) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _file_mode())  # mkstemp creates 0600; others may read it as with any file
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
@@ -58,3 +74,25 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in required):
         raise ValueError(f"{path}: not a checkpoint of this project (expected a dict with {' and '.join(required)})")
     return checkpoint
+
+
+def is_stripped(checkpoint: dict[str, Any]) -> bool:
+    """True for a finished run's checkpoint (no optimizer state): nothing to resume from it."""
+    return checkpoint.get("optimizer") is None
+
+
+def strip_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint as training ships it: EMA (else model) weights in float16 as ``model``, no resume state."""
+    state = checkpoint.get("ema") if checkpoint.get("ema") is not None else checkpoint["model"]
+    stripped = {key: checkpoint[key] for key in STRIPPED_KEYS if key in checkpoint}
+    stripped["model"] = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
+    return stripped
+
+
+def strip_checkpoint_file(path: Union[str, Path]) -> float:
+    """Strip a checkpoint in place (atomically); returns its new size in MB."""
+    path = Path(path)
+    save_checkpoint(strip_checkpoint(load_checkpoint(path)), path)
+    size_mb = path.stat().st_size / 1e6
+    logger.info("optimizer stripped from %s, %.1f MB", path, size_mb)
+    return size_mb

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 import math
+import sys
 from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+from models.yolo import Model, model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.engine.hooks import BestModelHook, CheckpointHook, LRScheduleHook, ValidationHook, metrics_row
 from utils.engine.optim import build_optimizer
-from utils.engine.writers import ResultsCsvHook, truncate_results
+from utils.engine.writers import YOLOV5_COLUMNS, ResultsCsvHook, TensorBoardHook, read_results, truncate_results
 from utils.torch_utils import ModelEMA
 
 
@@ -66,7 +69,7 @@ def test_lr_after_warmup_follows_the_schedule():
     hook.before_epoch(trainer)
     hook.before_step(trainer)
     hook.after_epoch(trainer)
-    assert math.isclose(trainer.metrics["lr/pg1"], 0.01 * ((1 - 5 / 10) * 0.9 + 0.1))
+    assert math.isclose(trainer.metrics["x/lr1"], 0.01 * ((1 - 5 / 10) * 0.9 + 0.1))
 
 
 def test_validation_skipped_with_noval_until_last_epoch():
@@ -110,6 +113,60 @@ def test_checkpoint_hook_writes_safe_loadable_files(tmp_path):
     assert not list((tmp_path / "weights").glob(".*.tmp"))
 
 
+def test_checkpoints_are_stripped_when_training_ends(tmp_path):
+    trainer = fake_trainer(epoch=2, epochs=3, is_best=True)
+    trainer.hooks = [BestModelHook(patience=0)]
+    hook = CheckpointHook(tmp_path, {"model_yaml": {"nc": 2}, "names": ["a", "b"]})
+    hook.after_epoch(trainer)
+    hook.after_train(trainer)  # not completed (an exception ended the loop): --resume still needs everything
+    assert load_checkpoint(tmp_path / "last.pt")["optimizer"] is not None
+    trainer.completed = True
+    hook.after_train(trainer)
+    for name in ("last.pt", "best.pt"):
+        checkpoint = load_checkpoint(tmp_path / name)
+        assert set(checkpoint) == {"model", "model_yaml", "names", "epoch", "best_fitness"}
+        ema_weight = trainer.ema.ema.state_dict()["0.weight"]
+        assert torch.equal(checkpoint["model"]["0.weight"], ema_weight.half())
+
+
+def test_stripped_yolov5n_is_under_5_mb(tmp_path):
+    """YOLOv5's stripped yolov5n.pt is 3.9 MB; ours unstripped were 28.8 MB (weights, EMA, optimizer in fp32)."""
+    model = Model("models/yolov5n.yaml", nc=80)
+    trainer = fake_trainer(epoch=0, epochs=1, unwrapped_model=model, ema=ModelEMA(model), completed=True,
+                           optimizer=build_optimizer(model, "SGD", lr=0.01))
+    hook = CheckpointHook(tmp_path, {"model_yaml": model.yaml, "names": [str(i) for i in range(80)]})
+    hook.after_epoch(trainer)
+    full_size = (tmp_path / "last.pt").stat().st_size
+    hook.after_train(trainer)
+    assert (tmp_path / "last.pt").stat().st_size < 5e6 < full_size
+    reloaded = model_from_checkpoint(load_checkpoint(tmp_path / "last.pt"))
+    assert next(reloaded.parameters()).dtype == torch.float32
+
+
+def test_tensorboard_events_hold_the_csv_scalars_and_the_plots(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    cv2.imwrite(str(tmp_path / "results.png"), np.full((20, 30, 3), 255, np.uint8))
+    trainer = fake_trainer(completed=True)
+    trainer.metrics = {"x/lr0": 0.01, "diag/gt_total": 4.0}
+    hook = TensorBoardHook(tmp_path)
+    hook.before_train(trainer)
+    hook.after_epoch(trainer)
+    hook.after_train(trainer)
+    events = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert {"train/box_loss", "metrics/mAP_0.5", "x/lr0", "diag/gt_total"} <= set(events.Tags()["scalars"])
+    assert events.Tags()["images"] == ["results"]
+
+
+def test_tensorboard_missing_is_not_fatal(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    hook = TensorBoardHook(tmp_path)
+    trainer = fake_trainer()
+    for event in ("before_train", "after_epoch", "after_train"):
+        getattr(hook, event)(trainer)
+    assert not list(tmp_path.iterdir())
+
+
 def test_nosave_keeps_only_the_final_epoch(tmp_path):
     hook = CheckpointHook(tmp_path, {"model_yaml": {}}, nosave=True)
     hook.after_epoch(fake_trainer(epoch=0, epochs=2))
@@ -119,8 +176,8 @@ def test_nosave_keeps_only_the_final_epoch(tmp_path):
 
 
 def read_rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    header, rows = read_results(path)
+    return [dict(zip(header, row)) for row in rows]
 
 
 def test_results_csv_rows_and_resume_truncation(tmp_path):
@@ -142,6 +199,24 @@ def test_results_csv_rows_and_resume_truncation(tmp_path):
     trainer.epoch = 2
     hook.after_epoch(trainer)
     assert [r["epoch"] for r in read_rows(path)] == ["0", "1", "2"]
+
+
+def test_results_csv_has_yolov5_columns_first_as_yolov5_writes_them(tmp_path):
+    path = tmp_path / "results.csv"
+    hook = ResultsCsvHook(path)
+    trainer = fake_trainer()
+    trainer.metrics = {"diag/gt_total": 7.0, "x/lr2": 0.1, "metrics/AP_small": 0.05, "x/lr0": 0.01, "x/lr1": 0.02,
+                       **metrics_row(SimpleNamespace(precision=0.5, recall=0.25, map50=0.3, map50_95=0.125,
+                                                     ap_small=0.05, loss={"box": 1.0, "obj": 2.0, "cls": 3.0},
+                                                     fitness=lambda: 0.2))}
+    hook.before_train(trainer)
+    hook.after_epoch(trainer)
+    header, rows = read_results(path)
+    assert header == [*YOLOV5_COLUMNS, "metrics/AP_small", "diag/gt_total"]
+    lines = path.read_text().splitlines()
+    assert lines[0] == ("%20s," * len(header) % tuple(header)).rstrip(",")  # YOLOv5's own header expression
+    assert lines[1] == ("%20.5g," * len(header) % tuple(float(v) for v in rows[0])).rstrip(",")  # and values
+    assert dict(zip(header, rows[0]))["x/lr1"] == "0.02" and dict(zip(header, rows[0]))["val/cls_loss"] == "3"
 
 
 @pytest.mark.parametrize("content", ["", "epoch,x\n"])

@@ -6,12 +6,12 @@ One subprocess smoke of the CLI; the others call run() directly. A SIGKILL mid-r
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -26,9 +26,11 @@ import yaml
 import train
 from models.yolo import model_from_checkpoint
 from tests.conftest import REPO_ROOT
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.engine.options import parse_options
 from utils.engine.run import run
+from utils.engine.writers import read_results
+from utils.infer.backend import DetectBackend
 
 FAST = ["--img", "64", "--batch", "8", "--nbs", "8", "--workers", "0", "--cfg", "models/yolov5n.yaml", "--seed", "0"]
 
@@ -49,28 +51,48 @@ def tiny_data(tmp_path_factory) -> Path:
 def one_epoch_run(tiny_data, tmp_path_factory):
     """One default-style epoch (autoanchor and plots on): shared by the output checks and the transfer test."""
     project = tmp_path_factory.mktemp("runs")
-    return run(parse_options([*FAST, "--data", str(tiny_data), "--epochs", "1", "--project", str(project)]))
+    previous = os.umask(0o022)
+    try:
+        return run(parse_options([*FAST, "--data", str(tiny_data), "--epochs", "1", "--project", str(project)]))
+    finally:
+        os.umask(previous)
+
+
+# YOLOv5 v7.0's results.csv columns, in order ('epoch' + Loggers.keys in
+# https://github.com/ultralytics/yolov5/blob/v7.0/utils/loggers/__init__.py), written as '%20s,' fields.
+YOLOV5_V7_COLUMNS = ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
+                     "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
+                     "val/cls_loss", "x/lr0", "x/lr1", "x/lr2"]
 
 
 def results_epochs(save_dir: Path) -> list[int]:
-    with open(save_dir / "results.csv", newline="") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
+    return [int(row[0]) for row in read_results(save_dir / "results.csv")[1]]
 
 
 def test_one_epoch_writes_every_output(one_epoch_run):
     save_dir = one_epoch_run.save_dir
     assert save_dir.name == "exp" and one_epoch_run.epochs_done == 1
     for name in ("weights/last.pt", "weights/best.pt", "opt.yaml", "hyp.yaml", "results.csv", "results.png",
-                 "labels.jpg", "train_batch0.jpg"):
+                 "results_diagnostics.png", "labels.jpg", "labels_correlogram.jpg", "train_batch0.jpg",
+                 "val_batch0_labels.jpg", "val_batch0_pred.jpg", "confusion_matrix.png"):
         assert (save_dir / name).is_file(), name
     assert results_epochs(save_dir) == [0]
-    header = (save_dir / "results.csv").read_text().splitlines()[0].split(",")
-    for column in ("train/box_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "metrics/AP_small", "lr/pg2",
-                   "val/obj_loss", "diag/gt_total"):
-        assert column in header
+    header_line = (save_dir / "results.csv").read_text().splitlines()[0]
+    assert header_line.split(",")[:14] == [f"{name:>20}" for name in YOLOV5_V7_COLUMNS]
+    header = read_results(save_dir / "results.csv")[0]
+    assert header[:14] == YOLOV5_V7_COLUMNS
+    assert header[14] == "metrics/AP_small" and "diag/gt_total" in header[15:]
+    assert list(save_dir.glob("events.out.tfevents.*")), "TensorBoard events in the run folder"
     checkpoint = torch.load(save_dir / "weights/last.pt", weights_only=True)
     assert checkpoint["epoch"] == 0 and checkpoint["opt"]["imgsz"] == 64 and checkpoint["names"][0] == "car"
-    assert checkpoint["ema_updates"] == 2 and checkpoint["optimizer"]["param_groups"][1]["weight_decay"] > 0
+    assert "optimizer" not in checkpoint and "ema" not in checkpoint, "a finished run's last.pt is stripped"
+    assert checkpoint["model"]["model.0.conv.weight"].dtype == torch.float16
+    for name in ("best.pt", "last.pt"):  # YOLOv5's stripped yolov5n is 3.9 MB; unstripped ours were 28.8 MB
+        assert (save_dir / "weights" / name).stat().st_size < 5e6, name
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in save_dir.rglob("*") if path.is_file()}
+    assert set(modes.values()) == {0o644}, modes
+    backend = DetectBackend(save_dir / "weights/best.pt")  # val/detect read the stripped fp16 file as fp32
+    assert backend(torch.zeros(1, 3, 64, 64)).dtype == torch.float32 and backend.nc == 5
     model = model_from_checkpoint(checkpoint)
     assert model.nc == 5 and model.yaml["anchors"] == checkpoint["model_yaml"]["anchors"]
     assert one_epoch_run.final is not None and 0 <= one_epoch_run.final.map50 <= 1
@@ -89,10 +111,10 @@ def test_cbbl_on_a_tph_config_with_transfer(one_epoch_run, tiny_data, tmp_path, 
     assert checkpoint["hyp"]["box_loss"] == "cbbl" and checkpoint["names"] == ["item"]
     assert any(message.startswith("transferred ") for message in caplog.messages)
     assert any("head differs from the requested one (box regress -> cbbl)" in message for message in caplog.messages)
-    source = load_checkpoint(one_epoch_run.save_dir / "weights/last.pt")
+    source = load_checkpoint(one_epoch_run.save_dir / "weights/last.pt")  # stripped: EMA weights in fp16
     for name in ("model.0.conv.weight", "model.1.conv.weight"):  # transferred, then frozen by --freeze 2
-        assert torch.equal(checkpoint["model"][name], source["ema"][name])
-    assert not torch.equal(checkpoint["model"]["model.2.cv1.conv.weight"], source["ema"]["model.2.cv1.conv.weight"])
+        assert torch.equal(checkpoint["model"][name], source["model"][name])
+    assert not torch.equal(checkpoint["model"]["model.2.cv1.conv.weight"], source["model"]["model.2.cv1.conv.weight"])
     assert outcome.final is not None and outcome.final.map50 >= 0
 
 
@@ -116,9 +138,18 @@ def test_resume_after_sigkill_mid_run(tiny_data, tmp_path):
     assert "resuming" in result.stdout
     assert results_epochs(tmp_path / "exp") == [0, 1]
     resumed = load_checkpoint(last)
-    assert resumed["epoch"] == 1 and resumed["ema_updates"] == 4 and resumed["opt"]["epochs"] == 2
+    assert resumed["epoch"] == 1 and resumed["opt"]["epochs"] == 2 and "optimizer" not in resumed
     assert not (tmp_path / "exp2").exists()
     with pytest.raises(ValueError, match="already finished"):
+        run(parse_options(["--resume", str(last)]))
+
+
+def test_a_stripped_checkpoint_is_not_resumed(tmp_path):
+    """An early-stopped run ends before --epochs, but its stripped last.pt has no optimizer state to resume."""
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    opts = parse_options(["--epochs", "5", "--project", str(tmp_path)])
+    save_checkpoint({"model": {}, "model_yaml": {}, "epoch": 1, "opt": opts.to_dict()}, last)
+    with pytest.raises(ValueError, match="already finished \\(after epoch 2 of 5\\); nothing to resume"):
         run(parse_options(["--resume", str(last)]))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 import val
 from utils.checkpoint import save_checkpoint
+from utils.eval.run import run_study
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +32,21 @@ def test_weights_on_synthetic_data_writes_table_plots_and_files(tiny_checkpoint:
     results = json.loads((run_dir / "results.json").read_text())
     assert -1.0 <= results["map50"] <= 1.0 and len(results["per_class"]) == 5
     assert results["speed_ms"]["inference"] > 0
-    for name in ("PR_curve.png", "confusion_matrix.png", "predictions.json", "ground_truth.json", "options.json"):
+    for name in ("PR_curve.png", "confusion_matrix.png", "tiny_predictions.json", "ground_truth.json",
+                 "options.json", "val_batch0_labels.jpg", "val_batch0_pred.jpg"):
         assert (run_dir / name).is_file(), name
     assert len(list((run_dir / "labels").glob("*.txt"))) > 0
+
+
+def test_study_writes_its_table_and_plot_after_every_size(tiny_checkpoint: Path, tmp_path: Path):
+    opts = val.ValOptions(weights=(str(tiny_checkpoint),), data="data/synthetic.yaml", batch_size=16, workers=0,
+                          task="study")
+    results = run_study(opts, tmp_path, sizes=(32, 64))
+    with open(tmp_path / "study_synthetic_tiny.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["imgsz"]) for row in rows] == [32, 64] and len(results) == 2
+    assert float(rows[1]["mAP50-95"]) == pytest.approx(results[1].map50_95, abs=1e-5)
+    assert (tmp_path / "study.png").is_file() and (tmp_path / "imgsz32" / "results.json").is_file()
 
 
 def test_visdrone_protocol_exports_toolkit_txt(tiny_checkpoint: Path, tmp_path: Path):

@@ -59,11 +59,26 @@ def test_perfect_detections_score_one_and_boxes_go_back_to_original_pixels(tmp_p
     assert results.fitness() == pytest.approx(1.0)
     assert results.uncertainty == {"tp": pytest.approx(0.3), "fp": pytest.approx(float("nan"), nan_ok=True)}
     assert [row["instances"] for row in results.per_class] == [1, 1]
-    for name in ("PR_curve.png", "F1_curve.png", "confusion_matrix.png", "results.json", "predictions.json"):
+    for name in ("PR_curve.png", "F1_curve.png", "confusion_matrix.png", "results.json", "_predictions.json",
+                 "val_batch0_labels.jpg", "val_batch0_pred.jpg"):
         assert (tmp_path / name).is_file(), name
-    saved = json.loads((tmp_path / "predictions.json").read_text())
+    saved = json.loads((tmp_path / "_predictions.json").read_text())  # YOLOv5's name when no weights are named
     assert saved[0]["bbox"] == pytest.approx([19.2, 19.2, 25.6, 25.6], abs=1e-3)  # original pixels
+    assert saved[0]["image_id"] == 0  # 'img0' is not a number: the loader order
     assert (tmp_path / "labels" / "img0.txt").read_text().count("\n") == 2
+
+
+def test_json_image_ids_are_numeric_stems_as_in_yolov5(tmp_path: Path):
+    targets = [[0, 0, 0.25, 0.25, 0.2, 0.2]]
+    pred = _prediction([[16, 16, 12.8, 12.8]], [0], [0.9])
+    batches = [(*_batch(targets)[:2], [f"images/{stem}.jpg"], _batch(targets)[3]) for stem in ("000000139", "42")]
+    validate(ScriptedDetector([pred]), batches, NAMES, save_dir=tmp_path, save_json=True, weights_stem="best")
+    saved = json.loads((tmp_path / "best_predictions.json").read_text())
+    assert [entry["image_id"] for entry in saved] == [139, 42]
+    ground_truth = json.loads((tmp_path / "ground_truth.json").read_text())
+    assert [image["id"] for image in ground_truth["images"]] == [139, 42]
+    assert {a["image_id"] for a in ground_truth["annotations"]} == {139, 42}
+    assert not list(tmp_path.glob("val_batch*")), "no plots unless asked"
 
 
 def test_false_positive_lowers_precision_and_losses_are_averaged():

@@ -45,6 +45,7 @@ def test_cli_on_a_generated_video(tmp_path, tiny_checkpoint):
                            "--conf-thres", "0.1", "--vid-stride", "2", "--save-txt", "--save-conf",
                            "--project", str(tmp_path), "--name", "vid"])
     assert [r.frame for r in results] == [0, 2, 4]
+    assert sorted(p.name for p in (tmp_path / "vid" / "labels").iterdir()) == ["clip_1.txt", "clip_3.txt", "clip_5.txt"]
     saved = cv2.VideoCapture(str(tmp_path / "vid" / "clip.mp4"))
     frames = 0
     while saved.read()[0]:
@@ -52,7 +53,7 @@ def test_cli_on_a_generated_video(tmp_path, tiny_checkpoint):
     saved.release()
     assert frames == 3
     for result in results:
-        rows = np.loadtxt(tmp_path / "vid" / "labels" / f"clip_{result.frame}.txt", ndmin=2)
+        rows = np.loadtxt(tmp_path / "vid" / "labels" / f"clip_{result.frame + 1}.txt", ndmin=2)  # YOLOv5: from 1
         np.testing.assert_allclose(rows[:, 5], result.conf, rtol=1e-5)
 
 

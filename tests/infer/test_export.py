@@ -3,15 +3,18 @@ PyTorch's, the C-BBL decode inside the graph, dynamic and fixed shapes, and dete
 
 from __future__ import annotations
 
+import sys
+
 import cv2
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 
 import export
 from utils.infer.backend import METADATA_KEY, DetectBackend
-from utils.infer.export import onnx_max_error
+from utils.infer.export import ExportOptions, onnx_max_error
 from utils.infer.export import run as export_run
 from utils.infer.predictor import run as detect_run
 
@@ -39,6 +42,60 @@ def test_export_matches_pytorch(tiny_checkpoint, box):
     ops = {node.op_type for node in graph.graph.node}
     if box == "cbbl":
         assert "MatMul" in ops and ops & {"Softmax", "LogSoftmax", "Exp"}, "C-BBL softmax + grid projection in graph"
+    outputs = [output.name for output in graph.graph.output]
+    assert outputs == (["output0", "uncertainty"] if box == "cbbl" else ["output0"])
+
+
+def test_cbbl_export_keeps_yolov5_layout_first(tmp_path, tiny_checkpoint):
+    """YOLOv5-style post-processors read output0 as (1, N, 5 + nc); the uncertainty is a second output."""
+    weights = tiny_checkpoint("cbbl", name="best.pt")
+    onnx_path, script_path = export_run(weights, include=["onnx", "torchscript"], imgsz=64)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    predictions, uncertainty = session.run(None, {"images": np.zeros((1, 3, 64, 64), np.float32)})
+    num_boxes = predictions.shape[1]
+    assert predictions.shape == (1, num_boxes, 5 + 3) and uncertainty.shape == (1, num_boxes, 1)
+    traced = torch.jit.load(str(script_path))(torch.zeros(1, 3, 64, 64))
+    assert [tuple(t.shape) for t in traced] == [(1, num_boxes, 8), (1, num_boxes, 1)]
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    cv2.imwrite(str(image_dir / "x.png"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    detect_run(weights=str(onnx_path), source=str(image_dir), imgsz=64, conf_thres=0.1, save_txt=True,
+               save_conf=True, nosave=True, project=str(tmp_path), name="onnx")
+    from_pt = detect_run(weights=str(weights), source=str(image_dir), imgsz=64, conf_thres=0.1, nosave=True,
+                         project=str(tmp_path))[0]
+    rows = np.loadtxt(tmp_path / "onnx" / "labels" / "x.txt", ndmin=2)
+    assert rows.shape == (len(from_pt.conf), 7), "class, box, conf and the uncertainty column"
+    np.testing.assert_allclose(np.sort(rows[:, 6]), np.sort(from_pt.uncertainty), atol=1e-3)
+
+
+def test_yolov5_format_names_and_options(tmp_path, tiny_checkpoint, monkeypatch):
+    weights = tiny_checkpoint("regress", name="best.pt")
+    with pytest.raises(ValueError, match="tflite: YOLOv5 exports this but this project does not"):
+        ExportOptions(weights=str(weights), include=("onnx", "tflite"))
+    with pytest.raises(ValueError, match="unknown or empty"):
+        ExportOptions(weights=str(weights), include=("tensorflow",))
+    assert ExportOptions(weights=str(weights), include=("ONNX",)).include == ("onnx",)
+    with pytest.raises(ValueError, match="--weights: give the .pt checkpoint"):
+        ExportOptions()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--half exports float16 and needs a CUDA --device"):
+            export_run(weights, include=["onnx"], imgsz=64, half=True)
+    with pytest.raises(ValueError, match="--half and --dynamic"):
+        ExportOptions(weights=str(weights), half=True, dynamic=True)
+    monkeypatch.setitem(sys.modules, "onnxsim", None)  # as if not installed
+    with pytest.raises(ValueError, match="pip install onnxsim"):
+        export_run(weights, include=["onnx"], imgsz=64, simplify=True)
+    assert not weights.with_suffix(".onnx").exists(), "nothing written before the missing dependency is named"
+
+
+def test_simplify_with_onnxsim(tiny_checkpoint):
+    pytest.importorskip("onnxsim")
+    weights = tiny_checkpoint("cbbl", name="best.pt")
+    plain = export_run(weights, include=["onnx"], imgsz=64)[0]
+    plain_nodes = len(onnx.load(str(plain)).graph.node)
+    simplified = export_run(weights, include=["onnx"], imgsz=64, simplify=True)[0]  # checked against PyTorch
+    graph = onnx.load(str(simplified))
+    assert len(graph.graph.node) <= plain_nodes and any(p.key == METADATA_KEY for p in graph.metadata_props)
 
 
 def test_fixed_shape_onnx_and_detect_on_it(tmp_path, tiny_checkpoint):
@@ -66,7 +123,7 @@ def test_fixed_shape_onnx_and_detect_on_it(tmp_path, tiny_checkpoint):
 def test_export_bad_inputs(tmp_path, tiny_checkpoint):
     weights = tiny_checkpoint("regress")
     with pytest.raises(ValueError, match="unknown or empty"):
-        export_run(weights, include=["tflite"])
+        export_run(weights, include=[])
     with pytest.raises(ValueError, match="multiples of the model stride 16"):
         export_run(weights, include=["onnx"], imgsz=60)
     with pytest.raises(ValueError, match="takes a .pt"):

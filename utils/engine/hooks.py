@@ -1,8 +1,9 @@
 """Training hooks: small classes with named events, called by utils/trainer.Trainer in list order.
 
 Order used by training (utils/engine/run.py): LR schedule, mosaic closing, validation, best model +
-early stopping, results.csv, checkpoint, TensorBoard, plots. results.csv is written before the
-checkpoint, so a kill between the two leaves at most an extra row, which the resume truncates.
+early stopping, results.csv, checkpoint, plots, TensorBoard (after the plots, whose images it logs).
+results.csv is written before the checkpoint, so a kill between the two leaves at most an extra row,
+which the resume truncates.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import save_checkpoint, strip_checkpoint_file
 from utils.distributed import DistContext, broadcast_object
 from utils.engine.optim import BIAS_GROUP, lr_lambda, warmup_accumulate, warmup_iterations
 
@@ -78,7 +79,7 @@ class LRScheduleHook(Hook):
 
     def after_epoch(self, trainer: Any) -> None:
         for index, group in enumerate(trainer.optimizer.param_groups):
-            trainer.metrics[f"lr/pg{index}"] = group["lr"]
+            trainer.metrics[f"x/lr{index}"] = group["lr"]  # YOLOv5's results.csv names
 
     def state_dict(self) -> dict[str, Any]:
         return {"warmup_iterations": self.warmup_iterations}
@@ -183,7 +184,8 @@ class BestModelHook(Hook):
 
 
 class CheckpointHook(Hook):
-    """Write weights/last.pt every epoch (best.pt when best, epoch{N}.pt every ``save_period``), atomically.
+    """Write weights/last.pt every epoch (best.pt when best, epoch{N}.pt every ``save_period``), atomically;
+    strip last.pt and best.pt once training ends normally (fp16 EMA weights, no resume state), as YOLOv5 does.
 
     ``static`` holds what does not change during training (model_yaml, names, hyp, opt).
     """
@@ -216,3 +218,11 @@ class CheckpointHook(Hook):
         save_checkpoint(checkpoint, self.weights_dir / "last.pt")
         if self.save_period > 0 and (trainer.epoch + 1) % self.save_period == 0:
             save_checkpoint(checkpoint, self.weights_dir / f"epoch{trainer.epoch}.pt")
+
+    def after_train(self, trainer: Any) -> None:
+        """A killed or failed run keeps its full last.pt for --resume; a finished one ships small files."""
+        if not trainer.completed:
+            return
+        for name in ("last.pt", "best.pt"):
+            if (self.weights_dir / name).is_file():
+                strip_checkpoint_file(self.weights_dir / name)

@@ -1,6 +1,6 @@
 """Optimizer construction, learning-rate curves and warmup arithmetic for training.
 
-Three parameter groups, in YOLOv5's order so logs read the same (lr/pg0..pg2):
+Three parameter groups, in YOLOv5's order so logs read the same (results.csv x/lr0..x/lr2):
 pg0 normalisation weights (no decay), pg1 other weights (decay), pg2 biases (no decay).
 Decay on BN scales or biases only shrinks them towards zero without regularising anything useful.
 

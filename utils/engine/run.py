@@ -15,7 +15,7 @@ import torch
 
 from models.yolo import model_from_checkpoint
 from utils.anchors import check_anchors
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import is_stripped, load_checkpoint
 from utils.data.config import load_data_config
 from utils.distributed import DistContext, cleanup, init_distributed, wrap_ddp
 from utils.engine import setup as train_setup
@@ -74,9 +74,9 @@ def resume_options(opts: TrainOptions) -> tuple[TrainOptions, dict[str, Any], Pa
     path = find_resume_checkpoint(opts)
     checkpoint = load_checkpoint(path)
     stored = TrainOptions.from_dict(checkpoint["opt"], resume=str(path), local_rank=opts.local_rank)
-    if int(checkpoint["epoch"]) + 1 >= stored.epochs:
-        raise ValueError(f"--resume {path}: training already finished all {stored.epochs} epochs; nothing to resume "
-                         "(start a new run with --weights to train further)")
+    if int(checkpoint["epoch"]) + 1 >= stored.epochs or is_stripped(checkpoint):
+        raise ValueError(f"--resume {path}: training already finished (after epoch {int(checkpoint['epoch']) + 1} of "
+                         f"{stored.epochs}); nothing to resume (start a new run with --weights to train further)")
     logger.info("resuming %s from epoch %d of %d", path, int(checkpoint["epoch"]) + 1, stored.epochs)
     return stored, checkpoint, path
 
@@ -212,7 +212,7 @@ def build_hooks(opts: TrainOptions, context: DistContext, save_dir: Optional[Pat
     hooks.append(ResultsCsvHook(save_dir / "results.csv"))
     static = {"model_yaml": model.yaml, "names": names, "hyp": opts.hyp.to_dict(), "opt": opts.to_dict()}
     hooks.append(CheckpointHook(save_dir / "weights", static, opts.save_period, opts.nosave))
-    hooks.append(TensorBoardHook(save_dir / "tensorboard"))
     if not opts.noplots:
         hooks.append(PlotsHook(save_dir, names, dataset.labels))
+    hooks.append(TensorBoardHook(save_dir))
     return hooks

@@ -1,38 +1,66 @@
-"""Training hooks that record the run: results.csv, TensorBoard (when installed) and plots.
+"""Training hooks that record the run: results.csv, TensorBoard events and plots, in the run folder.
 
-results.csv has one row per completed epoch (0-based ``epoch`` column). Rows are appended and
-fsynced; on resume, rows from the resumed epoch on (and any half-written line) are dropped first,
-so a killed and resumed run has no gaps and no duplicates.
+results.csv has one row per completed epoch (0-based ``epoch`` column) in YOLOv5 v7.0's layout: its
+14 columns first, in its order and names, each field right-aligned in 20 characters (``%20s`` names,
+``%20.5g`` values), so YOLOv5's positional ``plot_results`` and scripts reading ``x/lr0`` work; our
+extras (``metrics/AP_small``, ``diag/*``) follow. Rows are appended and fsynced; on resume, rows from
+the resumed epoch on (and any half-written line) are dropped first, so a killed and resumed run has
+no gaps and no duplicates.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import cv2
+
 from utils.engine.hooks import Hook
-from utils.engine.plots import plot_batch, plot_labels, plot_results
+from utils.engine.plots import plot_label_correlogram, plot_labels, plot_results
+from utils.eval.plots import plot_batch
 
 logger = logging.getLogger(__name__)
 
+# Plots logged to TensorBoard as images at the end of training (YOLOv5's list, plus our diagnostics figure).
+TENSORBOARD_IMAGES = ("results.png", "results_diagnostics.png", "confusion_matrix.png", "F1_curve.png",
+                      "PR_curve.png", "P_curve.png", "R_curve.png")
 NUM_BATCH_PLOTS = 3  # train_batch0..2.jpg: the first batches show what augmentation produced
 EXCLUDED_COLUMNS = ("fitness",)  # kept in the metrics dict for hooks, not a YOLOv5 results.csv column
-COLUMN_GROUPS = ("metrics/", "val/", "lr/", "diag/")  # YOLOv5's column order, then our diagnostics
+# YOLOv5 v7.0's results.csv columns, in order: 'epoch' + Loggers.keys in utils/loggers/__init__.py
+# (https://github.com/ultralytics/yolov5/blob/v7.0/utils/loggers/__init__.py).
+YOLOV5_COLUMNS = ("epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
+                  "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
+                  "val/cls_loss", "x/lr0", "x/lr1", "x/lr2")
+YOLOV5_GROUPS = ("train/", "metrics/", "val/", "x/")  # extras in these groups come before ours (diag/*)
+FIELD_WIDTH = 20  # YOLOv5 writes '%20s,' names and '%20.5g,' values
 
 
 def epoch_row(trainer: Any) -> dict[str, float]:
-    """The results.csv row of the epoch just finished: epoch, train losses, then the hooks' metrics."""
-    row: dict[str, float] = {"epoch": trainer.epoch}
-    row.update({f"train/{term}_loss": value for term, value in trainer.mean_losses.items()})
-    for prefix in COLUMN_GROUPS:
-        row.update({key: value for key, value in trainer.metrics.items() if key.startswith(prefix)})
-    row.update({key: value for key, value in trainer.metrics.items() if key not in row and key not in EXCLUDED_COLUMNS})
-    return row
+    """The results.csv row of the epoch just finished: YOLOv5's columns (NaN when absent), then our extras."""
+    values: dict[str, float] = {"epoch": trainer.epoch}
+    values.update({f"train/{term}_loss": value for term, value in trainer.mean_losses.items()})
+    values.update({key: value for key, value in trainer.metrics.items() if key not in EXCLUDED_COLUMNS})
+    row = {column: values.pop(column, math.nan) for column in YOLOV5_COLUMNS}
+    extras = sorted(values, key=lambda key: not key.startswith(YOLOV5_GROUPS))  # e.g. metrics/AP_small before diag/*
+    return {**row, **{key: values[key] for key in extras}}
+
+
+def read_results(path: Path) -> tuple[list[str], list[list[str]]]:
+    """results.csv -> (column names, rows of fields), both with YOLOv5's padding stripped."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [[field.strip() for field in row] for row in csv.reader(f)]
+    return (rows[0], rows[1:]) if rows else ([], [])
+
+
+def format_line(fields: Sequence[Any]) -> str:
+    """One results.csv line as YOLOv5 writes it: each field right-aligned in FIELD_WIDTH characters."""
+    return ",".join(f"{field:>{FIELD_WIDTH}.5g}" if isinstance(field, (int, float)) else f"{field:>{FIELD_WIDTH}}"
+                    for field in fields) + "\n"
 
 
 def truncate_results(path: Path, first_dropped_epoch: int) -> int:
@@ -42,18 +70,13 @@ def truncate_results(path: Path, first_dropped_epoch: int) -> int:
     """
     if not path.is_file():
         return 0
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if not rows:
+    header, rows = read_results(path)
+    if not header:
         return 0
-    header, kept = rows[0], []
-    for row in rows[1:]:
-        if len(row) == len(header) and row[0].strip().isdigit() and int(row[0]) < first_dropped_epoch:
-            kept.append(row)
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows([header, *kept])
+    kept = [row for row in rows
+            if len(row) == len(header) and row[0].isdigit() and int(row[0]) < first_dropped_epoch]
     tmp_path = path.with_name(f".{path.name}.tmp")
-    tmp_path.write_text(buffer.getvalue(), encoding="utf-8")
+    tmp_path.write_text("".join(format_line(row) for row in [header, *kept]), encoding="utf-8")
     os.replace(tmp_path, path)
     return len(kept)
 
@@ -77,26 +100,21 @@ class ResultsCsvHook(Hook):
         row = epoch_row(trainer)
         header = self._header() or list(row)
         with open(self.path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
             if f.tell() == 0:
-                writer.writerow(header)
-            writer.writerow([_format(row.get(column, "")) for column in header])
+                f.write(format_line(header))
+            f.write(format_line([row.get(column, math.nan) for column in header]))
             f.flush()
             os.fsync(f.fileno())
 
     def _header(self) -> Optional[list[str]]:
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return None
-        with open(self.path, newline="", encoding="utf-8") as f:
-            return next(csv.reader(f), None)
-
-
-def _format(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+        return read_results(self.path)[0] or None
 
 
 class TensorBoardHook(Hook):
-    """Scalars of each epoch row to TensorBoard, when ``torch.utils.tensorboard`` can be imported."""
+    """TensorBoard events in the run folder, as YOLOv5 writes them: each epoch's results.csv values as
+    scalars, and at the end the result plots as images (``tensorboard --logdir runs/train``)."""
 
     name = "tensorboard"
 
@@ -104,13 +122,13 @@ class TensorBoardHook(Hook):
         self.log_dir, self.writer = Path(log_dir), None
 
     def before_train(self, trainer: Any) -> None:
-        try:
+        try:  # a dependency (requirements.txt), but a missing one must not stop training
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed: the CSV still has everything
-            logger.info("TensorBoard not installed; skipping its logs (pip install tensorboard)")
+        except ImportError:
+            logger.warning("TensorBoard not installed; no events written (pip install tensorboard)")
             return
         self.writer = SummaryWriter(str(self.log_dir))
-        logger.info("TensorBoard: tensorboard --logdir %s", self.log_dir.parent)
+        logger.info("TensorBoard: tensorboard --logdir %s, view at http://localhost:6006/", self.log_dir.parent)
 
     def after_epoch(self, trainer: Any) -> None:
         if self.writer is not None:
@@ -119,12 +137,18 @@ class TensorBoardHook(Hook):
                     self.writer.add_scalar(key, value, trainer.epoch)
 
     def after_train(self, trainer: Any) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.writer is None:
+            return
+        for name in TENSORBOARD_IMAGES:
+            image = cv2.imread(str(self.log_dir / name))
+            if image is not None:
+                self.writer.add_image(Path(name).stem, image[..., ::-1], trainer.epoch, dataformats="HWC")
+        self.writer.close()
 
 
 class PlotsHook(Hook):
-    """labels.jpg before training, train_batch{0,1,2}.jpg from the first batches, results.png at the end."""
+    """labels.jpg and labels_correlogram.jpg before training, train_batch{0,1,2}.jpg from the first batches,
+    results.png (and results_diagnostics.png) at the end."""
 
     name = "plots"
 
@@ -134,6 +158,7 @@ class PlotsHook(Hook):
     def before_train(self, trainer: Any) -> None:
         if trainer.start_epoch == 0:
             plot_labels(self.labels, self.names, self.save_dir / "labels.jpg")
+            plot_label_correlogram(self.labels, self.save_dir / "labels_correlogram.jpg")
 
     def after_step(self, trainer: Any) -> None:
         batch_index = trainer.iteration - trainer.start_epoch * trainer.num_batches

@@ -3,8 +3,10 @@
 ``--save-txt`` writes one file per image in ``labels/``: YOLO txt (``class cx cy w h [conf]``
 normalised to the original image) under the COCO protocol, the VisDrone toolkit's result format
 (``x,y,w,h,score,category,-1,-1``) under the VisDrone protocol. ``--save-json`` writes
-``predictions.json`` (COCO results) with the matching ``ground_truth.json`` and, when a reference
-evaluator imports, logs its figures beside ours.
+``<weights stem>_predictions.json`` (COCO results, named as YOLOv5 names it) with the matching
+``ground_truth.json`` and, when a reference evaluator imports, logs its figures beside ours. Image
+ids are YOLOv5's ``int(stem)`` when every image stem is a distinct number (COCO's files, so the
+predictions score against the official annotations), else the loader order.
 """
 
 from __future__ import annotations
@@ -52,13 +54,27 @@ def write_txt(collected: Any, save_dir: Path, protocol: str, save_conf: bool, sa
     return labels_dir
 
 
-def write_json(collected: Any, names: list[str], save_dir: Path) -> tuple[Path, Path]:
-    """predictions.json + ground_truth.json (COCO, original pixels; image ids = loader order)."""
-    images = [{"id": i, "file_name": Path(p).name, "height": int(hw[0]), "width": int(hw[1])}
-              for i, (p, hw) in enumerate(zip(collected.image_paths, collected.image_shapes))]
-    gt_path, pred_path = save_dir / "ground_truth.json", save_dir / "predictions.json"
-    gt_path.write_text(json.dumps(coco_eval.coco_gt_json(collected.gts, images, dict(enumerate(names)))))
-    pred_path.write_text(json.dumps(coco_eval.coco_detections_json(collected.dets)))
+def coco_image_ids(image_paths: list[str]) -> np.ndarray:
+    """(I,) COCO image ids: ``int(stem)`` as YOLOv5 writes them when all stems are distinct numbers, else 0..I-1."""
+    stems = [Path(path).stem for path in image_paths]
+    if stems and all(stem.isdigit() for stem in stems) and len({int(stem) for stem in stems}) == len(stems):
+        return np.array([int(stem) for stem in stems], np.int64)
+    return np.arange(len(stems), dtype=np.int64)
+
+
+def _with_image_ids(boxes: BoxSet, image_ids: np.ndarray) -> BoxSet:
+    return BoxSet(image_ids[boxes.image], boxes.boxes, boxes.category, boxes.score, boxes.area, boxes.ignore)
+
+
+def write_json(collected: Any, names: list[str], save_dir: Path, weights_stem: str = "") -> tuple[Path, Path]:
+    """``<weights_stem>_predictions.json`` + ground_truth.json (COCO, original pixels, see coco_image_ids)."""
+    image_ids = coco_image_ids(collected.image_paths)
+    images = [{"id": int(i), "file_name": Path(p).name, "height": int(hw[0]), "width": int(hw[1])}
+              for i, p, hw in zip(image_ids, collected.image_paths, collected.image_shapes)]
+    gt_path, pred_path = save_dir / "ground_truth.json", save_dir / f"{weights_stem}_predictions.json"
+    gt_path.write_text(json.dumps(coco_eval.coco_gt_json(_with_image_ids(collected.gts, image_ids), images,
+                                                         dict(enumerate(names)))))
+    pred_path.write_text(json.dumps(coco_eval.coco_detections_json(_with_image_ids(collected.dets, image_ids))))
     logger.info("COCO predictions saved to %s (ground truth: %s)", pred_path, gt_path)
     return gt_path, pred_path
 
@@ -79,9 +95,9 @@ def cross_check(gt_path: Path, pred_path: Path) -> dict[str, dict[str, float]] |
 
 def save_outputs(collected: Any, names: list[str], save_dir: Path, *, protocol: str, save_txt: bool = False,
                  save_conf: bool = False, save_json: bool = False, save_hybrid: bool = False,
-                 plots: bool = False) -> None:
+                 plots: bool = False, weights_stem: str = "") -> None:
     """Write the txt/JSON files asked for (plots are written while scoring)."""
     if save_txt or save_hybrid:
         write_txt(collected, save_dir, protocol, save_conf, save_hybrid)
     if save_json:
-        cross_check(*write_json(collected, names, save_dir))
+        cross_check(*write_json(collected, names, save_dir, weights_stem))

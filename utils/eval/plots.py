@@ -1,18 +1,33 @@
-"""Validation plots: PR, F1, P and R curves and the confusion matrix, as PNG files (matplotlib, Agg)."""
+"""Validation plots: PR, F1, P and R curves and the confusion matrix (PNG, matplotlib Agg), and batch mosaics
+with labels or predictions drawn (JPEG; training's train_batch*.jpg and validation's val_batch*_{labels,pred}.jpg).
+"""
 
 from __future__ import annotations
 
+import csv
 import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Union
 
+import cv2
 import numpy as np
+import torch
 
+from utils.annotate import draw_detections
+from utils.boxes import cxcywhn_to_xyxy
 from utils.eval.metrics import RECALL_POINTS, ConfusionMatrix, PRCurves
 
 logger = logging.getLogger(__name__)
 
 # Above this many classes the legend lists only the mean curve.
 MAX_LEGEND_CLASSES = 20
+MAX_MOSAIC_IMAGES = 16
+MAX_MOSAIC_SIDE = 1280  # pixels: larger mosaics are scaled down to keep files small
+MAX_ANNOTATED_CLASSES = 30  # confusion-matrix cells show their values below this many classes (YOLOv5's limit)
+MIN_ANNOTATED_VALUE = 0.005  # smaller cells are left blank rather than shown as 0.00
+MOSAIC_CONF = 0.25  # predictions drawn on val_batch*_pred.jpg have at least this confidence (as YOLOv5's)
 
 
 def _pyplot():
@@ -63,11 +78,13 @@ def plot_curves(curves: PRCurves, names: list[str], save_dir: Path) -> list[Path
 
 
 def plot_confusion_matrix(confusion: ConfusionMatrix, names: list[str], path: Path, normalize: bool = True) -> Path:
-    """The (nc + 1)^2 matrix as a heat map, columns normalised to the true-class totals when ``normalize``."""
+    """The (nc + 1)^2 matrix as a heat map, columns normalised to the true-class totals when ``normalize``;
+    below MAX_ANNOTATED_CLASSES classes each cell shows its value (blank under 0.005, as YOLOv5 leaves them)."""
     plt = _pyplot()
     matrix = confusion.matrix.astype(np.float64)
     if normalize:
         matrix = matrix / np.maximum(matrix.sum(0, keepdims=True), 1)  # (nc+1, nc+1), columns sum to 1
+    matrix[matrix < MIN_ANNOTATED_VALUE] = np.nan  # blank, not "0.00"
     labels = list(names[: confusion.nc]) + ["background"]
     size = max(6, 0.4 * len(labels) + 3)
     fig, ax = plt.subplots(1, 1, figsize=(size, size * 0.8), tight_layout=True)
@@ -77,7 +94,58 @@ def plot_confusion_matrix(confusion: ConfusionMatrix, names: list[str], path: Pa
     show_labels = len(labels) <= MAX_LEGEND_CLASSES * 3
     ax.set_xticks(ticks, labels if show_labels else [], rotation=90)
     ax.set_yticks(ticks, labels if show_labels else [])
+    if confusion.nc < MAX_ANNOTATED_CLASSES:
+        for (row, col), value in np.ndenumerate(matrix):
+            if not np.isnan(value):
+                ax.text(col, row, f"{value:.2f}" if normalize else f"{value:.0f}", ha="center", va="center",
+                        fontsize=8, color="white" if value > 0.5 * np.nanmax(matrix) else "black")
     ax.set(xlabel="True", ylabel="Predicted", title="Confusion matrix" + (" (normalised)" if normalize else ""))
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
+
+
+def plot_batch(images: torch.Tensor, targets: torch.Tensor, names: Sequence[str], save_path: Union[str, Path],
+               max_images: int = MAX_MOSAIC_IMAGES, conf_thres: float = MOSAIC_CONF) -> Path:
+    """A grid of the batch's images with their boxes drawn, as JPEG.
+
+    Args: images uint8 (B, 3, H, W) RGB; targets (M, 6) [image, class, cx, cy, w, h] normalised labels, or
+    (M, 7) predictions with a confidence column (those under ``conf_thres`` are not drawn).
+    """
+    images = images[:max_images].detach().cpu()
+    num_images, _, height, width = images.shape
+    grid_side = math.ceil(math.sqrt(num_images))
+    scale = min(1.0, MAX_MOSAIC_SIDE / (grid_side * max(height, width)))
+    cell_h, cell_w = math.ceil(height * scale), math.ceil(width * scale)
+    mosaic = np.full((grid_side * cell_h, grid_side * cell_w, 3), 255, dtype=np.uint8)
+    targets = targets.detach().cpu().float()
+    has_conf = targets.shape[1] > 6
+    if has_conf:
+        targets = targets[targets[:, 6] >= conf_thres]
+    for index in range(num_images):
+        image_bgr = np.ascontiguousarray(images[index].permute(1, 2, 0).numpy()[..., ::-1])  # (H, W, 3) BGR
+        image_bgr = cv2.resize(image_bgr, (cell_w, cell_h), interpolation=cv2.INTER_AREA)
+        rows = targets[targets[:, 0] == index]
+        boxes = cxcywhn_to_xyxy(rows[:, 2:6], cell_w, cell_h)
+        image_bgr = draw_detections(image_bgr, boxes, rows[:, 1].long(), rows[:, 6] if has_conf else None, names)
+        top, left = (index // grid_side) * cell_h, (index % grid_side) * cell_w
+        mosaic[top:top + cell_h, left:left + cell_w] = image_bgr
+    cv2.imwrite(str(save_path), mosaic)
+    return Path(save_path)
+
+
+def plot_study(csv_path: Path, save_path: Path) -> Path:
+    """study.png from val.py --task study's CSV: mAP50-95 against image size and against inference time."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    column = {name: np.array([float(row[name]) for row in rows]) for name in ("imgsz", "mAP50-95", "t_inference_ms")}
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), tight_layout=True)
+    for axis, x, xlabel in ((axes[0], column["imgsz"], "image size (px)"),
+                            (axes[1], column["t_inference_ms"], "inference (ms/img)")):
+        axis.plot(x, column["mAP50-95"] * 100, ".-", linewidth=2, markersize=8)
+        axis.set(xlabel=xlabel, ylabel="mAP50-95 (%)")
+        axis.grid(alpha=0.2)
+    fig.savefig(save_path, dpi=200)
+    plt.close(fig)
+    return save_path

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from utils.eval import coco as coco_eval
 from utils.eval import visdrone as visdrone_eval
 from utils.eval.metrics import BoxSet
 from utils.eval.options import ValOptions
+from utils.eval.plots import plot_study
 from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
 from utils.eval.validator import ValResults, log_results, validate
 from utils.files import increment_path
@@ -29,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 # --task speed: YOLOv5's operating point for timing runs.
 SPEED_CONF, SPEED_IOU = 0.25, 0.45
-STUDY_SIZES = tuple(range(256, 1536 + 128, 128))
+STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # YOLOv5's study sizes
+STUDY_COLUMNS = ("imgsz", "P", "R", "mAP50", "mAP50-95", "t_preprocess_ms", "t_inference_ms", "t_nms_ms")
 
 
 def run(**kwargs: Any) -> ValResults | list[ValResults]:
@@ -75,19 +79,27 @@ def run_model(opts: ValOptions, save_dir: Path) -> ValResults:
                     max_det=opts.max_det, save_dir=save_dir, plots=not opts.noplots, verbose=opts.verbose,
                     protocol=protocol, augment=opts.augment, half=opts.half, single_cls=opts.single_cls,
                     save_txt=opts.save_txt, save_conf=opts.save_conf, save_json=opts.save_json,
-                    save_hybrid=opts.save_hybrid, merge=opts.merge)
+                    save_hybrid=opts.save_hybrid, merge=opts.merge, weights_stem=Path(opts.weights[0]).stem)
 
 
-def run_study(opts: ValOptions, save_dir: Path) -> list[ValResults]:
-    """mAP and speed against image size; writes study.json."""
-    rows, results = [], []
-    for size in STUDY_SIZES:
+def run_study(opts: ValOptions, save_dir: Path, sizes: Sequence[int] = STUDY_SIZES) -> list[ValResults]:
+    """mAP and speed against image size (YOLOv5's --task study). After every size, study_<data>_<weights>.csv
+    and study.png are rewritten, so an interrupted study keeps what it measured."""
+    csv_path = save_dir / f"study_{Path(opts.data).stem}_{Path(opts.weights[0]).stem}.csv"
+    lines, results = [",".join(STUDY_COLUMNS)], []
+    for size in sizes:
         logger.info("study: --imgsz %d", size)
         result = run_model(replace(opts, imgsz=size, noplots=True, save_json=False, save_txt=False),
                            save_dir / f"imgsz{size}")
         results.append(result)
-        rows.append({"imgsz": size, "map50": result.map50, "map50_95": result.map50_95, **result.speed_ms})
-    (save_dir / "study.json").write_text(json.dumps(rows, indent=2))
+        speed = result.speed_ms
+        values = (size, result.precision, result.recall, result.map50, result.map50_95, speed["preprocess"],
+                  speed["inference"], speed["nms"])
+        lines.append(",".join(f"{value:.6g}" for value in values))
+        tmp_path = csv_path.with_name(f".{csv_path.name}.tmp")
+        tmp_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp_path, csv_path)
+        plot_study(csv_path, save_dir / "study.png")
     return results
 
 

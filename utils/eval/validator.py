@@ -19,10 +19,11 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils.boxes import cxcywhn_to_xyxy, scale_boxes_to_original
+from utils.boxes import cxcywhn_to_xyxy, scale_boxes_to_original, xyxy_to_cxcywhn
 from utils.data.config import SINGLE_CLASS_NAME
 from utils.eval.metrics import BoxSet, ConfusionMatrix
 from utils.eval.outputs import save_outputs
+from utils.eval.plots import plot_batch
 from utils.eval.scoring import score_detections
 from utils.infer.tta import tta_forward
 from utils.infer.wbf import weighted_box_fusion
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 PROTOCOLS = ("coco", "visdrone")
 # Detections kept per image when max_det is not given: COCO's 100 is too few for drone frames.
 DEFAULT_MAX_DET = {"coco": 300, "visdrone": 500}
+NUM_PLOTTED_BATCHES = 3  # val_batch0..2_{labels,pred}.jpg
 
 
 @dataclass
@@ -148,19 +150,38 @@ def _detect(model: nn.Module, images: torch.Tensor, nc: int, nms_args: dict[str,
     return dets, raw, inference, time_sync() - start - inference
 
 
+def plot_val_batch(images: torch.Tensor, targets: torch.Tensor, dets: list[torch.Tensor], names: list[str],
+                   save_dir: Path, batch_index: int) -> None:
+    """val_batch{i}_labels.jpg and val_batch{i}_pred.jpg, as YOLOv5's validation writes for its first batches.
+
+    Args: images uint8 (B, 3, H, W); targets (M, 6) normalised labels; dets per image (n, 6+) network pixels.
+    """
+    height, width = images.shape[2:]
+    rows = [torch.cat([torch.full((len(det), 1), float(index)), det[:, 5:6].float().cpu(),
+                       xyxy_to_cxcywhn(det[:, :4].float().cpu(), width, height), det[:, 4:5].float().cpu()], 1)
+            for index, det in enumerate(dets)]
+    predictions = torch.cat(rows) if rows else torch.zeros((0, 7))  # (D, 7) [image, class, cx, cy, w, h, conf]
+    plot_batch(images, targets, names, save_dir / f"val_batch{batch_index}_labels.jpg")
+    plot_batch(images, predictions, names, save_dir / f"val_batch{batch_index}_pred.jpg")
+
+
 def collect(model: nn.Module, dataloader: Any, nc: int, *, conf_thres: float, iou_thres: float, max_det: int,
             compute_loss: Optional[Callable] = None, augment: bool = False, half: bool = False,
-            single_cls: bool = False, merge: str = "nms", desc: str = "val") -> Collected:
-    """Run the detector over the loader: NMS'd detections and GTs per image, losses and timings."""
+            single_cls: bool = False, merge: str = "nms", desc: str = "val",
+            plot_dir: Optional[Path] = None, names: Optional[list[str]] = None) -> Collected:
+    """Run the detector over the loader: NMS'd detections and GTs per image, losses and timings.
+
+    With ``plot_dir``, the first NUM_PLOTTED_BATCHES batches are drawn there (labels and predictions).
+    """
     device = _device_of(model)
     nms_args = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": True, "agnostic": single_cls,
                 "max_det": max_det}
     det_rows, gt_rows, paths_all, shapes_all = [], [], [], []
     confusion, loss_sums, num_batches = ConfusionMatrix(1 if single_cls else nc), {}, 0
     timings = np.zeros(3)
-    for images, targets, paths, shapes in tqdm(dataloader, desc=desc, leave=False):
+    for batch_index, (images_uint8, targets, paths, shapes) in enumerate(tqdm(dataloader, desc=desc, leave=False)):
         start = time_sync()
-        images = images.to(device, non_blocking=True).float() / 255  # (B, 3, H, W) in [0, 1]
+        images = images_uint8.to(device, non_blocking=True).float() / 255  # (B, 3, H, W) in [0, 1]
         net_hw = tuple(images.shape[2:])
         preprocess = time_sync() - start
         with torch.no_grad(), torch.autocast("cuda", enabled=half and device.type == "cuda"):
@@ -169,6 +190,8 @@ def collect(model: nn.Module, dataloader: Any, nc: int, *, conf_thres: float, io
                 for name, value in _loss_terms(compute_loss(raw, targets.to(device))).items():
                     loss_sums[name] = loss_sums.get(name, 0.0) + value
         timings += (preprocess, inference, nms_time)
+        if plot_dir is not None and batch_index < NUM_PLOTTED_BATCHES:
+            plot_val_batch(images_uint8, targets, dets, names or [str(c) for c in range(nc)], plot_dir, batch_index)
         for index, det in enumerate(dets):
             shape = shapes[index] if shapes is not None else None
             det_np, gt_np = _original_dets(det, net_hw, shape), _original_gt(targets.cpu(), index, net_hw, shape)
@@ -200,7 +223,7 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
              save_dir: Optional[Path] = None, plots: bool = False, verbose: bool = False, protocol: str = "coco",
              augment: bool = False, half: bool = False, single_cls: bool = False, save_txt: bool = False,
              save_conf: bool = False, save_json: bool = False, save_hybrid: bool = False,
-             merge: str = "nms") -> ValResults:
+             merge: str = "nms", weights_stem: str = "") -> ValResults:
     """Validate a model (eval-mode ``Model`` or ``DetectBackend``) on a loader of the data contract.
 
     Args:
@@ -209,6 +232,7 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
         compute_loss: ``ComputeLoss`` to also report the mean val losses (needs a ``Model``).
         save_dir: where results.json and, when asked, plots, txt and JSON predictions go.
         merge: how an ensemble backend's members are merged: ``nms`` (one NMS over all) or ``wbf``.
+        weights_stem: names the JSON predictions ``<weights_stem>_predictions.json``, as YOLOv5 does.
     Returns:
         ValResults (also logged as a table).
     """
@@ -221,9 +245,12 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
     was_training = model.training
     model.eval()
     try:
+        plot_dir = Path(save_dir) if plots and save_dir is not None else None
+        if plot_dir is not None:
+            plot_dir.mkdir(parents=True, exist_ok=True)
         collected = collect(model, dataloader, len(names), conf_thres=conf_thres, iou_thres=iou_thres,
                             max_det=max_det, compute_loss=compute_loss, augment=augment, half=half,
-                            single_cls=single_cls, merge=merge)
+                            single_cls=single_cls, merge=merge, plot_dir=plot_dir, names=list(names))
     finally:
         model.train(was_training)
     class_names = [SINGLE_CLASS_NAME] if single_cls else list(names)
@@ -234,7 +261,7 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         save_outputs(collected, class_names, save_dir, protocol=protocol, save_txt=save_txt, save_conf=save_conf,
-                     save_json=save_json, save_hybrid=save_hybrid, plots=plots)
+                     save_json=save_json, save_hybrid=save_hybrid, plots=plots, weights_stem=weights_stem)
         (save_dir / "results.json").write_text(json.dumps(results.as_dict(), indent=2))
     return results
 

@@ -3,8 +3,10 @@ ONNX files (ONNX Runtime) and TorchScript files.
 
 Every backend takes float images (B, 3, H, W) in [0, 1] and returns the eval-mode decoded head
 output (B, N, 5 + nc + num_extra) described in docs/ARCHITECTURE.md, so detect/val never need
-to know which file they were given. Exported files carry the model's facts (names, stride, box
-mode) as JSON metadata written by :func:`model_metadata`.
+to know which file they were given. Exported files give YOLOv5's (B, N, 5 + nc) first and a C-BBL
+model's uncertainty as a second output (utils/infer/export.py); the backend joins them again.
+Exported files carry the model's facts (names, stride, box mode) as JSON metadata written by
+:func:`model_metadata`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ WeightsArg = Union[str, Path, Sequence[Union[str, Path]]]
 # Key of the JSON metadata in ONNX metadata_props and in TorchScript extra files.
 METADATA_KEY = "cbbl_tph"
 SUFFIXES = (".pt", ".onnx", ".torchscript")
+UNCERTAINTY_OUTPUT = "uncertainty"  # name of an exported C-BBL model's second output (B, N, 1)
 
 
 def model_metadata(model: nn.Module, imgsz: Sequence[int], batch_size: int, dynamic: bool) -> dict[str, Any]:
@@ -125,7 +128,9 @@ class DetectBackend(nn.Module):
         if METADATA_KEY not in props:
             raise ValueError(f"{path}: no '{METADATA_KEY}' metadata; export it with this project's export.py")
         self._apply_metadata(_parse_metadata(props[METADATA_KEY], path))
-        self.input_name = self.session.get_inputs()[0].name
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32  # export --half
 
     def _load_torchscript(self, path: Path) -> None:
         if not path.is_file():
@@ -158,7 +163,7 @@ class DetectBackend(nn.Module):
             return [self._run_onnx(images)]
         images = images.half() if self.fp16 else images.float()
         if self.is_torchscript:
-            return [self.script_module(images).float()]
+            return [_joined(self.script_module(images)).float()]
         width = 5 + self.nc + self.num_extra
         return [_pred_of(model(images))[..., :width].float() for model in self.models]
 
@@ -169,19 +174,24 @@ class DetectBackend(nn.Module):
 
     def _run_onnx(self, images: torch.Tensor) -> torch.Tensor:
         """ONNX Runtime on numpy; a fixed-batch model gets the batch in chunks, the last one zero-padded."""
-        array = images.float().cpu().numpy()
+        array = images.float().cpu().numpy().astype(self.input_dtype)
         chunk = self.fixed_batch or len(array)
         outputs = []
         for start in range(0, len(array), chunk):
             part = array[start : start + chunk]
-            padded = np.concatenate([part, np.zeros((chunk - len(part), *part.shape[1:]), np.float32)])
-            outputs.append(self.session.run(None, {self.input_name: padded})[0][: len(part)])
-        return torch.from_numpy(np.concatenate(outputs)).to(self.device)
+            padded = np.concatenate([part, np.zeros((chunk - len(part), *part.shape[1:]), part.dtype)])
+            outputs.append(np.concatenate(self.session.run(None, {self.input_name: padded}), -1)[: len(part)])
+        return torch.from_numpy(np.concatenate(outputs).astype(np.float32)).to(self.device)
 
     def warmup(self, imgsz: Sequence[int] = (640, 640), batch_size: int = 1) -> None:
         """One forward pass on zeros so that later timings exclude lazy initialisation."""
         shape = self.fixed_imgsz or tuple(imgsz)
         self.forward(torch.zeros(self.fixed_batch or batch_size, 3, *shape, device=self.device))
+
+
+def _joined(output: Union[torch.Tensor, tuple, list]) -> torch.Tensor:
+    """An exported model's (predictions, uncertainty) outputs -> one (B, N, 5 + nc + 1) tensor."""
+    return torch.cat(list(output), -1) if isinstance(output, (tuple, list)) else output
 
 
 def _pred_of(output: Union[torch.Tensor, tuple, list]) -> torch.Tensor:

@@ -1,18 +1,21 @@
 """Export a trained checkpoint to ONNX and TorchScript, written beside the weights (best.pt -> best.onnx).
 
-The exported graph returns the eval-mode decoded predictions (B, N, 5 + nc + num_extra); in C-BBL mode
-the expectation decode (softmax, then a fixed projection on the grid values) and the uncertainty are in
-the graph, so every runtime gets ordinary boxes. The model's facts travel as JSON metadata
-(utils/infer/backend.py reads them). ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``).
+The exported graph returns YOLOv5's eval-mode layout as its first output ``output0`` (B, N, 5 + nc):
+``cx, cy, w, h`` pixels, objectness, class scores, so YOLOv5-style post-processors read it unchanged. A
+C-BBL model adds a second output ``uncertainty`` (B, N, 1): the per-box localization uncertainty; the
+expectation decode (softmax, then a fixed projection on the grid values) is in the graph, so every
+runtime gets ordinary boxes. The model's facts travel as JSON metadata (utils/infer/backend.py reads
+them). ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``). ``--include`` takes YOLOv5's
+format names; those this project does not export are refused by name.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -20,43 +23,125 @@ import torch.nn as nn
 
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
-from utils.infer.backend import METADATA_KEY, model_metadata
+from utils.infer.backend import METADATA_KEY, UNCERTAINTY_OUTPUT, model_metadata
+from utils.options import option, options_from_kwargs
+from utils.torch_utils import max_stride, select_device
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript")  # what this project exports
+# YOLOv5's --include names (its export_formats()); the others are known but not exported here.
+YOLOV5_FORMATS = ("torchscript", "onnx", "openvino", "engine", "coreml", "saved_model", "pb", "tflite", "edgetpu",
+                  "tfjs", "paddle")
+OUTPUT_NAME = "output0"  # YOLOv5's name of the detection output
 # Largest allowed |onnxruntime - torch| difference, relative to max(1, |torch value|) (box pixels reach ~1e3).
 ONNX_TOLERANCE = 1e-4
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """What one export run is asked to do (YOLOv5's export.py names; export.py's parser is generated from it)."""
+
+    weights: str = option("", "a .pt checkpoint of this project")
+    include: tuple[str, ...] = option(("torchscript", "onnx"), "formats to write (YOLOv5's names; this project "
+                                                               "writes torchscript and onnx)")
+    imgsz: tuple[int, ...] = option((640, 640), "example input h w (one value: square)", flags=("--img", "--img-size"))
+    batch_size: int = option(1, "batch of the example input (fixed unless --dynamic)", flags=("--batch",))
+    device: str = option("cpu", "cpu or a CUDA device, e.g. 0")
+    half: bool = option(False, "float16 export (CUDA --device only, not with --dynamic)")
+    dynamic: bool = option(False, "ONNX: dynamic batch, height and width")
+    simplify: bool = option(False, "ONNX: simplify with onnxsim (pip install onnxsim)")
+    opset: int = option(17, "ONNX opset version")
+    check: bool = option(True, "compare ONNX Runtime with PyTorch on a random batch (--no-check skips it)")
+
+    def __post_init__(self) -> None:
+        fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards
+        fix(self, "weights", str(self.weights))
+        fix(self, "include", tuple(str(name).lower() for name in
+                                   ([self.include] if isinstance(self.include, str) else self.include)))
+        sizes = [int(s) for s in ([self.imgsz] if isinstance(self.imgsz, int) else self.imgsz)]
+        fix(self, "imgsz", tuple(sizes * 2 if len(sizes) == 1 else sizes))
+        self._validate()
+
+    def _validate(self) -> None:
+        unknown = [name for name in self.include if name not in YOLOV5_FORMATS]
+        if unknown or not self.include:
+            raise ValueError(f"--include {list(self.include)}: unknown or empty; formats are {YOLOV5_FORMATS}")
+        unsupported = [name for name in self.include if name not in FORMATS]
+        if unsupported:
+            raise ValueError(f"--include {' '.join(unsupported)}: YOLOv5 exports this but this project does not; "
+                             f"export {' or '.join(FORMATS)} and convert from ONNX with that format's own tools")
+        if len(self.imgsz) != 2 or min(self.imgsz) <= 0 or self.batch_size < 1:
+            raise ValueError(f"--imgsz {list(self.imgsz)} must be one or two positive sizes and --batch-size >= 1")
+        if self.half and self.dynamic:
+            raise ValueError("--half and --dynamic do not go together (as in YOLOv5); drop one of them")
+        if not self.weights:
+            raise ValueError("--weights: give the .pt checkpoint to export, e.g. --weights best.pt")
+        if not self.weights.endswith(".pt"):
+            raise ValueError(f"--weights {self.weights!r}: export takes a .pt checkpoint of this project")
+
+
 class PredictionOnly(nn.Module):
-    """Wraps a model so that its forward returns the decoded predictions alone (no raw level list)."""
+    """Wraps a model so that its forward returns the decoded predictions alone (no raw level list):
+    YOLOv5's (B, N, 5 + nc) tensor, and for a C-BBL head also the (B, N, num_extra) uncertainty."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.model, self.width = model, 5 + int(model.nc)
+        self.num_extra = int(model.detect.num_extra)
         self.train(model.training)  # exporters restore the wrapper's mode afterwards: keep it the model's
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float [0, 1] -> (B, N, 5 + nc + num_extra)."""
-        return self.model(images)[0]
+    def forward(self, images: torch.Tensor) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(B, 3, H, W) float [0, 1] -> (B, N, 5 + nc) [, (B, N, num_extra)]."""
+        pred = self.model(images)[0]
+        if not self.num_extra:
+            return pred
+        return pred[..., : self.width], pred[..., self.width : self.width + self.num_extra]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [OUTPUT_NAME, UNCERTAINTY_OUTPUT] if self.num_extra else [OUTPUT_NAME]
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict, opset: int = 17,
-                dynamic: bool = False) -> Path:
-    """Write an ONNX file with input ``images`` and output ``output``; dynamic batch/height/width if asked."""
+                dynamic: bool = False, simplify: bool = False) -> Path:
+    """Write an ONNX file with input ``images`` and outputs ``output0`` [+ ``uncertainty``]; dynamic
+    batch/height/width if asked; simplified with onnxsim if asked."""
     import onnx
 
-    dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 1: "anchors"}}
-    torch.onnx.export(PredictionOnly(model), (example,), str(path), dynamo=False, opset_version=opset,
-                      input_names=["images"], output_names=["output"],
+    wrapper = PredictionOnly(model)
+    dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"},
+                    **{name: {0: "batch", 1: "anchors"} for name in wrapper.output_names}}
+    torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
+                      input_names=["images"], output_names=wrapper.output_names,
                       dynamic_axes=dynamic_axes if dynamic else None, do_constant_folding=True)
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
+    if simplify:
+        graph = _simplified(graph, path)
     entry = graph.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     onnx.save(graph, str(path))
     return path
+
+
+def _onnxsim() -> Any:
+    """The onnxsim module; ValueError with the install command when it is missing (an optional dependency)."""
+    try:
+        import onnxsim
+    except ImportError as err:
+        raise ValueError("--simplify needs onnx-simplifier, an optional dependency: pip install onnxsim "
+                         "(or export without --simplify)") from err
+    return onnxsim
+
+
+def _simplified(graph: Any, path: Path) -> Any:
+    simplified, ok = _onnxsim().simplify(graph)
+    if not ok:
+        raise ValueError(f"{path}: onnxsim could not validate the simplified graph; export without --simplify")
+    logger.info("simplified %s with onnxsim: %d -> %d nodes", path.name, len(graph.graph.node),
+                len(simplified.graph.node))
+    return simplified
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> Path:
@@ -67,52 +152,60 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta
 
 
 def onnx_max_error(path: Path, model: nn.Module, images: torch.Tensor) -> float:
-    """max |onnxruntime - torch| / max(1, |torch|) over the predictions for ``images`` (B, 3, H, W)."""
+    """max |onnxruntime - torch| / max(1, |torch|) over every output for ``images`` (B, 3, H, W)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected = PredictionOnly(model)(images).detach().cpu().numpy()
-    got = session.run(None, {session.get_inputs()[0].name: images.cpu().numpy()})[0]
-    if got.shape != expected.shape:
-        raise ValueError(f"{path}: ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
-    return float((np.abs(got - expected) / np.maximum(1.0, np.abs(expected))).max())
+    with torch.no_grad():
+        expected = PredictionOnly(model)(images)
+    expected = [t.detach().cpu().numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
+    got = session.run(None, {session.get_inputs()[0].name: images.cpu().numpy()})
+    if [g.shape for g in got] != [e.shape for e in expected]:
+        raise ValueError(f"{path}: ONNX output shapes {[g.shape for g in got]} differ from PyTorch's "
+                         f"{[e.shape for e in expected]}")
+    return max(float((np.abs(g - e) / np.maximum(1.0, np.abs(e))).max()) for g, e in zip(got, expected))
 
 
-def run(weights: Union[str, Path], include: Sequence[str] = ("onnx", "torchscript"),
-        imgsz: Union[int, Sequence[int]] = (640, 640), batch_size: int = 1, dynamic: bool = False,
-        opset: int = 17, check: bool = True) -> list[Path]:
-    """Export ``weights`` (a .pt checkpoint, EMA weights when present) to each format in ``include``.
+def export(opts: ExportOptions) -> list[Path]:
+    """Export ``opts.weights`` (EMA weights when present) to each format in ``opts.include``.
 
-    Args:
-        imgsz: (h, w) of the example input (the fixed input size unless ``dynamic``); multiples of the stride.
-        dynamic: dynamic batch, height and width (ONNX); TorchScript traces stay shape-generic where the model is.
-        check: compare ONNX Runtime with PyTorch on a random batch; ValueError beyond ONNX_TOLERANCE.
-    Returns:
-        Paths of the written files, e.g. [best.onnx, best.torchscript].
+    Returns the paths written, ONNX first, e.g. [best.onnx, best.torchscript]. ValueError for a bad option (the
+    message names the flag), FileNotFoundError for missing weights.
     """
-    unknown = sorted(set(include) - set(FORMATS))
-    if unknown or not include:
-        raise ValueError(f"--include {list(include)}: unknown or empty; choose from {FORMATS}")
-    weights = Path(weights)
-    if weights.suffix != ".pt":
-        raise ValueError(f"{weights}: export takes a .pt checkpoint of this project")
-    imgsz = [int(imgsz)] * 2 if isinstance(imgsz, int) else [int(s) for s in imgsz] * (2 if len(imgsz) == 1 else 1)
-    model = model_from_checkpoint(load_checkpoint(weights), use_ema=True).fuse().eval()
-    stride = int(max(model.stride.tolist()))
-    if any(size % stride for size in imgsz) or batch_size < 1:
-        raise ValueError(f"--imgsz {imgsz} must be multiples of the model stride {stride} and --batch-size >= 1")
-    example = torch.rand(batch_size, 3, *imgsz, generator=torch.Generator().manual_seed(0))
-    metadata = model_metadata(model, imgsz, batch_size, dynamic)
+    if opts.simplify and "onnx" in opts.include:
+        _onnxsim()  # fail before any work when the optional dependency is missing
+    device = select_device(opts.device)
+    if opts.half and device.type != "cuda":
+        raise ValueError(f"--half exports float16 and needs a CUDA --device (e.g. --device 0), got {device}")
+    weights = Path(opts.weights)
+    model = model_from_checkpoint(load_checkpoint(weights), use_ema=True).fuse().eval().to(device)
+    stride = max_stride(model.stride)
+    if any(size % stride for size in opts.imgsz):
+        raise ValueError(f"--imgsz {list(opts.imgsz)} must be multiples of the model stride {stride}")
+    example = torch.rand(opts.batch_size, 3, *opts.imgsz, generator=torch.Generator().manual_seed(0)).to(device)
+    if opts.half:
+        model, example = model.half(), example.half()
+    metadata = model_metadata(model, opts.imgsz, opts.batch_size, opts.dynamic)
     written = []
-    if "onnx" in include:
-        written.append(export_onnx(model, example, weights.with_suffix(".onnx"), metadata, opset, dynamic))
-        if check:
-            _check_onnx(written[-1], model, example, dynamic, stride)
-    if "torchscript" in include:
+    if "onnx" in opts.include:
+        written.append(export_onnx(model, example, weights.with_suffix(".onnx"), metadata, opts.opset, opts.dynamic,
+                                   opts.simplify))
+        if opts.check and not opts.half:
+            _check_onnx(written[-1], model.cpu(), example.cpu(), opts.dynamic, stride)
+            model = model.to(device)
+        elif opts.check:
+            logger.info("float16 export: ONNX Runtime comparison skipped (it runs float32 on CPU); check the file "
+                        "with val.py --weights %s", written[-1])
+    if "torchscript" in opts.include:
         written.append(export_torchscript(model, example, weights.with_suffix(".torchscript"), metadata))
     for path in written:
         logger.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return written
+
+
+def run(weights: Union[str, Path], **options: Any) -> list[Path]:
+    """``export`` from keyword arguments (ExportOptions fields), e.g. ``run('best.pt', include=['onnx'])``."""
+    return export(options_from_kwargs(ExportOptions, {"weights": str(weights), **options}))
 
 
 def _check_onnx(path: Path, model: nn.Module, example: torch.Tensor, dynamic: bool, stride: int) -> None:

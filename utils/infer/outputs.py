@@ -99,5 +99,6 @@ def _safe_stem(path: str) -> str:
 
 
 def frame_stem(frame: Frame) -> str:
-    """``name`` for an image, ``name_<frame index>`` for a video frame."""
-    return f"{_safe_stem(frame.path)}_{frame.index}" if frame.is_video else _safe_stem(frame.path)
+    """``name`` for an image, ``name_<frame number>`` for a video frame, numbered from 1 as YOLOv5 numbers them
+    (the frame's position in the video, so with --vid-stride 2 the labels are name_1, name_3, ...)."""
+    return f"{_safe_stem(frame.path)}_{frame.index + 1}" if frame.is_video else _safe_stem(frame.path)

@@ -132,7 +132,7 @@ def detect_frame(frame: Frame, detect_fn: Callable[[list[np.ndarray]], list[torc
     result = ImageResult.from_detections(dets, frame.path, frame.index, frame.image.shape, has_uncertainty)
     classes, counts = np.unique(result.cls, return_counts=True)
     found = ", ".join(f"{n} {names[c] if c < len(names) else c}" for c, n in zip(classes, counts)) or "no detections"
-    logger.info("%s%s %dx%d: %s, %.1f ms", frame.path, f" frame {frame.index}" if frame.is_video else "",
+    logger.info("%s%s %dx%d: %s, %.1f ms", frame.path, f" frame {frame.index + 1}" if frame.is_video else "",
                 frame.image.shape[1], frame.image.shape[0], found, (time.perf_counter() - start) * 1000)
     return result
 

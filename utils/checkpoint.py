@@ -12,31 +12,30 @@ Nothing here unpickles code, so a checkpoint from anywhere is safe to open.
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 
+from utils.files import atomic_write_bytes, remove_stale_temps
+
 logger = logging.getLogger(__name__)
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Union[str, Path]) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves a broken file."""
+    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves a broken file.
+
+    Temporary files that a killed save of the same file left behind are removed first. The checkpoint is
+    serialised in memory and written in one go, so a full disk raises OutputWriteError with the system's
+    reason rather than torch's serializer error.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    remove_stale_temps(path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu",

@@ -8,11 +8,12 @@ normalised to the network image, paths, shapes)``; ``shapes[i] = ((h0, w0), ((ra
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import cv2
 import numpy as np
@@ -204,9 +205,29 @@ class LoadImagesAndLabels(Dataset):
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream, derived from the loader's seed."""
+    """Give each loader worker its own augmentation stream, derived from the loader's seed.
+
+    The loader draws that seed from its generator each epoch (workers are not persistent), so the
+    generator's state fixes every worker's stream: :func:`loader_rng_state` is all a resume needs.
+    """
     info = torch.utils.data.get_worker_info()
     info.dataset.rng = np.random.default_rng([torch.initial_seed() % 2**32, worker_id])
+
+
+def loader_rng_state(loader: DataLoader) -> dict[str, Any]:
+    """The random state of a training loader: its generator (shuffling, worker seeds) and the dataset's
+    augmentation generator (used in this process with ``workers=0``), as checkpoint-safe data."""
+    state = {"generator": loader.generator.get_state()}
+    if isinstance(getattr(loader.dataset, "rng", None), np.random.Generator):
+        state["dataset"] = json.dumps(loader.dataset.rng.bit_generator.state)  # JSON: its ints exceed 64 bits
+    return state
+
+
+def set_loader_rng_state(loader: DataLoader, state: dict[str, Any]) -> None:
+    """Restore :func:`loader_rng_state`: the next epoch draws exactly what it would have drawn."""
+    loader.generator.set_state(state["generator"])
+    if "dataset" in state:
+        loader.dataset.rng.bit_generator.state = json.loads(state["dataset"])
 
 
 def create_dataloader(
@@ -232,6 +253,6 @@ def create_dataloader(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available(), generator=generator,
                         collate_fn=LoadImagesAndLabels.collate_quad if quad else LoadImagesAndLabels.collate_fn,
-                        worker_init_fn=_seed_worker, persistent_workers=num_workers > 0)
+                        worker_init_fn=_seed_worker)  # workers restart each epoch: see _seed_worker
     return loader, dataset
 

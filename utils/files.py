@@ -7,8 +7,10 @@ and a kill never leaves half a file.
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -183,3 +185,19 @@ class OutputNames:
     def name(self, source: Union[str, Path]) -> str:
         """The output file name: the unique stem with the source's own suffix."""
         return self.stem(source) + Path(str(source)).suffix
+
+
+def append_csv_rows(path: Union[str, Path], rows: Sequence[Sequence[Any]]) -> None:
+    """Append complete CSV rows to ``path`` and fsync; a failure raises OutputWriteError.
+
+    A kill can still cut the last line; readers of such logs drop rows of the wrong length.
+    """
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    try:
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise OutputWriteError(path, error) from error

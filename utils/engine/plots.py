@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from utils.annotate import draw_detections
 from utils.boxes import cxcywhn_to_xyxy
+from utils.files import checked_imwrite, checked_savefig
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,7 @@ MAX_MOSAIC_SIDE = 1280  # pixels: larger mosaics are scaled down to keep files s
 
 def _save(figure: Figure, path: Union[str, Path]) -> Path:
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=150)
-    return Path(path)
+    return checked_savefig(figure, path, dpi=150)
 
 
 def plot_results(csv_path: Union[str, Path], save_path: Union[str, Path, None] = None) -> Path:
@@ -104,5 +104,4 @@ def plot_batch(images: torch.Tensor, targets: torch.Tensor, names: Sequence[str]
         image_bgr = draw_detections(image_bgr, boxes, rows[:, 1].long(), None, names)
         top, left = (index // grid_side) * cell_h, (index % grid_side) * cell_w
         mosaic[top:top + cell_h, left:left + cell_w] = image_bgr
-    cv2.imwrite(str(save_path), mosaic)
-    return Path(save_path)
+    return checked_imwrite(save_path, mosaic)

@@ -22,7 +22,7 @@ from utils.checkpoint import load_checkpoint
 from utils.data.dataset import create_dataloader
 from utils.distributed import DistContext, barrier
 from utils.engine.options import TrainOptions
-from utils.files import increment_path
+from utils.files import atomic_write_text, increment_path
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ def make_run_dir(opts: TrainOptions) -> Path:
 def write_run_yamls(opts: TrainOptions, save_dir: Path) -> None:
     options = opts.to_dict()
     hyp = options.pop("hyp")
-    (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False), encoding="utf-8")
-    (save_dir / "opt.yaml").write_text(yaml.safe_dump(options, sort_keys=False), encoding="utf-8")
+    atomic_write_text(save_dir / "hyp.yaml", yaml.safe_dump(hyp, sort_keys=False))
+    atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(options, sort_keys=False))
 
 
 def class_names(data: dict[str, Any], single_cls: bool) -> list[str]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from utils.engine.hooks import Hook
 from utils.engine.plots import plot_batch, plot_labels, plot_results
+from utils.files import append_csv_rows, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,7 @@ def truncate_results(path: Path, first_dropped_epoch: int) -> int:
             kept.append(row)
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([header, *kept])
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    tmp_path.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp_path, path)
+    atomic_write_text(path, buffer.getvalue())
     return len(kept)
 
 
@@ -75,14 +73,10 @@ class ResultsCsvHook(Hook):
 
     def after_epoch(self, trainer: Any) -> None:
         row = epoch_row(trainer)
-        header = self._header() or list(row)
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            if f.tell() == 0:
-                writer.writerow(header)
-            writer.writerow([_format(row.get(column, "")) for column in header])
-            f.flush()
-            os.fsync(f.fileno())
+        existing = self._header()
+        header = existing or list(row)
+        values = [_format(row.get(column, "")) for column in header]
+        append_csv_rows(self.path, [values] if existing else [header, values])
 
     def _header(self) -> Optional[list[str]]:
         if not self.path.is_file() or self.path.stat().st_size == 0:

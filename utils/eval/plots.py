@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.eval.metrics import RECALL_POINTS, ConfusionMatrix, PRCurves
+from utils.files import checked_savefig
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def _curve_figure(x: np.ndarray, ys: np.ndarray, labels: list[str], mean_label: 
         ax.plot(x, ys.mean(0), linewidth=3, color="blue", label=mean_label)
     ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    fig.savefig(path, dpi=150)
+    checked_savefig(fig, path, dpi=150)
     plt.close(fig)
 
 
@@ -78,6 +79,6 @@ def plot_confusion_matrix(confusion: ConfusionMatrix, names: list[str], path: Pa
     ax.set_xticks(ticks, labels if show_labels else [], rotation=90)
     ax.set_yticks(ticks, labels if show_labels else [])
     ax.set(xlabel="True", ylabel="Predicted", title="Confusion matrix" + (" (normalised)" if normalize else ""))
-    fig.savefig(path, dpi=150)
+    checked_savefig(fig, path, dpi=150)
     plt.close(fig)
     return path

@@ -19,6 +19,7 @@ from utils.eval import visdrone as visdrone_eval
 from utils.eval.metrics import BoxSet
 from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
 from utils.eval.validator import ValResults, log_results, validate
+from utils.files import atomic_write_text
 from utils.infer.backend import DetectBackend
 from utils.torch_utils import select_device
 
@@ -71,7 +72,7 @@ def run_study(opts: Any, save_dir: Path) -> list[ValResults]:
                            save_dir / f"imgsz{size}")
         results.append(result)
         rows.append({"imgsz": size, "map50": result.map50, "map50_95": result.map50_95, **result.speed_ms})
-    (save_dir / "study.json").write_text(json.dumps(rows, indent=2))
+    atomic_write_text(save_dir / "study.json", json.dumps(rows, indent=2))
     return results
 
 
@@ -116,5 +117,5 @@ def score_saved(opts: Any, save_dir: Path) -> ValResults:
     log_results(results, num_images, num_instances, True)
     if not opts.noplots:
         plot_metrics(curves, None, names, save_dir)
-    (save_dir / "results.json").write_text(json.dumps(results.as_dict(), indent=2))
+    atomic_write_text(save_dir / "results.json", json.dumps(results.as_dict(), indent=2))
     return results

@@ -23,6 +23,7 @@ from utils.boxes import cxcywhn_to_xyxy, scale_boxes_to_original
 from utils.eval.metrics import BoxSet, ConfusionMatrix
 from utils.eval.outputs import save_outputs
 from utils.eval.scoring import score_detections
+from utils.files import atomic_write_text
 from utils.infer.tta import tta_forward
 from utils.infer.wbf import weighted_box_fusion
 from utils.nms import non_max_suppression
@@ -235,7 +236,7 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
         save_dir.mkdir(parents=True, exist_ok=True)
         save_outputs(collected, class_names, save_dir, protocol=protocol, save_txt=save_txt, save_conf=save_conf,
                      save_json=save_json, save_hybrid=save_hybrid, plots=plots)
-        (save_dir / "results.json").write_text(json.dumps(results.as_dict(), indent=2))
+        atomic_write_text(save_dir / "results.json", json.dumps(results.as_dict(), indent=2))
     return results
 
 

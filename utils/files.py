@@ -201,3 +201,13 @@ def append_csv_rows(path: Union[str, Path], rows: Sequence[Sequence[Any]]) -> No
             os.fsync(f.fileno())
     except OSError as error:
         raise OutputWriteError(path, error) from error
+
+
+def read_image(path: Union[str, Path]) -> Optional[np.ndarray]:
+    """An image as (H, W, 3) uint8 BGR the way viewers display it (EXIF orientation applied), or None.
+
+    The one reader of scanning, training, val and detect, so labels and boxes share one frame.
+    """
+    import cv2
+
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -23,13 +23,12 @@ from torch.utils.data import DataLoader, Dataset, distributed
 from utils.boxes import cxcywhn_to_xyxy, xyxy_to_cxcywhn
 from utils.data.augment import augment_hsv, letterbox, mixup, mosaic4, random_affine, random_flip
 from utils.data.scan import list_image_files, scan_dataset
+from utils.files import read_image
 from utils.hyp import Hyp
 
 logger = logging.getLogger(__name__)
 
 CACHE_MODES = (None, False, True, "ram")
-# cv2 reads in stored orientation so image sizes agree with the header sizes the scan reads.
-IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 class LoadImagesAndLabels(Dataset):
@@ -103,7 +102,7 @@ class LoadImagesAndLabels(Dataset):
         height0, width0 = int(self.shapes[index][1]), int(self.shapes[index][0])
         image = self.ims[index]
         if image is None:
-            image = cv2.imread(self.im_files[index], IMREAD_FLAGS)
+            image = read_image(self.im_files[index])  # EXIF orientation applied, as the scan's sizes are
             if image is None:
                 raise FileNotFoundError(f"image {self.im_files[index]} could not be read (changed since the scan?)")
             gain = self.img_size / max(image.shape[:2])

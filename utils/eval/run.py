@@ -21,6 +21,7 @@ from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
 from utils.eval.validator import ValResults, log_results, validate
 from utils.files import atomic_write_text
 from utils.infer.backend import DetectBackend
+from utils.infer.predictor import check_imgsz
 from utils.torch_utils import select_device
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def run_model(opts: Any, save_dir: Path) -> ValResults:
     if backend.nc != data["nc"] and not opts.single_cls:
         raise ValueError(f"{opts.weights[0]} predicts {backend.nc} classes but {opts.data} has {data['nc']}")
     exported = backend.fixed_imgsz is not None
-    imgsz = backend.fixed_imgsz[0] if exported else opts.imgsz
+    imgsz = backend.fixed_imgsz[0] if exported else check_imgsz([opts.imgsz], backend.stride)[0]  # as train/detect
     loader, _ = create_dataloader(data[split], imgsz, backend.fixed_batch or opts.batch_size, backend.stride,
                                   rect=not exported, pad=0.5, workers=opts.workers, single_cls=opts.single_cls,
                                   prefix=f"{split}: ")
@@ -102,6 +103,7 @@ def score_saved(opts: Any, save_dir: Path) -> ValResults:
         dets = coco_eval.load_coco_detections(opts.pred, gt.image_ids)
         index = np.searchsorted(gt.category_ids, dets.category).clip(0, max(len(gt.category_ids) - 1, 0))
         known = gt.category_ids[index] == dets.category if len(gt.category_ids) else np.zeros(len(dets), bool)
+        report_unknown_categories(dets.category[~known], opts.pred, opts.gt)
         dets = BoxSet(dets.image, dets.boxes, np.where(known, index, -1), score=dets.score)
         gts = BoxSet(gt.boxes.image, gt.boxes.boxes, np.searchsorted(gt.category_ids, gt.boxes.category),
                      area=gt.boxes.area, ignore=gt.boxes.ignore)
@@ -119,3 +121,12 @@ def score_saved(opts: Any, save_dir: Path) -> ValResults:
         plot_metrics(curves, None, names, save_dir)
     atomic_write_text(save_dir / "results.json", json.dumps(results.as_dict(), indent=2))
     return results
+
+
+def report_unknown_categories(unknown: np.ndarray, pred: Any, gt: Any) -> None:
+    """Warn once about predictions whose category_id the GT does not define (they can only be false positives)."""
+    if len(unknown):
+        ids = sorted({int(c) for c in unknown})
+        logger.warning("%s: %d prediction(s) have category_id %s, which %s does not define; they are ignored "
+                       "(ids shifted by one, or predictions for another dataset?)", pred, len(unknown),
+                       ids[:10] + (["..."] if len(ids) > 10 else []), gt)

@@ -1,11 +1,15 @@
 """Tests for utils/checkpoint.py: atomic writes, safe loading, clear errors."""
 
+import errno
+import os
 import pickle
 
 import pytest
 import torch
 
+from tests.conftest import small_filesystem
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.files import OutputWriteError
 
 
 def _checkpoint():
@@ -67,3 +71,26 @@ def test_plain_state_dict_is_accepted_only_for_transfer(tmp_path):
     with pytest.raises(ValueError, match="model_yaml"):
         load_checkpoint(path)
     assert load_checkpoint(path, weights_only_transfer=True)["model"]["w"].sum() == 2
+
+
+def test_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(_checkpoint(), path)
+    before = path.read_bytes()
+    (tmp_path / ".last.pt.killed.tmp").write_bytes(b"a save killed earlier")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OutputWriteError, match=r"could not write .*last\.pt: .*No space left on device \(disk full"):
+        save_checkpoint({**_checkpoint(), "epoch": 4}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "stale and new temporary files are removed"
+
+
+def test_full_disk_on_a_small_filesystem(tmp_path):
+    with small_filesystem(tmp_path / "small", "256k") as small:
+        with pytest.raises(OutputWriteError, match="No space left on device"):
+            save_checkpoint({"model": {"w": torch.zeros(200_000)}, "model_yaml": {}}, small / "last.pt")
+        assert list(small.iterdir()) == []

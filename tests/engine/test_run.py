@@ -14,14 +14,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 import yaml
 
 from models.yolo import model_from_checkpoint
-from tests.conftest import REPO_ROOT
-from utils.checkpoint import load_checkpoint
+from tests.conftest import REPO_ROOT, TINY_MODEL_YAML, tree_bytes
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.engine.hooks import CheckpointHook
 from utils.engine.options import parse_options
 from utils.engine.run import run
 
@@ -134,3 +136,61 @@ def test_resume_latest_picks_the_newest_last_pt(tmp_path):
     assert find_resume_checkpoint(parse_options(["--resume", "--project", str(tmp_path)])) == newer
     with pytest.raises(FileNotFoundError, match="no last.pt"):
         find_resume_checkpoint(parse_options(["--resume", "--project", str(tmp_path / "empty")]))
+
+
+@pytest.fixture(scope="module")
+def exact_data(tmp_path_factory) -> Path:
+    """8 train / 4 val synthetic images of 96 px: the smallest set that still has two batches per epoch."""
+    root = tmp_path_factory.mktemp("exact")
+    config = {"path": str(root / "data"), "train": "images/train", "val": "images/val", "nc": 5,
+              "names": ["car", "truck", "pedestrian", "bicycle", "bus"],
+              "generate": {"images": 8, "val_images": 4, "size": 96, "seed": 0}}
+    (root / "exact.yaml").write_text(yaml.safe_dump(config))
+    return root / "exact.yaml"
+
+
+def killed_after_first_epoch(argv: list[str]) -> Path:
+    """Run a 2-epoch training that dies right after saving epoch 0 (as a SIGKILL there would); its last.pt."""
+    save = CheckpointHook.after_epoch
+
+    def save_then_die(self, trainer):
+        save(self, trainer)
+        raise KeyboardInterrupt("killed")
+
+    with mock.patch.object(CheckpointHook, "after_epoch", save_then_die), pytest.raises(KeyboardInterrupt):
+        run(parse_options(argv))
+    return Path(parse_options(argv).project) / "exp" / "weights" / "last.pt"
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(exact_data, tmp_path, workers):
+    """Mosaic, HSV, flips and shuffling all draw random numbers: every state must come back exactly."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_MODEL_YAML))
+    argv = ["--img", "64", "--batch", "4", "--nbs", "4", "--workers", workers, "--cfg", str(cfg), "--seed", "0",
+            "--data", str(exact_data), "--epochs", "2", "--noplots", "--noautoanchor", "--noval"]
+    whole = run(parse_options([*argv, "--project", str(tmp_path / "whole")]))
+    last = killed_after_first_epoch([*argv, "--project", str(tmp_path / "killed")])
+    assert load_checkpoint(last)["epoch"] == 0
+    resumed = run(parse_options(["--resume", str(last)]))
+    assert resumed.save_dir == last.parent.parent
+    expected, actual = load_checkpoint(whole.save_dir / "weights" / "last.pt"), load_checkpoint(last)
+    for key in ("model", "ema"):
+        different = [name for name in expected[key] if not torch.equal(expected[key][name], actual[key][name])]
+        assert not different, f"{key}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_resume_of_a_checkpoint_from_elsewhere_starts_a_new_run_folder(one_epoch_run, tmp_path):
+    """`--resume some/folder/model.pt` never treats the folders around the file as its run."""
+    checkpoint = load_checkpoint(one_epoch_run.save_dir / "weights" / "last.pt")
+    assert checkpoint["save_dir"] == str(one_epoch_run.save_dir.resolve())
+    checkpoint["opt"]["epochs"] = 2
+    checkpoint["opt"]["project"] = str(tmp_path / "runs")
+    unrelated = tmp_path / "mine"
+    (unrelated / "models").mkdir(parents=True)
+    (unrelated / "results.csv").write_text("epoch,score\n0,1\n1,2\n")
+    save_checkpoint(checkpoint, unrelated / "models" / "model.pt")
+    before = tree_bytes(unrelated)
+    outcome = run(parse_options(["--resume", str(unrelated / "models" / "model.pt")]))
+    assert tree_bytes(unrelated) == before
+    assert outcome.save_dir == tmp_path / "runs" / "exp" and results_epochs(outcome.save_dir) == [1]

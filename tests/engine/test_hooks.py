@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +16,7 @@ from utils.checkpoint import load_checkpoint
 from utils.engine.hooks import BestModelHook, CheckpointHook, LRScheduleHook, ValidationHook, metrics_row
 from utils.engine.optim import build_optimizer
 from utils.engine.writers import ResultsCsvHook, truncate_results
+from utils.files import OutputWriteError
 from utils.torch_utils import ModelEMA
 
 
@@ -128,6 +131,19 @@ def test_results_csv_rows_and_resume_truncation(tmp_path):
     trainer.epoch = 2
     hook.after_epoch(trainer)
     assert [r["epoch"] for r in read_rows(path)] == ["0", "1", "2"]
+
+
+def test_results_csv_on_a_full_disk_stops_naming_the_file(tmp_path, monkeypatch):
+    hook = ResultsCsvHook(tmp_path / "results.csv")
+    trainer = fake_trainer()
+    hook.before_train(trainer)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OutputWriteError, match=r"could not write .*results\.csv: .*No space left on device"):
+        hook.after_epoch(trainer)
 
 
 @pytest.mark.parametrize("content", ["", "epoch,x\n"])

@@ -8,6 +8,7 @@ the graph, so every runtime gets ordinary boxes. The model's facts travel as JSO
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ import torch.nn as nn
 
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
+from utils.files import atomic_write_bytes
 from utils.infer.backend import METADATA_KEY, model_metadata
 
 logger = logging.getLogger(__name__)
@@ -48,22 +50,23 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: d
     import onnx
 
     dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 1: "anchors"}}
-    torch.onnx.export(PredictionOnly(model), (example,), str(path), dynamo=False, opset_version=opset,
+    buffer = io.BytesIO()  # written in one checked, atomic step once complete
+    torch.onnx.export(PredictionOnly(model), (example,), buffer, dynamo=False, opset_version=opset,
                       input_names=["images"], output_names=["output"],
                       dynamic_axes=dynamic_axes if dynamic else None, do_constant_folding=True)
-    graph = onnx.load(str(path))
+    graph = onnx.load_model_from_string(buffer.getvalue())
     onnx.checker.check_model(graph)
     entry = graph.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    onnx.save(graph, str(path))
-    return path
+    return atomic_write_bytes(path, graph.SerializeToString())
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> Path:
     """Trace the model and save it with the metadata as an extra file."""
     traced = torch.jit.trace(PredictionOnly(model), example, strict=False, check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
-    return path
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
+    return atomic_write_bytes(path, buffer.getbuffer())
 
 
 def onnx_max_error(path: Path, model: nn.Module, images: torch.Tensor) -> float:

@@ -7,6 +7,8 @@ A checkpoint is a dict of tensors and builtins (DESIGN.md section 6):
     names        list of class names
     hyp, opt     dicts of the run's hyperparameters and options
     epoch, best_fitness, optimizer, scaler, ema_updates, scheduler   (what --resume needs)
+    rng          every random state the next epoch draws from (global, multi-scale, loader): exact resume
+    save_dir     the run folder that wrote it: --resume continues there only if the file still lies in it
 Nothing here unpickles code, so a checkpoint from anywhere is safe to open.
 """
 

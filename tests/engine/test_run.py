@@ -30,16 +30,20 @@ from utils.engine.run import run
 FAST = ["--img", "64", "--batch", "8", "--nbs", "8", "--workers", "0", "--cfg", "models/yolov5n.yaml", "--seed", "0"]
 
 
+def synthetic_yaml(root: Path, images: int, val_images: int, size: int) -> Path:
+    """A data YAML under ``root`` whose synthetic set is generated on first use."""
+    config = {"path": str(root / "data"), "train": "images/train", "val": "images/val", "nc": 5,
+              "names": ["car", "truck", "pedestrian", "bicycle", "bus"],
+              "generate": {"images": images, "val_images": val_images, "size": size, "seed": 0}}
+    path = root / "synthetic.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """A data YAML for 16 train / 8 val synthetic images of 128 px (generated once for this module)."""
-    root = tmp_path_factory.mktemp("tiny_synthetic")
-    config = {"path": str(root / "data"), "train": "images/train", "val": "images/val", "nc": 5,
-              "names": ["car", "truck", "pedestrian", "bicycle", "bus"],
-              "generate": {"images": 16, "val_images": 8, "size": 128, "seed": 0}}
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return synthetic_yaml(tmp_path_factory.mktemp("tiny_synthetic"), 16, 8, 128)
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +145,7 @@ def test_resume_latest_picks_the_newest_last_pt(tmp_path):
 @pytest.fixture(scope="module")
 def exact_data(tmp_path_factory) -> Path:
     """8 train / 4 val synthetic images of 96 px: the smallest set that still has two batches per epoch."""
-    root = tmp_path_factory.mktemp("exact")
-    config = {"path": str(root / "data"), "train": "images/train", "val": "images/val", "nc": 5,
-              "names": ["car", "truck", "pedestrian", "bicycle", "bus"],
-              "generate": {"images": 8, "val_images": 4, "size": 96, "seed": 0}}
-    (root / "exact.yaml").write_text(yaml.safe_dump(config))
-    return root / "exact.yaml"
+    return synthetic_yaml(tmp_path_factory.mktemp("exact"), 8, 4, 96)
 
 
 def killed_after_first_epoch(argv: list[str]) -> Path:

@@ -2,8 +2,10 @@
 
 Bad input never stops a run: a corrupt image (or an unreadable label file) skips that image, a bad label
 line is dropped, each is reported once with file, line and reason, and a summary counts
-found/missing/empty/corrupt. The only file ever written is the cache ``<labels dir>.cache`` (an ``.npz``
-read with ``allow_pickle=False``), keyed by a hash of the file list with sizes and mtimes.
+found/missing/empty/corrupt. The only file ever written is the cache (an ``.npz`` read with
+``allow_pickle=False``, keyed by a hash of the file list with sizes and mtimes): ``labels/<split>.cache``
+beside a labels folder, or inside a flat folder whose labels sit next to its images; an unlabelled folder
+gets none. A damaged cache is reported and rebuilt.
 """
 
 from __future__ import annotations

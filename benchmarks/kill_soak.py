@@ -71,8 +71,11 @@ def run_cli(argv: list[str], kill_after: float | None = None) -> tuple[float, bo
     return time.perf_counter() - start, killed
 
 
+CHECKED_SUFFIXES = (".pt", ".jpg", ".png", ".json", ".txt", ".csv", ".cache", ".yaml")
+
+
 def check_file(path: Path) -> str:
-    """'' when the output is complete, else why not."""
+    """'' when the output (one of CHECKED_SUFFIXES) is complete, else why not."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".pt":
@@ -95,7 +98,7 @@ def check_file(path: Path) -> str:
         elif suffix == ".cache":
             with np.load(path, allow_pickle=False) as cache:
                 cache["key"]
-        elif suffix in (".yaml", ".yml"):
+        elif suffix == ".yaml":
             yaml.safe_load(path.read_text(encoding="utf-8"))
     except Exception as error:  # any failure to read is what this script looks for
         return f"{type(error).__name__}: {error}"
@@ -106,7 +109,7 @@ def check_outputs(work: Path) -> tuple[Counter, list[str], int]:
     """(files checked per suffix, problems, stale temporary files) under ``work``."""
     checked, problems, temps = Counter(), [], 0
     for path in sorted(work.rglob("*")):
-        if not path.is_file():
+        if not path.is_file() or (path.suffix.lower() not in CHECKED_SUFFIXES and not path.name.startswith(".")):
             continue
         if path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX):
             temps += 1
@@ -129,11 +132,10 @@ def soak(kills: int, seed: int, work: Path) -> dict:
     data = work / "soak.yaml"
     data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
                                     "names": ["car", "truck", "pedestrian", "bicycle", "bus"]}))
-    baseline, _ = run_cli(["train.py", *TRAIN_ARGS, "--epochs", "1", "--data", str(data), "--project",
-                           str(work / "weights")])
+    durations = {"train": run_cli(["train.py", *TRAIN_ARGS, "--data", str(data), "--project",
+                                   str(work / "weights")])[0]}
     weights = work / "weights" / "exp" / "weights" / "last.pt"
     argvs = commands(work, data, weights)
-    durations = {"train": baseline * 3}
     for name in ("val", "detect"):
         durations[name], _ = run_cli(argvs[name])
     killed, resumed, problems_over_time = Counter(), 0, []

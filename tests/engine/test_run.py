@@ -161,13 +161,18 @@ def killed_after_first_epoch(argv: list[str]) -> Path:
     return Path(parse_options(argv).project) / "exp" / "weights" / "last.pt"
 
 
+def tiny_argv(data: Path, folder: Path, workers: str = "0") -> list[str]:
+    """Options of a 2-epoch run of the tests' tiny two-level model (its YAML written into ``folder``)."""
+    cfg = folder / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_MODEL_YAML))
+    return ["--img", "64", "--batch", "4", "--nbs", "4", "--workers", workers, "--cfg", str(cfg), "--seed", "0",
+            "--data", str(data), "--epochs", "2", "--noplots", "--noautoanchor", "--noval"]
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(exact_data, tmp_path, workers):
     """Mosaic, HSV, flips and shuffling all draw random numbers: every state must come back exactly."""
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_MODEL_YAML))
-    argv = ["--img", "64", "--batch", "4", "--nbs", "4", "--workers", workers, "--cfg", str(cfg), "--seed", "0",
-            "--data", str(exact_data), "--epochs", "2", "--noplots", "--noautoanchor", "--noval"]
+    argv = tiny_argv(exact_data, tmp_path, workers)
     whole = run(parse_options([*argv, "--project", str(tmp_path / "whole")]))
     last = killed_after_first_epoch([*argv, "--project", str(tmp_path / "killed")])
     assert load_checkpoint(last)["epoch"] == 0
@@ -179,12 +184,11 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(exact_data, tmp_pat
         assert not different, f"{key}: {len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def test_resume_of_a_checkpoint_from_elsewhere_starts_a_new_run_folder(one_epoch_run, tmp_path):
+def test_resume_of_a_checkpoint_from_elsewhere_starts_a_new_run_folder(exact_data, tmp_path):
     """`--resume some/folder/model.pt` never treats the folders around the file as its run."""
-    checkpoint = load_checkpoint(one_epoch_run.save_dir / "weights" / "last.pt")
-    assert checkpoint["save_dir"] == str(one_epoch_run.save_dir.resolve())
-    checkpoint["opt"]["epochs"] = 2
-    checkpoint["opt"]["project"] = str(tmp_path / "runs")
+    last = killed_after_first_epoch([*tiny_argv(exact_data, tmp_path), "--project", str(tmp_path / "runs")])
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["save_dir"] == str(last.parent.parent.resolve())
     unrelated = tmp_path / "mine"
     (unrelated / "models").mkdir(parents=True)
     (unrelated / "results.csv").write_text("epoch,score\n0,1\n1,2\n")
@@ -192,4 +196,4 @@ def test_resume_of_a_checkpoint_from_elsewhere_starts_a_new_run_folder(one_epoch
     before = tree_bytes(unrelated)
     outcome = run(parse_options(["--resume", str(unrelated / "models" / "model.pt")]))
     assert tree_bytes(unrelated) == before
-    assert outcome.save_dir == tmp_path / "runs" / "exp" and results_epochs(outcome.save_dir) == [1]
+    assert outcome.save_dir == tmp_path / "runs" / "exp2" and results_epochs(outcome.save_dir) == [1]

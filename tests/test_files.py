@@ -90,3 +90,8 @@ def test_output_names_are_unique_and_stable():
     assert names.name("in/x.png") == stems[3] + ".png" and names.stem("in/x.png") == stems[3]
     again = OutputNames()
     assert [again.stem(source) for source in sources] == stems, "the same files get the same names on every run"
+
+
+def test_a_read_only_target_says_permission_not_disk(tmp_path):
+    error = OutputWriteError(tmp_path / "x.txt", PermissionError(errno.EACCES, "Permission denied"))
+    assert str(error) == f"could not write {tmp_path / 'x.txt'}: [Errno 13] Permission denied (no write permission?)"

@@ -8,6 +8,7 @@ and a kill never leaves half a file.
 from __future__ import annotations
 
 import csv
+import errno
 import glob
 import hashlib
 import io
@@ -54,9 +55,10 @@ class OutputWriteError(OSError):
     """An output file could not be written; ``str()`` is the whole one-line message the CLIs print."""
 
     def __init__(self, path: Union[str, Path], reason: Union[str, BaseException]):
+        denied = isinstance(reason, OSError) and reason.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
         if isinstance(reason, BaseException):
             reason = (str(reason).splitlines() or [type(reason).__name__])[0]
-        hint = "(no write permission?)" if isinstance(reason, str) and "ermission" in reason else "(disk full?)"
+        hint = "(no write permission?)" if denied else "(disk full?)"
         super().__init__(f"could not write {path}: {reason} {hint}")
         self.path = Path(path)
 

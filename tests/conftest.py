@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,22 @@ def make_yolo_dataset(root: Path, num_images: int = 6, size: tuple[int, int] = (
         cv2.imwrite(str(root / "images" / f"im{index}.png"), image[:, :, ::-1])  # channel 0 = red in RGB
         (root / "labels" / f"im{index}.txt").write_text("\n".join(lines) + "\n")
     return root / "images"
+
+
+@contextmanager
+def small_filesystem(path: Path, size: str = "256k") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (a real full disk); skips the test where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a small tmpfs here (needs root); the patched-writer tests cover the logic")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` -> its bytes: compare before and after to prove a folder was left alone."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,5 +1,6 @@
 """Tests for utils/checkpoint.py: atomic writes, safe loading, clear errors."""
 
+import errno
 import os
 import pickle
 import stat
@@ -7,7 +8,9 @@ import stat
 import pytest
 import torch
 
+from tests.conftest import small_filesystem
 from utils.checkpoint import is_stripped, load_checkpoint, save_checkpoint, strip_checkpoint_file
+from utils.files import OutputWriteError
 
 
 def _checkpoint():
@@ -95,3 +98,26 @@ def test_strip_keeps_ema_weights_in_half_precision(tmp_path):
     torch.testing.assert_close(stripped["model"]["w"].float(), torch.arange(4.0) + 0.5)
     assert (stripped["epoch"], stripped["opt"], stripped["names"]) == (3, {"epochs": 4}, ["a", "b"])
     assert path.stat().st_size < full_size
+
+
+def test_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(_checkpoint(), path)
+    before = path.read_bytes()
+    (tmp_path / ".last.pt.killed.tmp").write_bytes(b"a save killed earlier")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OutputWriteError, match=r"could not write .*last\.pt: .*No space left on device \(disk full"):
+        save_checkpoint({**_checkpoint(), "epoch": 4}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "stale and new temporary files are removed"
+
+
+def test_full_disk_on_a_small_filesystem(tmp_path):
+    with small_filesystem(tmp_path / "small", "256k") as small:
+        with pytest.raises(OutputWriteError, match="No space left on device"):
+            save_checkpoint({"model": {"w": torch.zeros(200_000)}, "model_yaml": {}}, small / "last.pt")
+        assert list(small.iterdir()) == []

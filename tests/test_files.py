@@ -1,6 +1,24 @@
-"""Tests for utils/files.py."""
+"""Tests for utils/files.py: run folders, and checked atomic writes (a full disk, a kill) and output names."""
 
-from utils.files import increment_path, is_image_file, is_video_file
+import errno
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import small_filesystem
+from utils.files import (
+    OutputNames,
+    OutputWriteError,
+    atomic_write_bytes,
+    atomic_write_text,
+    checked_imwrite,
+    increment_path,
+    is_image_file,
+    is_video_file,
+    remove_stale_temps,
+)
 
 
 def test_increment_path(tmp_path):
@@ -16,3 +34,64 @@ def test_increment_path(tmp_path):
 def test_media_suffixes():
     assert is_image_file("a/B.JPG") and not is_image_file("a/b.txt")
     assert is_video_file("clip.MP4") and not is_video_file("clip.jpg")
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = atomic_write_text(tmp_path / "labels" / "a.txt", "old\n")
+    assert target.read_text() == "old\n" and oct(target.stat().st_mode & 0o777) != oct(0o600)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OutputWriteError, match=r"^could not write .*a\.txt: \[Errno 28\] No space left on device "
+                                               r"\(disk full\?\)$"):
+        atomic_write_text(target, "new, longer content\n")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt"], "the temporary file is removed"
+
+
+def test_a_real_full_disk_gives_one_line_and_no_partial_file(tmp_path):
+    with small_filesystem(tmp_path / "small", "64k") as small:
+        with pytest.raises(OutputWriteError) as error:
+            atomic_write_bytes(small / "big.bin", b"x" * 200_000)
+        assert str(error.value).startswith(f"could not write {small / 'big.bin'}: ")
+        assert "No space left on device" in str(error.value) and "\n" not in str(error.value)
+        assert list(small.iterdir()) == []
+
+
+def test_checked_imwrite_reports_what_cv2_imwrite_would_hide(tmp_path):
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert cv2.imread(str(checked_imwrite(tmp_path / "ok.png", image))).shape == (8, 8, 3)
+    with pytest.raises(OutputWriteError, match="could not write .*bad.xyz"):
+        checked_imwrite(tmp_path / "bad.xyz", image)
+    (tmp_path / "file").write_text("a file where a folder should be")
+    with pytest.raises(OutputWriteError, match="could not write"):
+        checked_imwrite(tmp_path / "file" / "x.jpg", image)
+
+
+def test_stale_temps_of_a_killed_write_are_removed(tmp_path):
+    stale = tmp_path / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"half")
+    other = tmp_path / ".best.pt.abc123.tmp"
+    other.write_bytes(b"half")
+    assert remove_stale_temps(tmp_path / "last.pt") == [stale]
+    assert not stale.exists() and other.exists()
+
+
+def test_output_names_are_unique_and_stable():
+    sources = ["in/a b.jpg", "in/a_b.jpg", "in/x.jpg", "in/x.png", "d1/img.jpg", "d2/img.jpg", "in/photo[1].jpg",
+               "in/IMG.jpg"]
+    names = OutputNames()
+    stems = [names.stem(source) for source in sources]
+    assert len({stem.lower() for stem in stems}) == len(sources), stems
+    assert stems[:3] == ["a b", "a_b", "x"] and stems[4] == "img" and stems[6] == "photo[1]"
+    assert stems[3].startswith("x_") and stems[5].startswith("img_") and stems[7].startswith("IMG_")
+    assert names.name("in/x.png") == stems[3] + ".png" and names.stem("in/x.png") == stems[3]
+    again = OutputNames()
+    assert [again.stem(source) for source in sources] == stems, "the same files get the same names on every run"
+
+
+def test_a_read_only_target_says_permission_not_disk(tmp_path):
+    error = OutputWriteError(tmp_path / "x.txt", PermissionError(errno.EACCES, "Permission denied"))
+    assert str(error) == f"could not write {tmp_path / 'x.txt'}: [Errno 13] Permission denied (no write permission?)"

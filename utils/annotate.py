@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import torch
 
+from utils.files import checked_imwrite
+
 ArrayLike = Union[np.ndarray, torch.Tensor]
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 # Hershey font scale per pixel of line thickness: about 8 px tall text at thickness 1.
@@ -152,6 +154,6 @@ def save_feature_maps(layers: Sequence[torch.nn.Module], run_model: Callable[[],
         tiled = grid.view(rows, columns, *maps.shape[1:]).permute(0, 2, 1, 3).reshape(rows * maps.shape[1], -1)
         # tiled: (rows * h, columns * w)
         path = save_dir / f"stage{index}_{type(layers[index]).__name__}.png"
-        cv2.imwrite(str(path), (tiled.numpy() * 255).astype(np.uint8))
+        checked_imwrite(path, (tiled.numpy() * 255).astype(np.uint8))
         written.append(path)
     return written

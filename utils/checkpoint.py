@@ -7,6 +7,8 @@ A checkpoint is a dict of tensors and builtins (DESIGN.md section 6):
     names        list of class names
     hyp, opt     dicts of the run's hyperparameters and options
     epoch, best_fitness, optimizer, scaler, ema_updates, scheduler   (what --resume needs)
+    rng          every random state the next epoch draws from (global, multi-scale, loader): exact resume
+    save_dir     the run folder that wrote it: --resume continues there only if the file still lies in it
 Nothing here unpickles code, so a checkpoint from anywhere is safe to open.
 
 At the end of training both best.pt and last.pt are stripped like YOLOv5's ``strip_optimizer``: the
@@ -16,14 +18,14 @@ loading casts back to float32 (models/yolo.model_from_checkpoint).
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-import stat
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 import torch
+
+from utils.files import atomic_write_bytes, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -31,28 +33,18 @@ logger = logging.getLogger(__name__)
 STRIPPED_KEYS = ("model", "model_yaml", "names", "hyp", "opt", "epoch", "best_fitness")
 
 
-def _file_mode() -> int:
-    """rw for whom the umask allows (0644 under umask 022), as ``open()`` would create the file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH) & ~umask
-
-
 def save_checkpoint(checkpoint: dict[str, Any], path: Union[str, Path]) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves a broken file."""
+    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves a broken file.
+
+    Temporary files that a killed save of the same file left behind are removed first. The checkpoint is
+    serialised in memory and written in one go, so a full disk raises OutputWriteError with the system's
+    reason rather than torch's serializer error.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _file_mode())  # mkstemp creates 0600; others may read it as with any file
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    remove_stale_temps(path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu",

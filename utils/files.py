@@ -1,10 +1,27 @@
-"""File-system helpers shared by the CLIs: the repository root, bare-name look-ups, media suffixes, run folders."""
+"""File-system helpers: the repository root and bare-name look-ups, media suffixes, run folders, and
+checked, atomic output writes.
+
+Every output (images, labels, JSON, CSV, plots, caches, checkpoints) goes through :func:`atomic_open` or a
+helper built on it: a failed write raises :class:`OutputWriteError`, whose one-line message names the file,
+and a kill never leaves half a file.
+"""
 
 from __future__ import annotations
 
+import csv
+import errno
+import glob
+import hashlib
+import io
+import os
 import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import IO, Any, Optional, Union
+
+import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The repository root: where data/, models/ and runs/ live, whatever the current folder."""
@@ -48,3 +65,170 @@ def resolve_path(path: Union[str, Path], flag: str, search_dir: str = "") -> Pat
             return candidate
     where = f" (also looked in {REPO_ROOT / search_dir})" if search_dir else ""
     raise FileNotFoundError(f"{flag} {path} not found{where}")
+
+
+class OutputWriteError(OSError):
+    """An output file could not be written; ``str()`` is the whole one-line message the CLIs print."""
+
+    def __init__(self, path: Union[str, Path], reason: Union[str, BaseException]):
+        denied = isinstance(reason, OSError) and reason.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        if isinstance(reason, BaseException):
+            reason = (str(reason).splitlines() or [type(reason).__name__])[0]
+        hint = "(no write permission?)" if denied else "(disk full?)"
+        super().__init__(f"could not write {path}: {reason} {hint}")
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def output_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0644 under umask 022): temp files are created 0600, and
+    finished outputs get this instead. Reading the umask means setting it, so it is set straight back."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+# Suffix of the temporary files written beside their target, so stale ones can be found.
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temps(path: Union[str, Path]) -> list[Path]:
+    """Delete the temporary files that killed writes of ``path`` left beside it; returns them."""
+    path = Path(path)
+    stale = list(path.parent.glob(f"{glob.escape(_temp_prefix(path))}*{TEMP_SUFFIX}")) if path.parent.is_dir() else []
+    for temp in stale:
+        temp.unlink(missing_ok=True)
+    return stale
+
+
+@contextmanager
+def atomic_open(path: Union[str, Path], mode: str = "wb", encoding: Optional[str] = None) -> Iterator[IO]:
+    """Write ``path`` through a temporary file in its folder, fsynced and renamed over it at the end.
+
+    A kill or an error never leaves half a file: ``path`` holds its old content or the whole new one.
+    Any failure to write raises :class:`OutputWriteError` naming ``path`` (other errors pass through).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as error:
+        raise OutputWriteError(path, error) from error
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp_name, output_file_mode())
+        os.replace(temp_name, path)
+    except OutputWriteError:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    except OSError as error:
+        Path(temp_name).unlink(missing_ok=True)
+        raise OutputWriteError(path, error) from error
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Union[str, Path], data: Union[bytes, memoryview]) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_open`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def checked_imwrite(path: Union[str, Path], image: np.ndarray, params: Sequence[int] = ()) -> Path:
+    """Encode ``image`` (H, W, 3) uint8 BGR by the file's suffix and write it atomically.
+
+    Unlike ``cv2.imwrite``, whose False return is easy to ignore, a failure raises OutputWriteError.
+    """
+    import cv2
+
+    path = Path(path)
+    try:
+        ok, encoded = cv2.imencode(path.suffix or ".jpg", image, list(params))
+    except cv2.error as error:
+        raise OutputWriteError(path, f"OpenCV cannot encode a {path.suffix} image ({error})") from error
+    if not ok:
+        raise OutputWriteError(path, f"OpenCV cannot encode a {path.suffix} image")
+    return atomic_write_bytes(path, encoded.tobytes())
+
+
+def checked_savefig(figure: Any, path: Union[str, Path], **kwargs: Any) -> Path:
+    """``figure.savefig`` into a temporary file renamed over ``path``; a failure raises OutputWriteError."""
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        figure.savefig(f, format=path.suffix[1:] or "png", **kwargs)
+    return path
+
+
+class OutputNames:
+    """One output stem per source file, unique within a run (case-insensitively, for case-blind disks).
+
+    The first source keeps its own stem (``photo[1].jpg`` -> ``photo[1]``); a later source whose stem is
+    taken (``x.png`` after ``x.jpg``, ``d2/img.jpg`` after ``d1/img.jpg``) gets ``<stem>_<hash>``, a hash
+    of its full path, so it is the same on every run over the same files.
+    """
+
+    def __init__(self) -> None:
+        self._stems: dict[str, str] = {}  # source -> stem
+        self._taken: set[str] = set()
+
+    def stem(self, source: Union[str, Path]) -> str:
+        source = str(source)
+        if source not in self._stems:
+            base = Path(source).stem if Path(source).name else "output"
+            stem, attempt = base, 0
+            while stem.lower() in self._taken:
+                digest = hashlib.sha1(f"{os.path.abspath(source)}|{attempt}".encode()).hexdigest()[:6]
+                stem, attempt = f"{base}_{digest}", attempt + 1
+            self._taken.add(stem.lower())
+            self._stems[source] = stem
+        return self._stems[source]
+
+    def name(self, source: Union[str, Path]) -> str:
+        """The output file name: the unique stem with the source's own suffix."""
+        return self.stem(source) + Path(str(source)).suffix
+
+
+def append_text(path: Union[str, Path], text: str) -> None:
+    """Append complete lines to a log such as results.csv and fsync; a failure raises OutputWriteError.
+
+    A kill can still cut the last line; readers of such logs drop rows of the wrong length.
+    """
+    try:
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise OutputWriteError(path, error) from error
+
+
+def append_csv_rows(path: Union[str, Path], rows: Sequence[Sequence[Any]]) -> None:
+    """Append complete CSV rows to ``path`` (see :func:`append_text`)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    append_text(path, buffer.getvalue())
+
+
+def read_image(path: Union[str, Path]) -> Optional[np.ndarray]:
+    """An image as (H, W, 3) uint8 BGR the way viewers display it (EXIF orientation applied), or None.
+
+    The one reader of scanning, training, val and detect, so labels and boxes share one frame.
+    """
+    import cv2
+
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional, TypeVar
 
 import yaml
 
+from utils.files import OutputWriteError
+
 T = TypeVar("T")
 
 # Set to 1 to see the full traceback of a user error instead of the one-line message.
@@ -98,11 +100,12 @@ def options_from_kwargs(options_cls: type[T], kwargs: dict[str, Any]) -> T:
 
 
 def cli_main(main: Callable[[], Any], prog: str) -> None:
-    """Run a CLI's ``main``: user errors (bad value, missing file, unreadable YAML, failed write) print one line
-    ``prog: error: ...`` and exit 2; ``CBBL_TRACEBACK=1`` shows the traceback instead."""
+    """Run a CLI's ``main``: user errors (bad value, missing file, unreadable YAML, a failed write such as a full
+    disk) print one line ``prog: error: ...`` and exit 2; ``CBBL_TRACEBACK=1`` shows the traceback instead."""
     try:
         main()
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, yaml.YAMLError) as err:
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OutputWriteError,
+            yaml.YAMLError) as err:
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
         logging.shutdown()

@@ -69,6 +69,38 @@ def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def python_rng_state(rng: random.Random) -> list:
+    """A ``random.Random`` state as plain lists (checkpoints hold builtins only)."""
+    version, internal, gauss_next = rng.getstate()
+    return [version, list(internal), gauss_next]
+
+
+def set_python_rng_state(rng: random.Random, state: list) -> None:
+    version, internal, gauss_next = state
+    rng.setstate((version, tuple(internal), gauss_next))
+
+
+def global_rng_states() -> dict[str, Any]:
+    """The global Python, NumPy and torch (CPU and CUDA) generators, as checkpoint-safe data."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states = {"python": python_rng_state(random), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position,
+                                                           has_gauss, cached],
+              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_global_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`global_rng_states` returned (CUDA states only when the devices match)."""
+    set_python_rng_state(random, states["python"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, np.int64).astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def de_parallel(model: nn.Module) -> nn.Module:
     """The underlying model of a DataParallel/DistributedDataParallel wrapper (or the model itself)."""
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model

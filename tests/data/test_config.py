@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import make_yolo_dataset
+from tests.conftest import make_yolo_dataset, tree_bytes
 from utils.data.config import REPO_ROOT, find_data_file, load_data_config
 
 
@@ -84,3 +84,13 @@ def test_default_synthetic_yaml_loads():
     config = load_data_config("data/synthetic.yaml")
     assert config["path"] == str(REPO_ROOT / "datasets" / "synthetic")
     assert config["nc"] == 5 and Path(config["train"]).is_dir() and Path(config["val"]).is_dir()
+
+
+def test_generate_key_on_a_users_dataset_refuses_and_touches_nothing(tmp_path):
+    images = make_yolo_dataset(tmp_path / "mine", num_images=2)
+    before = tree_bytes(tmp_path / "mine")
+    content = {"path": str(tmp_path / "mine"), "train": "images", "val": "images", "names": ["a", "b", "c"],
+               "generate": {"images": 2, "val_images": 1, "size": 64, "seed": 0}}
+    with pytest.raises(ValueError, match="holds files it did not make"):
+        load_data_config(write_yaml(tmp_path / "copied.yaml", content))
+    assert tree_bytes(tmp_path / "mine") == before and images.is_dir()

@@ -136,3 +136,70 @@ def test_image_to_label_path():
     assert image_to_label_path("/a/images/train/x.jpg") == str(Path("/a/labels/train/x.txt"))
     assert image_to_label_path("/images/b/images/x.png") == str(Path("/images/b/labels/x.txt"))
     assert image_to_label_path("/a/b/x.jpg") == str(Path("/a/b/x.txt"))
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 cut short", b"not an npz at all"])
+def test_damaged_cache_is_named_and_rebuilt(tmp_path, caplog, damage):
+    images = make_yolo_dataset(tmp_path / "data", num_images=2)
+    scan_dataset(list_image_files(images), workers=1)
+    cache = tmp_path / "data" / "labels.cache"
+    cache.write_bytes(cache.read_bytes()[:100] if damage == b"PK\x03\x04 cut short" else damage)
+    with caplog.at_level(logging.WARNING):
+        result = scan_dataset(list_image_files(images), workers=1)
+    assert len(result.im_files) == 2
+    assert sum(f"ignoring unreadable label cache {cache}" in r.getMessage() for r in caplog.records) == 1
+    assert np.load(cache)["key"].size == 1, "rebuilt"
+
+
+def test_cache_temp_names_are_unique(tmp_path):
+    images = make_yolo_dataset(tmp_path / "data", num_images=2)
+    (tmp_path / "data" / "labels.cache.tmp").mkdir()  # the old fixed temp name, taken (another run's)
+    scan_dataset(list_image_files(images), workers=1)
+    assert (tmp_path / "data" / "labels.cache").is_file()
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.endswith(".tmp") and p.is_file()]
+
+
+def test_jpeg_with_bytes_after_the_end_marker_is_kept(tmp_path):
+    images = make_yolo_dataset(tmp_path / "data", num_images=1)
+    ok, encoded = cv2.imencode(".jpg", np.full((40, 60, 3), 90, np.uint8))
+    (images / "trailing.jpg").write_bytes(encoded.tobytes() + b"\x00" * 16)  # e.g. padding added by a camera
+    result = scan_dataset(list_image_files(images), workers=1)
+    assert result.corrupt == 0 and str(images / "trailing.jpg") in result.im_files
+
+
+def test_utf8_bom_does_not_drop_the_first_box(tmp_path):
+    images = make_yolo_dataset(tmp_path / "data", num_images=1)
+    (tmp_path / "data" / "labels" / "im0.txt").write_bytes("\ufeff0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n"
+                                                           .encode("utf-8"))
+    result = scan_dataset(list_image_files(images), workers=1)
+    assert len(result.labels[0]) == 2 and not result.messages
+
+
+def test_flat_folder_cache_goes_inside_it_and_unlabelled_gets_none(tmp_path):
+    flat = tmp_path / "parent" / "flat"
+    flat.mkdir(parents=True)
+    for index in range(2):
+        cv2.imwrite(str(flat / f"im{index}.png"), np.zeros((32, 32, 3), np.uint8))
+    scan_dataset(list_image_files(flat), workers=1)
+    assert [p.name for p in (tmp_path / "parent").iterdir()] == ["flat"] and not list(flat.glob("*.cache"))
+    (flat / "im0.txt").write_text(GOOD)
+    scan_dataset(list_image_files(flat), workers=1)
+    assert [p.name for p in (tmp_path / "parent").iterdir()] == ["flat"] and (flat / "flat.cache").is_file()
+
+
+def test_exif_orientation_is_applied_in_scan_training_and_detect(tmp_path):
+    from PIL import Image
+
+    from utils.data.dataset import LoadImagesAndLabels
+    from utils.infer.sources import iterate_frames
+
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 60 wide x 40 high, displayed rotated by 90 degrees: 40 x 60
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(images / "rotated.jpg", exif=exif)
+    result = scan_dataset(list_image_files(images), workers=1)
+    assert result.shapes.tolist() == [[40, 60]]  # (w, h) as displayed
+    dataset = LoadImagesAndLabels(images, img_size=60)
+    assert dataset.load_image(0)[0].shape[:2] == (60, 40)
+    assert next(iterate_frames(images)).image.shape[:2] == (60, 40)

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from tests.conftest import REPO_ROOT
-from utils.data.synthetic import CLASS_NAMES, MARKER, draw_object, generate_dataset, make_image
+from tests.conftest import REPO_ROOT, tree_bytes
+from utils.data.synthetic import CLASS_NAMES, MARKER, OWNER_MARKER, draw_object, generate_dataset, make_image
 
 
 def read_folder(folder: Path) -> dict[str, bytes]:
@@ -59,3 +60,30 @@ def test_cli(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "cli" / "images" / "train").glob("*.jpg"))) == 2
     assert (tmp_path / "cli" / MARKER).is_file()
+
+
+def test_a_folder_with_other_files_is_refused_byte_for_byte(tmp_path):
+    """A user's dataset with a copied `generate:` block: nothing deleted, overwritten or added."""
+    user = tmp_path / "real"
+    for split in ("train", "val"):
+        (user / "images" / split).mkdir(parents=True)
+        (user / "labels" / split).mkdir(parents=True)
+    (user / "images" / "train" / "train_00002.jpg").write_bytes(b"the user's own photo")
+    (user / "labels" / "train" / "train_00002.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (user / "images" / "val" / "val_00000.jpg").write_bytes(b"another photo")
+    before = tree_bytes(user)
+    with pytest.raises(ValueError, match=f"into {user}, which already holds files it did not make"):
+        generate_dataset(user, 3, 1, size=64, seed=0)
+    assert tree_bytes(user) == before
+
+
+def test_an_owned_folder_is_regenerated_but_foreign_names_are_kept(tmp_path):
+    out = generate_dataset(tmp_path / "s", 2, 1, size=64, seed=0)
+    assert (out / OWNER_MARKER).is_file()
+    extra = out / "images" / "train" / "train_mine.jpg"
+    extra.write_bytes(b"added by hand")
+    generate_dataset(out, 2, 1, size=64, seed=1)  # other settings: regenerated in place
+    assert extra.read_bytes() == b"added by hand"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert len(list((generate_dataset(empty, 1, 1, size=64) / "images" / "train").iterdir())) == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import sys
 from types import SimpleNamespace
 
@@ -17,6 +19,7 @@ from utils.checkpoint import load_checkpoint
 from utils.engine.hooks import BestModelHook, CheckpointHook, LRScheduleHook, ValidationHook, metrics_row
 from utils.engine.optim import build_optimizer
 from utils.engine.writers import YOLOV5_COLUMNS, ResultsCsvHook, TensorBoardHook, read_results, truncate_results
+from utils.files import OutputWriteError
 from utils.torch_utils import ModelEMA
 
 
@@ -217,6 +220,19 @@ def test_results_csv_has_yolov5_columns_first_as_yolov5_writes_them(tmp_path):
     assert lines[0] == ("%20s," * len(header) % tuple(header)).rstrip(",")  # YOLOv5's own header expression
     assert lines[1] == ("%20.5g," * len(header) % tuple(float(v) for v in rows[0])).rstrip(",")  # and values
     assert dict(zip(header, rows[0]))["x/lr1"] == "0.02" and dict(zip(header, rows[0]))["val/cls_loss"] == "3"
+
+
+def test_results_csv_on_a_full_disk_stops_naming_the_file(tmp_path, monkeypatch):
+    hook = ResultsCsvHook(tmp_path / "results.csv")
+    trainer = fake_trainer()
+    hook.before_train(trainer)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OutputWriteError, match=r"could not write .*results\.csv: .*No space left on device"):
+        hook.after_epoch(trainer)
 
 
 @pytest.mark.parametrize("content", ["", "epoch,x\n"])

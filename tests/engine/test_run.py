@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -25,8 +26,9 @@ import yaml
 
 import train
 from models.yolo import model_from_checkpoint
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_MODEL_YAML, tree_bytes
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.engine.hooks import CheckpointHook
 from utils.engine.options import parse_options
 from utils.engine.run import run
 from utils.engine.writers import read_results
@@ -35,16 +37,20 @@ from utils.infer.backend import DetectBackend
 FAST = ["--img", "64", "--batch", "8", "--nbs", "8", "--workers", "0", "--cfg", "models/yolov5n.yaml", "--seed", "0"]
 
 
+def synthetic_yaml(root: Path, images: int, val_images: int, size: int) -> Path:
+    """A data YAML under ``root`` whose synthetic set is generated on first use."""
+    config = {"path": str(root / "data"), "train": "images/train", "val": "images/val", "nc": 5,
+              "names": ["car", "truck", "pedestrian", "bicycle", "bus"],
+              "generate": {"images": images, "val_images": val_images, "size": size, "seed": 0}}
+    path = root / "synthetic.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """A data YAML for 16 train / 8 val synthetic images of 128 px (generated once for this module)."""
-    root = tmp_path_factory.mktemp("tiny_synthetic")
-    config = {"path": str(root / "data"), "train": "images/train", "val": "images/val", "nc": 5,
-              "names": ["car", "truck", "pedestrian", "bicycle", "bus"],
-              "generate": {"images": 16, "val_images": 8, "size": 128, "seed": 0}}
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return synthetic_yaml(tmp_path_factory.mktemp("tiny_synthetic"), 16, 8, 128)
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +283,60 @@ def test_yolov5_scratch_low_alone_trains_sgd_linear_and_adamw_on_it_warns(caplog
     assert schedule.lf(15) == pytest.approx((1 - 15 / 30) * (1 - 0.01) + 0.01)  # YOLOv5 v7.0's linear lf
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "hyp.scratch-low.yaml is tuned for SGD" in warnings[0] and "\n" not in warnings[0]
+
+
+@pytest.fixture(scope="module")
+def exact_data(tmp_path_factory) -> Path:
+    """8 train / 4 val synthetic images of 96 px: the smallest set that still has two batches per epoch."""
+    return synthetic_yaml(tmp_path_factory.mktemp("exact"), 8, 4, 96)
+
+
+def killed_after_first_epoch(argv: list[str]) -> Path:
+    """Run a 2-epoch training that dies right after saving epoch 0 (as a SIGKILL there would); its last.pt."""
+    save = CheckpointHook.after_epoch
+
+    def save_then_die(self, trainer):
+        save(self, trainer)
+        raise KeyboardInterrupt("killed")
+
+    with mock.patch.object(CheckpointHook, "after_epoch", save_then_die), pytest.raises(KeyboardInterrupt):
+        run(parse_options(argv))
+    return Path(parse_options(argv).project) / "exp" / "weights" / "last.pt"
+
+
+def tiny_argv(data: Path, folder: Path, workers: str = "0") -> list[str]:
+    """Options of a 2-epoch run of the tests' tiny two-level model (its YAML written into ``folder``)."""
+    cfg = folder / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_MODEL_YAML))
+    return ["--img", "64", "--batch", "4", "--nbs", "4", "--workers", workers, "--cfg", str(cfg), "--seed", "0",
+            "--data", str(data), "--epochs", "2", "--noplots", "--noautoanchor", "--noval"]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(exact_data, tmp_path, workers):
+    """Mosaic, HSV, flips and shuffling all draw random numbers: every state must come back exactly."""
+    argv = tiny_argv(exact_data, tmp_path, workers)
+    whole = run(parse_options([*argv, "--project", str(tmp_path / "whole")]))
+    last = killed_after_first_epoch([*argv, "--project", str(tmp_path / "killed")])
+    assert load_checkpoint(last)["epoch"] == 0
+    resumed = run(parse_options(["--resume", str(last)]))
+    assert resumed.save_dir == last.parent.parent
+    expected, actual = load_checkpoint(whole.save_dir / "weights" / "last.pt"), load_checkpoint(last)
+    for key in ("model", "ema"):
+        different = [name for name in expected[key] if not torch.equal(expected[key][name], actual[key][name])]
+        assert not different, f"{key}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_resume_of_a_checkpoint_from_elsewhere_starts_a_new_run_folder(exact_data, tmp_path):
+    """`--resume some/folder/model.pt` never treats the folders around the file as its run."""
+    last = killed_after_first_epoch([*tiny_argv(exact_data, tmp_path), "--project", str(tmp_path / "runs")])
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["save_dir"] == str(last.parent.parent.resolve())
+    unrelated = tmp_path / "mine"
+    (unrelated / "models").mkdir(parents=True)
+    (unrelated / "results.csv").write_text("epoch,score\n0,1\n1,2\n")
+    save_checkpoint(checkpoint, unrelated / "models" / "model.pt")
+    before = tree_bytes(unrelated)
+    outcome = run(parse_options(["--resume", str(unrelated / "models" / "model.pt")]))
+    assert tree_bytes(unrelated) == before
+    assert outcome.save_dir == tmp_path / "runs" / "exp2" and results_epochs(outcome.save_dir) == [1]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 import val
+from tests.conftest import make_yolo_dataset
 from utils.checkpoint import save_checkpoint
+from utils.eval import run as eval_run
 from utils.eval.run import run_study
 
 
@@ -93,3 +96,35 @@ def test_malformed_inputs_give_clear_errors(tmp_path: Path):
         val.parse_options(["--pred", str(pred)])
     with pytest.raises(ValueError, match="unknown option"):
         val.run(weights="x.pt", bogus=1)
+
+
+def test_pred_categories_unknown_to_the_gt_are_reported(tmp_path: Path, caplog):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [{"id": 1, "width": 100, "height": 100}],
+                              "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20],
+                                               "area": 400, "iscrowd": 0}],
+                              "categories": [{"id": 1, "name": "a"}]}))
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps([{"image_id": 1, "category_id": 7, "bbox": [10, 10, 20, 20], "score": 0.9},
+                                {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.8}]))
+    with caplog.at_level(logging.WARNING):
+        val.run(pred=str(pred), gt=str(gt), project=str(tmp_path / "runs"), noplots=True)
+    assert "1 prediction(s) have category_id [7], which" in caplog.text
+
+
+def test_img_is_rounded_to_the_stride_like_train_and_detect(tiny_checkpoint: Path, tmp_path: Path, monkeypatch):
+    images = make_yolo_dataset(tmp_path / "data", num_images=2)
+    data = tmp_path / "data.yaml"
+    data.write_text(json.dumps({"path": str(tmp_path / "data"), "train": "images", "val": "images",
+                                "names": ["car", "truck", "pedestrian", "bicycle", "bus"]}))
+    sizes = []
+    original = eval_run.create_dataloader
+
+    def recording(path, imgsz, *args, **kwargs):
+        sizes.append(imgsz)
+        return original(path, imgsz, *args, **kwargs)
+
+    monkeypatch.setattr(eval_run, "create_dataloader", recording)
+    val.run(weights=str(tiny_checkpoint), data=str(data), imgsz=100, workers=0, project=str(tmp_path / "runs"),
+            noplots=True)
+    assert sizes == [128] and images.is_dir()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.yolo import model_from_checkpoint
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.infer.backend import DetectBackend
 
 
@@ -63,3 +63,20 @@ def test_bad_weights_raise_naming_the_file(tmp_path, tiny_checkpoint):
         DetectBackend([tiny_checkpoint("regress"), tmp_path / "fake.onnx"])
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         DetectBackend(tiny_checkpoint("regress"))(torch.rand(3, 32, 32))
+
+
+def test_nan_weights_are_refused_naming_the_file(tmp_path, tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint())
+    name = next(key for key, value in checkpoint["model"].items() if value.is_floating_point())
+    checkpoint["model"][name] = torch.full_like(checkpoint["model"][name], float("nan"))
+    save_checkpoint(checkpoint, tmp_path / "diverged.pt")
+    with pytest.raises(ValueError, match=r"diverged\.pt: 1 weight tensor\(s\) hold NaN/inf"):
+        DetectBackend(tmp_path / "diverged.pt")
+
+
+def test_nan_outputs_stop_with_a_clear_message(tiny_checkpoint, monkeypatch):
+    backend = DetectBackend(tiny_checkpoint())
+    model = backend.models[0]
+    monkeypatch.setattr(model, "forward", lambda images: (torch.full((len(images), 4, 5 + model.nc), float("inf")),))
+    with pytest.raises(ValueError, match="outputs hold NaN/inf"):
+        backend(torch.zeros(1, 3, 64, 64))

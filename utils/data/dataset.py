@@ -9,11 +9,12 @@ normalised to the network image, paths, shapes)``; ``shapes[i] = ((h0, w0), ((ra
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import cv2
 import numpy as np
@@ -23,12 +24,11 @@ from torch.utils.data import DataLoader, Dataset, distributed
 from utils.boxes import cxcywhn_to_xyxy, xyxy_to_cxcywhn
 from utils.data.augment import AugmentSettings, augment_hsv, letterbox, mixup, mosaic4, random_affine, random_flip
 from utils.data.scan import list_image_files, scan_dataset
+from utils.files import read_image
 
 logger = logging.getLogger(__name__)
 
 CACHE_MODES = (None, False, True, "ram")
-# cv2 reads in stored orientation so image sizes agree with the header sizes the scan reads.
-IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 class LoadImagesAndLabels(Dataset):
@@ -103,7 +103,7 @@ class LoadImagesAndLabels(Dataset):
         height0, width0 = int(self.shapes[index][1]), int(self.shapes[index][0])
         image = self.ims[index]
         if image is None:
-            image = cv2.imread(self.im_files[index], IMREAD_FLAGS)
+            image = read_image(self.im_files[index])  # EXIF orientation applied, as the scan's sizes are
             if image is None:
                 raise FileNotFoundError(f"image {self.im_files[index]} could not be read (changed since the scan?)")
             gain = self.img_size / max(image.shape[:2])
@@ -205,9 +205,29 @@ class LoadImagesAndLabels(Dataset):
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream, derived from the loader's seed."""
+    """Give each loader worker its own augmentation stream, derived from the loader's seed.
+
+    The loader draws that seed from its generator each epoch (workers are not persistent), so the
+    generator's state fixes every worker's stream: :func:`loader_rng_state` is all a resume needs.
+    """
     info = torch.utils.data.get_worker_info()
     info.dataset.rng = np.random.default_rng([torch.initial_seed() % 2**32, worker_id])
+
+
+def loader_rng_state(loader: DataLoader) -> dict[str, Any]:
+    """The random state of a training loader: its generator (shuffling, worker seeds) and the dataset's
+    augmentation generator (used in this process with ``workers=0``), as checkpoint-safe data."""
+    state = {"generator": loader.generator.get_state()}
+    if isinstance(getattr(loader.dataset, "rng", None), np.random.Generator):
+        state["dataset"] = json.dumps(loader.dataset.rng.bit_generator.state)  # JSON: its ints exceed 64 bits
+    return state
+
+
+def set_loader_rng_state(loader: DataLoader, state: dict[str, Any]) -> None:
+    """Restore :func:`loader_rng_state`: the next epoch draws exactly what it would have drawn."""
+    loader.generator.set_state(state["generator"])
+    if "dataset" in state:
+        loader.dataset.rng.bit_generator.state = json.loads(state["dataset"])
 
 
 def create_dataloader(
@@ -234,6 +254,6 @@ def create_dataloader(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available(), generator=generator,
                         collate_fn=LoadImagesAndLabels.collate_quad if quad else LoadImagesAndLabels.collate_fn,
-                        worker_init_fn=_seed_worker, persistent_workers=num_workers > 0)
+                        worker_init_fn=_seed_worker)  # workers restart each epoch: see _seed_worker
     return loader, dataset
 

@@ -2,8 +2,10 @@
 
 Bad input never stops a run: a corrupt image (or an unreadable label file) skips that image, a bad label
 line is dropped, each is reported once with file, line and reason, and a summary counts
-found/missing/empty/corrupt. The only file ever written is the cache ``<labels dir>.cache`` (an ``.npz``
-read with ``allow_pickle=False``), keyed by a hash of the file list with sizes and mtimes.
+found/missing/empty/corrupt. The only file ever written is the cache (an ``.npz`` read with
+``allow_pickle=False``, keyed by a hash of the file list with sizes and mtimes): ``labels/<split>.cache``
+beside a labels folder, or inside a flat folder whose labels sit next to its images; an unlabelled folder
+gets none. A damaged cache is reported and rebuilt.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Optional, Union
 import numpy as np
 
 from utils.data.label_check import parse_label_text
-from utils.files import is_image_file
+from utils.files import OutputWriteError, atomic_open, is_image_file, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,9 @@ CACHE_VERSION = "1"
 # Smallest usable image side in pixels.
 MIN_IMAGE_SIDE = 2
 JPEG_END = b"\xff\xd9"
+# The EXIF orientation tag, and its values that rotate by 90 degrees (width and height swap when displayed).
+EXIF_ORIENTATION = 0x0112
+EXIF_TRANSPOSED = (5, 6, 7, 8)
 
 PathLike = Union[str, Path]
 
@@ -86,18 +91,19 @@ def image_to_label_path(image_path: str) -> str:
 
 
 def check_image(path: str) -> tuple[int, int]:
-    """(width, height) of an image after making sure it decodes; raises ValueError or OSError saying why.
+    """(width, height) of an image as displayed (EXIF orientation applied, as :func:`read_image` reads it)
+    after making sure it decodes; raises ValueError or OSError saying why.
 
-    Uses Pillow's header read and verify when installed (fast), else a full OpenCV decode.
+    Uses Pillow's header read and verify when installed (fast), else a full OpenCV decode. A JPEG that does
+    not end with its end-of-image marker is decoded in full: bytes after the marker are harmless, a cut
+    file is not.
     """
     try:
         from PIL import Image
     except ImportError:
         Image = None
     if Image is None:
-        import cv2
-
-        image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        image = read_image(path)
         if image is None:
             raise ValueError("OpenCV cannot decode it")
         height, width = image.shape[:2]
@@ -106,14 +112,20 @@ def check_image(path: str) -> tuple[int, int]:
             image.verify()
             width, height = image.size
             image_format = image.format
-        if image_format == "JPEG":
-            with open(path, "rb") as f:
-                f.seek(-2, os.SEEK_END)
-                if f.read() != JPEG_END:
-                    raise ValueError("truncated JPEG (no end-of-image marker)")
+        with Image.open(path) as image:  # verify() leaves the image unusable; reopen for the EXIF tags
+            if image.getexif().get(EXIF_ORIENTATION) in EXIF_TRANSPOSED:
+                width, height = height, width
+            if image_format == "JPEG" and not _ends_with_jpeg_marker(path):
+                image.load()  # raises OSError ("image file is truncated") for a cut file
     if min(width, height) < MIN_IMAGE_SIDE:
         raise ValueError(f"image size {width}x{height} is too small")
     return width, height
+
+
+def _ends_with_jpeg_marker(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-2, os.SEEK_END)
+        return f.read() == JPEG_END
 
 
 def _scan_one(image_path: str, label_path: str, nc: Optional[int]) -> tuple[str, object, np.ndarray, list[str]]:
@@ -126,7 +138,7 @@ def _scan_one(image_path: str, label_path: str, nc: Optional[int]) -> tuple[str,
     if not os.path.isfile(label_path):
         return "missing", size, no_labels, [f"{label_path}: no label file, image used without objects"]
     try:
-        with open(label_path, encoding="utf-8") as f:
+        with open(label_path, encoding="utf-8-sig") as f:  # -sig: a UTF-8 BOM (Windows editors) is dropped
             text = f.read()
     except (OSError, UnicodeDecodeError) as error:
         return "corrupt", None, no_labels, [f"{label_path}: unreadable label file, image skipped ({error})"]
@@ -153,17 +165,17 @@ def scan_dataset(im_files: list[str], nc: Optional[int] = None, workers: int = 8
         ValueError: when no image is usable.
     """
     label_files = [image_to_label_path(f) for f in im_files]
-    cache_path = Path(label_files[0]).parent.with_suffix(".cache")
+    cache_path = cache_path_for(im_files[0], label_files[0])
     key = files_hash(im_files + label_files, nc)
-    result = load_cache(cache_path, key)
+    result = load_cache(cache_path, key, prefix)
     if result is None:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             rows = list(pool.map(_scan_one, im_files, label_files, [nc] * len(im_files)))
         result = _collect(im_files, rows)
-        if result.missing == len(im_files):  # an unlabelled folder: one message, not one per image
+        if result.missing == len(im_files):  # an unlabelled folder: one message, not one per image, no cache
             result.messages = [f"no label files (e.g. {label_files[0]}): all {len(im_files)} images used "
                                "without objects"]
-        if Path(label_files[0]).parent.is_dir():  # never create files in a dataset that has no labels folder
+        elif Path(label_files[0]).parent.is_dir():
             save_cache(cache_path, key, result, prefix)
     else:
         logger.info("%sloaded label cache %s", prefix, cache_path)
@@ -190,6 +202,15 @@ def _collect(im_files: list[str], rows: list[tuple]) -> ScanResult:
     return result
 
 
+def cache_path_for(image_path: str, label_path: str) -> Path:
+    """Where a scan's cache goes: ``labels/<split>.cache`` beside a ``labels/<split>`` folder (YOLOv5's place,
+    inside the dataset), or inside a flat folder whose labels sit next to the images, never above it."""
+    label_dir = Path(label_path).parent
+    if label_dir == Path(image_path).parent:  # flat: x.jpg and x.txt side by side
+        return label_dir / f"{label_dir.name}.cache"
+    return label_dir.with_suffix(".cache")
+
+
 def save_cache(cache_path: Path, key: str, result: ScanResult, prefix: str = "") -> None:
     """Write the scan as an ``.npz`` (atomic rename); an unwritable folder only costs a warning."""
     counts = np.array([len(labels) for labels in result.labels], np.int64)
@@ -199,18 +220,20 @@ def save_cache(cache_path: Path, key: str, result: ScanResult, prefix: str = "")
         "labels": np.concatenate(result.labels, 0) if result.labels else np.zeros((0, 5), np.float32),
         "stats": np.array([result.found, result.missing, result.empty, result.corrupt], np.int64),
     }
-    temp_path = cache_path.with_name(cache_path.name + ".tmp")
-    try:
-        with open(temp_path, "wb") as f:
+    try:  # a uniquely named temporary file, so two runs scanning one dataset never mix their writes
+        with atomic_open(cache_path, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(temp_path, cache_path)
-    except OSError as error:
-        logger.warning("%slabel cache not saved: %s is not writable (%s)", prefix, cache_path.parent, error)
-        temp_path.unlink(missing_ok=True)
+    except OutputWriteError as error:  # the cache only saves time: a read-only dataset still trains
+        logger.warning("%slabel cache not saved: %s", prefix, error)
 
 
-def load_cache(cache_path: Path, key: str) -> Optional[ScanResult]:
-    """The cached scan if the file exists, loads without pickle and matches ``key``; else None."""
+def load_cache(cache_path: Path, key: str, prefix: str = "") -> Optional[ScanResult]:
+    """The cached scan if the file exists, loads without pickle and matches ``key``; else None.
+
+    A damaged cache (cut by a kill, empty, not an .npz) is reported in one line naming it, then rebuilt.
+    """
+    if not cache_path.is_file():
+        return None
     try:
         with np.load(cache_path, allow_pickle=False) as cache:
             if str(cache["version"]) != CACHE_VERSION or str(cache["key"]) != key:
@@ -220,5 +243,7 @@ def load_cache(cache_path: Path, key: str) -> Optional[ScanResult]:
             found, missing, empty, corrupt = (int(v) for v in cache["stats"])
             return ScanResult([str(f) for f in cache["im_files"]], labels, cache["shapes"],
                               [str(m) for m in cache["messages"]], found, missing, empty, corrupt)
-    except (OSError, ValueError, KeyError):
+    except Exception as error:  # np.load raises many types (EOFError, BadZipFile, ValueError, ...) on bad bytes
+        logger.warning("%signoring unreadable label cache %s (%s: %s); rebuilding it", prefix, cache_path,
+                       type(error).__name__, error)
         return None

@@ -7,17 +7,23 @@ a split depends only on ``(seed, split, i)``, so the same settings always give t
 
 Layout: ``DIR/images/{train,val}/*.jpg`` and ``DIR/labels/{train,val}/*.txt`` (YOLO), and a marker
 ``DIR/complete.json`` written last: a set without it (or made with other settings) is regenerated.
+The generator only writes into a folder it owns: a new or empty one, which it marks with
+``DIR/GENERATED.txt`` before writing anything; a folder holding files without that mark is refused, and
+a regeneration deletes only files with the generator's own names.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Union
 
 import cv2
 import numpy as np
+
+from utils.files import atomic_write_text, checked_imwrite
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +31,11 @@ CLASS_NAMES = ("car", "truck", "pedestrian", "bicycle", "bus")
 # How often each class is drawn: cars and pedestrians dominate, as in drone traffic scenes.
 CLASS_FREQUENCIES = np.array([0.4, 0.12, 0.25, 0.15, 0.08])
 MARKER = "complete.json"
+# Written first into a folder the generator takes over; only a folder with it (or a complete.json of an
+# earlier generation) is ever cleaned or written to.
+OWNER_MARKER = "GENERATED.txt"
+OWNER_TEXT = ("This folder was made by utils/data/synthetic.py; its files are regenerated (deleted and "
+              "rewritten) when the generate settings change. Do not keep other files here.\n")
 JPEG_QUALITY = 92
 # Objects per image, and the chance that one is drawn several times larger than usual.
 OBJECTS_PER_IMAGE = (12, 36)
@@ -153,35 +164,46 @@ def write_sample(image: np.ndarray, labels: np.ndarray, image_path: Path, label_
     centres = (labels[:, 1:3] + labels[:, 3:5]) / 2 / (width, height)
     sizes = (labels[:, 3:5] - labels[:, 1:3]) / (width, height)
     lines = [f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, (x, y), (w, h) in zip(labels[:, 0], centres, sizes)]
-    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise OSError(f"could not encode {image_path}")
-    image_path.write_bytes(encoded.tobytes())
-    label_path.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    checked_imwrite(image_path, image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    atomic_write_text(label_path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def claim_folder(out: Path) -> None:
+    """Make ``out`` the generator's own folder, or refuse (ValueError) when it holds files not made here."""
+    owned = (out / OWNER_MARKER).is_file() or (out / MARKER).is_file()
+    if not owned and out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"'generate' would write synthetic images into {out}, which already holds files it did "
+                         f"not make; point 'path' at a new or empty folder (or remove the 'generate' key)")
+    if not (out / OWNER_MARKER).is_file():
+        atomic_write_text(out / OWNER_MARKER, OWNER_TEXT)
 
 
 def generate_dataset(out: Union[str, Path], images: int, val_images: int, size: int = 384, seed: int = 0) -> Path:
-    """Write the train/val splits under ``out`` (skipped if a matching marker says they are complete)."""
+    """Write the train/val splits under ``out`` (skipped if a matching marker says they are complete).
+
+    Raises ValueError when ``out`` is not the generator's own folder (see :func:`claim_folder`).
+    """
     out = Path(out)
     settings = {"images": images, "val_images": val_images, "size": size, "seed": seed,
                 "names": list(CLASS_NAMES)}
     if dataset_is_complete(out, settings):
         return out
+    claim_folder(out)
     (out / MARKER).unlink(missing_ok=True)
     logger.info("generating the synthetic dataset in %s (%d train, %d val images, %d px, seed %d)",
                 out, images, val_images, size, seed)
     for split, count in (("train", images), ("val", val_images)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-        stale = [*(out / "images" / split).glob(f"{split}_*.jpg"), *(out / "labels" / split).glob(f"{split}_*.txt")]
-        for path in stale:  # only files of an earlier generation (our own names), so none outlives it
-            path.unlink()
+        for path in [*(out / "images" / split).iterdir(), *(out / "labels" / split).iterdir()]:
+            if re.fullmatch(rf"{split}_\d{{5,}}\.(jpg|txt)", path.name):  # an earlier generation's (our names)
+                path.unlink()
         for index in range(count):
             rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
             image, labels = make_image(size, rng)
             name = f"{split}_{index:05d}"
             write_sample(image, labels, out / "images" / split / f"{name}.jpg", out / "labels" / split / f"{name}.txt")
-    (out / MARKER).write_text(json.dumps(settings), encoding="utf-8")
+    atomic_write_text(out / MARKER, json.dumps(settings))
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Union
 import numpy as np
 
 from utils.data.scan import check_image
-from utils.files import is_image_file
+from utils.files import atomic_write_text, is_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def convert_split(split_dir: Union[str, Path]) -> dict[str, int]:
         annotation = read_annotation(source)
         width, height = check_image(str(image_path))
         labels = to_yolo_labels(annotation, width, height)
-        (split_dir / "labels" / f"{image_path.stem}.txt").write_text(format_labels(labels), encoding="utf-8")
+        atomic_write_text(split_dir / "labels" / f"{image_path.stem}.txt", format_labels(labels))
         counts["images"] += 1
         counts["objects"] += len(labels)
         counts["ignored"] += int(annotation.ignore_mask.sum())

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from utils.engine.options import TrainOptions
-from utils.files import increment_path
+from utils.files import append_csv_rows, atomic_write_text, increment_path
 from utils.hyp import Hyp
 
 logger = logging.getLogger(__name__)
@@ -76,12 +76,8 @@ def select_parent(rows: list[dict[str, Any]], base: Hyp, rng: np.random.Generato
 def append_row(path: Path, metrics: dict[str, float], hyp: Hyp) -> None:
     row = {key: metrics.get(key, float("nan")) for key in METRIC_COLUMNS}
     row.update({key: getattr(hyp, key) for key in SEARCH_SPACE})
-    write_header = not path.is_file()
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row), lineterminator="\n")
-        if write_header:
-            writer.writeheader()
-        writer.writerow({key: f"{value:.6g}" for key, value in row.items()})
+    header = [] if path.is_file() else [list(row)]
+    append_csv_rows(path, [*header, [f"{value:.6g}" for value in row.values()]])
 
 
 def evolve(opts: TrainOptions, train_fn: Callable[[TrainOptions], Any]) -> Any:
@@ -97,8 +93,7 @@ def evolve(opts: TrainOptions, train_fn: Callable[[TrainOptions], Any]) -> Any:
         append_row(csv_path, outcome.metrics, hyp)
         best = max(read_evolve_csv(csv_path), key=lambda row: float(row["fitness"]))
         best_hyp = opts.hyp.replace(**{key: float(best[key]) for key in SEARCH_SPACE})
-        (evolve_dir / "hyp_evolve.yaml").write_text(yaml.safe_dump(best_hyp.to_dict(), sort_keys=False),
-                                                    encoding="utf-8")
+        atomic_write_text(evolve_dir / "hyp_evolve.yaml", yaml.safe_dump(best_hyp.to_dict(), sort_keys=False))
         logger.info("evolve generation %d/%d: fitness %.4f (best %.4f) -> %s", generation + 1, opts.evolve,
                     outcome.metrics.get("fitness", float("nan")), float(best["fitness"]), csv_path)
     return outcome

@@ -17,6 +17,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from utils.files import checked_savefig
+
 logger = logging.getLogger(__name__)
 
 # results.png panels in YOLOv5's order (its plot_results draws columns 1-5, 8-10, 6-7 of results.csv).
@@ -27,8 +29,7 @@ SMOOTH_SIGMA = 3.0  # epochs: YOLOv5's smoothing line (gaussian_filter1d(y, sigm
 
 def _save(figure: Figure, path: Union[str, Path], dpi: int = 200) -> Path:
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=dpi)
-    return Path(path)
+    return checked_savefig(figure, path, dpi=dpi)
 
 
 def gaussian_smooth(values: np.ndarray, sigma: float = SMOOTH_SIGMA, truncate: float = 4.0) -> np.ndarray:

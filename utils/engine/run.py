@@ -81,6 +81,21 @@ def resume_options(opts: TrainOptions) -> tuple[TrainOptions, dict[str, Any], Pa
     return stored, checkpoint, path
 
 
+def recorded_run_dir(checkpoint: dict[str, Any], path: Path) -> Optional[Path]:
+    """The run folder that wrote ``checkpoint`` when ``path`` still lies in its ``weights/``, else None.
+
+    Never derived from the path alone: a checkpoint copied elsewhere continues in a new run folder, so
+    the folders around it (and any results.csv there) are left alone.
+    """
+    recorded = checkpoint.get("save_dir")
+    if recorded and (Path(recorded) / "weights" / path.name).is_file():
+        if (Path(recorded) / "weights" / path.name).samefile(path):
+            return Path(recorded)
+    logger.info("--resume %s: not inside the run folder that wrote it (%s); continuing in a new run folder",
+                path, recorded or "not recorded")
+    return None
+
+
 def run(opts: TrainOptions) -> TrainOutcome:
     """Train (or evolve hyperparameters with --evolve N) and return the outcome of the (last) run."""
     if opts.evolve:
@@ -95,7 +110,7 @@ def train(opts: TrainOptions) -> TrainOutcome:
     checkpoint, save_dir = None, None
     if opts.resume:
         opts, checkpoint, resume_path = resume_options(opts)
-        save_dir = resume_path.parent.parent
+        save_dir = recorded_run_dir(checkpoint, resume_path)
     device = select_device(opts.device, opts.batch_size)
     if context.enabled and device.type == "cuda":
         device = torch.device("cuda", context.local_rank)
@@ -210,7 +225,8 @@ def build_hooks(opts: TrainOptions, context: DistContext, save_dir: Optional[Pat
     hooks.append(ValidationHook(validate_epoch, noval=opts.noval, final_fn=final))
     hooks.append(BestModelHook(opts.patience, context))
     hooks.append(ResultsCsvHook(save_dir / "results.csv"))
-    static = {"model_yaml": model.yaml, "names": names, "hyp": opts.hyp.to_dict(), "opt": opts.to_dict()}
+    static = {"model_yaml": model.yaml, "names": names, "hyp": opts.hyp.to_dict(), "opt": opts.to_dict(),
+              "save_dir": str(Path(save_dir).resolve())}  # --resume continues here, and only from here
     hooks.append(CheckpointHook(save_dir / "weights", static, opts.save_period, opts.nosave))
     if not opts.noplots:
         hooks.append(PlotsHook(save_dir, names, dataset.labels))

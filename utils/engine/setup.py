@@ -25,7 +25,7 @@ from utils.data.dataset import create_dataloader
 from utils.distributed import DistContext, barrier
 from utils.engine.options import TrainOptions
 from utils.engine.transfer import transfer_weights
-from utils.files import increment_path
+from utils.files import atomic_write_text, increment_path
 from utils.loss import ComputeLoss
 from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride, round_to_stride
 
@@ -58,8 +58,8 @@ def make_run_dir(opts: TrainOptions) -> Path:
 def write_run_yamls(opts: TrainOptions, save_dir: Path) -> None:
     options = opts.to_dict()
     hyp = options.pop("hyp")
-    (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False), encoding="utf-8")
-    (save_dir / "opt.yaml").write_text(yaml.safe_dump(options, sort_keys=False), encoding="utf-8")
+    atomic_write_text(save_dir / "hyp.yaml", yaml.safe_dump(hyp, sort_keys=False))
+    atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(options, sort_keys=False))
 
 
 def class_names(data: dict[str, Any], single_cls: bool) -> list[str]:

@@ -17,8 +17,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from utils.data.dataset import loader_rng_state, set_loader_rng_state
 from utils.distributed import DistContext
-from utils.torch_utils import ModelEMA, de_parallel
+from utils.torch_utils import (
+    ModelEMA,
+    de_parallel,
+    global_rng_states,
+    python_rng_state,
+    set_global_rng_states,
+    set_python_rng_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +165,11 @@ class Trainer:
                 f"instances {num_instances} size {size}")
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resume needs from the loop itself (hooks and EMA save their own parts)."""
+        """What a resume needs from the loop itself (hooks and EMA save their own parts), including every
+        random state the next epoch draws from, so a resumed run repeats the uninterrupted one exactly."""
         return {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "iteration": self.iteration, "last_optimizer_step": self.last_optimizer_step}
+                "iteration": self.iteration, "last_optimizer_step": self.last_optimizer_step,
+                "rng": self.rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after the saved (complete) epoch."""
@@ -168,6 +178,21 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"]) + 1
         self.last_optimizer_step = int(state.get("last_optimizer_step", -1))
+        if state.get("rng"):  # absent in checkpoints of older versions: the resume is then not bit-exact
+            self.set_rng_state(state["rng"])
+
+    def rng_state(self) -> dict[str, Any]:
+        """Global (Python, NumPy, torch), multi-scale and training-loader random states."""
+        state = {"global": global_rng_states(), "multi_scale": python_rng_state(self.rng)}
+        if getattr(self.train_loader, "generator", None) is not None:
+            state["loader"] = loader_rng_state(self.train_loader)
+        return state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        set_global_rng_states(state["global"])
+        set_python_rng_state(self.rng, state["multi_scale"])
+        if "loader" in state:
+            set_loader_rng_state(self.train_loader, state["loader"])
 
     @property
     def unwrapped_model(self) -> nn.Module:

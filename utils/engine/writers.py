@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +22,7 @@ import cv2
 from utils.engine.hooks import Hook
 from utils.engine.plots import plot_label_correlogram, plot_labels, plot_results
 from utils.eval.plots import plot_batch
+from utils.files import append_text, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ def truncate_results(path: Path, first_dropped_epoch: int) -> int:
         return 0
     kept = [row for row in rows
             if len(row) == len(header) and row[0].isdigit() and int(row[0]) < first_dropped_epoch]
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    tmp_path.write_text("".join(format_line(row) for row in [header, *kept]), encoding="utf-8")
-    os.replace(tmp_path, path)
+    atomic_write_text(path, "".join(format_line(row) for row in [header, *kept]))
     return len(kept)
 
 
@@ -98,13 +96,10 @@ class ResultsCsvHook(Hook):
 
     def after_epoch(self, trainer: Any) -> None:
         row = epoch_row(trainer)
-        header = self._header() or list(row)
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            if f.tell() == 0:
-                f.write(format_line(header))
-            f.write(format_line([row.get(column, math.nan) for column in header]))
-            f.flush()
-            os.fsync(f.fileno())
+        existing = self._header()
+        header = existing or list(row)
+        lines = [] if existing else [format_line(header)]
+        append_text(self.path, "".join([*lines, format_line([row.get(column, math.nan) for column in header])]))
 
     def _header(self) -> Optional[list[str]]:
         if not self.path.is_file() or self.path.stat().st_size == 0:

@@ -22,6 +22,7 @@ from utils.boxes import xyxy_to_cxcywhn
 from utils.eval import coco as coco_eval
 from utils.eval import visdrone as visdrone_eval
 from utils.eval.metrics import BoxSet
+from utils.files import OutputNames, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def write_txt(collected: Any, save_dir: Path, protocol: str, save_conf: bool, sa
     if save_hybrid:
         logger.warning("--save-hybrid: txt files hold predictions plus ground truth (for auto-labelling); "
                        "the metrics above are unaffected")
+    names_out = OutputNames()  # d1/img.jpg and d2/img.jpg get distinct label files
     for index, (path, (height, width)) in enumerate(zip(collected.image_paths, collected.image_shapes)):
         dets = collected.dets.subset(collected.dets.image == index)
         if save_hybrid:
@@ -49,7 +51,7 @@ def write_txt(collected: Any, save_dir: Path, protocol: str, save_conf: bool, sa
             lines = visdrone_eval.result_lines(dets.boxes, dets.score, dets.category + 1)
         else:
             lines = _yolo_lines(dets, height, width, save_conf)
-        (labels_dir / f"{Path(path).stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+        atomic_write_text(labels_dir / f"{names_out.stem(path)}.txt", "".join(f"{line}\n" for line in lines))
     logger.info("%d label files saved to %s", len(collected.image_paths), labels_dir)
     return labels_dir
 
@@ -72,9 +74,10 @@ def write_json(collected: Any, names: list[str], save_dir: Path, weights_stem: s
     images = [{"id": int(i), "file_name": Path(p).name, "height": int(hw[0]), "width": int(hw[1])}
               for i, p, hw in zip(image_ids, collected.image_paths, collected.image_shapes)]
     gt_path, pred_path = save_dir / "ground_truth.json", save_dir / f"{weights_stem}_predictions.json"
-    gt_path.write_text(json.dumps(coco_eval.coco_gt_json(_with_image_ids(collected.gts, image_ids), images,
-                                                         dict(enumerate(names)))))
-    pred_path.write_text(json.dumps(coco_eval.coco_detections_json(_with_image_ids(collected.dets, image_ids))))
+    atomic_write_text(gt_path, json.dumps(coco_eval.coco_gt_json(_with_image_ids(collected.gts, image_ids), images,
+                                                                 dict(enumerate(names)))))
+    atomic_write_text(pred_path, json.dumps(coco_eval.coco_detections_json(_with_image_ids(collected.dets,
+                                                                                             image_ids))))
     logger.info("COCO predictions saved to %s (ground truth: %s)", pred_path, gt_path)
     return gt_path, pred_path
 

@@ -18,6 +18,7 @@ import torch
 from utils.annotate import draw_detections
 from utils.boxes import cxcywhn_to_xyxy
 from utils.eval.metrics import RECALL_POINTS, ConfusionMatrix, PRCurves
+from utils.files import checked_savefig
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _curve_figure(x: np.ndarray, ys: np.ndarray, labels: list[str], mean_label: 
         ax.plot(x, ys.mean(0), linewidth=3, color="blue", label=mean_label)
     ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    fig.savefig(path, dpi=150)
+    checked_savefig(fig, path, dpi=150)
     plt.close(fig)
 
 
@@ -100,7 +101,7 @@ def plot_confusion_matrix(confusion: ConfusionMatrix, names: list[str], path: Pa
                 ax.text(col, row, f"{value:.2f}" if normalize else f"{value:.0f}", ha="center", va="center",
                         fontsize=8, color="white" if value > 0.5 * np.nanmax(matrix) else "black")
     ax.set(xlabel="True", ylabel="Predicted", title="Confusion matrix" + (" (normalised)" if normalize else ""))
-    fig.savefig(path, dpi=150)
+    checked_savefig(fig, path, dpi=150)
     plt.close(fig)
     return path
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,8 +22,9 @@ from utils.eval.options import ValOptions
 from utils.eval.plots import plot_study
 from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
 from utils.eval.validator import ValResults, log_results, validate
-from utils.files import increment_path
+from utils.files import atomic_write_text, increment_path
 from utils.infer.backend import DetectBackend
+from utils.infer.predictor import check_imgsz
 from utils.options import options_from_kwargs
 from utils.torch_utils import select_device
 
@@ -43,7 +43,7 @@ def run(**kwargs: Any) -> ValResults | list[ValResults]:
     """
     opts = options_from_kwargs(ValOptions, kwargs)
     save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok, mkdir=True)
-    (save_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2))
+    atomic_write_text(save_dir / "options.json", json.dumps(asdict(opts), indent=2))
     results = run_options(opts, save_dir)
     logger.info("results saved to %s", save_dir)
     return results
@@ -70,7 +70,7 @@ def run_model(opts: ValOptions, save_dir: Path) -> ValResults:
     if backend.nc != data["nc"] and not opts.single_cls:
         raise ValueError(f"{opts.weights[0]} predicts {backend.nc} classes but {opts.data} has {data['nc']}")
     exported = backend.fixed_imgsz is not None
-    imgsz = backend.fixed_imgsz[0] if exported else opts.imgsz
+    imgsz = backend.fixed_imgsz[0] if exported else check_imgsz([opts.imgsz], backend.stride)[0]  # as train/detect
     loader, _ = create_dataloader(data[split], imgsz, backend.fixed_batch or opts.batch_size, backend.stride,
                                   rect=not exported, pad=0.5, workers=opts.workers, single_cls=opts.single_cls,
                                   prefix=f"{split}: ")
@@ -96,9 +96,7 @@ def run_study(opts: ValOptions, save_dir: Path, sizes: Sequence[int] = STUDY_SIZ
         values = (size, result.precision, result.recall, result.map50, result.map50_95, speed["preprocess"],
                   speed["inference"], speed["nms"])
         lines.append(",".join(f"{value:.6g}" for value in values))
-        tmp_path = csv_path.with_name(f".{csv_path.name}.tmp")
-        tmp_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp_path, csv_path)
+        atomic_write_text(csv_path, "\n".join(lines) + "\n")
         plot_study(csv_path, save_dir / "study.png")
     return results
 
@@ -129,6 +127,7 @@ def score_saved(opts: ValOptions, save_dir: Path) -> ValResults:
         dets = coco_eval.load_coco_detections(opts.pred, gt.image_ids)
         index = np.searchsorted(gt.category_ids, dets.category).clip(0, max(len(gt.category_ids) - 1, 0))
         known = gt.category_ids[index] == dets.category if len(gt.category_ids) else np.zeros(len(dets), bool)
+        report_unknown_categories(dets.category[~known], opts.pred, opts.gt)
         dets = BoxSet(dets.image, dets.boxes, np.where(known, index, -1), score=dets.score)
         gts = BoxSet(gt.boxes.image, gt.boxes.boxes, np.searchsorted(gt.category_ids, gt.boxes.category),
                      area=gt.boxes.area, ignore=gt.boxes.ignore)
@@ -144,5 +143,14 @@ def score_saved(opts: ValOptions, save_dir: Path) -> ValResults:
     log_results(results, num_images, num_instances, True)
     if not opts.noplots:
         plot_metrics(curves, None, names, save_dir)
-    (save_dir / "results.json").write_text(json.dumps(results.as_dict(), indent=2))
+    atomic_write_text(save_dir / "results.json", json.dumps(results.as_dict(), indent=2))
     return results
+
+
+def report_unknown_categories(unknown: np.ndarray, pred: Any, gt: Any) -> None:
+    """Warn once about predictions whose category_id the GT does not define (they can only be false positives)."""
+    if len(unknown):
+        ids = sorted({int(c) for c in unknown})
+        logger.warning("%s: %d prediction(s) have category_id %s, which %s does not define; they are ignored "
+                       "(ids shifted by one, or predictions for another dataset?)", pred, len(unknown),
+                       ids[:10] + (["..."] if len(ids) > 10 else []), gt)

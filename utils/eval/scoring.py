@@ -99,9 +99,8 @@ def visdrone_ground_truth(gts: BoxSet, image_paths: list[str]) -> BoxSet:
     return BoxSet(gts.image, gts.boxes, gts.category + 1, ignore=gts.ignore)
 
 
-def score_detections(collected: Any, names: list[str], protocol: str,
-                     save_dir: Optional[Path] = None) -> dict[str, Any]:
-    """ValResults fields of a validator ``Collected``; writes the metric plots to ``save_dir`` when given."""
+def score_detections(collected: Any, names: list[str], protocol: str) -> tuple[dict[str, Any], PRCurves]:
+    """ValResults fields of a validator ``Collected`` and the curves :func:`plot_metrics` draws."""
     image_ids = np.arange(len(collected.image_paths))
     if protocol == "visdrone":
         dets = BoxSet(collected.dets.image, collected.dets.boxes, collected.dets.category + 1,
@@ -111,9 +110,7 @@ def score_detections(collected: Any, names: list[str], protocol: str,
         fields, curves = score_visdrone(dets, gts, names, image_ids, sizes, collected.det_extra)
     else:
         fields, curves = score_coco(collected.dets, collected.gts, names, image_ids, collected.det_extra)
-    if save_dir is not None:
-        plot_metrics(curves, collected.confusion, names, Path(save_dir))
-    return fields
+    return fields, curves
 
 
 def plot_metrics(curves: PRCurves, confusion: Optional[ConfusionMatrix], names: list[str], save_dir: Path) -> None:

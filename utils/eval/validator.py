@@ -24,7 +24,8 @@ from utils.data.config import SINGLE_CLASS_NAME
 from utils.eval.metrics import BoxSet, ConfusionMatrix
 from utils.eval.outputs import save_outputs
 from utils.eval.plots import plot_batch
-from utils.eval.scoring import score_detections
+from utils.eval.scoring import plot_metrics, score_detections
+from utils.files import atomic_write_text
 from utils.infer.tta import tta_forward
 from utils.infer.wbf import weighted_box_fusion
 from utils.nms import non_max_suppression
@@ -254,15 +255,17 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
     finally:
         model.train(was_training)
     class_names = [SINGLE_CLASS_NAME] if single_cls else list(names)
-    scored = score_detections(collected, class_names, protocol, save_dir=save_dir if plots else None)
+    scored, curves = score_detections(collected, class_names, protocol)
     results = ValResults(**scored, losses=collected.losses, speed_ms=collected.speed_ms, protocol=protocol)
     log_results(results, len(collected.image_paths), len(collected.gts), verbose or nc < 50)
-    if save_dir is not None:
+    if save_dir is not None:  # after the table: a full disk cannot cost the metrics already computed
         save_dir = Path(save_dir)
+        if plots:
+            plot_metrics(curves, collected.confusion, class_names, save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         save_outputs(collected, class_names, save_dir, protocol=protocol, save_txt=save_txt, save_conf=save_conf,
                      save_json=save_json, save_hybrid=save_hybrid, plots=plots, weights_stem=weights_stem)
-        (save_dir / "results.json").write_text(json.dumps(results.as_dict(), indent=2))
+        atomic_write_text(save_dir / "results.json", json.dumps(results.as_dict(), indent=2))
     return results
 
 

@@ -76,6 +76,7 @@ class DetectBackend(nn.Module):
         if len(paths) > 1 and any(p.suffix != ".pt" for p in paths):
             raise ValueError(f"an ensemble takes .pt checkpoints only, got {[str(p) for p in paths]}")
         self.device = torch.device(device)
+        self.weights_name = ", ".join(str(p) for p in paths)  # named in errors
         self.fp16 = bool(half) and self.device.type == "cuda" and paths[0].suffix != ".onnx"
         if half and not self.fp16:
             logger.warning("--half needs CUDA and a .pt/.torchscript model; running in float32")
@@ -94,6 +95,7 @@ class DetectBackend(nn.Module):
         models = []
         for path in paths:
             model = model_from_checkpoint(load_checkpoint(path, map_location="cpu"), use_ema=True)
+            check_finite_weights(model, path)
             if fuse and hasattr(model, "fuse"):
                 model = model.fuse()
             models.append(model.to(self.device).eval())
@@ -152,7 +154,18 @@ class DetectBackend(nn.Module):
 
     @torch.no_grad()
     def forward_each(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Per-model predictions for (B, 3, H, W) float images in [0, 1] -> list of (B, N_m, 5 + nc + E)."""
+        """Per-model predictions for (B, 3, H, W) float images in [0, 1] -> list of (B, N_m, 5 + nc + E).
+
+        Raises ValueError when a model outputs NaN/inf: scoring or drawing such values would only give an
+        unexplained zero mAP or no boxes.
+        """
+        preds = self._predict_each(images)
+        if not all(torch.isfinite(pred).all() for pred in preds):
+            raise ValueError(f"{self.weights_name}: the model's outputs hold NaN/inf values for these inputs "
+                             "(overflow in --half, or damaged weights); this model cannot be used as it is")
+        return preds
+
+    def _predict_each(self, images: torch.Tensor) -> list[torch.Tensor]:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         if self.fixed_imgsz is not None and tuple(images.shape[2:]) != self.fixed_imgsz:
@@ -192,6 +205,15 @@ class DetectBackend(nn.Module):
 def _joined(output: Union[torch.Tensor, tuple, list]) -> torch.Tensor:
     """An exported model's (predictions, uncertainty) outputs -> one (B, N, 5 + nc + 1) tensor."""
     return torch.cat(list(output), -1) if isinstance(output, (tuple, list)) else output
+
+
+def check_finite_weights(model: nn.Module, path: Path) -> None:
+    """Refuse a checkpoint whose parameters or buffers hold NaN/inf (a diverged run): it can only output NaN."""
+    bad = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} weight tensor(s) hold NaN/inf values (e.g. {bad[0]}); the training "
+                         "run that wrote it diverged; use an earlier checkpoint")
 
 
 def _pred_of(output: Union[torch.Tensor, tuple, list]) -> torch.Tensor:

@@ -11,6 +11,7 @@ format names; those this project does not export are refused by name.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch.nn as nn
 
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
+from utils.files import atomic_write_bytes
 from utils.infer.backend import METADATA_KEY, UNCERTAINTY_OUTPUT, model_metadata
 from utils.options import option, options_from_kwargs
 from utils.torch_utils import max_stride, select_device
@@ -112,17 +114,17 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: d
     wrapper = PredictionOnly(model)
     dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"},
                     **{name: {0: "batch", 1: "anchors"} for name in wrapper.output_names}}
-    torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
+    buffer = io.BytesIO()  # written in one checked, atomic step once complete
+    torch.onnx.export(wrapper, (example,), buffer, dynamo=False, opset_version=opset,
                       input_names=["images"], output_names=wrapper.output_names,
                       dynamic_axes=dynamic_axes if dynamic else None, do_constant_folding=True)
-    graph = onnx.load(str(path))
+    graph = onnx.load_model_from_string(buffer.getvalue())
     onnx.checker.check_model(graph)
     if simplify:
         graph = _simplified(graph, path)
     entry = graph.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    onnx.save(graph, str(path))
-    return path
+    return atomic_write_bytes(path, graph.SerializeToString())
 
 
 def _onnxsim() -> Any:
@@ -147,8 +149,9 @@ def _simplified(graph: Any, path: Path) -> Any:
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> Path:
     """Trace the model and save it with the metadata as an extra file."""
     traced = torch.jit.trace(PredictionOnly(model), example, strict=False, check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
-    return path
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
+    return atomic_write_bytes(path, buffer.getbuffer())
 
 
 def onnx_max_error(path: Path, model: nn.Module, images: torch.Tensor) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import numpy as np
 
 from utils.annotate import crop_box, draw_detections
 from utils.boxes import xyxy_to_cxcywhn
-from utils.files import increment_path
+from utils.files import OutputNames, OutputWriteError, atomic_write_text, checked_imwrite, increment_path
 from utils.infer.options import DetectOptions, ImageResult
-from utils.infer.sources import Frame
+from utils.infer.sources import Frame, is_stream
 from utils.log import log_once
 
 logger = logging.getLogger(__name__)
@@ -26,20 +27,21 @@ class OutputWriter:
         self.opts, self.names, self.has_uncertainty = opts, list(names), has_uncertainty
         self.save_images = not opts.nosave
         self.save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok)
+        self.created_dir = not self.save_dir.exists()
         if self.save_images or opts.save_txt or opts.save_crop:
             (self.save_dir / "labels" if opts.save_txt else self.save_dir).mkdir(parents=True, exist_ok=True)
-        self.video_writers: dict[str, cv2.VideoWriter] = {}
+        self.video_writers: dict[str, tuple[cv2.VideoWriter, Path]] = {}
+        self.names_out = OutputNames()  # one output stem per source file (collisions get a stable suffix)
 
     def write(self, frame: Frame, result: ImageResult) -> None:
         """Save what the options ask for about one frame (and show it with --view-img)."""
-        stem_frame = frame_stem(frame)
+        stem_frame = self.frame_stem(frame)
         if self.opts.save_txt:
             self.write_txt(self.save_dir / "labels" / f"{stem_frame}.txt", result)
         if self.opts.save_crop:
             for i, (box, class_id) in enumerate(zip(result.xyxy, result.cls)):
-                crop_dir = self.save_dir / "crops" / self._name(class_id)
-                crop_dir.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(crop_dir / f"{stem_frame}_{i}.jpg"), crop_box(frame.image, box))
+                crop_path = self.save_dir / "crops" / self._name(class_id) / f"{stem_frame}_{i}.jpg"
+                checked_imwrite(crop_path, crop_box(frame.image, box))
         if not (self.save_images or self.opts.view_img):
             return
         annotated = draw_detections(frame.image, result.xyxy, result.cls, result.conf, self.names,
@@ -49,20 +51,28 @@ class OutputWriter:
         if self.save_images and frame.is_video:
             self._video_writer(frame, annotated.shape).write(annotated)
         elif self.save_images:
-            cv2.imwrite(str(self.save_dir / Path(frame.path).name), annotated)
+            checked_imwrite(self.save_dir / self.names_out.name(frame.path), annotated)
+
+    def frame_stem(self, frame: Frame) -> str:
+        """The output stem of a frame: its source's unique stem, plus ``_<frame number>`` for a video frame,
+        numbered from 1 as YOLOv5 numbers them (the frame's position in the video, so with --vid-stride 2 the
+        labels are name_1, name_3, ...)."""
+        stem = _safe_stem(frame.path) if is_stream(frame.path) else self.names_out.stem(frame.path)
+        return f"{stem}_{frame.index + 1}" if frame.is_video else stem
 
     def write_txt(self, path: Path, result: ImageResult) -> None:
         """YOLO rows ``cls cx cy w h`` normalised, + ``conf`` (+ ``uncertainty`` for C-BBL) with --save-conf."""
         height, width = result.shape
         boxes = xyxy_to_cxcywhn(result.xyxy.astype(np.float64), width, height)
-        with open(path, "w", encoding="utf-8") as f:
-            for i, box in enumerate(boxes):
-                values = [f"{v:.6g}" for v in box]
-                if self.opts.save_conf:
-                    values.append(f"{result.conf[i]:.6g}")
-                    if self.has_uncertainty:
-                        values.append(f"{result.uncertainty[i]:.6g}")
-                f.write(" ".join([str(int(result.cls[i]))] + values) + "\n")
+        lines = []
+        for i, box in enumerate(boxes):
+            values = [f"{v:.6g}" for v in box]
+            if self.opts.save_conf:
+                values.append(f"{result.conf[i]:.6g}")
+                if self.has_uncertainty:
+                    values.append(f"{result.uncertainty[i]:.6g}")
+            lines.append(" ".join([str(int(result.cls[i]))] + values) + "\n")
+        atomic_write_text(path, "".join(lines))
 
     def _name(self, class_id: int) -> str:
         return self.names[class_id] if 0 <= class_id < len(self.names) else str(class_id)
@@ -70,10 +80,13 @@ class OutputWriter:
     def _video_writer(self, frame: Frame, shape: Sequence[int]) -> cv2.VideoWriter:
         if frame.path not in self.video_writers:
             fps = frame.fps / self.opts.vid_stride if frame.fps else 30.0
-            path = self.save_dir / f"{_safe_stem(frame.path)}.mp4"
-            self.video_writers[frame.path] = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                                             (int(shape[1]), int(shape[0])))
-        return self.video_writers[frame.path]
+            stem = _safe_stem(frame.path) if is_stream(frame.path) else self.names_out.stem(frame.path)
+            path = self.save_dir / f"{stem}.mp4"
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (int(shape[1]), int(shape[0])))
+            if not writer.isOpened():
+                raise OutputWriteError(path, "OpenCV cannot open an mp4v video writer there")
+            self.video_writers[frame.path] = (writer, path)
+        return self.video_writers[frame.path][0]
 
     @staticmethod
     def _show(window: str, image: np.ndarray) -> None:
@@ -84,21 +97,23 @@ class OutputWriter:
             log_once(logger, logging.WARNING, "--view-img: OpenCV cannot open a window here (%s)",
                      str(err).splitlines()[0] if str(err) else "no GUI")
 
-    def close(self) -> None:
-        """Finish video files and say where the results went."""
-        for writer in self.video_writers.values():
+    def close(self, completed: bool = True) -> None:
+        """Finish video files; after a complete run say where the results went, after a failed one remove
+        the run folder if this run created it and left it empty."""
+        for writer, path in self.video_writers.values():
             writer.release()
-        if self.save_dir.exists():
+            if completed and not (path.is_file() and path.stat().st_size):  # VideoWriter reports no errors
+                raise OutputWriteError(path, "the video file is missing or empty after writing")
+        if not completed:
+            if self.created_dir and self.save_dir.is_dir() and not any(p.is_file() for p in self.save_dir.rglob("*")):
+                shutil.rmtree(self.save_dir)
+        elif self.save_dir.exists():
             logger.info("Results saved to %s", self.save_dir)
 
 
 def _safe_stem(path: str) -> str:
-    """A file-name stem for a file, webcam index or stream URL."""
+    """A file-name stem for a webcam index or stream URL (files keep their own names)."""
     stem = Path(path).stem if not path.isdigit() else f"webcam{path}"
     return "".join(char if char.isalnum() or char in "-_." else "_" for char in stem) or "stream"
 
 
-def frame_stem(frame: Frame) -> str:
-    """``name`` for an image, ``name_<frame number>`` for a video frame, numbered from 1 as YOLOv5 numbers them
-    (the frame's position in the video, so with --vid-stride 2 the labels are name_1, name_3, ...)."""
-    return f"{_safe_stem(frame.path)}_{frame.index + 1}" if frame.is_video else _safe_stem(frame.path)

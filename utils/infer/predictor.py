@@ -21,7 +21,7 @@ from utils.boxes import scale_boxes_to_original
 from utils.data.augment import letterbox
 from utils.infer.backend import DetectBackend
 from utils.infer.options import DetectOptions, ImageResult
-from utils.infer.outputs import OutputWriter, frame_stem
+from utils.infer.outputs import OutputWriter
 from utils.infer.slicing import sliced_detect
 from utils.infer.sources import Frame, iterate_frames
 from utils.infer.tta import tta_forward
@@ -108,15 +108,16 @@ def run(**options) -> list[ImageResult]:
 
     names = load_names(opts.data) if opts.data else backend.names
     writer = OutputWriter(opts, names, backend.num_extra > 0)
-    results = []
+    results, completed = [], False
     try:
         for frame in iterate_frames(opts.source, opts.vid_stride):
             results.append(detect_frame(frame, detect_fn, opts, backend.num_extra > 0, names))
             if opts.visualize:
-                visualize(backend, frame, imgsz, writer.save_dir / "features")
+                visualize(backend, frame, imgsz, writer.save_dir / "features" / writer.frame_stem(frame))
             writer.write(frame, results[-1])
+        completed = True
     finally:
-        writer.close()  # finish video files even when a later frame fails
+        writer.close(completed)  # finish video files even when a later frame fails
     return results
 
 
@@ -145,4 +146,4 @@ def visualize(backend: DetectBackend, frame: Frame, imgsz: Sequence[int], save_d
     batch, _ = network_batch([frame.image], imgsz, backend.stride)
     model = backend.models[0]
     batch = batch.to(backend.device, next(model.parameters()).dtype)
-    save_feature_maps(model.model, lambda: model(batch), save_dir / frame_stem(frame))
+    save_feature_maps(model.model, lambda: model(batch), save_dir)

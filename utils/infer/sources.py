@@ -18,7 +18,7 @@ from typing import Optional, Union
 import cv2
 import numpy as np
 
-from utils.files import IMG_FORMATS, VID_FORMATS, is_image_file, is_video_file
+from utils.files import IMG_FORMATS, VID_FORMATS, is_image_file, is_video_file, read_image
 from utils.log import log_once
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def list_files(source: Union[str, Path]) -> list[Path]:
     path = Path(text)
     if _SEQUENCE_FIELD.search(path.name):
         candidates = _sequence_files(path)
-    elif any(char in text for char in "*?["):
+    elif any(char in text for char in "*?[") and not path.exists():  # an existing name like photo[1].jpg is no glob
         candidates = [Path(p) for p in sorted(glob.glob(text, recursive=True)) if Path(p).is_file()]
     elif path.is_dir():
         candidates = sorted(p for p in path.iterdir() if p.is_file())
@@ -134,7 +134,7 @@ def iterate_frames(source: Union[str, Path], vid_stride: int = 1) -> Iterator[Fr
         if is_video_file(path):
             yield from _read_video(str(path), vid_stride, stream=False)
             continue
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = read_image(path)
         if image is None:
             log_once(logger, logging.WARNING, "skipping %s: unreadable image", path)
             continue

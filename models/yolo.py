@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from models.detect import Detect, resolve_head  # noqa: E402
 from models.fuse import fuse_model  # noqa: E402
 from models.info import model_info  # noqa: E402
-from models.parse import parse_model, row_lines  # noqa: E402
+from models.parse import MODULES, parse_model, row_lines  # noqa: E402
 from utils.anchors import check_anchor_order, default_anchors  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
@@ -104,7 +104,9 @@ class Model(nn.Module):
             if anchors < 1:
                 raise ValueError(f"{source}: 'anchors: N' needs N >= 1, got {anchors}")
             detect_row = (model_dict.get("head") or [[None]])[-1]
-            levels = len(detect_row[0]) if isinstance(detect_row[0], list) else 1
+            head_name = detect_row[2] if len(detect_row) > 2 and isinstance(detect_row[2], str) else None
+            extra = getattr(MODULES.get(head_name), "extra_inputs", 0)
+            levels = (len(detect_row[0]) if isinstance(detect_row[0], list) else 1) - extra
             return True, {**model_dict, "anchors": [[0.0] * (2 * anchors)] * levels}
         if not isinstance(anchors, list) or not anchors or not all(isinstance(a, list) for a in anchors):
             raise ValueError(f"{source}: 'anchors' must be an int or per-level lists [w0, h0, w1, h1, ...], "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch.nn as nn
 import yaml
@@ -171,3 +171,18 @@ def parse_model(cfg: dict, ch: int = 3) -> tuple[nn.Sequential, list[Union[int, 
         layers.append(layer)
         channels = channels + [c2] if index else [c2]
     return nn.Sequential(*layers), routes, saved, table
+
+
+def run_layers(layers: nn.Sequential, routes: list[Union[int, list[int]]], saved: set[int], x: Any,
+               inspect: Optional[Callable[[int, Any], None]] = None) -> Any:
+    """Forward through :func:`parse_model`'s layers: each reads its ``from`` outputs; ``inspect(index, output)``
+    sees every layer's output. Returns the last layer's output."""
+    outputs: list[Any] = []
+    for index, (layer, sources) in enumerate(zip(layers, routes)):
+        if sources != -1:
+            x = outputs[sources] if isinstance(sources, int) else [x if s == -1 else outputs[s] for s in sources]
+        x = layer(x)
+        if inspect is not None:
+            inspect(index, x)
+        outputs.append(x if index in saved else None)
+    return x

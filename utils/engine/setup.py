@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from models.verify import check_graph
 from models.yolo import Model, transfer_state_dict
 from utils.checkpoint import load_checkpoint
 from utils.data.dataset import create_dataloader
@@ -67,10 +68,13 @@ def build_model(opts: TrainOptions, names: list[str], device: torch.device,
     with --weights transferred by name and shape (a different nc or head keeps those layers' init)."""
 
     if resume_checkpoint is not None:
+        check_graph(resume_checkpoint["model_yaml"], resume_checkpoint["model"], opts.resume)
         model = Model(resume_checkpoint["model_yaml"])
         model.load_state_dict(resume_checkpoint["model"])
     else:
         pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg)) if opts.weights else None
+        if pretrained is not None and not opts.cfg:
+            check_graph(pretrained["model_yaml"], pretrained.get("ema") or pretrained["model"], opts.weights)
         cfg = opts.cfg or pretrained["model_yaml"]
         model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
                       head=opts.hyp.head_settings(opts.imgsz))

@@ -89,7 +89,7 @@ class DetectBackend(nn.Module):
     def _load_checkpoints(self, paths: list[Path], fuse: bool) -> None:
         models = []
         for path in paths:
-            model = model_from_checkpoint(load_checkpoint(path, map_location="cpu"), use_ema=True)
+            model = model_from_checkpoint(load_checkpoint(path, map_location="cpu"), use_ema=True, source=path)
             if fuse and hasattr(model, "fuse"):
                 model = model.fuse()
             models.append(model.to(self.device).eval())

@@ -97,7 +97,7 @@ def run(weights: Union[str, Path], include: Sequence[str] = ("onnx", "torchscrip
     if weights.suffix != ".pt":
         raise ValueError(f"{weights}: export takes a .pt checkpoint of this project")
     imgsz = [int(imgsz)] * 2 if isinstance(imgsz, int) else [int(s) for s in imgsz] * (2 if len(imgsz) == 1 else 1)
-    model = model_from_checkpoint(load_checkpoint(weights), use_ema=True).fuse().eval()
+    model = model_from_checkpoint(load_checkpoint(weights), use_ema=True, source=weights).fuse().eval()
     stride = int(max(model.stride.tolist()))
     if any(size % stride for size in imgsz) or batch_size < 1:
         raise ValueError(f"--imgsz {imgsz} must be multiples of the model stride {stride} and --batch-size >= 1")

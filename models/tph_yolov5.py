@@ -96,12 +96,11 @@ def tph_shift_mask(rows: int, cols: int, window: int, shift: int) -> torch.Tenso
     the first band's labels 0/1/2 (TPH indexes that band with the pair (0, -window)), rows [-window:-shift]
     get 3/4/5, rows [-shift:] 6/7/8, and every other row stays 0.
     """
-    col = torch.arange(cols)
+    col, row = torch.arange(cols), torch.arange(rows)
     col_region = (col >= cols - window).long() + (col >= cols - shift).long()  # (cols,)
-    labels = torch.zeros(rows, cols, dtype=torch.long)
-    labels[[0, rows - window]] = col_region
-    labels[rows - window: rows - shift] = 3 + col_region
-    labels[rows - shift:] = 6 + col_region
+    row_band = (row >= rows - window).long() + (row >= rows - shift).long()  # (rows,) bands 0, 1, 2
+    has_columns = (row_band > 0) | (row == 0)  # rows that TPH labels by column
+    labels = row_band[:, None] * 3 + col_region[None, :] * has_columns[:, None]  # (rows, cols)
     windows = window_partition(labels.view(1, rows, cols, 1), window)[0, ..., 0]  # (nW, N)
     different = windows.unsqueeze(1) != windows.unsqueeze(2)  # (nW, N, N)
     return torch.zeros(different.shape).masked_fill(different, SWIN_MASK_VALUE)

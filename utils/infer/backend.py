@@ -129,6 +129,8 @@ class DetectBackend(nn.Module):
     def _load_torchscript(self, path: Path) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"TorchScript model {path} not found (export one with export.py)")
+        logger.warning("%s: a TorchScript file is code, and loading it runs that code; load only files you made "
+                       "or trust (.pt checkpoints never run code)", path)
         extra_files = {f"{METADATA_KEY}.json": ""}
         try:
             module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra_files)

@@ -20,7 +20,7 @@ from models.clla import CLLADetect
 from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus, Upsample
 from models.detect import Detect
 from models.swin import C3STRv2, CrossLayerAttention
-from models.tph import C3TRv2, CBAMv2, BiFPNConcat
+from models.tph import BiFPNConcat, C3TRv2, CBAMv2
 from models.tph_yolov5 import C3STR, C3TR, CBAM
 
 # Module names a YAML row may use (no eval of YAML text). TPH-YOLOv5's names are TPH's blocks; *v2 are ours.

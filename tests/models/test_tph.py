@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.tph import BIFPN_EPS, C3TRv2, CBAMv2, BiFPNConcat, TransformerBlock, TransformerLayer
+from models.tph import BIFPN_EPS, BiFPNConcat, C3TRv2, CBAMv2, TransformerBlock, TransformerLayer
 
 
 def test_c3tr_forward_backward_any_size():

@@ -101,7 +101,8 @@ class Detections:
         lines = []
         for i, (im, pred) in enumerate(zip(self.ims, self.pred)):
             counts = [f"{int((pred[:, 5] == c).sum())} {self.names[int(c)]}" for c in pred[:, 5].unique()]
-            lines.append(f"image {i + 1}/{self.n}: {im.shape[0]}x{im.shape[1]} {', '.join(counts) or '(no detections)'}")
+            found = ", ".join(counts) or "(no detections)"
+            lines.append(f"image {i + 1}/{self.n}: {im.shape[0]}x{im.shape[1]} {found}")
         return "\n".join(lines)
 
     def print(self) -> None:

@@ -68,6 +68,7 @@ def check_graph(model_yaml: Any, state: Any, source: Union[str, Path] = "checkpo
     try:
         with torch.device("meta"):
             layers, routes, saved, _ = parse_model(build, ch)
+            layers.to("meta")  # constants computed on the CPU (the C-BBL grid) too
             expected = {f"model.{key}": value.shape for key, value in layers.state_dict().items()}
             _check_shapes(expected, state, source)
             _probe(layers, routes, saved, state, source, ch)

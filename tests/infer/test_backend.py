@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 from models.yolo import model_from_checkpoint
+from tests.conftest import FOREIGN_FILES, assert_parity, foreign_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.infer.backend import DetectBackend
 
@@ -63,3 +66,15 @@ def test_bad_weights_raise_naming_the_file(tmp_path, tiny_checkpoint):
         DetectBackend([tiny_checkpoint("regress"), tmp_path / "fake.onnx"])
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         DetectBackend(tiny_checkpoint("regress"))(torch.rand(3, 32, 32))
+
+
+@pytest.mark.parametrize("name", FOREIGN_FILES)
+def test_foreign_checkpoints_give_their_authors_output(name, caplog):
+    """YOLOv5 v7.0 and TPH-YOLOv5 files, loaded as detect/val/export load --weights (fused, EMA when present),
+    give the output of the code that made them. Slow-ish (up to ~10 s each): real 0.5-12M parameter models."""
+    path, expected = foreign_checkpoint(name)
+    with caplog.at_level(logging.INFO):
+        backend = DetectBackend(path, device="cpu")
+    assert "read without running its pickled code" in caplog.text
+    assert backend.nc == expected["nc"] and backend.stride == max(expected["strides"])
+    assert_parity(backend(expected["input"]), expected["output"])

@@ -16,6 +16,7 @@ and translated into the dict above (``foreign`` names where the file came from).
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import logging
 import os
@@ -181,7 +182,9 @@ class InertUnpickler(pickle.Unpickler):
         super().__init__(archive.open(f"{prefix}data.pkl"))
 
     def find_class(self, module: str, name: str) -> Any:
-        module = "builtins" if module == "__builtin__" else module  # protocol-2 pickles name Python 2's module
+        # Protocol-2 pickles (torch.save's) name Python 2 modules (__builtin__, commands): read them as Python 3's.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in SAFE_CALLABLES:
             return SAFE_CALLABLES[(module, name)]
         if module == "torch" and name in STORAGE_DTYPES:

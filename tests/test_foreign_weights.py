@@ -17,8 +17,14 @@ import hubconf
 import val
 from models.convert import convert
 from models.yolo import model_from_checkpoint
-from tests.conftest import (HOSTILE_KINDS, REPO_ROOT, assert_parity, foreign_checkpoint, make_hostile_checkpoint,
-                            make_yolo_dataset)
+from tests.conftest import (
+    HOSTILE_KINDS,
+    REPO_ROOT,
+    assert_parity,
+    foreign_checkpoint,
+    make_hostile_checkpoint,
+    make_yolo_dataset,
+)
 from utils.checkpoint import load_checkpoint
 from utils.engine.options import parse_options
 from utils.engine.run import run as train_run

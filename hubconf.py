@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch.nn as nn
 
@@ -46,31 +46,21 @@ def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape:
     return _finish(Model(MODELS / f"{name}.yaml", ch=channels, nc=classes), autoshape, device)
 
 
-def yolov5n(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-            _verbose: bool = True, device: Optional[str] = None) -> nn.Module:
-    """YOLOv5-nano graph (models/yolov5n.yaml); untrained: ``pretrained=True`` is refused (nothing to download)."""
-    return _create("yolov5n", pretrained, channels, classes, autoshape, device)
+def _graph_entry(name: str, size: str) -> Callable[..., nn.Module]:
+    """A YOLOv5-style entry point ``name(pretrained=True, channels=3, classes=80, autoshape=True, ...)``."""
+
+    def entry(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
+              _verbose: bool = True, device: Optional[str] = None) -> nn.Module:
+        return _create(name, pretrained, channels, classes, autoshape, device)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = (f"YOLOv5-{size} graph (models/{name}.yaml), untrained: pretrained=True is refused "
+                     f"(this project downloads nothing).")
+    return entry
 
 
-def yolov5s(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-            _verbose: bool = True, device: Optional[str] = None) -> nn.Module:
-    """YOLOv5-small graph (models/yolov5s.yaml); see :func:`yolov5n`."""
-    return _create("yolov5s", pretrained, channels, classes, autoshape, device)
-
-
-def yolov5m(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-            _verbose: bool = True, device: Optional[str] = None) -> nn.Module:
-    """YOLOv5-medium graph (models/yolov5m.yaml); see :func:`yolov5n`."""
-    return _create("yolov5m", pretrained, channels, classes, autoshape, device)
-
-
-def yolov5l(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-            _verbose: bool = True, device: Optional[str] = None) -> nn.Module:
-    """YOLOv5-large graph (models/yolov5l.yaml); see :func:`yolov5n`."""
-    return _create("yolov5l", pretrained, channels, classes, autoshape, device)
-
-
-def yolov5x(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-            _verbose: bool = True, device: Optional[str] = None) -> nn.Module:
-    """YOLOv5-xlarge graph (models/yolov5x.yaml); see :func:`yolov5n`."""
-    return _create("yolov5x", pretrained, channels, classes, autoshape, device)
+yolov5n = _graph_entry("yolov5n", "nano")
+yolov5s = _graph_entry("yolov5s", "small")
+yolov5m = _graph_entry("yolov5m", "medium")
+yolov5l = _graph_entry("yolov5l", "large")
+yolov5x = _graph_entry("yolov5x", "xlarge")

@@ -3,6 +3,8 @@ torch.hub and the conversion CLI (issue 12: foreign checkpoints; issue 15: hosti
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import sys
 
@@ -125,3 +127,18 @@ def test_detect_cli_and_val_run_on_foreign_files(tmp_path, tiny_data):
     assert 0.0 <= results.map50 <= 1.0
     with pytest.raises(ValueError, match="predicts 80 classes but .* has 10"):
         val.run(weights=str(path), data=str(data), imgsz=64, project=str(tmp_path), name="val80")
+
+
+def test_train_starts_from_a_yolov5_file(tmp_path, tiny_data, caplog):
+    """train.py --weights yolov5s.pt (its graph, our nc): every layer but the class-sized head transfers."""
+    data, _ = tiny_data
+    path, _ = foreign_checkpoint("yolov5s-v7.0-tiny.pt")
+    with caplog.at_level(logging.INFO):
+        outcome = train_run(parse_options(["--img", "64", "--batch", "2", "--epochs", "1", "--workers", "0",
+                                           "--data", str(data), "--weights", str(path), "--noplots",
+                                           "--project", str(tmp_path)]))
+    loaded, total = map(int, re.search(r"transferred (\d+)/(\d+) items", caplog.text).groups())
+    # Not taken: the 3 Detect convs' weights and biases (10 classes instead of 80), and the anchors and strides,
+    # which belong to the new model's yaml.
+    assert total - loaded == 3 * 2 + 2
+    assert (outcome.save_dir / "weights" / "last.pt").is_file()

@@ -87,7 +87,7 @@ def from_yolov5(raw: Any, path: Path) -> dict[str, Any]:
     """A YOLOv5/TPH-YOLOv5 checkpoint dict (inert model objects) -> our checkpoint dict.
 
     Takes ``ema`` when present, else ``model``; the graph is the file's own ``yaml`` with the stored
-    anchors (pixels, from the Detect buffer and stride), the regression head and the real nc; weights float32.
+    anchors (pixels, from the Detect buffer and stride) and the regression head; weights float32.
     """
     model = raw.get("ema") or raw.get("model") if isinstance(raw, dict) else None
     if not isinstance(model, Inert) or not isinstance(model.attribute("yaml"), dict):
@@ -108,13 +108,17 @@ def from_yolov5(raw: Any, path: Path) -> dict[str, Any]:
     stride = stride.float()
     state[f"model.{last}.stride"] = stride
     graph = dict(model.attribute("yaml"))
-    nc = graph.get("nc")
     graph.update(anchors=[level.flatten().tolist() for level in anchors * stride.view(-1, 1, 1)],
                  detect=dict(FOREIGN_HEAD))
-    names = model.attribute("names") or [str(i) for i in range(int(nc or 0))]
-    names = [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+    names = model.attribute("names")  # a {id: name} dict in v7.0, a list in TPH and v5/v6
+    if names is None and isinstance(graph.get("nc"), int):
+        names = [str(i) for i in range(graph["nc"])]
+    if isinstance(names, dict) and all(isinstance(key, int) for key in names):
+        names = [names[key] for key in sorted(names)]
+    if not isinstance(names, (list, tuple)) or (isinstance(graph.get("nc"), int) and len(names) != graph["nc"]):
+        raise ValueError(f"{path}: its class names {names!r:.60} do not fit its nc={graph.get('nc')!r}")
     logger.info("%s: a %s checkpoint, read without running its pickled code", path, model.source)
-    return {"model": state, "ema": None, "model_yaml": graph, "names": names, "foreign": model.source,
+    return {"model": state, "ema": None, "model_yaml": graph, "names": [str(n) for n in names], "foreign": model.source,
             "epoch": raw.get("epoch", -1) if isinstance(raw.get("epoch"), int) else -1}
 
 

@@ -106,3 +106,14 @@ def test_foreign_files_translate_to_our_format(name):
     assert stride.tolist() == expected["strides"]
     pixels = torch.tensor(graph["anchors"]).view_as(checkpoint["model"][f"model.{last}.anchors"])
     torch.testing.assert_close(pixels, checkpoint["model"][f"model.{last}.anchors"] * stride.view(-1, 1, 1))
+
+
+def test_compressed_pickle_larger_than_its_file_is_refused(tmp_path):
+    """torch stores entries uncompressed; a small file that would inflate into a huge pickle is refused unread."""
+    import zipfile
+
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data.pkl", b"\x80\x02" + b"(" * 2_000_000)
+    with pytest.raises(ValueError, match=r"bomb\.pt: refused to load .*unpacks to more than the file's size"):
+        load_checkpoint(path)

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 FOREIGN_HEAD = {"box": "regress"}
 # Modules whose classes a YOLOv5 pickle names for its model objects: they become inert records, never imported.
 INERT_NAMESPACES = ("models.", "utils.", "torch.nn.", "numpy", "pathlib.", "argparse.", "__main__.")
+# Element types a pickle may name as torch.<name> (looked up in this list only: no other attribute of torch is read).
+DTYPE_NAMES = ("float16", "float32", "float64", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
+               "half", "float", "double", "long", "int", "short")
 # Terminal colour codes that torch puts in its messages.
 ANSI_CODE = r"\x1b\[[0-9;]*m"
 # Storage classes torch pickles for tensors, by the element type they hold.
@@ -193,7 +196,7 @@ class InertUnpickler(pickle.Unpickler):
             return SAFE_CALLABLES[(module, name)]
         if module == "torch" and name in STORAGE_DTYPES:
             return STORAGE_DTYPES[name]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+        if module == "torch" and name in DTYPE_NAMES:
             return getattr(torch, name)
         qualified = f"{module}.{name}"
         if not qualified.startswith(INERT_NAMESPACES):
@@ -227,8 +230,11 @@ def read_inert_pickle(path: Path, torch_reason: str) -> Any:
         pickles = [name for name in archive.namelist() if name.endswith("data.pkl") and name.count("/") == 1]
         if len(pickles) != 1:
             raise ValueError(f"{path}: not a readable checkpoint of this project ({torch_reason})")
+        limit = path.stat().st_size  # no entry may unpack to more than the file holds (torch stores them as is)
         try:
-            return InertUnpickler(archive, pickles[0][: -len("data.pkl")], path.stat().st_size).load()
+            if archive.getinfo(pickles[0]).file_size > limit:
+                raise pickle.UnpicklingError(f"{pickles[0]} unpacks to more than the file's size")
+            return InertUnpickler(archive, pickles[0][: -len("data.pkl")], limit).load()
         except Exception as err:  # any malformed or hostile pickle: refuse it, naming the file
             raise ValueError(f"{path}: refused to load ({type(err).__name__}: {err}); only load checkpoints "
                              f"from sources you trust") from err

@@ -20,6 +20,7 @@ import val
 from models.convert import convert
 from models.yolo import model_from_checkpoint
 from tests.conftest import (
+    FOREIGN_FILES,
     HOSTILE_KINDS,
     REPO_ROOT,
     assert_parity,
@@ -72,12 +73,17 @@ def test_every_entry_point_refuses_hostile_files(tmp_path, tiny_data, entry, kin
     assert not marker.exists()
 
 
-def test_hub_custom_and_autoshape_on_a_yolov5_file(tmp_path):
-    path, expected = foreign_checkpoint("yolov5s-v7.0-tiny.pt")
+@pytest.mark.parametrize("name", FOREIGN_FILES)
+def test_hub_custom_gives_the_authors_output(name):
+    path, expected = foreign_checkpoint(name)
     model = torch.hub.load(str(REPO_ROOT), "custom", path=str(path), source="local", autoshape=False)
     with torch.no_grad():
         pred = model(expected["input"])[0]
     assert_parity(pred, expected["output"])
+
+
+def test_hub_autoshape_on_a_yolov5_file(tmp_path):
+    path, expected = foreign_checkpoint("yolov5s-v7.0-tiny.pt")
     shaped = torch.hub.load(str(REPO_ROOT), "custom", path=str(path), source="local")
     shaped.conf = 0.0
     rgb = (expected["input"][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (256, 320, 3)

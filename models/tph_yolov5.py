@@ -2,11 +2,12 @@
 
 Same layer names as TPH (so its checkpoints load by name) and the same arithmetic, quirks included:
 - ``C3TR``: q/k/v linears (no bias) feed ``nn.MultiheadAttention`` (sequence first), a linear position
-  embedding ``linear`` added to the tokens, post-attention LayerNorms ``ln1``/``ln2``, a ReLU MLP without biases.
+  embedding ``linear`` added to the tokens, LayerNorms ``ln1``/``ln2`` before attention and MLP, a ReLU MLP
+  without biases, dropout 0.1 (training only).
 - ``C3STR``: Swin layers without qkv bias on the *transposed* map (TPH permutes (B, C, H, W) to (B, W, H, C));
   heads = channels // 32; the shifted-window mask is TPH's: region labels from 3 x 3 slices, except that
   the first row slice is an index pair ``(0, -window)`` (so only 2 rows get their column's label and the rest
-  of the top band stays 0), and masked pairs get -100 rather than -inf.
+  of the top band stays 0), and masked pairs get -100 rather than -inf; stochastic depth 0.1 above 10 heads.
 - ``CBAM``: a linear (biased) channel MLP with reduction 16 and a biased 7x7 spatial convolution.
 Our own variants (models/tph.py, models/swin.py: ``C3TRv2``, ``C3STRv2``, ``CBAMv2``) are documented there.
 """

@@ -51,6 +51,8 @@ class Detect(nn.Module):
         head: Detect settings, see :data:`DEFAULT_HEAD`.
     """
 
+    extra_inputs = 0  # input feature maps beyond one per output level (CLLADetect: 1)
+
     def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int], head: Optional[dict] = None):
         super().__init__()
         settings = resolve_head(head)
@@ -89,7 +91,7 @@ class Detect(nn.Module):
         """
         class_prior = math.log(CLASS_PRIOR / (self.nc - 0.99))
         with torch.no_grad():
-            for conv, stride in zip(self.m, self.stride.tolist()):
+            for conv, stride in zip(self.prediction_convs(), self.stride.tolist()):
                 bias = conv.bias.view(self.na, self.no)  # (A, no), shares storage with the conv bias
                 if self.grid is not None:
                     bias[:, :self.box_channels] = 0.0
@@ -103,14 +105,21 @@ class Detect(nn.Module):
         input), sigmoid objectness and classes, and in C-BBL mode the mean entropy over the 4 coordinates.
         """
         raw = []
-        for level, conv in enumerate(self.m):
-            out = conv(features[level])
+        for out in self.level_maps(features):
             batch, _, height, width = out.shape
             raw.append(out.view(batch, self.na, self.no, height, width).permute(0, 1, 3, 4, 2).contiguous())
             # raw[-1]: (B, A, H, W, no)
         if self.training:
             return raw
         return torch.cat([self.decode_level(out, level) for level, out in enumerate(raw)], 1), raw
+
+    def prediction_convs(self) -> list[nn.Conv2d]:
+        """The convolution that predicts each level's (A * no) channels (subclasses may fuse levels first)."""
+        return list(self.m)
+
+    def level_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per level the raw prediction map (B, A * no, H, W) from the head's input features."""
+        return [conv(feature) for conv, feature in zip(self.m, features)]
 
     def box_offsets(self, box_raw: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Raw box channels (..., box_channels) -> (offsets t (..., 4), uncertainty (..., 1) or None).

@@ -11,25 +11,29 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch.nn as nn
 import yaml
 
+from models.clla import CLLADetect
 from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus, Upsample
 from models.detect import Detect
-from models.swin import C3STR, CrossLayerAttention
-from models.tph import C3TR, CBAM, BiFPNConcat
+from models.swin import C3STRv2, CrossLayerAttention
+from models.tph import BiFPNConcat, C3TRv2, CBAMv2
+from models.tph_yolov5 import C3STR, C3TR, CBAM
 
-# Module names a YAML row may use (no eval of YAML text).
+# Module names a YAML row may use (no eval of YAML text). TPH-YOLOv5's names are TPH's blocks; *v2 are ours.
 MODULES: dict[str, type] = {
     "Conv": Conv, "Bottleneck": Bottleneck, "C3": C3, "SPP": SPP, "SPPF": SPPF, "Focus": Focus,
     "Concat": Concat, "BiFPNConcat": BiFPNConcat, "Upsample": Upsample, "nn.Upsample": nn.Upsample,
-    "C3TR": C3TR, "C3STR": C3STR, "CBAM": CBAM, "CrossLayerAttention": CrossLayerAttention, "Detect": Detect,
+    "C3TR": C3TR, "C3STR": C3STR, "CBAM": CBAM, "C3TRv2": C3TRv2, "C3STRv2": C3STRv2, "CBAMv2": CBAMv2,
+    "CrossLayerAttention": CrossLayerAttention, "Detect": Detect, "CLLADetect": CLLADetect,
 }
-CHANNEL_BLOCKS = (Conv, Bottleneck, C3, SPP, SPPF, Focus, C3TR, C3STR)  # args (c2, ...) -> (c1, c2, ...)
-REPEAT_BLOCKS = (C3, C3TR, C3STR)  # take ``number`` as their own n (the 3rd argument) instead of stacking
-CHANNEL_KEEPING = (CBAM,)  # args (...) -> (c1, ...), output channels = input channels
+# args (c2, ...) -> (c1, c2, ...)
+CHANNEL_BLOCKS = (Conv, Bottleneck, C3, SPP, SPPF, Focus, C3TR, C3STR, CBAM, C3TRv2, C3STRv2)
+REPEAT_BLOCKS = (C3, C3TR, C3STR, C3TRv2, C3STRv2)  # take ``number`` as their own n (the 3rd argument)
+CHANNEL_KEEPING = (CBAMv2,)  # args (...) -> (c1, ...), output channels = input channels
 CROSS_LAYER = (CrossLayerAttention,)  # from [coarse, fine]: args (...) -> (c_coarse, c_fine, ...), keeps c_coarse
 CHANNEL_DIVISOR = 8
 # Words YOLOv5 YAMLs use as arguments (YOLOv5 eval()s them; we look them up).
@@ -120,7 +124,7 @@ def _resolve_args(module: type, args: list, sources: Union[int, list[int]], numb
         return args, sum(ch[s] for s in source_list), number
     if module is BiFPNConcat:
         return [len(source_list), *args], sum(ch[s] for s in source_list), number
-    if module is Detect:
+    if issubclass(module, Detect):
         return [args[0], args[1], [ch[s] for s in source_list], cfg["detect"]], 0, number
     return args, ch[source_list[0]], number
 
@@ -152,7 +156,7 @@ def parse_model(cfg: dict, ch: int = 3) -> tuple[nn.Sequential, list[Union[int, 
     for index, row in enumerate(rows):
         where = _row_name(cfg, index, row)
         sources, number, module, args = _check_row(row, index, where)
-        if (module is Detect) != (index == len(rows) - 1):
+        if issubclass(module, Detect) != (index == len(rows) - 1):
             raise ValueError(f"{where}: Detect must be the last row, and only the last")
         try:
             args, c2, number = _resolve_args(module, args, sources, number, channels, cfg)
@@ -162,8 +166,23 @@ def parse_model(cfg: dict, ch: int = 3) -> tuple[nn.Sequential, list[Union[int, 
         routes.append(sources)
         saved.update(s % index for s in ([sources] if isinstance(sources, int) else sources) if s != -1)
         params = sum(p.numel() for p in layer.parameters())
-        shown = [args[0], f"{len(args[1][0]) // 2} anchors/level", args[2]] if module is Detect else args
+        shown = [args[0], f"{len(args[1][0]) // 2} anchors/level", args[2]] if issubclass(module, Detect) else args
         table.append(LayerSpec(index, sources, number, row[2], shown, params))
         layers.append(layer)
         channels = channels + [c2] if index else [c2]
     return nn.Sequential(*layers), routes, saved, table
+
+
+def run_layers(layers: nn.Sequential, routes: list[Union[int, list[int]]], saved: set[int], x: Any,
+               inspect: Optional[Callable[[int, Any], None]] = None) -> Any:
+    """Forward through :func:`parse_model`'s layers: each reads its ``from`` outputs; ``inspect(index, output)``
+    sees every layer's output. Returns the last layer's output."""
+    outputs: list[Any] = []
+    for index, (layer, sources) in enumerate(zip(layers, routes)):
+        if sources != -1:
+            x = outputs[sources] if isinstance(sources, int) else [x if s == -1 else outputs[s] for s in sources]
+        x = layer(x)
+        if inspect is not None:
+            inspect(index, x)
+        outputs.append(x if index in saved else None)
+    return x

@@ -1,4 +1,4 @@
-"""Swin-style window attention and the C3STR block of TPH-YOLOv5.
+"""Our Swin-style window attention (C3STRv2) and cross-layer attention; TPH's own C3STR is in models/tph_yolov5.py.
 
 Tokens attend within non-overlapping ``window`` x ``window`` windows (cost linear in H*W); every other
 layer shifts the windows by ``window // 2`` through a cyclic roll, so information crosses window borders.
@@ -140,8 +140,8 @@ class SwinStage(nn.Sequential):
         super().__init__(*(SwinLayer(dim, num_heads, window, shift=(window // 2) * (i % 2)) for i in range(depth)))
 
 
-class C3STR(C3):
-    """C3 whose bottleneck stack is a Swin stage (TPH-YOLOv5's C3STR): local attention at any resolution.
+class C3STRv2(C3):
+    """Our C3STR variant: a Swin stage with qkv bias and an exact padding/shift mask (-inf), in (H, W) order.
 
     ``num_heads`` None = one head per 32 channels (at least 1).
     """

@@ -1,4 +1,6 @@
-"""TPH-YOLOv5 blocks besides the Swin one: a transformer-encoder C3 (C3TR), CBAM attention, BiFPN fusion.
+"""Our variants of TPH-YOLOv5 blocks: a transformer-encoder C3 (C3TRv2), CBAM attention (CBAMv2), BiFPN fusion.
+
+TPH's own blocks, computed as TPH computes them, are in models/tph_yolov5.py under TPH's names.
 
 All take and return (B, C, H, W) feature maps; the YAML builder fills ``c1`` (and ``c2``) from the graph.
 """
@@ -70,8 +72,9 @@ class TransformerBlock(nn.Module):
         return tokens.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, H, W)
 
 
-class C3TR(C3):
-    """C3 whose bottleneck stack is a transformer block (TPH-YOLOv5's 'transformer prediction head' unit)."""
+class C3TRv2(C3):
+    """Our C3TR variant: pre-norm layers, depthwise-conv position encoding, biased MLP (GELU), so it runs at
+    any H, W without a learned per-token embedding. TPH's own C3TR is models/tph_yolov5.py's ``C3TR``."""
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5,
                  num_heads: int = 4):
@@ -80,8 +83,10 @@ class C3TR(C3):
         self.m = TransformerBlock(hidden, hidden, num_heads, n)
 
 
-class CBAM(nn.Module):
-    """Convolutional block attention: reweight channels (pooled MLP), then positions (7x7 conv on pooled maps).
+class CBAMv2(nn.Module):
+    """Our CBAM variant: reweight channels (bias-free 1x1-conv MLP), then positions (bias-free k x k conv).
+
+    Unlike TPH's ``CBAM`` (models/tph_yolov5.py) it takes the reduction and kernel size as YAML arguments.
 
     Keeps the shape (B, C, H, W); TPH-YOLOv5 uses it to find attention regions in dense drone scenes.
     """

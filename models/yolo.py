@@ -25,7 +25,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from models.detect import Detect, resolve_head  # noqa: E402
 from models.fuse import fuse_model  # noqa: E402
 from models.info import model_info  # noqa: E402
-from models.parse import parse_model, row_lines  # noqa: E402
+from models.parse import MODULES, parse_model, row_lines, run_layers  # noqa: E402
+from models.verify import check_graph  # noqa: E402
 from utils.anchors import check_anchor_order, default_anchors  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
@@ -104,7 +105,9 @@ class Model(nn.Module):
             if anchors < 1:
                 raise ValueError(f"{source}: 'anchors: N' needs N >= 1, got {anchors}")
             detect_row = (model_dict.get("head") or [[None]])[-1]
-            levels = len(detect_row[0]) if isinstance(detect_row[0], list) else 1
+            head_name = detect_row[2] if len(detect_row) > 2 and isinstance(detect_row[2], str) else None
+            extra = getattr(MODULES.get(head_name), "extra_inputs", 0)
+            levels = (len(detect_row[0]) if isinstance(detect_row[0], list) else 1) - extra
             return True, {**model_dict, "anchors": [[0.0] * (2 * anchors)] * levels}
         if not isinstance(anchors, list) or not anchors or not all(isinstance(a, list) for a in anchors):
             raise ValueError(f"{source}: 'anchors' must be an int or per-level lists [w0, h0, w1, h1, ...], "
@@ -141,13 +144,7 @@ class Model(nn.Module):
 
     def forward(self, x: torch.Tensor):
         """Images (B, ch, H, W) float in [0, 1] -> Detect output (training list / eval (pred, raw))."""
-        outputs: list[Optional[torch.Tensor]] = []
-        for index, (layer, sources) in enumerate(zip(self.model, self.routes)):
-            if sources != -1:
-                x = outputs[sources] if isinstance(sources, int) else [x if s == -1 else outputs[s] for s in sources]
-            x = layer(x)
-            outputs.append(x if index in self.save else None)
-        return x
+        return run_layers(self.model, self.routes, self.save, x)
 
     def fuse(self) -> Model:
         """Fold every BatchNorm into its convolution (inference only); returns self."""
@@ -173,10 +170,14 @@ def transfer_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -
     return len(matching), len(own)
 
 
-def model_from_checkpoint(checkpoint: dict, use_ema: bool = True) -> Model:
-    """Rebuild the model of a checkpoint (EMA weights when present and ``use_ema``), in eval mode, float32."""
-    model = Model(checkpoint["model_yaml"])
+def model_from_checkpoint(checkpoint: dict, use_ema: bool = True, source: Union[str, Path] = "checkpoint") -> Model:
+    """Rebuild the model of a checkpoint (EMA weights when present and ``use_ema``), in eval mode, float32.
+
+    The graph is checked against the weights first (models/verify.py); errors name ``source`` (the file).
+    """
     state = checkpoint.get("ema") if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
+    check_graph(checkpoint["model_yaml"], state, source)
+    model = Model(checkpoint["model_yaml"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.names = list(checkpoint.get("names") or [str(i) for i in range(model.nc)])
     return model.eval()

@@ -14,6 +14,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 VISDRONE_SAMPLE = SHARED_DATA / "visdrone-sample"
 AERIAL_COCO_SAMPLE = SHARED_DATA / "aerial-coco-sample"
+# YOLOv5 v7.0 / TPH-YOLOv5 checkpoints with the outputs their own code gives (see its SOURCE.md).
+FOREIGN_CHECKPOINTS = REPO_ROOT.parent / "shared" / "fixtures" / "foreign-checkpoints"
+FOREIGN_FILES = ("yolov5s-v7.0-tiny.pt", "tph-yolov5l-xs-tph-s.pt", "tph-yolov5l-xs-tr-cbam-spp-bifpn-s.pt",
+                 "tph-yolov5l-tph-plus-s.pt")
 
 
 def random_boxes(num: int, size: float = 100.0, seed: int = 0) -> torch.Tensor:
@@ -41,6 +45,21 @@ def aerial_coco_sample() -> Path:
     if not AERIAL_COCO_SAMPLE.is_dir():
         pytest.skip(f"shared aerial COCO sample not found at {AERIAL_COCO_SAMPLE}")
     return AERIAL_COCO_SAMPLE
+
+
+def foreign_checkpoint(name: str) -> tuple[Path, dict]:
+    """(path of a foreign fixture, its expected-output dict); skips when the shared fixtures are absent."""
+    path = FOREIGN_CHECKPOINTS / name
+    if not path.is_file():
+        pytest.skip(f"shared foreign checkpoints not found at {FOREIGN_CHECKPOINTS}")
+    return path, torch.load(path.with_name(path.stem + ".expected.pt"), weights_only=True)
+
+
+def assert_parity(output: torch.Tensor, expected: torch.Tensor) -> None:
+    """YOLOv5's decoded rows equal: boxes within 1e-2 px, objectness and class scores within 1e-4."""
+    assert output.shape == expected.shape
+    assert (output[..., :4] - expected[..., :4]).abs().max() < 1e-2
+    assert (output[..., 4:] - expected[..., 4:]).abs().max() < 1e-4
 
 
 # A tiny two-level detector (strides 8 and 16) for plumbing tests of detect/val/export.
@@ -130,3 +149,40 @@ def small_filesystem(path: Path, size: str = "256k") -> Iterator[Path]:
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` -> its bytes: compare before and after to prove a folder was left alone."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class _Reduce:
+    """Pickles as ``function(*args)``: what a hostile checkpoint runs on a plain ``torch.load``."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def hostile_payload(kind: str, marker: Path):
+    """An object whose unpickling would create ``marker``, through os.system, eval, builtins.exec,
+    subprocess.Popen or a nested torch.storage._load_from_bytes (a torch file inside the pickle)."""
+    import builtins
+    import io
+    import os
+    import subprocess
+
+    touch = f"open({str(marker)!r}, 'w').close()"
+    if kind == "nested":
+        inner = io.BytesIO()
+        torch.save(hostile_payload("os.system", marker), inner)
+        return _Reduce(torch.storage._load_from_bytes, inner.getvalue())
+    return {"os.system": _Reduce(os.system, f"touch '{marker}'"), "eval": _Reduce(eval, touch),
+            "builtins.exec": _Reduce(builtins.exec, touch),
+            "subprocess.Popen": _Reduce(subprocess.Popen, ["touch", str(marker)])}[kind]
+
+
+HOSTILE_KINDS = ("os.system", "eval", "builtins.exec", "subprocess.Popen", "nested")
+
+
+def make_hostile_checkpoint(path: Path, kind: str, marker: Path) -> Path:
+    """A torch zip file shaped like a YOLOv5 checkpoint whose model entry is a hostile payload."""
+    torch.save({"epoch": -1, "model": hostile_payload(kind, marker), "model_yaml": {}, "opt": {}}, path)
+    return path

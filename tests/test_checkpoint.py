@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from tests.conftest import small_filesystem
+from tests.conftest import FOREIGN_FILES, HOSTILE_KINDS, foreign_checkpoint, make_hostile_checkpoint, small_filesystem
 from utils.checkpoint import is_stripped, load_checkpoint, save_checkpoint, strip_checkpoint_file
 from utils.files import OutputWriteError
 
@@ -121,3 +121,52 @@ def test_full_disk_on_a_small_filesystem(tmp_path):
         with pytest.raises(OutputWriteError, match="No space left on device"):
             save_checkpoint({"model": {"w": torch.zeros(200_000)}, "model_yaml": {}}, small / "last.pt")
         assert list(small.iterdir()) == []
+
+
+# The global each payload's pickle names (os.system lives in posix on Linux).
+CALLED = {"os.system": "posix.system", "eval": "builtins.eval", "builtins.exec": "builtins.exec",
+          "subprocess.Popen": "subprocess.Popen", "nested": "torch.storage._load_from_bytes"}
+
+
+@pytest.mark.parametrize("kind", HOSTILE_KINDS)
+def test_hostile_torch_files_are_refused_without_running(tmp_path, kind):
+    marker = tmp_path / "payload-ran"
+    path = make_hostile_checkpoint(tmp_path / "hostile.pt", kind, marker)
+    with pytest.raises(ValueError, match=rf"hostile\.pt: refused to load .*{CALLED[kind]}, which would run code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_unknown_classes_stay_inert_records(tmp_path):
+    """A class of a model namespace is recorded, never imported or called; its state is kept as data."""
+    path = tmp_path / "odd.pt"
+    torch.save({"model": torch.nn.Identity()}, path)  # torch.nn classes: inert records, yet not a YOLOv5 file
+    with pytest.raises(ValueError, match="odd.pt: not a checkpoint of this project, nor a YOLOv5"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", FOREIGN_FILES)
+def test_foreign_files_translate_to_our_format(name):
+    path, expected = foreign_checkpoint(name)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["foreign"].startswith("models.yolo.") and checkpoint["ema"] is None
+    assert checkpoint["names"] == [f"class{i}" for i in range(expected["nc"])]  # a dict in v7.0, a list in TPH
+    graph = checkpoint["model_yaml"]
+    assert graph["backbone"] == expected["yaml"]["backbone"] and graph["head"] == expected["yaml"]["head"]
+    assert all(value.dtype != torch.float16 for value in checkpoint["model"].values())
+    last = len(graph["backbone"]) + len(graph["head"]) - 1
+    stride = checkpoint["model"][f"model.{last}.stride"]
+    assert stride.tolist() == expected["strides"]
+    pixels = torch.tensor(graph["anchors"]).view_as(checkpoint["model"][f"model.{last}.anchors"])
+    torch.testing.assert_close(pixels, checkpoint["model"][f"model.{last}.anchors"] * stride.view(-1, 1, 1))
+
+
+def test_compressed_pickle_larger_than_its_file_is_refused(tmp_path):
+    """torch stores entries uncompressed; a small file that would inflate into a huge pickle is refused unread."""
+    import zipfile
+
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data.pkl", b"\x80\x02" + b"(" * 2_000_000)
+    with pytest.raises(ValueError, match=r"bomb\.pt: refused to load .*unpacks to more than the file's size"):
+        load_checkpoint(path)

@@ -41,7 +41,8 @@ def grid_points(alpha: float = 4.0, bins: int = 11, beta: float = 5.0, uniform: 
         raise ValueError(f"C-BBL needs at least 2 grid points, got bins={bins}")
     if alpha <= 0 or beta < 0:
         raise ValueError(f"C-BBL needs alpha > 0 and beta >= 0, got alpha={alpha}, beta={beta}")
-    half_steps = torch.arange(bins, dtype=torch.float64) - (bins - 1) / 2  # exact 0 at the centre for odd K
+    # A constant of the head: on the CPU even while a model is built on the meta device (models/verify.py).
+    half_steps = torch.arange(bins, dtype=torch.float64, device="cpu") - (bins - 1) / 2  # exact 0 at the centre
     uniform_points = half_steps * (2 * alpha / (bins - 1))
     if _is_uniform(beta, uniform):
         return uniform_points.float()

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 from models.yolo import model_from_checkpoint
+from tests.conftest import FOREIGN_FILES, assert_parity, foreign_checkpoint
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.infer.backend import DetectBackend
 
@@ -80,3 +83,15 @@ def test_nan_outputs_stop_with_a_clear_message(tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(model, "forward", lambda images: (torch.full((len(images), 4, 5 + model.nc), float("inf")),))
     with pytest.raises(ValueError, match="outputs hold NaN/inf"):
         backend(torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("name", FOREIGN_FILES)
+def test_foreign_checkpoints_give_their_authors_output(name, caplog):
+    """YOLOv5 v7.0 and TPH-YOLOv5 files, loaded as detect/val/export load --weights (fused, EMA when present),
+    give the output of the code that made them. Slow-ish (up to ~10 s each): real 0.5-12M parameter models."""
+    path, expected = foreign_checkpoint(name)
+    with caplog.at_level(logging.INFO):
+        backend = DetectBackend(path, device="cpu")
+    assert "read without running its pickled code" in caplog.text
+    assert backend.nc == expected["nc"] and backend.stride == max(expected["strides"])
+    assert_parity(backend(expected["input"]), expected["output"])

@@ -3,6 +3,7 @@ PyTorch's, the C-BBL decode inside the graph, dynamic and fixed shapes, and dete
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import cv2
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::t
 
 
 @pytest.mark.parametrize("box", ["regress", "cbbl"])
-def test_export_matches_pytorch(tiny_checkpoint, box):
+def test_export_matches_pytorch(tiny_checkpoint, box, caplog):
     weights = tiny_checkpoint(box, name="best.pt")
     written = export.main(["--weights", str(weights), "--include", "onnx", "torchscript", "--imgsz", "64",
                            "--dynamic"])
@@ -31,7 +32,9 @@ def test_export_matches_pytorch(tiny_checkpoint, box):
     images = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(3))
     expected = reference(images)
     for path in written:
-        backend = DetectBackend(path)
+        with caplog.at_level(logging.WARNING):
+            backend = DetectBackend(path)
+        assert ("a TorchScript file is code" in caplog.text) == (path.suffix == ".torchscript")
         assert (backend.nc, backend.names, backend.stride, backend.num_extra) == (3, reference.names, 16,
                                                                                    reference.num_extra)
         got = backend(images)

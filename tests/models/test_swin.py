@@ -1,4 +1,4 @@
-"""models/swin.py: window attention, the shifted-window mask (against brute force), padding, C3STR."""
+"""models/swin.py: window attention, the shifted-window mask (against brute force), padding, C3STRv2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.swin import C3STR, CrossLayerAttention, SwinLayer, attention_mask, window_merge, window_partition
+from models.swin import C3STRv2, CrossLayerAttention, SwinLayer, attention_mask, window_merge, window_partition
 
 
 def brute_force_swin_layer(layer: SwinLayer, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,7 @@ def test_mask_is_cached_per_size():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_forward_is_finite(dtype):
     torch.manual_seed(0)
-    block = C3STR(16, 16, n=2, window=4).eval().to(dtype)
+    block = C3STRv2(16, 16, n=2, window=4).eval().to(dtype)
     with torch.no_grad():
         out = block(torch.randn(1, 16, 13, 7, dtype=dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
@@ -89,7 +89,7 @@ def test_half_precision_forward_is_finite(dtype):
 
 def test_c3str_odd_size_forward_backward():
     torch.manual_seed(0)
-    block = C3STR(8, 16, n=2, window=4)
+    block = C3STRv2(8, 16, n=2, window=4)
     x = torch.randn(2, 8, 13, 7, requires_grad=True)
     out = block(x)
     out.square().mean().backward()

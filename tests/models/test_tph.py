@@ -1,16 +1,16 @@
-"""models/tph.py: C3TR, CBAM and BiFPN weighted fusion."""
+"""models/tph.py: C3TRv2, CBAMv2 and BiFPN weighted fusion."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models.tph import BIFPN_EPS, C3TR, CBAM, BiFPNConcat, TransformerBlock, TransformerLayer
+from models.tph import BIFPN_EPS, BiFPNConcat, C3TRv2, CBAMv2, TransformerBlock, TransformerLayer
 
 
 def test_c3tr_forward_backward_any_size():
     torch.manual_seed(0)
-    block = C3TR(8, 16, n=2, num_heads=2)
+    block = C3TRv2(8, 16, n=2, num_heads=2)
     x = torch.randn(2, 8, 5, 3, requires_grad=True)
     out = block(x)
     out.mean().backward()
@@ -34,7 +34,7 @@ def test_heads_must_divide_channels():
 
 def test_cbam_keeps_shape_and_only_attenuates():
     torch.manual_seed(0)
-    block = CBAM(16, reduction=4)
+    block = CBAMv2(16, reduction=4)
     x = torch.randn(2, 16, 7, 5)
     out = block(x)
     assert out.shape == x.shape

@@ -130,10 +130,14 @@ def test_cli_names_the_bad_row(tmp_path, caplog):
     assert "line 30: layer 13" in caplog.text and "unknown module 'C4'" in caplog.text
 
 
-TINY_TPH = {"nc": 2, "anchors": 2, "detect": {"box": "cbbl", "bins": 5},
-            "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [16, 3, 2]],
-                         [-1, 2, "C3STR", [16, True, 1, 0.5, 4]]],
+def tiny_tph(swin_row: list) -> dict:
+    """A 4-row C-BBL model with a Swin row (ours or TPH's) on a 13x7 map for a 52x28 image: padded windows."""
+    return {"nc": 2, "anchors": 2, "detect": {"box": "cbbl", "bins": 5},
+            "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [16, 3, 2]], swin_row],
             "head": [[-1, 1, "Conv", [16, 3, 2]], [[2, 3], 1, "Detect", ["nc", "anchors"]]]}
+
+
+SWIN_ROWS = [[-1, 2, "C3STRv2", [16, True, 1, 0.5, 4]], [-1, 2, "C3STR", [64]]]
 
 
 class PredictionOnly(torch.nn.Module):
@@ -145,17 +149,19 @@ class PredictionOnly(torch.nn.Module):
         return self.model(images)[0]
 
 
-def test_forward_compiles_without_graph_breaks():
-    model = Model(TINY_TPH).eval()
-    images = torch.rand(1, 3, 52, 28)  # C3STR sees 13x7: padded windows
+@pytest.mark.parametrize("swin_row", SWIN_ROWS)
+def test_forward_compiles_without_graph_breaks(swin_row):
+    model = Model(tiny_tph(swin_row)).eval()
+    images = torch.rand(1, 3, 52, 28)
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     with torch.no_grad():
         assert torch.allclose(compiled(images)[0], model(images)[0], atol=1e-5)
 
 
-def test_onnx_export_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("swin_row", SWIN_ROWS)
+def test_onnx_export_matches_pytorch(tmp_path, swin_row):
     onnxruntime = pytest.importorskip("onnxruntime")
-    model = PredictionOnly(Model(TINY_TPH).eval()).eval()
+    model = PredictionOnly(Model(tiny_tph(swin_row)).eval()).eval()
     images = torch.rand(1, 3, 52, 28)
     path = tmp_path / "tiny.onnx"
     torch.onnx.export(model, (images,), str(path), dynamo=False, opset_version=17, input_names=["images"])

@@ -73,6 +73,9 @@ def resume_options(opts: TrainOptions) -> tuple[TrainOptions, dict[str, Any], Pa
     """The options stored in the checkpoint (the run continues exactly as started), its dict and path."""
     path = find_resume_checkpoint(opts)
     checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint.get("opt"), dict) or "epoch" not in checkpoint:
+        raise ValueError(f"--resume {path}: not a training checkpoint of this project (no options stored); "
+                         "start a new run from it with --weights")
     stored = TrainOptions.from_dict(checkpoint["opt"], resume=str(path), local_rank=opts.local_rank)
     if int(checkpoint["epoch"]) + 1 >= stored.epochs or is_stripped(checkpoint):
         raise ValueError(f"--resume {path}: training already finished (after epoch {int(checkpoint['epoch']) + 1} of "
@@ -199,7 +202,7 @@ class FinalValidation:
         path = path if path.is_file() else path.with_name("last.pt")
         if not path.is_file():
             return None
-        model = model_from_checkpoint(load_checkpoint(path)).to(self.device)
+        model = model_from_checkpoint(load_checkpoint(path), source=path).to(self.device)
         logger.info("validating %s", path)
         self.results = validate(model, self.val_loader, self.names, verbose=True, plots=self.plots,
                                 save_dir=self.save_dir)

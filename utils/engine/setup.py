@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from models.verify import check_graph
 from models.yolo import Model
 from utils.checkpoint import load_checkpoint
 from utils.data.augment import AugmentSettings
@@ -74,6 +75,7 @@ def build(opts: TrainOptions, names: list[str], device: torch.device,
     uses: --img rounded up to the model's largest stride. On resume the model is exactly the checkpoint's.
     """
     if resume_checkpoint is not None:
+        check_graph(resume_checkpoint["model_yaml"], resume_checkpoint["model"], opts.resume)
         model = Model(resume_checkpoint["model_yaml"])
         model.load_state_dict(resume_checkpoint["model"])
         imgsz = round_to_stride(opts.imgsz, max_stride(model.stride, TRAIN_GRID_FLOOR))
@@ -93,6 +95,8 @@ def _new_model(opts: TrainOptions, names: list[str], imgsz: int) -> Model:
     """From --cfg (or --weights' architecture), with --weights transferred by name and shape (a different nc keeps
     those layers' init; a different box encoding rebuilds the Detect layer with a warning, utils/engine/transfer.py)."""
     pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg)) if opts.weights else None
+    if pretrained is not None and not opts.cfg:
+        check_graph(pretrained["model_yaml"], pretrained.get("ema") or pretrained["model"], opts.weights)
     cfg = opts.cfg or pretrained["model_yaml"]
     model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
                   head=opts.hyp.head_settings(imgsz))

@@ -94,7 +94,7 @@ class DetectBackend(nn.Module):
     def _load_checkpoints(self, paths: list[Path], fuse: bool) -> None:
         models = []
         for path in paths:
-            model = model_from_checkpoint(load_checkpoint(path, map_location="cpu"), use_ema=True)
+            model = model_from_checkpoint(load_checkpoint(path, map_location="cpu"), use_ema=True, source=path)
             check_finite_weights(model, path)
             if fuse and hasattr(model, "fuse"):
                 model = model.fuse()
@@ -137,6 +137,8 @@ class DetectBackend(nn.Module):
     def _load_torchscript(self, path: Path) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"TorchScript model {path} not found (export one with export.py)")
+        logger.warning("%s: a TorchScript file is code, and loading it runs that code; load only files you made "
+                       "or trust (.pt checkpoints never run code)", path)
         extra_files = {f"{METADATA_KEY}.json": ""}
         try:
             module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra_files)

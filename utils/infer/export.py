@@ -181,7 +181,7 @@ def export(opts: ExportOptions) -> list[Path]:
     if opts.half and device.type != "cuda":
         raise ValueError(f"--half exports float16 and needs a CUDA --device (e.g. --device 0), got {device}")
     weights = Path(opts.weights)
-    model = model_from_checkpoint(load_checkpoint(weights), use_ema=True).fuse().eval().to(device)
+    model = model_from_checkpoint(load_checkpoint(weights), use_ema=True, source=weights).fuse().eval().to(device)
     stride = max_stride(model.stride)
     if any(size % stride for size in opts.imgsz):
         raise ValueError(f"--imgsz {list(opts.imgsz)} must be multiples of the model stride {stride}")

@@ -1,0 +1,139 @@
+"""YOLOv5's torch.hub inference interface: :class:`AutoShape` (any images in, NMS'd boxes out) and
+:class:`Detections` (``.xyxy``, ``.xywhn``, ``.pandas()``, ``.save()``, ``.print()`` as YOLOv5 users expect).
+
+Images may be file paths, ``pathlib.Path``, HWC uint8 RGB numpy arrays or PIL images (YOLOv5's convention:
+arrays are RGB). Preprocessing and NMS are detect.py's (utils/infer/predictor.py), so hub results equal
+detect.py's for the same settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+
+from utils.annotate import draw_detections
+from utils.boxes import xyxy_to_cxcywh
+from utils.files import increment_path
+from utils.infer.options import DetectOptions
+from utils.infer.predictor import detect_images
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[str, Path, np.ndarray, Any]  # Any: a PIL image
+# Column names of Detections.pandas() (YOLOv5's).
+XYXY_COLUMNS = ["xmin", "ymin", "xmax", "ymax", "confidence", "class", "name"]
+XYWH_COLUMNS = ["xcenter", "ycenter", "width", "height", "confidence", "class", "name"]
+
+
+def _rgb_array(image: ImageInput, index: int) -> tuple[np.ndarray, str]:
+    """One input -> (HWC uint8 RGB array, file name for saving)."""
+    if isinstance(image, (str, Path)):
+        bgr = cv2.imread(str(image))
+        if bgr is None:
+            raise FileNotFoundError(f"image {image} not found or not readable")
+        return bgr[:, :, ::-1], Path(image).name
+    if hasattr(image, "convert"):  # PIL image
+        return np.asarray(image.convert("RGB")), Path(getattr(image, "filename", "") or f"image{index}.jpg").name
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"image {index}: expected an HWC RGB array with 3 channels, got shape {array.shape}")
+    return array.astype(np.uint8), f"image{index}.jpg"
+
+
+class AutoShape(nn.Module):
+    """Wraps an eval-mode detector: ``model(images, size=640)`` -> :class:`Detections` (YOLOv5's settings names)."""
+
+    conf = 0.25  # NMS confidence threshold
+    iou = 0.45  # NMS IoU threshold
+    agnostic = False  # class-agnostic NMS
+    classes: Optional[list[int]] = None  # keep only these classes
+    max_det = 1000  # detections kept per image
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+        self.names, self.nc = list(model.names), int(model.nc)
+        self.stride = max(int(model.stride.max()), 32)
+
+    @torch.no_grad()
+    def forward(self, images: Union[ImageInput, Sequence[ImageInput]], size: Union[int, Sequence[int]] = 640
+                ) -> Detections:
+        """One image or a list; ``size`` the long side (or (h, w)) the network sees, rounded to the stride."""
+        batch = list(images) if isinstance(images, (list, tuple)) else [images]
+        arrays, files = zip(*(_rgb_array(image, i) for i, image in enumerate(batch)))
+        opts = DetectOptions(imgsz=size, conf_thres=self.conf, iou_thres=self.iou, max_det=self.max_det,
+                             agnostic_nms=self.agnostic, classes=self.classes)
+        imgsz = [int(-(-s // self.stride) * self.stride) for s in opts.imgsz]
+        device = next(self.model.parameters()).device
+        width = 5 + self.nc
+
+        def forward(tensor: torch.Tensor) -> torch.Tensor:
+            return self.model(tensor.to(device))[0][..., :width]
+
+        dets = detect_images([np.ascontiguousarray(a[:, :, ::-1]) for a in arrays], forward, imgsz, self.stride,
+                             self.nc, opts)
+        return Detections(list(arrays), [d[:, :6] for d in dets], list(files), self.names)
+
+
+class Detections:
+    """Per image (n, 6) ``x1, y1, x2, y2, conf, cls`` detections in its pixels, with YOLOv5's views and helpers."""
+
+    def __init__(self, ims: list[np.ndarray], pred: list[torch.Tensor], files: list[str], names: Sequence[str]):
+        self.ims, self.pred, self.files, self.names = ims, pred, files, list(names)
+        self.n = len(pred)
+        gains = [torch.tensor([im.shape[1], im.shape[0], im.shape[1], im.shape[0], 1.0, 1.0]) for im in ims]
+        self.xyxy = pred
+        self.xywh = [torch.cat((xyxy_to_cxcywh(p[:, :4]), p[:, 4:]), 1) for p in pred]
+        self.xyxyn = [p / g for p, g in zip(self.xyxy, gains)]
+        self.xywhn = [p / g for p, g in zip(self.xywh, gains)]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __str__(self) -> str:
+        lines = []
+        for i, (im, pred) in enumerate(zip(self.ims, self.pred)):
+            counts = [f"{int((pred[:, 5] == c).sum())} {self.names[int(c)]}" for c in pred[:, 5].unique()]
+            found = ", ".join(counts) or "(no detections)"
+            lines.append(f"image {i + 1}/{self.n}: {im.shape[0]}x{im.shape[1]} {found}")
+        return "\n".join(lines)
+
+    def print(self) -> None:
+        print(self)
+
+    def render(self, labels: bool = True) -> list[np.ndarray]:
+        """The images (RGB) with their boxes drawn."""
+        return [draw_detections(im[:, :, ::-1], p[:, :4], p[:, 5], p[:, 4], self.names, hide_labels=not labels)
+                [:, :, ::-1] for im, p in zip(self.ims, self.pred)]
+
+    def save(self, labels: bool = True, save_dir: Union[str, Path] = "runs/detect/exp", exist_ok: bool = False
+             ) -> Path:
+        """Write the annotated images into a new folder (incremented unless ``exist_ok``); returns it."""
+        folder = increment_path(save_dir, exist_ok=exist_ok, mkdir=True)
+        for image, name in zip(self.render(labels), self.files):
+            path = folder / name
+            if not cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1])):
+                raise OSError(f"could not write {path} (disk full or unsupported extension?)")
+        logger.info("Saved %d image%s to %s", self.n, "s" * (self.n > 1), folder)
+        return folder
+
+    def pandas(self) -> Any:
+        """An object whose ``.xyxy``, ``.xyxyn``, ``.xywh``, ``.xywhn`` are lists of DataFrames (YOLOv5's columns)."""
+        import pandas
+
+        frames = type("PandasDetections", (), {})()
+        for view, columns in (("xyxy", XYXY_COLUMNS), ("xyxyn", XYXY_COLUMNS), ("xywh", XYWH_COLUMNS),
+                              ("xywhn", XYWH_COLUMNS)):
+            tables = []
+            for pred in getattr(self, view):
+                rows = [[*row[:5].tolist(), int(row[5]), self.names[int(row[5])]] for row in pred]
+                tables.append(pandas.DataFrame(rows, columns=columns))
+            setattr(frames, view, tables)
+        return frames

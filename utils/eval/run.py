@@ -24,9 +24,8 @@ from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
 from utils.eval.validator import ValResults, log_results, validate
 from utils.files import atomic_write_text, increment_path
 from utils.infer.backend import DetectBackend
-from utils.infer.predictor import check_imgsz
 from utils.options import options_from_kwargs
-from utils.torch_utils import select_device
+from utils.torch_utils import round_to_stride, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def run_model(opts: ValOptions, save_dir: Path) -> ValResults:
     if backend.nc != data["nc"] and not opts.single_cls:
         raise ValueError(f"{opts.weights[0]} predicts {backend.nc} classes but {opts.data} has {data['nc']}")
     exported = backend.fixed_imgsz is not None
-    imgsz = backend.fixed_imgsz[0] if exported else check_imgsz([opts.imgsz], backend.stride)[0]  # as train/detect
+    imgsz = backend.fixed_imgsz[0] if exported else round_to_stride(opts.imgsz, backend.stride)  # as train/detect
     loader, _ = create_dataloader(data[split], imgsz, backend.fixed_batch or opts.batch_size, backend.stride,
                                   rect=not exported, pad=0.5, workers=opts.workers, single_cls=opts.single_cls,
                                   prefix=f"{split}: ")

@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils.engine.hooks import Hook
-from utils.engine.trainer import Trainer, check_finite_loss, multi_scale_size
+from utils.engine.trainer import Hook, Trainer, check_finite_loss, multi_scale_size
 
 
 class ToyLoss:

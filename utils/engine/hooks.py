@@ -18,27 +18,9 @@ import numpy as np
 from utils.checkpoint import save_checkpoint, strip_checkpoint_file
 from utils.distributed import DistContext, broadcast_object
 from utils.engine.optim import BIAS_GROUP, lr_lambda, warmup_accumulate, warmup_iterations
+from utils.engine.trainer import Hook, Trainer
 
 logger = logging.getLogger(__name__)
-
-
-class Hook:
-    """Base: every event is a no-op; ``name`` keys the hook's state in checkpoints."""
-
-    name = "hook"
-
-    def before_train(self, trainer: Any) -> None: ...
-    def before_epoch(self, trainer: Any) -> None: ...
-    def before_step(self, trainer: Any) -> None: ...
-    def after_step(self, trainer: Any) -> None: ...
-    def after_epoch(self, trainer: Any) -> None: ...
-    def after_train(self, trainer: Any) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Hooks without state accept anything."""
 
 
 class LRScheduleHook(Hook):
@@ -60,11 +42,11 @@ class LRScheduleHook(Hook):
         self.warmup_momentum, self.warmup_bias_lr = warmup_momentum, warmup_bias_lr
         self.warmup_iterations = warmup_iterations(warmup_epochs, num_batches)
 
-    def before_epoch(self, trainer: Any) -> None:
+    def before_epoch(self, trainer: Trainer) -> None:
         for group in trainer.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * self.lf(trainer.epoch)
 
-    def before_step(self, trainer: Any) -> None:
+    def before_step(self, trainer: Trainer) -> None:
         """During warmup interpolate accumulation, LR and momentum from their warmup values by the batch index."""
         if not self.warmup_iterations or trainer.iteration > self.warmup_iterations:
             return
@@ -77,7 +59,7 @@ class LRScheduleHook(Hook):
             if "momentum" in group:
                 group["momentum"] = float(np.interp(trainer.iteration, ramp, [self.warmup_momentum, self.momentum]))
 
-    def after_epoch(self, trainer: Any) -> None:
+    def after_epoch(self, trainer: Trainer) -> None:
         for index, group in enumerate(trainer.optimizer.param_groups):
             trainer.metrics[f"x/lr{index}"] = group["lr"]  # YOLOv5's results.csv names
 
@@ -93,7 +75,7 @@ class CloseMosaicHook(Hook):
     def __init__(self, dataset: Any, close_epochs: int):
         self.dataset, self.close_epochs = dataset, close_epochs
 
-    def before_epoch(self, trainer: Any) -> None:
+    def before_epoch(self, trainer: Trainer) -> None:
         if self.close_epochs and trainer.epoch >= trainer.epochs - self.close_epochs and self.dataset.mosaic:
             logger.info("closing mosaic for the last %d epoch(s)", trainer.epochs - trainer.epoch)
             self.dataset.mosaic = False
@@ -109,7 +91,7 @@ class ImageWeightsHook(Hook):
         counts = np.bincount(classes, minlength=nc).astype(np.float64)  # (nc,)
         self.dataset, self.class_weights = dataset, 1.0 / np.maximum(counts, 1.0)
 
-    def before_epoch(self, trainer: Any) -> None:
+    def before_epoch(self, trainer: Trainer) -> None:
         self.dataset.sample_by_class_weights(self.class_weights / self.class_weights.sum())
 
 
@@ -126,7 +108,7 @@ class ValidationHook(Hook):
                  final_fn: Optional[Callable[[], Any]] = None):
         self.validate_fn, self.noval, self.final_fn = validate_fn, noval, final_fn
 
-    def after_epoch(self, trainer: Any) -> None:
+    def after_epoch(self, trainer: Trainer) -> None:
         final_epoch = trainer.epoch + 1 == trainer.epochs
         if self.noval and not final_epoch:
             results = None
@@ -135,7 +117,7 @@ class ValidationHook(Hook):
             results = self.validate_fn(model)
         trainer.metrics.update(metrics_row(results))
 
-    def after_train(self, trainer: Any) -> None:
+    def after_train(self, trainer: Trainer) -> None:
         if trainer.completed and self.final_fn is not None:
             self.final_fn()
 
@@ -164,7 +146,7 @@ class BestModelHook(Hook):
         self.patience, self.context = patience, context or DistContext()
         self.best_fitness, self.best_epoch = -math.inf, -1
 
-    def after_epoch(self, trainer: Any) -> None:
+    def after_epoch(self, trainer: Trainer) -> None:
         fitness = trainer.metrics.get("fitness", math.nan)
         trainer.is_best = not math.isnan(fitness) and fitness > self.best_fitness
         if trainer.is_best:
@@ -196,7 +178,7 @@ class CheckpointHook(Hook):
         self.weights_dir, self.static = Path(weights_dir), static
         self.save_period, self.nosave = save_period, nosave
 
-    def build(self, trainer: Any) -> dict[str, Any]:
+    def build(self, trainer: Trainer) -> dict[str, Any]:
         """The checkpoint dict (see utils/checkpoint.py for the keys)."""
         hook_states = {hook.name: hook.state_dict() for hook in trainer.hooks}
         model_state = {key: value.detach().float() if value.is_floating_point() else value.detach()
@@ -208,7 +190,7 @@ class CheckpointHook(Hook):
                 "best_fitness": hook_states.get("best", {}).get("best_fitness"),
                 "scheduler": hook_states.get("lr"), "hooks": hook_states}
 
-    def after_epoch(self, trainer: Any) -> None:
+    def after_epoch(self, trainer: Trainer) -> None:
         final_epoch = trainer.epoch + 1 == trainer.epochs or trainer.stop
         if self.nosave and not final_epoch:
             return
@@ -219,7 +201,7 @@ class CheckpointHook(Hook):
         if self.save_period > 0 and (trainer.epoch + 1) % self.save_period == 0:
             save_checkpoint(checkpoint, self.weights_dir / f"epoch{trainer.epoch}.pt")
 
-    def after_train(self, trainer: Any) -> None:
+    def after_train(self, trainer: Trainer) -> None:
         """A killed or failed run keeps its full last.pt for --resume; a finished one ships small files."""
         if not trainer.completed:
             return

@@ -52,11 +52,33 @@ def multi_scale_size(imgsz: int, stride: int, rng: random.Random) -> int:
     return max(rng.randrange(low, high) // stride * stride, stride)
 
 
+class Hook:
+    """What the loop calls at its fixed phases (utils/engine/hooks.py and writers.py implement it).
+
+    Every event is a no-op here; ``name`` keys the hook's state in checkpoints.
+    """
+
+    name = "hook"
+
+    def before_train(self, trainer: Trainer) -> None: ...
+    def before_epoch(self, trainer: Trainer) -> None: ...
+    def before_step(self, trainer: Trainer) -> None: ...
+    def after_step(self, trainer: Trainer) -> None: ...
+    def after_epoch(self, trainer: Trainer) -> None: ...
+    def after_train(self, trainer: Trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Hooks without state accept anything."""
+
+
 class Trainer:
     """Runs epochs of forward / loss / backward / (accumulated) optimizer step / EMA; hooks do the rest."""
 
     def __init__(self, *, model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                 train_loader: Any, device: torch.device, epochs: int, hooks: Sequence[Any] = (),
+                 train_loader: Any, device: torch.device, epochs: int, hooks: Sequence[Hook] = (),
                  ema: Optional[ModelEMA] = None, accumulate: int = 1, imgsz: int = 640, stride: int = 32,
                  multi_scale: bool = False, context: Optional[DistContext] = None, seed: int = 0):
         self.model, self.loss_fn, self.optimizer, self.ema = model, loss_fn, optimizer, ema

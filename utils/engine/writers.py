@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 import cv2
 
-from utils.engine.hooks import Hook
 from utils.engine.plots import plot_label_correlogram, plot_labels, plot_results
+from utils.engine.trainer import Hook, Trainer
 from utils.eval.plots import plot_batch
 from utils.files import append_text, atomic_write_text
 
@@ -40,7 +40,7 @@ YOLOV5_GROUPS = ("train/", "metrics/", "val/", "x/")  # extras in these groups c
 FIELD_WIDTH = 20  # YOLOv5 writes '%20s,' names and '%20.5g,' values
 
 
-def epoch_row(trainer: Any) -> dict[str, float]:
+def epoch_row(trainer: Trainer) -> dict[str, float]:
     """The results.csv row of the epoch just finished: YOLOv5's columns (NaN when absent), then our extras."""
     values: dict[str, float] = {"epoch": trainer.epoch}
     values.update({f"train/{term}_loss": value for term, value in trainer.mean_losses.items()})
@@ -87,14 +87,14 @@ class ResultsCsvHook(Hook):
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def before_train(self, trainer: Any) -> None:
+    def before_train(self, trainer: Trainer) -> None:
         if trainer.start_epoch > 0:
             kept = truncate_results(self.path, trainer.start_epoch)
             logger.info("resuming %s after %d complete epoch row(s)", self.path, kept)
         else:
             self.path.unlink(missing_ok=True)
 
-    def after_epoch(self, trainer: Any) -> None:
+    def after_epoch(self, trainer: Trainer) -> None:
         row = epoch_row(trainer)
         existing = self._header()
         header = existing or list(row)
@@ -116,7 +116,7 @@ class TensorBoardHook(Hook):
     def __init__(self, log_dir: Path):
         self.log_dir, self.writer = Path(log_dir), None
 
-    def before_train(self, trainer: Any) -> None:
+    def before_train(self, trainer: Trainer) -> None:
         try:  # a dependency (requirements.txt), but a missing one must not stop training
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -125,13 +125,13 @@ class TensorBoardHook(Hook):
         self.writer = SummaryWriter(str(self.log_dir))
         logger.info("TensorBoard: tensorboard --logdir %s, view at http://localhost:6006/", self.log_dir.parent)
 
-    def after_epoch(self, trainer: Any) -> None:
+    def after_epoch(self, trainer: Trainer) -> None:
         if self.writer is not None:
             for key, value in epoch_row(trainer).items():
                 if key != "epoch":
                     self.writer.add_scalar(key, value, trainer.epoch)
 
-    def after_train(self, trainer: Any) -> None:
+    def after_train(self, trainer: Trainer) -> None:
         if self.writer is None:
             return
         for name in TENSORBOARD_IMAGES:
@@ -150,18 +150,18 @@ class PlotsHook(Hook):
     def __init__(self, save_dir: Path, names: Sequence[str], labels: Sequence[Any]):
         self.save_dir, self.names, self.labels = Path(save_dir), list(names), labels
 
-    def before_train(self, trainer: Any) -> None:
+    def before_train(self, trainer: Trainer) -> None:
         if trainer.start_epoch == 0:
             plot_labels(self.labels, self.names, self.save_dir / "labels.jpg")
             plot_label_correlogram(self.labels, self.save_dir / "labels_correlogram.jpg")
 
-    def after_step(self, trainer: Any) -> None:
+    def after_step(self, trainer: Trainer) -> None:
         batch_index = trainer.iteration - trainer.start_epoch * trainer.num_batches
         if batch_index < NUM_BATCH_PLOTS:
             images, targets, _paths = trainer.batch
             plot_batch(images, targets, self.names, self.save_dir / f"train_batch{batch_index}.jpg")
 
-    def after_train(self, trainer: Any) -> None:
+    def after_train(self, trainer: Trainer) -> None:
         csv_path = self.save_dir / "results.csv"
         if csv_path.is_file() and csv_path.stat().st_size:
             plot_results(csv_path)

@@ -1,13 +1,14 @@
-"""The C-BBL ablation at small scale (paper Tables 1-3), on the synthetic small-object data, CPU budget.
+"""The C-BBL grid study at small scale (issue 13), on the synthetic small-object data, CPU budget.
 
     python benchmarks/ablation.py                      # every config x 3 seeds, resumable
-    python benchmarks/ablation.py --configs ciou cbbl_ce_um_in --seeds 1 2 --budget-min 35
+    python benchmarks/ablation.py --configs ciou cbbl_paper --seeds 1 2 --budget-min 35
 
 Trains the same small model once per (config, seed) through the library entry point
 utils.engine.run.run, appends each finished run's row (last-epoch mAP50, mAP50-95, AP_small, wall
 time, or the failure) to benchmarks/results/ablation/runs.csv at once, and skips finished rows on a
-rerun. Then writes summary.csv (mean and sample std over seeds) and curves.png (validation mAP50-95
-and training box loss per epoch, mean over seeds). Tiny-budget figures: read the spread, not the digits.
+rerun, and each C-BBL run's grid with the % of training targets per interval to grid_mass.csv. Then writes
+summary.csv (mean, sample std over seeds, Welch's t against ciou) and curves.png (training losses per epoch,
+mean over seeds). Tiny-budget figures: read the spread, not the digits.
 """
 
 from __future__ import annotations
@@ -29,27 +30,46 @@ from utils.log import setup_logging  # noqa: E402
 
 logger = logging.getLogger("benchmarks.ablation")
 ROOT = Path(__file__).resolve().parents[1]
-# name -> hyp overrides. The first six are paper Table 1's rows (all at K=11, expectation); the last two vary
-# the grid size (Table 2) and the restoration (Table 3) of the full C-BBL.
+# name -> hyp overrides (issue 13's study). The paper's grid ('in', beta by training size) against the grids
+# fitted to YOLO's targets; "best_*" rows vary the better of auto/quantile (by mean mAP50-95 so far, decided
+# when those rows start; BEST_OF) without the uncertainty loss and with an extra CIoU term.
 CONFIGS = {
     "ciou": {"box_loss": "ciou"},
-    "l1": {"box_loss": "l1"},
-    "smooth_l1": {"box_loss": "smooth_l1"},
-    "cbbl_ce": {"box_loss": "cbbl", "cbbl_um": 0.0, "cbbl_in": False},
-    "cbbl_ce_um": {"box_loss": "cbbl", "cbbl_um": 1.0, "cbbl_in": False},
-    "cbbl_ce_um_in": {"box_loss": "cbbl", "cbbl_um": 1.0, "cbbl_in": True},
-    "cbbl_ce_um_in_k7": {"box_loss": "cbbl", "cbbl_bins": 7},
-    "cbbl_ce_um_in_top2": {"box_loss": "cbbl", "cbbl_restore": "top2"},
+    "cbbl_paper": {"box_loss": "cbbl", "cbbl_grid": "in"},
+    "cbbl_uniform": {"box_loss": "cbbl", "cbbl_grid": "uniform"},
+    "cbbl_auto": {"box_loss": "cbbl", "cbbl_grid": "auto"},
+    "cbbl_quantile": {"box_loss": "cbbl", "cbbl_grid": "quantile"},
+    "cbbl_best_no_um": {"box_loss": "cbbl", "cbbl_um": 0.0},
+    "cbbl_best_ciou": {"box_loss": "cbbl", "cbbl_ciou": 1.0},
 }
-CORE_CONFIGS = ("ciou", "cbbl_ce_um_in")  # baseline vs the paper's full C-BBL: run first, all seeds
+BEST_OF = ("cbbl_auto", "cbbl_quantile")
+BEST_VARIANTS = ("cbbl_best_no_um", "cbbl_best_ciou")
 METRICS = {"map50": "metrics/mAP_0.5", "map50_95": "metrics/mAP_0.5:0.95", "ap_small": "metrics/AP_small"}
 
 
-def train_options(args: argparse.Namespace, config: str, seed: int):
+def best_grid(rows: list[dict]) -> str:
+    """The grid of BEST_OF with the higher mean mAP50-95 over finished runs (auto on a tie or without runs)."""
+    means = {}
+    for config in BEST_OF:
+        values = [float(row["map50_95"]) for row in rows if row["config"] == config and row["status"] == "ok"]
+        means[config] = statistics.mean(values) if values else float("-inf")
+    best = max(BEST_OF, key=lambda config: (means[config], config == "cbbl_auto"))
+    return CONFIGS[best]["cbbl_grid"]
+
+
+def config_overrides(config: str, rows: list[dict]) -> dict:
+    """Hyp overrides of a config; the best_* variants take the grid best_grid picks from ``rows``."""
+    overrides = dict(CONFIGS[config])
+    if config in BEST_VARIANTS:
+        overrides["cbbl_grid"] = best_grid(rows)
+    return overrides
+
+
+def train_options(args: argparse.Namespace, config: str, seed: int, rows: list[dict]):
     """TrainOptions of one run: the same model/data/schedule for every config, only the box branch differs."""
     from utils.engine.options import TrainOptions
 
-    hyp = load_hyp(ROOT / args.hyp, warmup_epochs=args.warmup_epochs, **CONFIGS[config])
+    hyp = load_hyp(ROOT / args.hyp, warmup_epochs=args.warmup_epochs, **config_overrides(config, rows))
     return TrainOptions(optimizer=args.optimizer, cfg=str(ROOT / args.cfg), data=str(ROOT / args.data), hyp=hyp,
                         epochs=args.epochs, batch_size=args.batch, imgsz=args.img, workers=args.workers,
                         noplots=True, project=str(ROOT / "runs" / "ablation" / args.out.name),
@@ -58,15 +78,16 @@ def train_options(args: argparse.Namespace, config: str, seed: int):
                         noval=not args.val_every_epoch)
 
 
-def run_one(args: argparse.Namespace, config: str, seed: int) -> dict:
+def run_one(args: argparse.Namespace, config: str, seed: int, rows: list[dict]) -> dict:
     """Train one (config, seed); its summary row (status 'failed' with the error if it raised)."""
     from utils.engine.run import run
 
-    opts = train_options(args, config, seed)
+    opts = train_options(args, config, seed, rows)
     hyp = opts.hyp
-    row = {"config": config, "seed": seed, "box_loss": hyp.box_loss, "bins": hyp.cbbl_bins if hyp.is_cbbl else "",
-           "um": hyp.cbbl_um if hyp.is_cbbl else "", "in_labels": hyp.cbbl_in if hyp.is_cbbl else "",
-           "restore": hyp.cbbl_restore if hyp.is_cbbl else "", "epochs": args.epochs, "img": args.img}
+    cbbl = hyp.is_cbbl
+    row = {"config": config, "seed": seed, "box_loss": hyp.box_loss, "grid": hyp.cbbl_grid if cbbl else "",
+           "um": hyp.cbbl_um if cbbl else "", "ciou_term": hyp.cbbl_ciou if cbbl else "", "epochs": args.epochs,
+           "img": args.img}
     start = time.perf_counter()
     try:
         outcome = run(opts)
@@ -76,23 +97,38 @@ def run_one(args: argparse.Namespace, config: str, seed: int) -> dict:
                 "wall_s": round(time.perf_counter() - start, 1)}
     curve = read_csv(Path(outcome.save_dir) / "results.csv")
     write_csv(args.out / "curves" / f"{config}_s{seed}.csv", curve)
+    write_grid_mass(args, config, seed, Path(outcome.save_dir))
     last = curve[-1] if curve else {}
     figures = {name: round(float(last.get(column, "nan")), 5) for name, column in METRICS.items()}
     return {**row, "status": "ok", "error": "", **figures, "epochs_done": outcome.epochs_done,
             "wall_s": round(time.perf_counter() - start, 1)}
 
 
+def welch_t(values: list[float], baseline: list[float]) -> float:
+    """Welch's t of mean(values) - mean(baseline) (unequal variances); nan below 2 values on either side."""
+    if len(values) < 2 or len(baseline) < 2:
+        return float("nan")
+    spread = statistics.variance(values) / len(values) + statistics.variance(baseline) / len(baseline)
+    difference = statistics.mean(values) - statistics.mean(baseline)
+    return difference / spread ** 0.5 if spread > 0 else float("nan")
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per config: number of finished seeds, mean and sample std of each metric (std empty below 2 seeds)."""
+    """Per config: finished seeds, the grid used, mean and sample std of each metric (std empty below 2 seeds)
+    and Welch's t against ciou."""
+    ok = [row for row in rows if row["status"] == "ok"]
+    baseline = {name: [float(row[name]) for row in ok if row["config"] == "ciou"] for name in METRICS}
     summary = []
     for config in CONFIGS:
-        done = [row for row in rows if row["config"] == config and row["status"] == "ok"]
+        done = [row for row in ok if row["config"] == config]
         failed = sum(row["config"] == config and row["status"] != "ok" for row in rows)
-        entry = {"config": config, "seeds_ok": len(done), "seeds_failed": failed}
+        grids = sorted({row.get("grid", "") for row in done})
+        entry = {"config": config, "grid": "/".join(grids), "seeds_ok": len(done), "seeds_failed": failed}
         for name in METRICS:
             values = [float(row[name]) for row in done]
             entry[f"{name}_mean"] = round(statistics.mean(values), 5) if values else ""
             entry[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else ""
+            entry[f"{name}_t_vs_ciou"] = round(welch_t(values, baseline[name]), 2) if config != "ciou" else ""
         summary.append(entry)
     return summary
 
@@ -127,12 +163,39 @@ def plot_curves(out_dir: Path, summary: list[dict]) -> None:
 
 
 def pending_runs(args: argparse.Namespace, rows: list[dict]) -> list[tuple[str, int]]:
-    """(config, seed) pairs without a row yet: the CORE_CONFIGS over all seeds first (the main question),
-    then the rest seed-major, so a study cut short by its budget still answers as much as it can."""
+    """(config, seed) pairs without a row yet, seed-major (a study cut short by its budget keeps every config
+    at the same number of seeds), the best_* variants last (they need the auto/quantile results)."""
     finished = {(row["config"], int(row["seed"])) for row in rows if row["status"] == "ok" or not args.retry_failed}
-    core = [(config, seed) for seed in args.seeds for config in args.configs if config in CORE_CONFIGS]
-    rest = [(config, seed) for seed in args.seeds for config in args.configs if config not in CORE_CONFIGS]
-    return [pair for pair in core + rest if pair not in finished]
+    first = [(config, seed) for seed in args.seeds for config in args.configs if config not in BEST_VARIANTS]
+    last = [(config, seed) for seed in args.seeds for config in args.configs if config in BEST_VARIANTS]
+    return [pair for pair in first + last if pair not in finished]
+
+
+def write_grid_mass(args: argparse.Namespace, config: str, seed: int, save_dir: Path) -> None:
+    """The run's C-BBL grid and the % of its training targets per interval, appended to grid_mass.csv."""
+    from models.yolo import model_from_checkpoint
+    from utils.cbbl import interval_mass
+    from utils.checkpoint import load_checkpoint
+    from utils.data.config import load_data_config
+    from utils.data.dataset import create_dataloader
+    from utils.engine.grid_fit import assigned_offsets, letterboxed_targets
+
+    path = save_dir / "weights" / "last.pt"
+    model = model_from_checkpoint(load_checkpoint(path))
+    head = model.detect.head
+    if not head.is_cbbl:
+        return
+    data = load_data_config(str(ROOT / args.data))
+    _, dataset = create_dataloader(data["train"], args.img, 1, int(model.stride.max()), hyp=load_hyp(ROOT / args.hyp),
+                                   workers=0, prefix="")
+    targets = letterboxed_targets(dataset.labels, dataset.shapes, args.img)
+    offsets = assigned_offsets(targets, model.detect.anchors, model.detect.stride, args.img, head.anchor_t, head.space)
+    for group, points, columns, beta in (("centre", head.centre_points, offsets[:, :2], head.beta),
+                                         ("size", head.size_points, offsets[:, 2:], head.size_beta)):
+        mass = interval_mass(columns.reshape(-1), torch.tensor(points)) * 100
+        append_csv_row(args.out / "grid_mass.csv", {
+            "config": config, "seed": seed, "grid": head.grid, "group": group, "beta": "" if beta is None else beta,
+            "points": " ".join(f"{p:.3f}" for p in points), "mass_pct": " ".join(f"{m:.1f}" for m in mass.tolist())})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         if (time.perf_counter() - start) / 60 > args.budget_min:
             logger.info("budget of %.0f min spent: stopping before %s seed %d", args.budget_min, config, seed)
             break
-        row = run_one(args, config, seed)
+        row = run_one(args, config, seed, read_csv(runs_csv))
         append_csv_row(runs_csv, row)
         logger.info("%s seed %d: %s", config, seed, {k: row.get(k) for k in (*METRICS, "wall_s", "status")})
     summary = summarize(read_csv(runs_csv))

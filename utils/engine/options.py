@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from utils.engine.optim import OPTIMIZERS
 from utils.files import REPO_ROOT
+from utils.head import GRID_MODES
 from utils.hyp import BOX_LOSSES, UM_MODES, Hyp, load_hyp
 
 DEFAULT_CFG = "models/yolov5n.yaml"
@@ -25,7 +26,7 @@ RESUME_LATEST = "latest"  # --resume without a path: the newest last.pt under th
 CACHE_MODES = ("ram",)  # the dataset never writes caches into the data folders
 # CLI flag -> Hyp field, applied over the --hyp file when given.
 HYP_OVERRIDES = ("box_loss", "label_smoothing", "cbbl_bins", "cbbl_alpha", "cbbl_beta", "cbbl_um",
-                 "cbbl_um_mode", "cbbl_in", "cbbl_restore", "cbbl_space", "cbbl_ciou")
+                 "cbbl_um_mode", "cbbl_grid", "cbbl_restore", "cbbl_space", "cbbl_ciou")
 
 
 @dataclass(frozen=True)
@@ -160,10 +161,11 @@ def _add_hyp_overrides(parser: argparse.ArgumentParser) -> None:
     add("--label-smoothing", type=float, default=None)
     add("--cbbl-bins", type=int, default=None, help="C-BBL grid points per coordinate (K)")
     add("--cbbl-alpha", type=float, default=None, help="C-BBL offset range [-alpha, alpha]")
-    add("--cbbl-beta", type=float, default=None, help="C-BBL IN transform strength (default by --img)")
+    add("--cbbl-beta", type=float, default=None, help="C-BBL IN strength of --cbbl-grid in (default by --img)")
     add("--cbbl-um", type=float, default=None, help="weight of the uncertainty-matching loss (0 = off)")
     add("--cbbl-um-mode", choices=UM_MODES, default=None)
-    add("--cbbl-in", action=argparse.BooleanOptionalAction, default=None, help="interval non-uniform grid")
+    add("--cbbl-grid", choices=GRID_MODES, default=None, help="C-BBL grid: in (paper, with --cbbl-beta), auto "
+        "(IN family fitted to the training targets), quantile (equal target mass), uniform")
     add("--cbbl-restore", choices=("expectation", "top2"), default=None)
     add("--cbbl-space", choices=("logit", "linear"), default=None)
     add("--cbbl-ciou", type=float, default=None, help="weight of an extra CIoU term on C-BBL boxes")

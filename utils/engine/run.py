@@ -20,6 +20,7 @@ from utils.data.config import load_data_config
 from utils.distributed import DistContext, cleanup, init_distributed, wrap_ddp
 from utils.engine import setup as train_setup
 from utils.engine.evolve import evolve
+from utils.engine.grid_fit import fit_model_grid
 from utils.engine.hooks import (
     BestModelHook,
     CheckpointHook,
@@ -34,6 +35,7 @@ from utils.engine.options import RESUME_LATEST, TrainOptions
 from utils.engine.trainer import Trainer
 from utils.engine.writers import PlotsHook, ResultsCsvHook, TensorBoardHook
 from utils.eval.validator import validate
+from utils.head import HeadConfig
 from utils.loss import ComputeLoss
 from utils.torch_utils import ModelEMA, init_seeds, select_device
 
@@ -111,11 +113,15 @@ def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_
     model = train_setup.build_model(opts, names, device, checkpoint)
     stride = train_setup.grid_size(model)
     imgsz = train_setup.check_image_size(opts.imgsz, stride)
+    if checkpoint is None:
+        model.set_head(HeadConfig.from_hyp(opts.hyp, imgsz))  # the size training uses: --img 1000 -> 1024's beta
     batch_size = opts.batch_size // context.world_size
     train_loader, dataset, val_loader = train_setup.build_loaders(opts, data, imgsz, stride, context, batch_size)
     if checkpoint is None and not opts.noautoanchor:
 
         check_anchors(dataset, model, thr=opts.hyp.anchor_t, imgsz=imgsz)
+    if checkpoint is None:
+        fit_model_grid(model, dataset, imgsz, seed=opts.seed)
 
     loss_fn = ComputeLoss(model, opts.hyp, imgsz=imgsz)
     accumulate = accumulate_steps(opts.batch_size, nominal_batch(opts.nbs, len(dataset)))

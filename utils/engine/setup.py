@@ -23,6 +23,7 @@ from utils.data.dataset import create_dataloader
 from utils.distributed import DistContext, barrier
 from utils.engine.options import TrainOptions
 from utils.files import increment_path
+from utils.head import HeadConfig
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def build_model(opts: TrainOptions, names: list[str], device: torch.device,
         pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg)) if opts.weights else None
         cfg = opts.cfg or pretrained["model_yaml"]
         model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
-                      head=opts.hyp.head_settings(opts.imgsz))
+                      head=HeadConfig.from_hyp(opts.hyp, opts.imgsz))
         if pretrained is not None:
             state = pretrained.get("ema") or pretrained["model"]
             loaded, total = transfer_state_dict(model, {k: v.float() for k, v in state.items()})

@@ -70,12 +70,27 @@ def train_options(args: argparse.Namespace, config: str, seed: int, rows: list[d
     from utils.engine.options import TrainOptions
 
     hyp = load_hyp(ROOT / args.hyp, warmup_epochs=args.warmup_epochs, **config_overrides(config, rows))
-    return TrainOptions(optimizer=args.optimizer, cfg=str(ROOT / args.cfg), data=str(ROOT / args.data), hyp=hyp,
+    return TrainOptions(optimizer=args.optimizer, cfg=str(model_cfg(args)), data=str(ROOT / args.data), hyp=hyp,
                         epochs=args.epochs, batch_size=args.batch, imgsz=args.img, workers=args.workers,
                         noplots=True, project=str(ROOT / "runs" / "ablation" / args.out.name),
                         name=f"{config}_s{seed}", exist_ok=True, seed=seed,
                         nbs=args.batch, save_period=1 if seed == 0 else -1, device="cpu",
                         noval=not args.val_every_epoch)
+
+
+def model_cfg(args: argparse.Namespace) -> Path:
+    """--cfg, or with --width-multiple a copy of it at that width in the runs folder (a cheaper model, same graph)."""
+    cfg = ROOT / args.cfg
+    if args.width_multiple is None:
+        return cfg
+    import yaml
+
+    model = {**yaml.safe_load(cfg.read_text(encoding="utf-8")), "width_multiple": args.width_multiple}
+    path = ROOT / "runs" / "ablation" / args.out.name / f"{cfg.stem}-w{args.width_multiple:g}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        path.write_text(yaml.safe_dump(model, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def run_one(args: argparse.Namespace, config: str, seed: int, rows: list[dict]) -> dict:
@@ -203,6 +218,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cfg", default="models/yolov5n.yaml")
+    parser.add_argument("--width-multiple", type=float, default=None,
+                        help="train --cfg at this width instead (e.g. 0.125: ~4x cheaper steps on a loaded CPU)")
     parser.add_argument("--data", default="data/synthetic.yaml")
     parser.add_argument("--hyp", default="data/hyps/hyp.VisDrone.yaml", help="base hyperparameters of every run")
     parser.add_argument("--optimizer", default="AdamW", help="train.py's default recipe (SGD at this budget "

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "ciou": {"box_loss": "ciou"},
     "cbbl_paper": {"box_loss": "cbbl", "cbbl_grid": "in"},
-    "cbbl_uniform": {"box_loss": "cbbl", "cbbl_grid": "uniform"},
     "cbbl_auto": {"box_loss": "cbbl", "cbbl_grid": "auto"},
     "cbbl_quantile": {"box_loss": "cbbl", "cbbl_grid": "quantile"},
+    "cbbl_uniform": {"box_loss": "cbbl", "cbbl_grid": "uniform"},
     "cbbl_best_no_um": {"box_loss": "cbbl", "cbbl_um": 0.0},
     "cbbl_best_ciou": {"box_loss": "cbbl", "cbbl_ciou": 1.0},
 }

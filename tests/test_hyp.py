@@ -38,3 +38,12 @@ def test_unknown_key_is_an_error(tmp_path):
     path.write_text(yaml.safe_dump({**yaml.safe_load(HYP_FILES[0].read_text()), "mosiac": 1.0}))
     with pytest.raises(ValueError, match="mosiac"):
         load_hyp(path)
+
+
+def test_older_files_cbbl_in_maps_to_the_grid_once():
+    assert load_hyp({"cbbl_in": True}).cbbl_grid == "in"
+    uniform = load_hyp({"cbbl_in": False, "cbbl_beta": 5.0})
+    assert (uniform.cbbl_grid, uniform.cbbl_beta) == ("in", 0.0)  # the paper's uniform row
+    assert load_hyp({}).cbbl_grid == "auto"
+    with pytest.raises(ValueError, match="cbbl_grid"):
+        load_hyp(cbbl_grid="equal")

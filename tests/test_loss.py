@@ -154,8 +154,9 @@ def test_focal_bce_and_label_smoothing() -> None:
     for pred in preds:
         pred[..., 5] = 10.0  # class 0, confidently, everywhere
     targets = targets_px([[0, 0, 20, 28, 10, 12]])
-    cls_loss = {smoothing: ComputeLoss(HeadOnly(HeadConfig.from_hyp(load_hyp(), 64)), load_hyp(label_smoothing=smoothing),
-                                       64)(preds, targets)[1]["cls"] for smoothing in (0.0, 0.2)}
+    head = HeadOnly(HeadConfig.from_hyp(load_hyp(), 64))
+    cls_loss = {smoothing: ComputeLoss(head, load_hyp(label_smoothing=smoothing), 64)(preds, targets)[1]["cls"]
+                for smoothing in (0.0, 0.2)}
     assert cls_loss[0.0] < 1e-5 < cls_loss[0.2]
 
 

@@ -3,7 +3,8 @@
 The box term is chosen by the head's ``box_loss`` (utils.head.HeadConfig, DESIGN.md section 3): ``ciou``
 (1 - CIoU of the decoded box, the baseline), ``l1`` / ``smooth_l1`` (on the raw offsets, see
 :meth:`ComputeLoss.box_term`) or ``cbbl`` (cross-entropy against two-hot labels over the head's grids +
-uncertainty loss). Objectness is IoU-aware in every mode: its target is the IoU of the decoded box with its ground truth.
+uncertainty loss). Objectness is IoU-aware in every mode: its target is the IoU of the decoded box with its
+ground truth.
 """
 
 from __future__ import annotations

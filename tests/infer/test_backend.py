@@ -9,6 +9,7 @@ import torch
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.infer.backend import DetectBackend
+from utils.nms import non_max_suppression
 
 
 @pytest.mark.parametrize("box, num_extra", [("regress", 0), ("cbbl", 1)])
@@ -63,3 +64,15 @@ def test_bad_weights_raise_naming_the_file(tmp_path, tiny_checkpoint):
         DetectBackend([tiny_checkpoint("regress"), tmp_path / "fake.onnx"])
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         DetectBackend(tiny_checkpoint("regress"))(torch.rand(3, 32, 32))
+
+
+def test_sparse_decode_keeps_the_same_detections(tiny_checkpoint):
+    backend = DetectBackend(tiny_checkpoint("cbbl"))
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    dense_pred = backend(images)
+    dense = non_max_suppression(dense_pred, conf_thres=0.25, iou_thres=0.5, nc=backend.nc)
+    backend.decode_only_above(0.25)
+    sparse_pred = backend(images)
+    sparse = non_max_suppression(sparse_pred, conf_thres=0.25, iou_thres=0.5, nc=backend.nc)
+    assert sum(len(d) for d in dense) > 0 and (sparse_pred != dense_pred).any()  # some rows skipped, ...
+    assert all(torch.equal(a, b) for a, b in zip(dense, sparse))  # ... none that NMS keeps

@@ -103,6 +103,7 @@ def run(**options) -> list[ImageResult]:
         raise ValueError(f"unknown detect option(s) {unknown}")
     opts = DetectOptions(**options)
     backend = DetectBackend(list(opts.weights), device=select_device(opts.device), half=opts.half)
+    backend.decode_only_above(opts.conf_thres)
     imgsz = backend.fixed_imgsz or check_imgsz(opts.imgsz, backend.stride)
     if backend.device.type != "cpu":
         backend.warmup(imgsz)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from utils.cbbl import BoxGrids, decode_offsets, expectation_and_entropy
-from utils.head import HeadConfig, as_head_config
+from utils.head import DetectOutput, HeadConfig, as_head_config
 
 # YOLOv5 priors: about 8 objects per 640x640 image, and 0.6 of the class mass spread over nc classes.
 OBJECTS_PER_640_IMAGE = 8.0
@@ -95,12 +95,8 @@ class Detect(nn.Module):
                 bias[:, self.box_channels] = math.log(OBJECTS_PER_640_IMAGE / (image_size / stride) ** 2)
                 bias[:, self.box_channels + 1:] = class_prior
 
-    def forward(self, features: list[torch.Tensor]):
-        """Training: list of nl raw tensors (B, A, H, W, box_channels + 1 + nc).
-
-        Eval: (pred (B, N, 5 + nc + num_extra), raw list) with pred = cx, cy, w, h (pixels of the network
-        input), sigmoid objectness and classes, and in C-BBL mode the mean entropy over the 4 coordinates.
-        """
+    def forward(self, features: list[torch.Tensor]) -> DetectOutput:
+        """Level features -> :class:`DetectOutput`: the raw outputs, and in eval mode the decoded predictions."""
         raw = []
         for level, conv in enumerate(self.m):
             out = conv(features[level])
@@ -108,8 +104,8 @@ class Detect(nn.Module):
             raw.append(out.view(batch, self.na, self.no, height, width).permute(0, 1, 3, 4, 2).contiguous())
             # raw[-1]: (B, A, H, W, no)
         if self.training:
-            return raw
-        return torch.cat([self.decode_level(out, level) for level, out in enumerate(raw)], 1), raw
+            return DetectOutput(None, raw)
+        return DetectOutput(torch.cat([self.decode_level(out, level) for level, out in enumerate(raw)], 1), raw)
 
     def box_offsets(self, box_raw: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Raw box channels (..., box_channels) -> (offsets t (..., 4), uncertainty (..., 1) or None).

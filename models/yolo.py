@@ -22,7 +22,7 @@ import yaml
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.detect import Detect  # noqa: E402
+from models.detect import Detect, DetectOutput  # noqa: E402
 from models.fuse import fuse_model  # noqa: E402
 from models.info import model_info  # noqa: E402
 from models.parse import parse_model, row_lines  # noqa: E402
@@ -143,8 +143,8 @@ class Model(nn.Module):
         detect.set_stride(stride)
         detect.initialize_biases()
 
-    def forward(self, x: torch.Tensor):
-        """Images (B, ch, H, W) float in [0, 1] -> Detect output (training list / eval (pred, raw))."""
+    def forward(self, x: torch.Tensor) -> DetectOutput:
+        """Images (B, ch, H, W) float in [0, 1] -> the head's DetectOutput (pred None in training, raw)."""
         outputs: list[Optional[torch.Tensor]] = []
         for index, (layer, sources) in enumerate(zip(self.model, self.routes)):
             if sources != -1:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
@@ -44,6 +44,19 @@ PAPER_BETA_BELOW, PAPER_BETA_AT_OR_ABOVE, PAPER_BETA_SIZE = 5.0, 3.0, 1024
 AUTO_SIZE_COVERAGE = 0.999
 # Keys older checkpoints stored in model_yaml['detect'] (and models/yolo.py --box), mapped by from_dict.
 _LEGACY_BOX = {"regress": "ciou", "cbbl": "cbbl"}
+
+
+class DetectOutput(NamedTuple):
+    """What the Detect head (models/detect.py), and so a Model, returns in training and in eval.
+
+    pred: (B, N, 5 + nc + num_extra) decoded ``cx, cy, w, h`` (network-input pixels), sigmoid objectness and
+        classes, and in C-BBL mode the mean entropy of the 4 box distributions; None in training mode.
+    raw: per level (B, A, H, W, box_channels + 1 + nc) raw outputs, what the loss reads.
+    Unpacks as ``pred, raw = model(images)``.
+    """
+
+    pred: Optional[torch.Tensor]
+    raw: list[torch.Tensor]
 
 
 def paper_beta(imgsz: int) -> float:

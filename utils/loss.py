@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from utils.assign import AssignmentStats, LevelTargets, assign_level, level_name
 from utils.boxes import aligned_iou
 from utils.cbbl import decode_offsets, encode_offsets, two_hot_loss
+from utils.head import DetectOutput
 from utils.hyp import Hyp
 from utils.torch_utils import de_parallel
 
@@ -116,17 +117,18 @@ class ComputeLoss:
         self.balance = OBJ_BALANCE[detect.nl]
         self.stats = AssignmentStats([level_name(float(s), i) for i, s in enumerate(detect.stride)])
 
-    def __call__(self, preds: list[torch.Tensor],
+    def __call__(self, preds: DetectOutput | list[torch.Tensor],
                  targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss of a batch.
 
         Args:
-            preds: nl tensors (B, A, H, W, box_channels + 1 + nc), raw head outputs (training mode).
+            preds: the model's output (its ``raw``), or the nl raw head tensors (B, A, H, W, box_channels + 1 + nc).
             targets: (M, 6) ``[img_idx, cls, cx, cy, w, h]``, cxcywh normalised to the network input.
         Returns:
             total: scalar, (box + obj + cls) * B as YOLOv5 (each term already weighted by its gain).
             items: detached 0-dim ``box``, ``obj``, ``cls``.
         """
+        preds = preds.raw if isinstance(preds, DetectOutput) else preds
         if len(preds) != self.detect.nl:
             raise ValueError(f"expected {self.detect.nl} prediction levels, got {len(preds)}")
         device = preds[0].device

@@ -32,8 +32,8 @@ def sigmoid(value: float) -> float:
 def test_training_output_layout_both_modes():
     for head, box_channels in (({"box_loss": "ciou"}, 4), ({"box_loss": "cbbl", "bins": 7}, 28)):
         detect = make_detect(**head).train()
-        out = detect([torch.randn(2, 4, 5, 3)])
-        assert len(out) == 1 and out[0].shape == (2, 2, 5, 3, box_channels + 1 + NC)
+        pred, raw = detect([torch.randn(2, 4, 5, 3)])
+        assert pred is None and len(raw) == 1 and raw[0].shape == (2, 2, 5, 3, box_channels + 1 + NC)
         assert detect.box_channels == box_channels and detect.no == box_channels + 1 + NC
     assert torch.allclose(detect.anchors, torch.tensor(ANCHORS_PX).view(1, 2, 2) / STRIDE)
 

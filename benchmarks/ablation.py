@@ -189,11 +189,10 @@ def pending_runs(args: argparse.Namespace, rows: list[dict]) -> list[tuple[str, 
 def write_grid_mass(args: argparse.Namespace, config: str, seed: int, save_dir: Path) -> None:
     """The run's C-BBL grid and the % of its training targets per interval, appended to grid_mass.csv."""
     from models.yolo import model_from_checkpoint
-    from utils.cbbl import interval_mass
     from utils.checkpoint import load_checkpoint
     from utils.data.config import load_data_config
     from utils.data.dataset import create_dataloader
-    from utils.engine.grid_fit import assigned_offsets, letterboxed_targets
+    from utils.engine.grid_fit import assigned_offsets, grid_mass, letterboxed_targets
 
     path = save_dir / "weights" / "last.pt"
     model = model_from_checkpoint(load_checkpoint(path))
@@ -205,12 +204,11 @@ def write_grid_mass(args: argparse.Namespace, config: str, seed: int, save_dir: 
                                    workers=0, prefix="")
     targets = letterboxed_targets(dataset.labels, dataset.shapes, args.img)
     offsets = assigned_offsets(targets, model.detect.anchors, model.detect.stride, args.img, head.anchor_t, head.space)
-    for group, points, columns, beta in (("centre", head.centre_points, offsets[:, :2], head.beta),
-                                         ("size", head.size_points, offsets[:, 2:], head.size_beta)):
-        mass = interval_mass(columns.reshape(-1), torch.tensor(points)) * 100
+    for row in grid_mass(head, offsets):
         append_csv_row(args.out / "grid_mass.csv", {
-            "config": config, "seed": seed, "grid": head.grid, "group": group, "beta": "" if beta is None else beta,
-            "points": " ".join(f"{p:.3f}" for p in points), "mass_pct": " ".join(f"{m:.1f}" for m in mass.tolist())})
+            "config": config, "seed": seed, "grid": head.grid, "group": row["group"],
+            "beta": "" if row["beta"] is None else row["beta"], "points": " ".join(f"{p:.3f}" for p in row["points"]),
+            "mass_pct": " ".join(f"{m:.1f}" for m in row["mass_pct"])})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -237,6 +235,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "is NMS-bound, thousands of low-confidence boxes per image, and costs more than training)")
     parser.add_argument("--budget-min", type=float, default=45.0, help="start no new run after this many minutes")
     parser.add_argument("--retry-failed", action="store_true", help="run failed (config, seed) pairs again")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="train nothing: rewrite summary.csv and curves.png from runs.csv (after parallel shards)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ablation",
                         help="results folder (runs.csv, summary.csv, curves); runs train in runs/ablation/<its name>")
     return parser.parse_args(argv)
@@ -250,9 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out
     runs_csv = out_dir / "runs.csv"
     header = header_lines({key: str(value) for key, value in vars(args).items()})
-    write_json(out_dir / "settings.json", {"header": header})
+    if not args.summary_only:
+        write_json(out_dir / "settings.json", {"header": header})
     start = time.perf_counter()
-    for config, seed in pending_runs(args, read_csv(runs_csv)):
+    for config, seed in [] if args.summary_only else pending_runs(args, read_csv(runs_csv)):
         if (time.perf_counter() - start) / 60 > args.budget_min:
             logger.info("budget of %.0f min spent: stopping before %s seed %d", args.budget_min, config, seed)
             break

@@ -128,6 +128,14 @@ class HeadConfig:
         """The IN strength of grid 'in' (the paper's 5 when none was given or derived)."""
         return PAPER_BETA_BELOW if self.beta is None else float(self.beta)
 
+    @property
+    def group_betas(self) -> tuple[Optional[float], Optional[float]]:
+        """The IN strength of the (centre, size) grids: both ``beta`` for 'in', the fitted pair for 'auto',
+        None for grids outside the IN family ('quantile') and for 'uniform' (0 in effect)."""
+        if self.grid == "in":
+            return self.resolved_beta, self.resolved_beta
+        return (self.beta, self.size_beta) if self.grid == "auto" else (None, None)
+
     def group_range(self, group: str) -> tuple[float, float]:
         """The offset range a coordinate group's grid spans: [-alpha, alpha] for 'in' (the paper) and for the
         centre; for the size in other modes, the offsets the assignment can produce (ratio in

@@ -77,14 +77,22 @@ def fit_model_grid(model: Any, dataset: Any, imgsz: int, seed: int = 0) -> Optio
     return fitted
 
 
+def grid_mass(head: HeadConfig, offsets: torch.Tensor) -> list[dict[str, Any]]:
+    """Per coordinate group: its IN beta (None outside the family), points and % of ``offsets`` (P, 4) per interval."""
+    rows = []
+    for group, points, columns, beta in (("centre", head.centre_points, offsets[:, :2], head.group_betas[0]),
+                                         ("size", head.size_points, offsets[:, 2:], head.group_betas[1])):
+        mass = interval_mass(columns.reshape(-1), torch.tensor(points)) * 100
+        rows.append({"group": group, "beta": beta, "points": list(points), "mass_pct": mass.tolist()})
+    return rows
+
+
 def grid_table(head: HeadConfig, offsets: torch.Tensor) -> str:
-    """The fitted grids as text: per group the points and the % of targets per interval (equal mass = 100/(K-1))."""
+    """The grids as text: per group the points and the % of targets per interval (equal mass = 100/(K-1))."""
     lines = [f"C-BBL grid '{head.grid}' fitted on {len(offsets)} assigned targets (K={head.bins}, "
              f"equal mass = {100 / (head.bins - 1):.1f}% per interval):"]
-    for name, points, columns, beta in (("centre", head.centre_points, offsets[:, :2], head.beta),
-                                        ("size", head.size_points, offsets[:, 2:], head.size_beta)):
-        mass = interval_mass(columns.reshape(-1), torch.tensor(points)) * 100
-        extra = f" beta {beta:.2f}" if beta is not None else ""
-        lines.append(f"  {name:<6}{extra} points {' '.join(f'{p:+.2f}' for p in points)}")
-        lines.append(f"  {name:<6} % per interval {' '.join(f'{m:.1f}' for m in mass.tolist())}")
+    for row in grid_mass(head, offsets):
+        extra = f" beta {row['beta']:.2f}" if row["beta"] is not None else ""
+        lines.append(f"  {row['group']:<6}{extra} points {' '.join(f'{p:+.2f}' for p in row['points'])}")
+        lines.append(f"  {row['group']:<6} % per interval {' '.join(f'{m:.1f}' for m in row['mass_pct'])}")
     return "\n".join(lines)

@@ -189,7 +189,7 @@ def test_tiny_model_overfits_one_batch(mode: str, one_thread) -> None:
     assert losses[-1] < 0.1 * losses[0], f"{mode}: loss {losses[0]:.4f} -> {losses[-1]:.4f}"
     with torch.no_grad():
         ious = []
-        for level, pred in enumerate(model(image)):
+        for level, pred in enumerate(model(image).raw):
             assigned = assign_level(targets, model.detect.anchors[level], tuple(pred.shape[2:4]), hyp.anchor_t)
             cells = torch.stack([assigned.anchor, assigned.cell_y, assigned.cell_x], 1)
             assert len(cells.unique(dim=0)) == len(cells), "test targets must not share a positive"

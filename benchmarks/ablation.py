@@ -148,6 +148,33 @@ def summarize(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def markdown_tables(summary: list[dict], grid_rows: list[dict]) -> str:
+    """summary.md: the accuracy table (mean +- std, Welch t vs ciou) and each grid's target mass (first seed)."""
+    lines = ["| config | grid | seeds | mAP50 | mAP50-95 | AP_small |", "| --- | --- | --- | --- | --- | --- |"]
+    for entry in summary:
+        if not entry["seeds_ok"]:
+            continue
+        cells = []
+        for name in METRICS:
+            cell = f"{float(entry[f'{name}_mean']):.3f}"
+            if entry[f"{name}_std"] != "":
+                cell += f" +- {float(entry[f'{name}_std']):.3f}"
+            if entry[f"{name}_t_vs_ciou"] != "":
+                cell += f" (t {float(entry[f'{name}_t_vs_ciou']):+.1f})"
+            cells.append(cell)
+        lines.append(f"| {entry['config']} | {entry['grid'] or '-'} | {entry['seeds_ok']} | {' | '.join(cells)} |")
+    lines += ["", "| config | group | beta | points | % of training targets per interval |",
+              "| --- | --- | --- | --- | --- |"]
+    shown = set()
+    for row in grid_rows:
+        if (row["config"], row["group"]) in shown:
+            continue
+        shown.add((row["config"], row["group"]))
+        beta = f"{float(row['beta']):.2f}" if row["beta"] else "-"
+        lines.append(f"| {row['config']} | {row['group']} | {beta} | {row['points']} | {row['mass_pct']} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_curves(out_dir: Path, summary: list[dict]) -> None:
     """out_dir/curves.png: training box and objectness loss per epoch (mean over seeds), final mAP50-95."""
     import matplotlib
@@ -262,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s seed %d: %s", config, seed, {k: row.get(k) for k in (*METRICS, "wall_s", "status")})
     summary = summarize(read_csv(runs_csv))
     write_csv(out_dir / "summary.csv", summary)
+    (out_dir / "summary.md").write_text(markdown_tables(summary, read_csv(out_dir / "grid_mass.csv")), encoding="utf-8")
     plot_curves(out_dir, summary)
     logger.info("\n".join(header))
     for entry in summary:

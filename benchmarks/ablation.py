@@ -22,11 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
-from benchmarks.common import RESULTS_DIR, append_csv_row, header_lines, read_csv, write_csv, write_json  # noqa: E402
+from benchmarks.common import RESULTS_DIR, append_csv_row, header_lines, quiet_start, read_csv, write_csv, write_json  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
-from utils.log import setup_logging  # noqa: E402
 
 logger = logging.getLogger("benchmarks.ablation")
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,10 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging(verbose=False)
-    logger.setLevel(logging.INFO)
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    quiet_start(logger, args.threads)
     out_dir = args.out
     runs_csv = out_dir / "runs.csv"
     header = header_lines({key: str(value) for key, value in vars(args).items()})

@@ -23,9 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, header_lines, time_call, write_json  # noqa: E402
+from benchmarks.common import RESULTS_DIR, header_lines, quiet_start, time_call, write_json  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.log import setup_logging  # noqa: E402
 
 logger = logging.getLogger("cbbl_decode_speed")
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging(verbose=False)
-    logger.setLevel(logging.INFO)
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    quiet_start(logger, args.threads)
     torch.set_grad_enabled(False)
     rows = []
     for cfg in args.models:

@@ -26,8 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ablation import CONFIGS  # noqa: E402
-from benchmarks.common import RESULTS_DIR, header_lines, write_csv, write_json  # noqa: E402
-from utils.log import setup_logging  # noqa: E402
+from benchmarks.common import RESULTS_DIR, header_lines, quiet_start, write_csv, write_json  # noqa: E402
 
 logger = logging.getLogger("benchmarks.gradient_analysis")
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,10 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging(verbose=False)
-    logger.setLevel(logging.INFO)
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    quiet_start(logger, args.threads)
     found = {run: epoch_checkpoints(args.runs_dir / run / "weights") for run in args.runs}
     found = {run: checkpoints[::len(checkpoints) - 1 or 1] if args.first_last else checkpoints
              for run, checkpoints in found.items() if checkpoints}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import platform
 import statistics
@@ -67,6 +68,17 @@ def header_lines(settings: dict[str, Any]) -> list[str]:
     """Human-readable header: environment then settings, one ``key: value`` per line."""
     env = environment()
     return [f"{key}: {value}" for key, value in {**env, **settings}.items()]
+
+
+def quiet_start(logger: logging.Logger, threads: int) -> None:
+    """A benchmark's start: only its own INFO lines (library logs at WARNING), and ``threads`` torch threads."""
+    import torch
+
+    from utils.log import setup_logging
+
+    setup_logging(verbose=False)
+    logger.setLevel(logging.INFO)
+    torch.set_num_threads(threads)
 
 
 def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> dict[str, float]:

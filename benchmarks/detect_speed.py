@@ -72,7 +72,7 @@ def decode_seconds(backend: DetectBackend, batch: torch.Tensor, repeats: int) ->
 def bench_model(cfg: str, box: str, frame: np.ndarray, args: argparse.Namespace, workdir: Path) -> dict:
     """Single-pass and sliced latency of one model on one frame, and its decode time."""
     torch.manual_seed(0)
-    model = Model(Path("models") / f"{cfg}.yaml", nc=10, head={"box": box})
+    model = Model(Path("models") / f"{cfg}.yaml", nc=10, head={"box_loss": "cbbl" if box == "cbbl" else "ciou"})
     weights = workdir / f"{cfg}_{box}.pt"
     save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml,
                      "names": [str(i) for i in range(10)]}, weights)

@@ -1,7 +1,7 @@
 """Box-loss gradients of small vs normal-size objects across training (the paper's motivation, Fig. 1-2, 5).
 
-    python benchmarks/ablation.py --configs ciou cbbl_ce_um_in --seeds 0   # makes the epoch checkpoints
-    python benchmarks/gradient_analysis.py
+    python benchmarks/ablation.py --seeds 0              # makes the epoch checkpoints of every config
+    python benchmarks/gradient_analysis.py --first-last  # the first and last epoch of each
 
 For every epoch checkpoint of the seed-0 ablation runs (weights/epoch{N}.pt, model weights, not EMA)
 and a fixed set of validation images, each positive anchor's box loss is differentiated with respect
@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, header_lines, write_csv, write_json  # noqa: E402
-from utils.log import setup_logging  # noqa: E402
+from benchmarks.ablation import CONFIGS  # noqa: E402
+from benchmarks.common import RESULTS_DIR, header_lines, quiet_start, write_csv, write_json  # noqa: E402
 
 logger = logging.getLogger("benchmarks.gradient_analysis")
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,9 +145,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Small vs normal-object box-loss gradient norms across training")
-    parser.add_argument("--runs", nargs="+", default=["ciou_s0", "l1_s0", "cbbl_ce_um_in_s0"],
+    parser.add_argument("--runs", nargs="+", default=[f"{config}_s0" for config in CONFIGS],
                         help="run folders (under --runs-dir) holding weights/epoch{N}.pt")
-    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "ablation")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "ablation" / "ablation")
+    parser.add_argument("--first-last", action="store_true", help="only the first and last epoch of each run")
     parser.add_argument("--data", default=str(ROOT / "data" / "synthetic.yaml"))
     parser.add_argument("--img", type=int, default=192, help="as the ablation runs were trained")
     parser.add_argument("--batches", type=int, default=2)
@@ -158,15 +159,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging(verbose=False)
-    logger.setLevel(logging.INFO)
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    quiet_start(logger, args.threads)
     found = {run: epoch_checkpoints(args.runs_dir / run / "weights") for run in args.runs}
-    found = {run: checkpoints for run, checkpoints in found.items() if checkpoints}
+    found = {run: checkpoints[::len(checkpoints) - 1 or 1] if args.first_last else checkpoints
+             for run, checkpoints in found.items() if checkpoints}
     if not found:
-        logger.error("no weights/epoch*.pt under %s for %s: run `python benchmarks/ablation.py --configs ciou "
-                     "cbbl_ce_um_in --seeds 0` first (seed-0 runs save every epoch)", args.runs_dir, args.runs)
+        logger.error("no weights/epoch*.pt under %s for %s: run `python benchmarks/ablation.py --seeds 0` first "
+                     "(seed-0 runs save every epoch)", args.runs_dir, args.runs)
         return 2
     batches = fixed_batches(args.data, args.img, args.batches, args.batch)
     rows = []

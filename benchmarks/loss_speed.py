@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS_DIR, header_lines, write_json  # noqa: E402
 from models.detect import Detect  # noqa: E402
 from utils.assign import assign_level  # noqa: E402
+from utils.head import HeadConfig  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
@@ -62,7 +63,7 @@ def synthetic_targets(batch: int, objects: int, imgsz: int, seed: int = 0) -> to
 def mode_steps(mode: str, args: argparse.Namespace, targets: torch.Tensor) -> tuple[int, Callable, Callable]:
     """(level-0 positives, box-term step, whole-loss step) for one mode; each step is forward + backward."""
     hyp = load_hyp(box_loss=mode)
-    model = HeadOnly(hyp.head_settings(args.img))
+    model = HeadOnly(HeadConfig.from_hyp(hyp, args.img))
     loss_fn = ComputeLoss(model, hyp, args.img)
     detect = model.detect
     generator = torch.Generator().manual_seed(1)

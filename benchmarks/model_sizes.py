@@ -32,7 +32,7 @@ GFLOPS_SIZE = 640
 def measure(name: str, box: str, imgsz: int, repeats: int) -> dict:
     """One config in one head mode: size figures and the median forward time."""
     nc = 80 if name in PUBLISHED else 10
-    model = Model(MODELS_DIR / f"{name}.yaml", nc=nc, head={"box": box}).eval()
+    model = Model(MODELS_DIR / f"{name}.yaml", nc=nc, head={"box_loss": "cbbl" if box == "cbbl" else "ciou"}).eval()
     info = model.info(GFLOPS_SIZE)
     image = torch.rand(1, 3, imgsz, imgsz)
     with torch.no_grad():

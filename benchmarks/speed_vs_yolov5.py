@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import speed_inputs  # noqa: E402
 from benchmarks.common import RESULTS_DIR, header_lines, time_call, write_csv, write_json  # noqa: E402
+from utils.head import HeadConfig  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
@@ -45,7 +46,7 @@ def build_ours(cfg: str, box_loss: str, imgsz: int):
 
     hyp = load_hyp(None, box_loss=box_loss)
     torch.manual_seed(0)
-    return Model(ROOT / "models" / f"{cfg}.yaml", nc=NUM_CLASSES, head=hyp.head_settings(imgsz)), hyp
+    return Model(ROOT / "models" / f"{cfg}.yaml", nc=NUM_CLASSES, head=HeadConfig.from_hyp(hyp, imgsz)), hyp
 
 
 def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str, channels_last: bool) -> dict:

@@ -27,6 +27,7 @@ from benchmarks.common import RESULTS_DIR, header_lines, write_json  # noqa: E40
 from models.yolo import Model  # noqa: E402
 from utils.engine.optim import accumulate_steps, build_optimizer  # noqa: E402
 from utils.engine.trainer import Trainer  # noqa: E402
+from utils.head import HeadConfig  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
@@ -51,7 +52,7 @@ def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0) -> tupl
 def make_trainer(cfg: str, mode: str, imgsz: int, batch: int, nbs: int) -> Trainer:
     hyp = load_hyp(None, box_loss=mode)
     torch.manual_seed(0)
-    model = Model(cfg, nc=10, head=hyp.head_settings(imgsz))
+    model = Model(cfg, nc=10, head=HeadConfig.from_hyp(hyp, imgsz))
     optimizer = build_optimizer(model, "SGD", hyp.lr0, hyp.momentum, hyp.weight_decay)
     return Trainer(model=model, loss_fn=ComputeLoss(model, hyp, imgsz=imgsz), optimizer=optimizer,
                    train_loader=[], device=torch.device("cpu"), epochs=1, ema=ModelEMA(model),

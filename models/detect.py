@@ -14,30 +14,18 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, CBBLGrid, decode_offsets, expectation_and_entropy
+from utils.cbbl import BoxGrids, decode_offsets, expectation_and_entropy
+from utils.head import DetectOutput, HeadConfig, as_head_config
 
-BOX_MODES = ("regress", "cbbl")
-DEFAULT_HEAD = {"box": "regress", "bins": 11, "alpha": 4.0, "beta": 5.0, "space": "logit", "restore": "expectation"}
 # YOLOv5 priors: about 8 objects per 640x640 image, and 0.6 of the class mass spread over nc classes.
 OBJECTS_PER_640_IMAGE = 8.0
 CLASS_PRIOR = 0.6
 PRIOR_IMAGE_SIZE = 640.0
 
 
-def resolve_head(settings: Optional[dict]) -> dict:
-    """DEFAULT_HEAD updated with ``settings``; ValueError naming an unknown key or value."""
-    head = dict(DEFAULT_HEAD)
-    unknown = sorted(set(settings or {}) - set(head))
-    if unknown:
-        raise ValueError(f"unknown Detect head setting(s) {unknown}; known: {sorted(head)}")
-    head.update({key: value for key, value in (settings or {}).items() if value is not None})
-    for key, choices in (("box", BOX_MODES), ("space", OFFSET_SPACES), ("restore", RESTORE_MODES)):
-        if head[key] not in choices:
-            raise ValueError(f"Detect head {key}={head[key]!r} is not one of {choices}")
-    if head["box"] == "regress" and head["space"] != "logit":
-        raise ValueError(f"regression always decodes in the 'logit' space, got space={head['space']!r}")
-    head["bins"], head["alpha"], head["beta"] = int(head["bins"]), float(head["alpha"]), float(head["beta"])
-    return head
+def _exporting() -> bool:
+    """True while torch.onnx / TorchScript trace the model: export keeps the dense, shape-static decode."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
 class Detect(nn.Module):
@@ -48,36 +36,47 @@ class Detect(nn.Module):
         anchors: per level a flat list ``[w0, h0, w1, h1, ...]`` in pixels (converted to grid units by
             :meth:`set_stride`).
         ch: input channels per level.
-        head: Detect settings, see :data:`DEFAULT_HEAD`.
+        head: the box head's settings (utils.head.HeadConfig, or its dict form; None = CIoU regression).
+
+    ``decode_conf``: when set (inference, see :meth:`sparse_decode`), C-BBL boxes are decoded only where
+    objectness x class can pass that confidence; None (the default, training, export) decodes every anchor.
     """
 
     extra_inputs = 0  # input feature maps beyond one per output level (CLLADetect: 1)
 
-    def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int], head: Optional[dict] = None):
+    def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int],
+                 head: HeadConfig | dict | None = None):
         super().__init__()
-        settings = resolve_head(head)
+        self.head = as_head_config(head)
         self.nc, self.nl, self.na = int(nc), len(anchors), len(anchors[0]) // 2
         if len(ch) != self.nl:
             raise ValueError(f"Detect got {len(ch)} input levels but anchors for {self.nl} levels")
-        self.box_mode, self.bins, self.space, self.restore = settings["box"], settings["bins"], settings["space"], \
-            settings["restore"]
-        self.alpha, self.beta = settings["alpha"], settings["beta"]
-        self.grid: Optional[CBBLGrid] = None
-        if self.box_mode == "cbbl":
-            self.grid = CBBLGrid(alpha=self.alpha, bins=self.bins, beta=self.beta)
+        self.bins, self.space, self.restore = self.head.bins, self.head.space, self.head.restore
+        self.grid: Optional[BoxGrids] = self.head.box_grids()
         self.box_channels = 4 * self.bins if self.grid is not None else 4
         self.num_extra = 1 if self.grid is not None else 0
         self.no = self.box_channels + 1 + self.nc
-        points = self.grid.points if self.grid is not None else torch.zeros(1)
-        self.register_buffer("grid_points", points.reshape(-1, 1).clone(), persistent=False)  # (K, 1)
+        self.decode_conf: Optional[float] = None
+        points = self.grid.points if self.grid is not None else torch.zeros(4, 1)
+        self.register_buffer("grid_points", points.clone(), persistent=False)  # (4, K): x, y on centre, w, h on size
         self.register_buffer("stride", torch.ones(self.nl))
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(self.nl, self.na, 2))
         self.m = nn.ModuleList(nn.Conv2d(channels, self.no * self.na, 1) for channels in ch)
 
-    def settings(self) -> dict:
-        """The head settings that rebuild this head (stored in ``model.yaml['detect']``)."""
-        return {"box": self.box_mode, "bins": self.bins, "alpha": self.alpha, "beta": self.beta,
-                "space": self.space, "restore": self.restore}
+    @property
+    def box_mode(self) -> str:
+        """'cbbl' or 'regress', derived from the head's box_loss."""
+        return self.head.box_mode
+
+    def set_head(self, head: HeadConfig) -> None:
+        """Swap in new grid points (a fitted C-BBL grid): same box loss and K, so the weights still fit."""
+        if (head.box_loss, head.bins) != (self.head.box_loss, self.head.bins):
+            raise ValueError(f"set_head keeps box_loss and bins ({self.head.box_loss}, {self.head.bins}); "
+                             f"got ({head.box_loss}, {head.bins})")
+        self.head = head
+        self.space, self.restore, self.grid = head.space, head.restore, head.box_grids()
+        if self.grid is not None:
+            self.grid_points.copy_(self.grid.points)
 
     def set_stride(self, stride: torch.Tensor) -> None:
         """Record the level strides and turn the pixel anchors into grid units (pixels / stride)."""
@@ -98,20 +97,16 @@ class Detect(nn.Module):
                 bias[:, self.box_channels] = math.log(OBJECTS_PER_640_IMAGE / (image_size / stride) ** 2)
                 bias[:, self.box_channels + 1:] = class_prior
 
-    def forward(self, features: list[torch.Tensor]):
-        """Training: list of nl raw tensors (B, A, H, W, box_channels + 1 + nc).
-
-        Eval: (pred (B, N, 5 + nc + num_extra), raw list) with pred = cx, cy, w, h (pixels of the network
-        input), sigmoid objectness and classes, and in C-BBL mode the mean entropy over the 4 coordinates.
-        """
+    def forward(self, features: list[torch.Tensor]) -> DetectOutput:
+        """Level features -> :class:`DetectOutput`: the raw outputs, and in eval mode the decoded predictions."""
         raw = []
         for out in self.level_maps(features):
             batch, _, height, width = out.shape
             raw.append(out.view(batch, self.na, self.no, height, width).permute(0, 1, 3, 4, 2).contiguous())
             # raw[-1]: (B, A, H, W, no)
         if self.training:
-            return raw
-        return torch.cat([self.decode_level(out, level) for level, out in enumerate(raw)], 1), raw
+            return DetectOutput(None, raw)
+        return DetectOutput(torch.cat([self.decode_level(out, level) for level, out in enumerate(raw)], 1), raw)
 
     def prediction_convs(self) -> list[nn.Conv2d]:
         """The convolution that predicts each level's (A * no) channels (subclasses may fuse levels first)."""
@@ -135,6 +130,24 @@ class Detect(nn.Module):
         uncertainty = coord_entropy.mean(-1, keepdim=True)  # (..., 1)
         return offsets.to(box_raw.dtype), uncertainty.to(box_raw.dtype)
 
+    def sparse_box_offsets(self, box_raw: torch.Tensor, scores: torch.Tensor,
+                           conf_thres: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`box_offsets` for the anchors NMS can keep, zeros elsewhere.
+
+        box_raw (..., box_channels), scores (..., 1 + nc) sigmoid -> (offsets (..., 4), uncertainty (..., 1)).
+
+        A row can pass NMS only if objectness > conf_thres and some objectness x class > conf_thres
+        (utils.nms.non_max_suppression, the same float32 products), so the K-bin softmax runs for those rows
+        alone; each kept row's decode is the dense one's, bit for bit.
+        """
+        objectness = scores[..., :1]
+        class_conf = (scores[..., 1:] * objectness).amax(-1)
+        candidates = (objectness[..., 0] > conf_thres) & (class_conf > conf_thres)  # (...)
+        offsets = box_raw.new_zeros(*box_raw.shape[:-1], 4)
+        uncertainty = box_raw.new_zeros(*box_raw.shape[:-1], 1)
+        offsets[candidates], uncertainty[candidates] = self.box_offsets(box_raw[candidates])
+        return offsets, uncertainty
+
     def decode_level(self, raw: torch.Tensor, level: int) -> torch.Tensor:
         """One level's raw (B, A, H, W, no) -> (B, A*H*W, 5 + nc + num_extra) float32 decoded predictions.
 
@@ -142,7 +155,11 @@ class Detect(nn.Module):
         """
         raw = raw.float()
         batch, _, height, width, _ = raw.shape
-        offsets, uncertainty = self.box_offsets(raw[..., :self.box_channels])
+        scores = raw[..., self.box_channels:].sigmoid()  # (B, A, H, W, 1 + nc)
+        if self.grid is not None and self.decode_conf is not None and not _exporting():
+            offsets, uncertainty = self.sparse_box_offsets(raw[..., :self.box_channels], scores, self.decode_conf)
+        else:
+            offsets, uncertainty = self.box_offsets(raw[..., :self.box_channels])
         cell_offset, size_ratio = decode_offsets(offsets, self.space)  # (B, A, H, W, 2) each
         stride = self.stride[level]
         ys = torch.arange(height, device=raw.device, dtype=raw.dtype)
@@ -152,6 +169,5 @@ class Detect(nn.Module):
         anchor_wh = (self.anchors[level] * stride).view(1, self.na, 1, 1, 2).to(raw.dtype)  # pixels
         box_xy = (cell_offset + cell_xy) * stride
         box_wh = size_ratio * anchor_wh
-        scores = raw[..., self.box_channels:].sigmoid()  # (B, A, H, W, 1 + nc)
         parts = [box_xy, box_wh, scores] + ([uncertainty] if uncertainty is not None else [])
         return torch.cat(parts, -1).view(batch, -1, 5 + self.nc + self.num_extra)

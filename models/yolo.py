@@ -1,6 +1,6 @@
 """The YOLO model: a YAML-built graph ending in a Detect head, plus its command line table printer.
 
-    python models/yolo.py --cfg models/yolov5s.yaml --img 640 --box cbbl
+    python models/yolo.py --cfg models/yolov5s.yaml --img 640 --box-loss cbbl
 
 prints the layer table, parameters and GFLOPs, and exits non-zero with a message naming the bad row
 of a broken YAML. See docs/ARCHITECTURE.md "The model contract".
@@ -22,12 +22,13 @@ import yaml
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.detect import Detect, resolve_head  # noqa: E402
+from models.detect import Detect, DetectOutput  # noqa: E402
 from models.fuse import fuse_model  # noqa: E402
 from models.info import model_info  # noqa: E402
 from models.parse import MODULES, parse_model, row_lines, run_layers  # noqa: E402
 from models.verify import check_graph  # noqa: E402
 from utils.anchors import check_anchor_order, default_anchors  # noqa: E402
+from utils.head import BOX_LOSSES, HeadConfig  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -66,14 +67,15 @@ class Model(nn.Module):
         ch: input channels.
         nc: number of classes, overriding the YAML.
         anchors: anchors per level (int, "from the data") or explicit per-level pixel lists, overriding the YAML.
-        head: Detect settings (box, bins, alpha, beta, space, restore) overriding the YAML ``detect:`` keys.
+        head: the box head (utils.head.HeadConfig, built once per run) replacing the YAML's ``detect:`` entry;
+            a dict overrides single keys of that entry instead.
 
     ``model.yaml`` rebuilds the same model: resolved nc, explicit pixel anchors, head settings.
     ``model.anchors_from_data`` is True when the config asked for k-means anchors (utils.anchors.check_anchors).
     """
 
     def __init__(self, cfg: Union[str, Path, dict], ch: int = 3, nc: Optional[int] = None,
-                 anchors: Union[int, list, None] = None, head: Optional[dict] = None):
+                 anchors: Union[int, list, None] = None, head: Union[HeadConfig, dict, None] = None):
         super().__init__()
         model_dict = load_model_yaml(cfg)
         source = model_dict.pop("_source", "model config")
@@ -84,8 +86,10 @@ class Model(nn.Module):
             model_dict["anchors"] = anchors
         if not isinstance(model_dict.get("nc"), int) or model_dict["nc"] < 1:
             raise ValueError(f"{source}: 'nc' must be an int >= 1, got {model_dict.get('nc')!r}")
-        overrides = {key: value for key, value in (head or {}).items() if value is not None}
-        model_dict["detect"] = resolve_head({**(model_dict.get("detect") or {}), **overrides})
+        if not isinstance(head, HeadConfig):
+            overrides = {key: value for key, value in (head or {}).items() if value is not None}
+            head = HeadConfig.from_dict({**(model_dict.get("detect") or {}), **overrides})
+        model_dict["detect"] = head.to_dict()
         self.anchors_from_data, build_dict = self._placeholder_anchors(model_dict, source)
         self.model, self.routes, self.save, self.layer_table = parse_model(
             {**build_dict, "_source": source, "_lines": lines}, ch)
@@ -142,9 +146,15 @@ class Model(nn.Module):
         detect.set_stride(stride)
         detect.initialize_biases()
 
-    def forward(self, x: torch.Tensor):
-        """Images (B, ch, H, W) float in [0, 1] -> Detect output (training list / eval (pred, raw))."""
+    def forward(self, x: torch.Tensor) -> DetectOutput:
+        """Images (B, ch, H, W) float in [0, 1] -> the head's DetectOutput (pred None in training, raw)."""
         return run_layers(self.model, self.routes, self.save, x)
+
+    def set_head(self, head: HeadConfig) -> None:
+        """New head settings with the same box loss and K (a size-dependent beta, fitted grid points): the
+        Detect grids and ``model.yaml['detect']`` change together, so checkpoints rebuild the same head."""
+        self.detect.set_head(head)
+        self.yaml["detect"] = head.to_dict()
 
     def fuse(self) -> Model:
         """Fold every BatchNorm into its convolution (inference only); returns self."""
@@ -197,7 +207,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--cfg", required=True, help="model YAML, e.g. models/yolov5s.yaml")
     parser.add_argument("--img", type=int, default=640, help="image size for the GFLOPs figure")
     parser.add_argument("--nc", type=int, default=None, help="override the number of classes")
-    parser.add_argument("--box", choices=("regress", "cbbl"), default=None, help="Detect head box mode")
+    parser.add_argument("--box-loss", choices=BOX_LOSSES, default=None, help="box loss (cbbl = C-BBL head)")
     parser.add_argument("--bins", type=int, default=None, help="C-BBL grid points K")
     return parser.parse_args(argv)
 
@@ -208,14 +218,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     setup_logging()
     opts = parse_args(argv)
     try:
-        model = Model(opts.cfg, nc=opts.nc, head={"box": opts.box, "bins": opts.bins})
+        model = Model(opts.cfg, nc=opts.nc, head={"box_loss": opts.box_loss, "bins": opts.bins})
     except (ValueError, FileNotFoundError) as err:
         logger.error("error: %s", err)
         return 2
     info = model.info(opts.img)
     logger.info("%s\n%s: %d layers, %s parameters, %.1f GFLOPs at %d px, strides %s, head %s", format_table(model),
                 Path(opts.cfg).stem, info["layers"], f"{info['params']:,}", info["gflops"], opts.img,
-                model.stride.tolist(), model.detect.settings())
+                model.stride.tolist(), model.detect.head)
     return 0
 
 

@@ -75,9 +75,10 @@ TINY_MODEL_YAML = {
 
 
 def make_tiny_checkpoint(path: Path, box: str = "regress", names: list | None = None, seed: int = 0,
-                         objectness_logit: float | None = 0.0) -> Path:
+                         objectness_logit: float | None = 0.0, head: dict | None = None) -> Path:
     """Save a randomly initialised tiny model as a project checkpoint at ``path``.
 
+    ``head``: more HeadConfig settings (e.g. a C-BBL grid mode and points) over the box mode's defaults.
     ``objectness_logit`` overwrites the objectness and class biases (0.0: sigmoid 0.5 each, so random weights
     give confidences near 0.25 and many boxes above a conf threshold of 0.1); None keeps YOLOv5's priors
     (almost no boxes).
@@ -86,7 +87,7 @@ def make_tiny_checkpoint(path: Path, box: str = "regress", names: list | None = 
     from utils.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
-    model = Model(TINY_MODEL_YAML, head={"box": box})
+    model = Model(TINY_MODEL_YAML, head={"box_loss": "cbbl" if box == "cbbl" else "ciou", **(head or {})})
     detect = model.detect
     if objectness_logit is not None:
         with torch.no_grad():

@@ -10,14 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from utils.cbbl import (
+    BoxGrids,
     CBBLGrid,
     ce_loss,
     decode_offsets,
-    default_beta,
     distribution_entropy,
     encode_offsets,
     entropy,
     grid_points,
+    in_family_points,
+    interval_mass,
+    quantile_points,
     two_hot_loss,
     um_loss,
 )
@@ -194,6 +197,48 @@ def test_offset_zero_is_the_anchor_prior_in_both_spaces() -> None:
         decode_offsets(torch.zeros(4), "log")
 
 
-def test_default_beta_by_training_size() -> None:
-    assert default_beta(640) == 5.0 and default_beta(1023) == 5.0
-    assert default_beta(1024) == 3.0 and default_beta(1536) == 3.0
+def test_in_family_on_an_asymmetric_range():
+    points = in_family_points(-1.1, 0.2, 3.0, 11, 2.0)
+    assert points[0].item() == pytest.approx(-1.1) and points[-1].item() == pytest.approx(3.0)
+    assert points[5].item() == pytest.approx(0.2) and torch.all(points.diff() > 0)
+    gaps = points.diff()
+    assert gaps[4] < gaps[0] and gaps[5] < gaps[9]  # densest at the centre on both sides
+    with pytest.raises(ValueError, match="centre"):
+        in_family_points(0.0, -1.0, 3.0, 11, 2.0)
+
+
+def test_grid_from_points_encodes_losslessly_and_clamps_to_its_ends():
+    grid = CBBLGrid.from_points(torch.tensor([-1.0, -0.2, 0.1, 0.7, 2.5]))
+    t = torch.linspace(-1.0, 2.5, 301, dtype=torch.float64)
+    torch.testing.assert_close(grid.encode(t) @ grid.points.double(), t)
+    torch.testing.assert_close(grid.encode(torch.tensor([-3.0, 9.0])) @ grid.points, torch.tensor([-1.0, 2.5]))
+    with pytest.raises(ValueError, match="increasing"):
+        CBBLGrid.from_points(torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_box_grids_encode_each_group_on_its_grid_and_the_fused_loss_agrees():
+    centre, size = CBBLGrid(beta=2.0), CBBLGrid.from_points(torch.linspace(-1.0, 3.0, 11))
+    grids = BoxGrids(centre, size)
+    t = torch.tensor([[0.3, -2.0, -0.5, 1.7], [3.9, 0.0, 2.9, -0.9]])
+    left, weight = grids.two_hot(t)
+    for column, grid in enumerate((centre, centre, size, size)):
+        column_left, column_weight = grid.two_hot(t[:, column])
+        assert torch.equal(left[:, column], column_left) and torch.equal(weight[:, column], column_weight)
+    logits = torch.randn(2, 4, 11, generator=torch.Generator().manual_seed(0))
+    loss, expectation = two_hot_loss(logits, left, weight, grids.points)
+    for column, grid in enumerate((centre, centre, size, size)):
+        column_loss, column_expectation = two_hot_loss(logits[:, column], left[:, column], weight[:, column],
+                                                       grid.points)
+        torch.testing.assert_close(loss[:, column], column_loss)
+        torch.testing.assert_close(expectation[:, column], column_expectation)
+    torch.testing.assert_close(expectation, grids.decode(logits))
+
+
+def test_interval_mass_and_quantile_points():
+    targets = torch.tensor([-5.0, -0.5, 0.2, 0.4, 0.6, 9.0])
+    mass = interval_mass(targets, torch.tensor([-1.0, 0.0, 0.5, 1.0]))
+    torch.testing.assert_close(mass, torch.tensor([2, 2, 2], dtype=torch.float64) / 6)  # outliers count at the ends
+    points = quantile_points(torch.arange(1000.0) / 1000, 0.0, 1.0, 5)
+    torch.testing.assert_close(points, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]), rtol=0, atol=2e-3)
+    tied = quantile_points(torch.zeros(100), -1.0, 1.0, 5)  # every target equal: still strictly increasing
+    assert torch.all(tied.diff() > 0)

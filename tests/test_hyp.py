@@ -63,3 +63,12 @@ def test_recipe_keys_are_checked():
         load_hyp({"optimizer": "RMSprop"})
     with pytest.raises(ValueError, match="lr_schedule"):
         load_hyp({"lr_schedule": "step"})
+
+
+def test_older_files_cbbl_in_maps_to_the_grid_once():
+    assert load_hyp({"cbbl_in": True}).cbbl_grid == "in"
+    uniform = load_hyp({"cbbl_in": False, "cbbl_beta": 5.0})
+    assert (uniform.cbbl_grid, uniform.cbbl_beta) == ("in", 0.0)  # the paper's uniform row
+    assert load_hyp({}).cbbl_grid == "auto"
+    with pytest.raises(ValueError, match="cbbl_grid"):
+        load_hyp(cbbl_grid="equal")

@@ -31,27 +31,42 @@ def _is_uniform(beta: float, uniform: bool) -> bool:
 
 
 def grid_points(alpha: float = 4.0, bins: int = 11, beta: float = 5.0, uniform: bool = False) -> torch.Tensor:
-    """The K grid values: uniform on [-alpha, alpha], then the normalised IN transform.
+    """The paper's K grid values: uniform on [-alpha, alpha], then the normalised IN transform.
 
     y' = sign(y) * alpha * (exp(beta*|y|/alpha) - 1) / (exp(beta) - 1); beta ~ 0 or ``uniform`` keeps y.
     Symmetric, strictly increasing, ends at +-alpha, denser near 0 as beta grows.
     Returns (K,) float32.
     """
+    if alpha <= 0:
+        raise ValueError(f"C-BBL needs alpha > 0, got alpha={alpha}")
+    return in_family_points(-alpha, 0.0, alpha, bins, 0.0 if uniform else beta)
+
+
+def in_family_points(low: float, centre: float, high: float, bins: int, beta: float) -> torch.Tensor:
+    """The IN family on [low, high], densest at ``centre``: (K,) float32, strictly increasing.
+
+    Point k sits at u_k = -1 + 2k/(K-1) warped as centre + sign(u) * side * (exp(beta|u|) - 1) / (exp(beta) - 1),
+    side = high - centre above the centre and centre - low below it. low = -alpha, centre 0, high = alpha is the
+    paper's grid (:func:`grid_points`); beta ~ 0 is the uniform grid on each side.
+    """
     if bins < 2:
         raise ValueError(f"C-BBL needs at least 2 grid points, got bins={bins}")
-    if alpha <= 0 or beta < 0:
-        raise ValueError(f"C-BBL needs alpha > 0 and beta >= 0, got alpha={alpha}, beta={beta}")
-    # A constant of the head: on the CPU even while a model is built on the meta device (models/verify.py).
-    half_steps = torch.arange(bins, dtype=torch.float64, device="cpu") - (bins - 1) / 2  # exact 0 at the centre
-    uniform_points = half_steps * (2 * alpha / (bins - 1))
-    if _is_uniform(beta, uniform):
-        return uniform_points.float()
-    scale = alpha / math.expm1(beta)
-    warped = (torch.sign(uniform_points) * scale * torch.expm1(beta * uniform_points.abs() / alpha)).float()
-    if not bool((warped.diff() > 0).all()):
-        raise ValueError(f"C-BBL beta={beta} packs the inner grid points together in float32 (alpha={alpha}, "
-                         f"bins={bins}); use a smaller beta")
-    return warped
+    if beta < 0 or not low <= centre <= high or low == high:
+        raise ValueError(f"C-BBL grid needs beta >= 0 and low <= centre <= high (low < high), got beta={beta}, "
+                         f"range [{low}, {high}], centre {centre}")
+    points = _in_family_f64(low, centre, high, bins, beta).float()
+    if not bool((points.diff() > 0).all()):
+        raise ValueError(f"C-BBL beta={beta} packs the inner grid points together in float32 (range [{low}, "
+                         f"{high}], bins={bins}); use a smaller beta")
+    return points
+
+
+def check_points(points: torch.Tensor, name: str = "C-BBL grid") -> torch.Tensor:
+    """``points`` as (K,) float32 after checking K >= 2 and strictly increasing finite values."""
+    points = torch.as_tensor(points, dtype=torch.float32, device="cpu").reshape(-1)
+    if len(points) < 2 or not bool(torch.isfinite(points).all()) or not bool((points.diff() > 0).all()):
+        raise ValueError(f"{name} points must be >= 2 finite, strictly increasing values, got {points.tolist()}")
+    return points
 
 
 class CBBLGrid:
@@ -64,19 +79,30 @@ class CBBLGrid:
     def __init__(self, alpha: float = 4.0, bins: int = 11, beta: float = 5.0, uniform: bool = False):
         self.alpha, self.bins, self.beta, self.uniform = float(alpha), int(bins), float(beta), bool(uniform)
         self.points = grid_points(self.alpha, self.bins, self.beta, self.uniform)  # (K,)
+        self.low, self.high = -self.alpha, self.alpha
+        self.analytic = True  # the paper's symmetric IN grid: O(1) interval lookup
+
+    @classmethod
+    def from_points(cls, points: torch.Tensor) -> CBBLGrid:
+        """A grid on any strictly increasing points (K,): per-group, fitted or stored grids; range = the ends."""
+        grid = cls.__new__(cls)
+        grid.points = check_points(points)
+        grid.bins, grid.low, grid.high = len(grid.points), float(grid.points[0]), float(grid.points[-1])
+        grid.alpha, grid.beta, grid.uniform, grid.analytic = max(-grid.low, grid.high), 0.0, False, False
+        return grid
 
     def __repr__(self) -> str:
-        return f"CBBLGrid(alpha={self.alpha}, bins={self.bins}, beta={self.beta}, uniform={self.uniform})"
+        return f"CBBLGrid(points={[round(p, 4) for p in self.points.tolist()]})"
 
     def two_hot(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse two-hot form of :meth:`encode`: raw offsets (...) -> (left index (...) long, p_left (...)).
 
-        For y'_l <= t < y'_r (t clamped to [-alpha, alpha]): p_l = (y'_r - t) / (y'_r - y'_l) on point l and
+        For y'_l <= t < y'_r (t clamped to the grid's range): p_l = (y'_r - t) / (y'_r - y'_l) on point l and
         p_r = 1 - p_l on point l + 1, so p_l y'_l + p_r y'_r == t. float64 input stays float64, else float32.
         """
         dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
         points = self.points.to(device=t.device, dtype=dtype)
-        t = t.to(dtype).clamp(-self.alpha, self.alpha)
+        t = t.to(dtype).clamp(self.low, self.high)
         left = self._interval(t, points)  # (...)
         y_left, y_right = points.take(left), points.take(left + 1)
         return left, ((y_right - t) / (y_right - y_left)).clamp(0, 1)
@@ -87,6 +113,8 @@ class CBBLGrid:
         Inverts the IN transform analytically (|y| = alpha/beta * log1p(|y'| (e^beta - 1) / alpha)), then
         fixes float rounding at the interval ends with one compare each way: O(1) per value, unlike searchsorted.
         """
+        if not self.analytic:
+            return (torch.bucketize(t, points, right=True) - 1).clamp(0, self.bins - 2)
         uniform_t = t
         if not _is_uniform(self.beta, self.uniform):
             spread = math.expm1(self.beta) / self.alpha
@@ -98,7 +126,7 @@ class CBBLGrid:
         return left.clamp(0, self.bins - 2)
 
     def encode(self, t: torch.Tensor) -> torch.Tensor:
-        """Raw offsets (...) -> two-hot targets (..., K), clamped to [-alpha, alpha]; sum(p* y') == t inside."""
+        """Raw offsets (...) -> two-hot targets (..., K), clamped to the range; sum(p* y') == t inside."""
         left, weight_left = self.two_hot(t)
         target = torch.zeros(*left.shape, self.bins, device=t.device, dtype=weight_left.dtype)  # (..., K)
         target.scatter_(-1, left.unsqueeze(-1), weight_left.unsqueeze(-1))
@@ -143,13 +171,14 @@ def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def expectation_and_entropy(logits: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One log-softmax for both decode outputs: logits (..., K), points (K,) -> (expectation (...), entropy (...)).
+    """One log-softmax for both decode outputs: logits (..., C, K), points (C, K) or (K,) -> (expectation (..., C),
+    entropy (..., C)).
 
-    The expectation is softmax followed by a fixed K -> 1 projection on the grid points (export friendly).
+    The expectation is softmax followed by a fixed K -> 1 projection on each coordinate's grid (export friendly).
     """
-    log_probs = log_softmax(logits)  # (..., K)
+    log_probs = log_softmax(logits)  # (..., C, K)
     probs = log_probs.exp()
-    return probs @ points.reshape(-1).float(), -(probs * log_probs).sum(-1)
+    return (probs * points.float()).sum(-1), -(probs * log_probs).sum(-1)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -207,7 +236,7 @@ class _TwoHotLoss(torch.autograd.Function):
             uncertainty, um_slope = predicted_entropy, torch.ones_like(predicted_entropy)
         ctx.save_for_backward(exp_shifted, shifted, partition, predicted_entropy - log_partition, pair_index,
                               pair_weight, um_weight * um_slope)
-        points = points.view(-1, *([1] * (logits.dim() - 1)))  # (K, 1, ...)
+        points = points.view(len(points), *([1] * (logits.dim() - 1 - (points.dim() - 1))), *points.shape[1:])
         expectation = (points * exp_shifted).sum(0) / partition  # (...)
         ctx.mark_non_differentiable(expectation)
         return divergence + um_weight * uncertainty, expectation
@@ -229,7 +258,7 @@ def two_hot_loss(logits: torch.Tensor, left: torch.Tensor, weight_left: torch.Te
 
     Args:
         logits: (..., K); left, weight_left: (...) two-hot label from :meth:`CBBLGrid.two_hot`;
-        points: (K,) the grid's points.
+        points: (K,) one grid for every coordinate, or (C, K) one per coordinate (the last axis of ``left``).
     Returns:
         loss (...) float32 = ``ce_loss(l, p*) - H(p*) + um_weight * um_loss(l, p*, um_mode)``: the
         cross-entropy less the label's own entropy (KL divergence: same gradient p - p*, 0 at the optimum);
@@ -239,6 +268,7 @@ def two_hot_loss(logits: torch.Tensor, left: torch.Tensor, weight_left: torch.Te
         raise ValueError(f"unknown UM mode {um_mode!r}; expected one of {UM_MODES}")
     columns = logits.float().movedim(-1, 0).contiguous()  # (K, ...), K outermost in memory
     points = points.to(device=columns.device, dtype=torch.float32)
+    points = points.T.contiguous() if points.dim() == 2 else points  # (K, C): K first like the logits
     loss, expectation = _TwoHotLoss.apply(columns, left, weight_left.float(), points, float(um_weight), um_mode)
     return loss, expectation
 
@@ -277,6 +307,94 @@ def encode_offsets(dxy: torch.Tensor, ratio: torch.Tensor, space: str = "logit")
     raise ValueError(f"unknown offset space {space!r}; expected one of {OFFSET_SPACES}")
 
 
-def default_beta(imgsz: int) -> float:
-    """Paper section 4.4: beta = 5 below 1024 px training size, 3 at and above."""
-    return 5.0 if imgsz < 1024 else 3.0
+class BoxGrids:
+    """One C-BBL grid per coordinate group: centre (x, y) and size (w, h), each with its own points and range.
+
+    The four box coordinates are encoded, lossed and decoded each on its group's grid; ``points`` (4, K) is the
+    per-coordinate table the head's export-friendly decode projects on.
+    """
+
+    def __init__(self, centre: CBBLGrid, size: CBBLGrid):
+        if centre.bins != size.bins:
+            raise ValueError(f"centre and size grids need the same K, got {centre.bins} and {size.bins}")
+        self.centre, self.size, self.bins = centre, size, centre.bins
+        self.points = torch.stack([centre.points, centre.points, size.points, size.points])  # (4, K)
+
+    def two_hot(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw offsets (..., 4) -> (left index (..., 4) long, p_left (..., 4)), each group on its own grid."""
+        centre_left, centre_weight = self.centre.two_hot(t[..., :2])
+        size_left, size_weight = self.size.two_hot(t[..., 2:])
+        return torch.cat([centre_left, size_left], -1), torch.cat([centre_weight, size_weight], -1)
+
+    def decode(self, logits: torch.Tensor, restore: str = "expectation") -> torch.Tensor:
+        """Logits (..., 4, K) -> offsets (..., 4) (see :meth:`CBBLGrid.decode`)."""
+        return torch.cat([self.centre.decode(logits[..., :2, :], restore),
+                          self.size.decode(logits[..., 2:, :], restore)], -1)
+
+
+# Grid fitting: points for the targets a training set actually produces (utils/engine/grid_fit.py collects them).
+# Candidate IN strengths and, for a free centre, its candidate positions (fractions of the range).
+FIT_BETAS = torch.linspace(0.0, 10.0, 401, dtype=torch.float64)
+FIT_CENTRES = torch.linspace(0.05, 0.95, 37, dtype=torch.float64)
+
+
+def interval_mass(targets: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Fraction of ``targets`` (N,) in each of the K-1 intervals of ``points`` (..., K); (..., K-1).
+
+    Targets outside the range count in the end intervals, as the two-hot encoding clamps them there.
+    """
+    ordered = targets.double().reshape(-1).sort().values
+    inner = points.double()[..., 1:-1].contiguous()  # (..., K-2) the boundaries between intervals
+    below = torch.searchsorted(ordered, inner.reshape(-1)).reshape(inner.shape).double()  # (..., K-2)
+    edges = torch.cat([torch.zeros_like(below[..., :1]), below, torch.full_like(below[..., :1], len(ordered))], -1)
+    return edges.diff(dim=-1) / max(len(ordered), 1)
+
+
+def quantile_points(targets: torch.Tensor, low: float, high: float, bins: int, symmetric: bool = False) -> torch.Tensor:
+    """Equal-target-mass grid: the ends at [low, high], point k at the k/(K-1) quantile of the (clamped) targets.
+
+    ``symmetric`` pools t and -t first (centre targets are symmetric about 0 by construction; this halves the
+    sampling noise). Ties are pulled apart to keep the points strictly increasing. Returns (K,) float32.
+    """
+    values = targets.double().reshape(-1).clamp(low, high)
+    if symmetric:
+        values = torch.cat([values, -values])
+    levels = torch.linspace(0.0, 1.0, bins, dtype=torch.float64)[1:-1]
+    if not len(values):
+        raise ValueError("a quantile grid needs at least one target")
+    inner = torch.quantile(values, levels)
+    points = torch.cat([inner.new_tensor([low]), inner, inner.new_tensor([high])])
+    gap = (high - low) * 1e-4  # ties (discrete targets) become a hair apart instead of an empty interval
+    for index in range(1, bins):
+        points[index] = torch.maximum(points[index], points[index - 1] + gap)
+    points = points.clamp(max=high)
+    for index in range(bins - 2, -1, -1):
+        points[index] = torch.minimum(points[index], points[index + 1] - gap)
+    return check_points(points.float(), "quantile grid")
+
+
+def fit_in_family(targets: torch.Tensor, low: float, high: float, bins: int,
+                  free_centre: bool = False) -> tuple[torch.Tensor, float, float]:
+    """The IN-family grid on [low, high] whose intervals hold the targets most evenly: (points (K,), beta, centre).
+
+    Minimises sum over intervals of (mass - 1/(K-1))^2 over beta in :data:`FIT_BETAS` and, with ``free_centre``,
+    the densest point's position over :data:`FIT_CENTRES` (else the centre is 0, the paper's symmetric family).
+    A grid search: deterministic, and no local optimum to get stuck in.
+    """
+    centres = [low + float(f) * (high - low) for f in FIT_CENTRES] if free_centre else [0.0]
+    best = (math.inf, 0.0, 0.0)
+    for centre in centres:
+        candidates = torch.stack([_in_family_f64(low, centre, high, bins, float(beta)) for beta in FIT_BETAS])
+        spread = ((interval_mass(targets, candidates) - 1.0 / (bins - 1)) ** 2).sum(-1)  # (B,)
+        index = int(spread.argmin())
+        if float(spread[index]) < best[0] - 1e-12:
+            best = (float(spread[index]), float(FIT_BETAS[index]), centre)
+    _, beta, centre = best
+    return in_family_points(low, centre, high, bins, beta), beta, centre
+
+
+def _in_family_f64(low: float, centre: float, high: float, bins: int, beta: float) -> torch.Tensor:
+    """:func:`in_family_points` in float64, unchecked (the fit scores thousands of candidates)."""
+    unit = (torch.arange(bins, dtype=torch.float64, device="cpu") - (bins - 1) / 2) / ((bins - 1) / 2)  # exact 0 at the centre
+    warp = unit.abs() if beta < _UNIFORM_BETA else torch.expm1(beta * unit.abs()) / math.expm1(beta)
+    return centre + torch.sign(unit) * torch.where(unit > 0, high - centre, centre - low) * warp

@@ -13,9 +13,9 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, UM_MODES, default_beta
+from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, UM_MODES
+from utils.head import BOX_LOSSES, GRID_MODES
 
-BOX_LOSSES = ("ciou", "l1", "smooth_l1", "cbbl")
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 LR_SCHEDULES = ("linear", "cosine")
 # Keys of YOLOv5/TPH-YOLOv5 hyp files that no code of theirs reads any more (v5+ assigns by anchor_t alone):
@@ -51,8 +51,8 @@ class Hyp:
     box_loss: str = "ciou"
     cbbl_bins: int = 11
     cbbl_alpha: float = 4.0
-    cbbl_beta: Optional[float] = None  # None = by training size: 5 below 1024 px, 3 above
-    cbbl_in: bool = True  # interval non-uniform grid (False = uniform)
+    cbbl_beta: Optional[float] = None  # grid 'in': None = by training size (5 below 1024 px, 3 at/above)
+    cbbl_grid: str = "auto"  # in (paper) | auto (IN family fitted to the data) | quantile | uniform
     cbbl_um: float = 1.0  # weight of the uncertainty loss (0 = off)
     cbbl_um_mode: str = "abs"
     cbbl_restore: str = "expectation"
@@ -85,6 +85,7 @@ class Hyp:
         _check_choice("cbbl_um_mode", self.cbbl_um_mode, UM_MODES)
         _check_choice("cbbl_restore", self.cbbl_restore, RESTORE_MODES)
         _check_choice("cbbl_space", self.cbbl_space, OFFSET_SPACES)
+        _check_choice("cbbl_grid", self.cbbl_grid, GRID_MODES)
         if self.cbbl_bins < 2 or self.cbbl_alpha <= 0 or (self.cbbl_beta is not None and self.cbbl_beta < 0):
             raise ValueError(f"C-BBL needs bins >= 2, alpha > 0, beta >= 0; got {self.cbbl_bins}, "
                              f"{self.cbbl_alpha}, {self.cbbl_beta}")
@@ -100,17 +101,6 @@ class Hyp:
     @property
     def is_cbbl(self) -> bool:
         return self.box_loss == "cbbl"
-
-    def resolved_beta(self, imgsz: int) -> float:
-        """The IN beta for a training size: the file's value, else the paper's default by resolution."""
-        return default_beta(imgsz) if self.cbbl_beta is None else float(self.cbbl_beta)
-
-    def head_settings(self, imgsz: int) -> dict[str, Any]:
-        """What the Detect head needs to predict and decode the same way the loss trains it."""
-        beta = self.resolved_beta(imgsz) if self.cbbl_in else 0.0
-        return {"box": "cbbl" if self.is_cbbl else "regress", "bins": self.cbbl_bins, "alpha": self.cbbl_alpha,
-                "beta": beta, "space": self.cbbl_space if self.is_cbbl else "logit",
-                "restore": self.cbbl_restore}
 
     def replace(self, **changes: Any) -> Hyp:
         """A copy with some values changed (validated again)."""
@@ -141,6 +131,7 @@ def load_hyp(source: Union[str, Path, dict, None] = None, **overrides: Any) -> H
     elif isinstance(source, dict):
         values = dict(source)
     values = {key: value for key, value in values.items() if key not in UNUSED_YOLOV5_KEYS}
+    _map_legacy_keys(values)
     known = {field.name for field in dataclasses.fields(Hyp)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -150,3 +141,12 @@ def load_hyp(source: Union[str, Path, dict, None] = None, **overrides: Any) -> H
     if unknown:
         raise ValueError(f"unknown hyperparameter override(s) {unknown}")
     return Hyp(**values)
+
+
+def _map_legacy_keys(values: dict[str, Any]) -> None:
+    """Older files' ``cbbl_in`` -> ``cbbl_grid``: true = the paper's 'in', false = its uniform row ('in', beta 0)."""
+    if "cbbl_in" not in values:
+        return
+    if not values.pop("cbbl_in"):
+        values["cbbl_beta"] = 0.0
+    values.setdefault("cbbl_grid", "in")

@@ -1,10 +1,11 @@
 """Training loss: YOLOv5 target assignment shared by every box-loss mode, then box + objectness + class terms.
 
-The box term is chosen by ``hyp.box_loss`` (DESIGN.md section 3): ``ciou`` (1 - CIoU of the decoded
-box, the baseline), ``l1`` / ``smooth_l1`` (on the raw offsets, see :meth:`ComputeLoss.box_term`) or
-``cbbl`` (cross-entropy against two-hot labels over the head's grid + uncertainty loss). Objectness is
-IoU-aware in every mode, as in YOLOv5 v7.0: its target is the CIoU of the decoded box with its ground
-truth, clamped at 0; where several ground truths claim one cell the best wins (TPH-YOLOv5 sorts for that).
+The box term is chosen by the head's ``box_loss`` (utils.head.HeadConfig, DESIGN.md section 3): ``ciou``
+(1 - CIoU of the decoded box, the baseline), ``l1`` / ``smooth_l1`` (on the raw offsets, see
+:meth:`ComputeLoss.box_term`) or ``cbbl`` (cross-entropy against two-hot labels over the head's grids +
+uncertainty loss). Objectness is IoU-aware in every mode, as in YOLOv5 v7.0: its target is the CIoU of the
+decoded box with its ground truth, clamped at 0; where several ground truths claim one cell the best wins
+(TPH-YOLOv5 sorts for that).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from utils.assign import AssignmentStats, LevelTargets, assign_level, level_name
 from utils.boxes import aligned_iou
 from utils.cbbl import decode_offsets, encode_offsets, two_hot_loss
+from utils.head import DetectOutput
 from utils.hyp import Hyp
 from utils.torch_utils import de_parallel
 
@@ -110,16 +112,14 @@ class _LevelGather(torch.autograd.Function):
 class ComputeLoss:
     """YOLOv5-style criterion: ``loss_fn(preds, targets) -> (total, {'box', 'obj', 'cls'})``.
 
-    Reads the head's settings (anchors, strides, box mode, C-BBL grid, offset space, restore) from
-    ``model.detect``, so training encodes exactly what val/detect decode. ``imgsz`` only scales the
-    objectness gain (YOLOv5's (imgsz/640)^2). ``stats`` holds the assignment diagnostics.
+    Every box setting (box loss, C-BBL grids, offset space, restore, UM, CIoU term) comes from the head's
+    HeadConfig (``model.detect.head``), so training encodes exactly what val/detect decode; ``hyp`` gives the
+    gains, assignment and class/objectness settings. ``imgsz`` only scales the objectness gain (YOLOv5's
+    (imgsz/640)^2). ``stats`` holds the assignment diagnostics.
     """
 
     def __init__(self, model: nn.Module, hyp: Hyp, imgsz: int = _REFERENCE_IMGSZ):
         detect = de_parallel(model).detect
-        if (detect.box_mode == "cbbl") != hyp.is_cbbl:
-            raise ValueError(f"hyp box_loss={hyp.box_loss!r} does not fit a Detect head with box={detect.box_mode!r}; "
-                             "build the model with head=hyp.head_settings(imgsz)")
         if detect.nl not in OBJ_BALANCE:
             raise ValueError(f"no objectness balance for {detect.nl} detection levels; known: {sorted(OBJ_BALANCE)}")
         self.detect, self.hyp = detect, hyp
@@ -127,17 +127,18 @@ class ComputeLoss:
         self.balance = OBJ_BALANCE[detect.nl]
         self.stats = AssignmentStats([level_name(float(s), i) for i, s in enumerate(detect.stride)])
 
-    def __call__(self, preds: list[torch.Tensor],
+    def __call__(self, preds: DetectOutput | list[torch.Tensor],
                  targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss of a batch.
 
         Args:
-            preds: nl tensors (B, A, H, W, box_channels + 1 + nc), raw head outputs (training mode).
+            preds: the model's output (its ``raw``), or the nl raw head tensors (B, A, H, W, box_channels + 1 + nc).
             targets: (M, 6) ``[img_idx, cls, cx, cy, w, h]``, cxcywh normalised to the network input.
         Returns:
             total: scalar, (box + obj + cls) * B as YOLOv5 (each term already weighted by its gain).
             items: detached 0-dim ``box``, ``obj``, ``cls``.
         """
+        preds = preds.raw if isinstance(preds, DetectOutput) else preds
         if len(preds) != self.detect.nl:
             raise ValueError(f"expected {self.detect.nl} prediction levels, got {len(preds)}")
         device = preds[0].device
@@ -187,46 +188,54 @@ class ComputeLoss:
 
         Decoded boxes are ``(dx, dy, w, h)`` in grid units, relative to the positive's cell.
         ``l1`` / ``smooth_l1`` compare the raw offsets t with t* = encode_offsets(...) in the head's space,
-        clamped to +-cbbl_alpha: the very labels C-BBL quantizes, so the ablation changes only the loss form
+        clamped to +-alpha: the very labels C-BBL quantizes, so the ablation changes only the loss form
         (paper Table 1 compares L1 / Smooth-L1 / CE on the same offset labels); an L1 on decoded boxes
         would instead scale with object size.
         """
-        detect, mode = self.detect, self.hyp.box_loss
+        detect = self.detect
+        head, mode = detect.head, detect.head.box_loss
         offsets, loss = raw_box, None  # (P, 4) for regression
         if mode != "ciou":
             target_offsets = encode_offsets(assigned.box[:, :2], assigned.box[:, 2:] / assigned.anchor_wh,
                                             detect.space)  # (P, 4)
-            alpha = detect.grid.alpha if mode == "cbbl" else self.hyp.cbbl_alpha
-            self.stats.add("clamped", (target_offsets.abs() > alpha).sum())
+            self.stats.add("clamped", self._clamped(target_offsets).sum())
             self.stats.add("offsets", target_offsets.numel())
             if mode == "cbbl":
                 logits = raw_box.unflatten(-1, (4, detect.bins))  # (P, 4, K), coordinate-major channels
                 offsets, loss = self._cbbl_term(logits, target_offsets)
             else:
                 loss_fn = F.l1_loss if mode == "l1" else partial(F.smooth_l1_loss, beta=SMOOTH_L1_BETA)
-                loss = loss_fn(offsets, target_offsets.clamp(-alpha, alpha))
+                loss = loss_fn(offsets, target_offsets.clamp(-head.alpha, head.alpha))
         dxy, size_ratio = decode_offsets(offsets, detect.space)
         pred_box = torch.cat([dxy, size_ratio * assigned.anchor_wh], -1)  # (P, 4)
-        ciou_weight = 1.0 if mode == "ciou" else self.hyp.cbbl_ciou if mode == "cbbl" else 0.0
+        ciou_weight = 1.0 if mode == "ciou" else head.ciou if mode == "cbbl" else 0.0
         if ciou_weight > 0:
             ciou_loss = ciou_weight * (1 - aligned_iou(pred_box, assigned.box, kind="ciou")).mean()
             loss = ciou_loss if loss is None else loss + ciou_loss
         return pred_box, loss
 
+    def _clamped(self, target_offsets: torch.Tensor) -> torch.Tensor:
+        """(P, 4) bool: offset labels outside the range they are clamped to (each group's grid, or +-alpha)."""
+        grid = self.detect.grid
+        if grid is None:
+            return target_offsets.abs() > self.detect.head.alpha
+        low = target_offsets.new_tensor([grid.centre.low] * 2 + [grid.size.low] * 2)
+        high = target_offsets.new_tensor([grid.centre.high] * 2 + [grid.size.high] * 2)
+        return (target_offsets < low) | (target_offsets > high)
+
     def _cbbl_term(self, logits: torch.Tensor, target_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """C-BBL offsets (P, 4) and mean over positives and coordinates of KL(p* || p) + cbbl_um * L_UM.
+        """C-BBL offsets (P, 4) and mean over positives and coordinates of KL(p* || p) + um * L_UM.
 
         KL = L_CE - H(p*): the paper's cross-entropy shifted by a constant of the labels, so the gradient
         is the same softmax - p*, but the logged box loss goes to 0 at the optimum like CIoU's (a two-hot
         label's own entropy, up to ln 2, would otherwise stay in it as a floor). The offsets carry a
         gradient only when the optional CIoU term needs one.
         """
-        grid = self.detect.grid
-        left, weight_left = grid.two_hot(target_offsets)  # (P, 4) each, clamped to +-alpha
-        loss, expectation = two_hot_loss(logits, left, weight_left, grid.points, self.hyp.cbbl_um,
-                                         self.hyp.cbbl_um_mode)
-        if self.hyp.cbbl_ciou > 0 or self.detect.restore != "expectation":
-            with torch.set_grad_enabled(self.hyp.cbbl_ciou > 0 and torch.is_grad_enabled()):
+        grid, head = self.detect.grid, self.detect.head
+        left, weight_left = grid.two_hot(target_offsets)  # (P, 4) each, clamped to each group's range
+        loss, expectation = two_hot_loss(logits, left, weight_left, grid.points, head.um, head.um_mode)
+        if head.ciou > 0 or self.detect.restore != "expectation":
+            with torch.set_grad_enabled(head.ciou > 0 and torch.is_grad_enabled()):
                 expectation = grid.decode(logits, self.detect.restore)  # (P, 4)
         return expectation, loss.mean()
 

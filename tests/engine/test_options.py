@@ -37,10 +37,10 @@ def test_yolov5_flag_names_and_aliases():
 def test_cli_overrides_win_over_the_hyp_file(tmp_path):
     hyp_file = tmp_path / "hyp.yaml"
     hyp_file.write_text(yaml.safe_dump({"lr0": 0.002, "box_loss": "ciou", "cbbl_bins": 9}))
-    opts = parse_options(["--hyp", str(hyp_file), "--box-loss", "cbbl", "--cbbl-bins", "15", "--no-cbbl-in",
+    opts = parse_options(["--hyp", str(hyp_file), "--box-loss", "cbbl", "--cbbl-bins", "15", "--cbbl-grid", "quantile",
                           "--cbbl-um-mode", "min", "--label-smoothing", "0.1", "--cbbl-space", "linear"])
     hyp = opts.hyp
-    assert hyp.lr0 == 0.002 and hyp.box_loss == "cbbl" and hyp.cbbl_bins == 15 and hyp.cbbl_in is False
+    assert hyp.lr0 == 0.002 and hyp.box_loss == "cbbl" and hyp.cbbl_bins == 15 and hyp.cbbl_grid == "quantile"
     assert hyp.cbbl_um_mode == "min" and hyp.label_smoothing == 0.1 and hyp.cbbl_space == "linear"
     assert opts.hyp_path == str(hyp_file)
 

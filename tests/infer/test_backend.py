@@ -12,6 +12,7 @@ from models.yolo import model_from_checkpoint
 from tests.conftest import FOREIGN_FILES, assert_parity, foreign_checkpoint
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.infer.backend import DetectBackend
+from utils.nms import non_max_suppression
 
 
 @pytest.mark.parametrize("box, num_extra", [("regress", 0), ("cbbl", 1)])
@@ -95,3 +96,15 @@ def test_foreign_checkpoints_give_their_authors_output(name, caplog):
     assert "read without running its pickled code" in caplog.text
     assert backend.nc == expected["nc"] and backend.stride == max(expected["strides"])
     assert_parity(backend(expected["input"]), expected["output"])
+
+
+def test_sparse_decode_keeps_the_same_detections(tiny_checkpoint):
+    backend = DetectBackend(tiny_checkpoint("cbbl"))
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    dense_pred = backend(images)
+    dense = non_max_suppression(dense_pred, conf_thres=0.25, iou_thres=0.5, nc=backend.nc)
+    backend.decode_only_above(0.25)
+    sparse_pred = backend(images)
+    sparse = non_max_suppression(sparse_pred, conf_thres=0.25, iou_thres=0.5, nc=backend.nc)
+    assert sum(len(d) for d in dense) > 0 and (sparse_pred != dense_pred).any()  # some rows skipped, ...
+    assert all(torch.equal(a, b) for a, b in zip(dense, sparse))  # ... none that NMS keeps

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import export
+from utils.head import FITTED_GRIDS, GRID_MODES
 from utils.infer.backend import METADATA_KEY, DetectBackend
 from utils.infer.export import ExportOptions, onnx_max_error
 from utils.infer.export import run as export_run
@@ -44,7 +45,7 @@ def test_export_matches_pytorch(tiny_checkpoint, box, caplog):
     assert any(prop.key == METADATA_KEY for prop in graph.metadata_props)
     ops = {node.op_type for node in graph.graph.node}
     if box == "cbbl":
-        assert "MatMul" in ops and ops & {"Softmax", "LogSoftmax", "Exp"}, "C-BBL softmax + grid projection in graph"
+        assert {"Mul", "ReduceSum"} <= ops and ops & {"Softmax", "LogSoftmax", "Exp"}, "C-BBL softmax + grid projection"
     outputs = [output.name for output in graph.graph.output]
     assert outputs == (["output0", "uncertainty"] if box == "cbbl" else ["output0"])
 
@@ -99,6 +100,19 @@ def test_simplify_with_onnxsim(tiny_checkpoint):
     simplified = export_run(weights, include=["onnx"], imgsz=64, simplify=True)[0]  # checked against PyTorch
     graph = onnx.load(str(simplified))
     assert len(graph.graph.node) <= plain_nodes and any(p.key == METADATA_KEY for p in graph.metadata_props)
+
+
+
+@pytest.mark.parametrize("grid", GRID_MODES)
+def test_every_grid_mode_exports_to_onnx_and_matches(tiny_checkpoint, grid):
+    fitted = {"size_points": tuple(torch.linspace(-0.9, 2.0, 11).tolist())} if grid in FITTED_GRIDS else {}
+    weights = tiny_checkpoint("cbbl", name="best.pt", head={"grid": grid, **fitted})
+    onnx_path = export_run(weights, include=["onnx"], imgsz=64)[0]
+    model = DetectBackend(weights).models[0]
+    assert model.detect.head.grid == grid and model.detect.grid_points[2].tolist() == pytest.approx(
+        list(model.detect.head.size_points))
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    assert onnx_max_error(onnx_path, model, images) < 1e-4
 
 
 def test_fixed_shape_onnx_and_detect_on_it(tmp_path, tiny_checkpoint):

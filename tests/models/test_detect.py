@@ -1,4 +1,4 @@
-"""models/detect.py, the Detect head: output layout, hand-worked decode in both modes, bias priors, settings.
+"""models/detect.py, the Detect head: output layout, hand-worked decode in both modes, bias priors, sparse decode.
 
 (Not tests/test_detect.py: that name belongs to the detect.py CLI.)
 """
@@ -10,8 +10,9 @@ import math
 import pytest
 import torch
 
-from models.detect import Detect, resolve_head
+from models.detect import Detect
 from utils.cbbl import CBBLGrid
+from utils.nms import non_max_suppression
 
 NC, STRIDE = 2, 8.0
 ANCHORS_PX = [[16.0, 24.0, 40.0, 32.0]]  # one level, two anchors (pixels)
@@ -29,16 +30,16 @@ def sigmoid(value: float) -> float:
 
 
 def test_training_output_layout_both_modes():
-    for head, box_channels in (({"box": "regress"}, 4), ({"box": "cbbl", "bins": 7}, 28)):
+    for head, box_channels in (({"box_loss": "ciou"}, 4), ({"box_loss": "cbbl", "bins": 7}, 28)):
         detect = make_detect(**head).train()
-        out = detect([torch.randn(2, 4, 5, 3)])
-        assert len(out) == 1 and out[0].shape == (2, 2, 5, 3, box_channels + 1 + NC)
+        pred, raw = detect([torch.randn(2, 4, 5, 3)])
+        assert pred is None and len(raw) == 1 and raw[0].shape == (2, 2, 5, 3, box_channels + 1 + NC)
         assert detect.box_channels == box_channels and detect.no == box_channels + 1 + NC
     assert torch.allclose(detect.anchors, torch.tensor(ANCHORS_PX).view(1, 2, 2) / STRIDE)
 
 
 def test_regression_decode_of_hand_set_raw_values():
-    detect = make_detect(box="regress")
+    detect = make_detect(box_loss="ciou")
     raw = torch.zeros(1, 2, 2, 3, 4 + 1 + NC)  # (B, A, H, W, no)
     raw[0, 1, 1, 2] = torch.tensor([0.3, -0.2, 0.5, -1.0, 1.5, -2.0, 0.7])
     pred = detect.decode_level(raw, 0).view(1, 2, 2, 3, -1)[0, 1, 1, 2]
@@ -51,7 +52,7 @@ def test_regression_decode_of_hand_set_raw_values():
 
 def test_cbbl_decode_of_hand_set_logits():
     bins = 3
-    detect = make_detect(box="cbbl", bins=bins, alpha=4.0, beta=0.0)  # grid points -4, 0, 4
+    detect = make_detect(box_loss="cbbl", bins=bins, alpha=4.0, beta=0.0, grid="in")  # grid points -4, 0, 4
     raw = torch.zeros(1, 2, 1, 2, 4 * bins + 1 + NC)
     logits = [[0.0, 0.0, math.log(3.0)], [2.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 0.0]]  # x, y, w, h
     raw[0, 0, 0, 1, :4 * bins] = torch.tensor(logits).flatten()  # coordinate-major: K logits of x, then y, ...
@@ -71,7 +72,7 @@ def test_cbbl_decode_of_hand_set_logits():
 
 
 def test_linear_space_and_top2_restore_go_through_the_grid():
-    detect = make_detect(box="cbbl", bins=5, space="linear", restore="top2")
+    detect = make_detect(box_loss="cbbl", bins=5, space="linear", restore="top2")
     logits = torch.randn(3, 4, 5)
     raw = torch.zeros(1, 2, 1, 3, 20 + 1 + NC)
     raw[0, 0, 0, :, :20] = logits.flatten(1)
@@ -83,7 +84,7 @@ def test_linear_space_and_top2_restore_go_through_the_grid():
 
 
 def test_cbbl_bias_init_puts_the_expectation_at_the_anchor_prior():
-    detect = make_detect(box="cbbl", bins=11)
+    detect = make_detect(box_loss="cbbl", bins=11)
     pred, raw = detect([torch.zeros(1, 4, 2, 2)])  # zero features: the outputs are the biases
     boxes = pred[0].view(2, 2, 2, -1)  # (A, H, W, 5 + nc + 1)
     cell_centres = (torch.arange(2.0) + 0.5) * STRIDE
@@ -96,22 +97,45 @@ def test_cbbl_bias_init_puts_the_expectation_at_the_anchor_prior():
 
 
 def test_export_friendly_expectation_matches_grid_decode():
-    detect = make_detect(box="cbbl", bins=11, beta=3.0)
+    detect = make_detect(box_loss="cbbl", bins=11, beta=3.0)
     logits = torch.randn(6, 4, 11) * 3
     offsets, uncertainty = detect.box_offsets(logits.flatten(1))
     assert torch.allclose(offsets, detect.grid.decode(logits), atol=1e-6)
     assert uncertainty.shape == (6, 1)
 
 
-@pytest.mark.parametrize("settings, message", [({"box": "ciou"}, "box"), ({"colour": 1}, "unknown"),
-                                               ({"box": "regress", "space": "linear"}, "logit"),
-                                               ({"restore": "max"}, "restore")])
-def test_bad_head_settings_raise(settings, message):
-    with pytest.raises(ValueError, match=message):
-        resolve_head(settings)
+def test_per_group_grids_decode_each_coordinate_on_its_own_points():
+    centre, size = (-4.0, 0.0, 4.0), (-1.0, 0.5, 3.0)
+    detect = make_detect(box_loss="cbbl", bins=3, grid="quantile", centre_points=centre, size_points=size)
+    logits = torch.tensor([[0.0, 0.0, 9.0], [9.0, 0.0, 0.0], [0.0, 9.0, 0.0], [0.0, 0.0, 9.0]])  # x, y, w, h
+    offsets, _ = detect.box_offsets(logits.flatten())
+    expected = [sum(p * v for p, v in zip(row.softmax(0).tolist(), points))
+                for row, points in zip(logits, (centre, centre, size, size))]
+    assert torch.allclose(offsets, torch.tensor(expected), atol=1e-6)
 
 
-def test_settings_round_trip():
-    detect = make_detect(box="cbbl", bins=7, alpha=3.0, beta=2.0, space="linear", restore="top2")
-    assert resolve_head(detect.settings()) == detect.settings()
-    assert detect.num_extra == 1 and detect.grid.bins == 7
+@pytest.mark.parametrize("grid", ["in", "uniform", "quantile"])
+def test_sparse_decode_keeps_the_dense_boxes_bit_for_bit(grid):
+    torch.manual_seed(0)
+    detect = make_detect(box_loss="cbbl", bins=11, grid=grid)
+    with torch.no_grad():
+        detect.m[0].bias.normal_()  # objectness around 0.5: the threshold keeps some anchors and drops others
+    features = [torch.randn(2, 4, 12, 10)]
+    dense, _ = detect(features)
+    detect.decode_conf = 0.3
+    sparse, _ = detect(features)
+    dense_kept = non_max_suppression(dense, conf_thres=0.3, iou_thres=0.6, nc=NC)
+    sparse_kept = non_max_suppression(sparse, conf_thres=0.3, iou_thres=0.6, nc=NC)
+    assert sum(len(kept) for kept in dense_kept) > 5
+    assert (sparse != dense).any()  # the rows NMS cannot keep were not decoded
+    for dense_image, sparse_image in zip(dense_kept, sparse_kept):
+        assert torch.equal(dense_image, sparse_image)
+
+
+def test_set_head_swaps_the_grid_but_keeps_the_layout():
+    detect = make_detect(box_loss="cbbl", bins=5, grid="auto")
+    fitted = detect.head.replace(size_points=(-1.0, -0.5, 0.0, 1.0, 2.0))
+    detect.set_head(fitted)
+    assert detect.head == fitted and torch.equal(detect.grid_points[2], torch.tensor(fitted.size_points))
+    with pytest.raises(ValueError, match="keeps box_loss and bins"):
+        detect.set_head(fitted.replace(bins=7, centre_points=(), size_points=()))

@@ -10,6 +10,7 @@ from models.parse import parse_model
 from models.tph_yolov5 import C3STR, SWIN_DROP_PATH, SWIN_MASK_VALUE, SwinTransformerLayer, tph_shift_mask
 from models.yolo import Model, load_model_yaml
 from tests.conftest import REPO_ROOT, foreign_checkpoint
+from utils.head import HeadConfig
 from utils.hyp import load_hyp
 from utils.loss import ComputeLoss
 
@@ -56,7 +57,7 @@ def test_scaled_variants_are_tph_rows_at_yolov5_multiples(name, size):
 def test_cbbl_head_trains_and_decodes_on_every_tph_graph(name):
     torch.manual_seed(0)
     hyp = load_hyp(box_loss="cbbl")
-    model = Model(MODELS / f"{name}.yaml", nc=3, head=hyp.head_settings(64))
+    model = Model(MODELS / f"{name}.yaml", nc=3, head=HeadConfig.from_hyp(hyp, 64))
     detect = model.detect
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.2, 0.3], [1, 2, 0.3, 0.6, 0.1, 0.1]])
     loss, _ = ComputeLoss(model, hyp, imgsz=64)(model(torch.rand(2, 3, 64, 64)), targets)

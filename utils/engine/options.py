@@ -19,6 +19,7 @@ from utils.cbbl import OFFSET_SPACES, RESTORE_MODES
 from utils.data.dataset import CACHE_MODES
 from utils.engine.optim import OPTIMIZERS
 from utils.files import REPO_ROOT, resolve_path
+from utils.head import GRID_MODES
 from utils.hyp import BOX_LOSSES, UM_MODES, Hyp, load_hyp
 from utils.options import build_parser as build_options_parser
 from utils.options import option
@@ -80,10 +81,12 @@ class TrainOptions:
     label_smoothing: Optional[float] = option(None, "class label smoothing epsilon")
     cbbl_bins: Optional[int] = option(None, "C-BBL grid points per coordinate (K)")
     cbbl_alpha: Optional[float] = option(None, "C-BBL offset range [-alpha, alpha]")
-    cbbl_beta: Optional[float] = option(None, "C-BBL IN transform strength (default by the training size)")
+    cbbl_beta: Optional[float] = option(None, "C-BBL IN strength of --cbbl-grid in (default by the training size)")
     cbbl_um: Optional[float] = option(None, "weight of the uncertainty-matching loss (0 = off)")
     cbbl_um_mode: Optional[str] = option(None, "uncertainty-matching target", choices=UM_MODES)
-    cbbl_in: Optional[bool] = option(None, "interval non-uniform grid", action=argparse.BooleanOptionalAction)
+    cbbl_grid: Optional[str] = option(None, "C-BBL grid: in (the paper, with --cbbl-beta), auto (IN family fitted to "
+                                            "the training targets), quantile (equal target mass), uniform",
+                                      choices=GRID_MODES)
     cbbl_restore: Optional[str] = option(None, "box from the distribution", choices=RESTORE_MODES)
     cbbl_space: Optional[str] = option(None, "offset space of the grid", choices=OFFSET_SPACES)
     cbbl_ciou: Optional[float] = option(None, "weight of an extra CIoU term on C-BBL boxes")
@@ -147,7 +150,7 @@ class TrainOptions:
 
 # The fields above that override single keys of the --hyp file.
 HYP_OVERRIDES = ("box_loss", "label_smoothing", "cbbl_bins", "cbbl_alpha", "cbbl_beta", "cbbl_um",
-                 "cbbl_um_mode", "cbbl_in", "cbbl_restore", "cbbl_space", "cbbl_ciou")
+                 "cbbl_um_mode", "cbbl_grid", "cbbl_restore", "cbbl_space", "cbbl_ciou")
 
 
 def build_parser() -> argparse.ArgumentParser:

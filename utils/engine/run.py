@@ -20,6 +20,7 @@ from utils.data.config import load_data_config
 from utils.distributed import DistContext, cleanup, init_distributed, wrap_ddp
 from utils.engine import setup as train_setup
 from utils.engine.evolve import evolve
+from utils.engine.grid_fit import fit_model_grid
 from utils.engine.hooks import (
     BestModelHook,
     CheckpointHook,
@@ -139,6 +140,8 @@ def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_
     if checkpoint is None and not opts.noautoanchor:
 
         check_anchors(dataset, model, thr=opts.hyp.anchor_t, imgsz=imgsz)
+    if checkpoint is None:
+        fit_model_grid(model, dataset, imgsz, seed=opts.seed)
 
     optimizer, accumulate, schedule = build_optimization(opts, model, len(dataset), len(train_loader))
     ema = ModelEMA(model) if context.is_main else None

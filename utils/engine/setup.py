@@ -27,6 +27,7 @@ from utils.distributed import DistContext, barrier
 from utils.engine.options import TrainOptions
 from utils.engine.transfer import transfer_weights
 from utils.files import atomic_write_text, increment_path
+from utils.head import HeadConfig
 from utils.loss import ComputeLoss
 from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride, round_to_stride
 
@@ -80,10 +81,11 @@ def build(opts: TrainOptions, names: list[str], device: torch.device,
         model.load_state_dict(resume_checkpoint["model"])
         imgsz = round_to_stride(opts.imgsz, max_stride(model.stride, TRAIN_GRID_FLOOR))
     else:
-        model = _new_model(opts, names, opts.imgsz)
+        model = _new_model(opts, names, HeadConfig.from_hyp(opts.hyp, opts.imgsz))
         imgsz = round_to_stride(opts.imgsz, max_stride(model.stride, TRAIN_GRID_FLOOR))
-        if opts.hyp.head_settings(imgsz) != opts.hyp.head_settings(opts.imgsz):
-            model = _new_model(opts, names, imgsz)  # the head depends on the size: build it for the one used
+        head = HeadConfig.from_hyp(opts.hyp, imgsz)
+        if head != model.detect.head:
+            model = _new_model(opts, names, head)  # the head depends on the size: build it for the one used
     model.names = names
     model.yaml["names"] = names
     freeze_layers(model, opts.freeze)
@@ -91,7 +93,7 @@ def build(opts: TrainOptions, names: list[str], device: torch.device,
     return model, ComputeLoss(model, opts.hyp, imgsz=imgsz), imgsz
 
 
-def _new_model(opts: TrainOptions, names: list[str], imgsz: int) -> Model:
+def _new_model(opts: TrainOptions, names: list[str], head: HeadConfig) -> Model:
     """From --cfg (or --weights' architecture), with --weights transferred by name and shape (a different nc keeps
     those layers' init; a different box encoding rebuilds the Detect layer with a warning, utils/engine/transfer.py)."""
     pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg)) if opts.weights else None
@@ -99,7 +101,7 @@ def _new_model(opts: TrainOptions, names: list[str], imgsz: int) -> Model:
         check_graph(pretrained["model_yaml"], pretrained.get("ema") or pretrained["model"], opts.weights)
     cfg = opts.cfg or pretrained["model_yaml"]
     model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
-                  head=opts.hyp.head_settings(imgsz))
+                  head=head)
     if pretrained is not None:
         transfer_weights(model, pretrained, f"--weights {opts.weights}")
     return model

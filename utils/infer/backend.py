@@ -154,6 +154,14 @@ class DetectBackend(nn.Module):
             self.fixed_imgsz = (int(meta["imgsz"][0]), int(meta["imgsz"][1]))
             self.fixed_batch = int(meta["batch_size"])
 
+    def decode_only_above(self, conf_thres: float) -> None:
+        """Sparse C-BBL decode for PyTorch models: box distributions only where NMS at ``conf_thres`` can keep a
+        box (models.detect.Detect.sparse_box_offsets; same kept boxes). Exported graphs stay dense."""
+        if self.is_onnx or self.is_torchscript:
+            return
+        for model in self.models:
+            model.detect.decode_conf = float(conf_thres)
+
     @torch.no_grad()
     def forward_each(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Per-model predictions for (B, 3, H, W) float images in [0, 1] -> list of (B, N_m, 5 + nc + E).

@@ -98,6 +98,7 @@ def run(**options) -> list[ImageResult]:
     """
     opts = options_from_kwargs(DetectOptions, options)
     backend = DetectBackend(list(opts.weights), device=select_device(opts.device), half=opts.half)
+    backend.decode_only_above(opts.conf_thres)
     imgsz = backend.fixed_imgsz or check_imgsz(opts.imgsz, backend.stride)
     if backend.device.type != "cpu":
         backend.warmup(imgsz)

@@ -10,12 +10,12 @@ features are averaged with the P3 features before the prediction convolution. P4
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from models.detect import Detect
+from utils.head import HeadConfig
 
 # CLLA's neighbourhood: each coarse cell attends the RANGE x RANGE finer cells under it (TPH's ``range=2``).
 RANGE = 2
@@ -65,7 +65,8 @@ class CLLADetect(Detect):
 
     extra_inputs = 1
 
-    def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int], head: Optional[dict] = None):
+    def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int],
+                 head: HeadConfig | dict | None = None):
         if len(ch) != len(anchors) + 1:
             raise ValueError(f"CLLADetect takes one more input than levels (P2 first): got {len(ch)} inputs for "
                              f"{len(anchors)} anchor levels")

@@ -17,8 +17,8 @@ from typing import Any, Union
 
 import torch
 
-from models.detect import resolve_head
 from models.parse import CHANNEL_BLOCKS, MODULES, make_divisible, parse_model, run_layers
+from utils.head import as_head_config
 
 # Side of the square probe image pushed through the meta graph (a multiple of every usual stride).
 PROBE_SIZE = 64
@@ -64,7 +64,7 @@ def check_graph(model_yaml: Any, state: Any, source: Union[str, Path] = "checkpo
         raise ValueError(f"{source}: model_yaml must be a dict and the weights a non-empty state dict of tensors")
     rows = list(model_yaml.get("backbone") or []) + list(model_yaml.get("head") or [])
     _check_bounds(rows, model_yaml, state, source)
-    build = {**model_yaml, "_source": str(source), "detect": resolve_head(model_yaml.get("detect"))}
+    build = {**model_yaml, "_source": str(source), "detect": as_head_config(model_yaml.get("detect"))}
     try:
         with torch.device("meta"):
             layers, routes, saved, _ = parse_model(build, ch)

@@ -395,6 +395,7 @@ def fit_in_family(targets: torch.Tensor, low: float, high: float, bins: int,
 
 def _in_family_f64(low: float, centre: float, high: float, bins: int, beta: float) -> torch.Tensor:
     """:func:`in_family_points` in float64, unchecked (the fit scores thousands of candidates)."""
-    unit = (torch.arange(bins, dtype=torch.float64, device="cpu") - (bins - 1) / 2) / ((bins - 1) / 2)  # exact 0 at the centre
+    half_steps = torch.arange(bins, dtype=torch.float64, device="cpu") - (bins - 1) / 2  # exact 0 at the centre
+    unit = half_steps / ((bins - 1) / 2)
     warp = unit.abs() if beta < _UNIFORM_BETA else torch.expm1(beta * unit.abs()) / math.expm1(beta)
     return centre + torch.sign(unit) * torch.where(unit > 0, high - centre, centre - low) * warp

@@ -142,8 +142,9 @@ class HeadConfig:
         [1/anchor_t, anchor_t]), clipped to [-alpha, alpha]."""
         if group == "centre" or self.grid == "in":
             return -self.alpha, self.alpha
-        ratio = torch.tensor([[1.0 / self.anchor_t], [self.anchor_t]], dtype=torch.float64, device="cpu").expand(2, 2)
-        bounds = encode_offsets(torch.zeros(2, 2, dtype=torch.float64, device="cpu"), ratio, self.space)[:, 2]  # (2,) w column
+        cpu64 = {"dtype": torch.float64, "device": "cpu"}  # a constant, also while a model is built on "meta"
+        ratio = torch.tensor([[1.0 / self.anchor_t], [self.anchor_t]], **cpu64).expand(2, 2)
+        bounds = encode_offsets(torch.zeros(2, 2, **cpu64), ratio, self.space)[:, 2]  # (2,) w column
         return max(-self.alpha, float(bounds[0])), min(self.alpha, float(bounds[1]))
 
     def _default_points(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

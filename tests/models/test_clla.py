@@ -21,7 +21,7 @@ def test_levels_shapes_and_bias_priors():
     for bias, stride in zip(objectness, (8, 16, 32)):
         torch.testing.assert_close(bias, torch.full((3,), math.log(8 / (640 / stride) ** 2)))
     features = [torch.rand(2, 8, 32, 40), torch.rand(2, 16, 16, 20), torch.rand(2, 32, 8, 10), torch.rand(2, 64, 4, 5)]
-    raw = head.train()(features)
+    _, raw = head.train()(features)
     assert [tuple(level.shape) for level in raw] == [(2, 3, 16, 20, 9), (2, 3, 8, 10, 9), (2, 3, 4, 5, 9)]
 
 

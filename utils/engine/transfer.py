@@ -1,7 +1,7 @@
 """--weights into a freshly built model: every layer that fits, but never box logits read on another grid.
 
 A Detect layer's box channels mean something only under the head settings they were trained with
-(box mode; for C-BBL also the grid: bins, alpha, beta, offset space). Loading them by name and shape
+(box mode; for C-BBL also K, the offset space and the grid points). Loading them by name and shape
 alone would put a K=11, beta=5 head's logits onto a K=11, beta=3 grid without a word. So when the
 checkpoint's box encoding differs from the model's, the whole Detect layer keeps its initialisation
 (with its YOLOv5 priors), one line says why, and everything else transfers as usual.
@@ -10,40 +10,46 @@ checkpoint's box encoding differs from the model's, the whole Detect layer keeps
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any, Optional
+from typing import Any
 
 import torch.nn as nn
 
-from models.detect import resolve_head
 from models.yolo import transfer_state_dict
+from utils.head import HeadConfig, as_head_config
 
 logger = logging.getLogger(__name__)
 
-# Head settings that change what the box channels mean; ``restore`` only changes the decode, not the logits.
-BOX_ENCODING_KEYS = ("box", "bins", "alpha", "beta", "space")
+# What makes two C-BBL heads' box logits mean the same: K, the offset space and the grid points themselves.
+ENCODING_KEYS = ("bins", "space")
+# Settings that explain a change of grid points in the message (the points decide).
+GRID_KEYS = ("grid", "alpha", "beta", "size_beta")
+# Grid points closer than this are the same grid (float32 round trips through checkpoints).
+POINTS_TOLERANCE = 1e-6
 
 
-def box_encoding(head: Optional[dict]) -> dict[str, Any]:
-    """The settings that give a head's box logits their meaning; regression has none besides its mode.
+def head_difference(stored: HeadConfig | dict | None, requested: HeadConfig | dict | None) -> str:
+    """'' when both heads encode boxes the same way, else e.g. ``box regress -> cbbl``, ``bins 11 -> 15`` or
+    ``beta 5.0 -> 3.0``. ``restore`` only changes the decode, not the logits, so it never counts.
 
-    ``head`` is a ``model.yaml['detect']`` dict; None (a checkpoint without it, e.g. a converted YOLOv5
-    state dict) means YOLOv5's regression head.
+    A head given as a ``model.yaml['detect']`` dict or None (a checkpoint without one, e.g. a converted YOLOv5
+    state dict: YOLOv5's regression head) is read with :func:`utils.head.as_head_config`.
     """
-    settings = resolve_head(head)
-    if settings["box"] == "regress":
-        return {"box": "regress"}
-    return {key: settings[key] for key in BOX_ENCODING_KEYS}
-
-
-def head_difference(stored: Optional[dict], requested: Optional[dict]) -> str:
-    """'' when both heads encode boxes the same way, else e.g. ``box regress -> cbbl`` or ``beta 5.0 -> 3.0``."""
-    old, new = box_encoding(stored), box_encoding(requested)
-    if old["box"] != new["box"]:
-        return f"box {old['box']} -> {new['box']}"
-    changed = [f"{key} {old[key]} -> {new[key]}" for key in BOX_ENCODING_KEYS[1:] if key in old
-               and not (old[key] == new[key] or (isinstance(old[key], float) and math.isclose(old[key], new[key])))]
+    old, new = as_head_config(stored), as_head_config(requested)
+    if old.box_mode != new.box_mode:
+        return f"box {old.box_mode} -> {new.box_mode}"
+    if not old.is_cbbl:
+        return ""
+    changed = [f"{key} {getattr(old, key)} -> {getattr(new, key)}" for key in ENCODING_KEYS
+               if getattr(old, key) != getattr(new, key)]
+    if not changed and not (_same_points(old.centre_points, new.centre_points)
+                            and _same_points(old.size_points, new.size_points)):
+        changed = [f"{key} {getattr(old, key)} -> {getattr(new, key)}" for key in GRID_KEYS
+                   if getattr(old, key) != getattr(new, key)] or ["grid points"]
     return ", ".join(changed)
+
+
+def _same_points(first: tuple[float, ...], second: tuple[float, ...]) -> bool:
+    return len(first) == len(second) and all(abs(a - b) <= POINTS_TOLERANCE for a, b in zip(first, second))
 
 
 def transfer_weights(model: nn.Module, checkpoint: dict[str, Any], source: str) -> tuple[int, int]:
@@ -57,7 +63,7 @@ def transfer_weights(model: nn.Module, checkpoint: dict[str, Any], source: str) 
     state = checkpoint.get("ema") or checkpoint["model"]
     state = {name: value.float() if value.is_floating_point() else value for name, value in state.items()}
     stored_head = (checkpoint.get("model_yaml") or {}).get("detect")
-    difference = head_difference(stored_head, model.detect.settings())
+    difference = head_difference(stored_head, model.detect.head)
     if difference:
         prefix = detect_prefix(model)
         state = {name: value for name, value in state.items() if not name.startswith(prefix)}

@@ -65,9 +65,11 @@ def nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> to
     return order[keep]
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, backend: str = "auto") -> torch.Tensor:
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, backend: str = "auto",
+        presorted: bool = False) -> torch.Tensor:
     """Greedy NMS; ``backend`` is ``auto`` (torchvision if usable), ``torchvision`` or ``torch``.
 
+    ``presorted``: the caller guarantees ``scores`` are already in decreasing order (saves a sort).
     Returns (n,) int64 indices of kept boxes by decreasing score.
     """
     if backend not in ("auto", "torchvision", "torch"):
@@ -77,19 +79,22 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, backend: st
         if backend == "torchvision":
             raise RuntimeError("torchvision NMS was requested but torchvision's ops cannot be loaded")
         return nms_torch(boxes, scores, iou_thres)
+    if presorted:
+        return kernel(boxes, scores, iou_thres)
     order = scores.argsort(descending=True)  # pre-sorted input measured 8-10% faster in torchvision's kernel
     return order[kernel(boxes[order], scores[order], iou_thres)]
 
 
 def batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_thres: float, backend: str = "auto"
+    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_thres: float, backend: str = "auto",
+    presorted: bool = False,
 ) -> torch.Tensor:
-    """Class-aware NMS: boxes of different ``classes`` (N,) never suppress each other."""
+    """Class-aware NMS: boxes of different ``classes`` (N,) never suppress each other (``presorted`` as in nms)."""
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     span = boxes.max() - boxes.min() + 1  # shifting by class * span makes classes disjoint
     offsets = classes.to(boxes.dtype)[:, None] * span  # (N, 1)
-    return nms(boxes + offsets, scores, iou_thres, backend)
+    return nms(boxes + offsets, scores, iou_thres, backend, presorted)
 
 
 def non_max_suppression(
@@ -138,8 +143,8 @@ def non_max_suppression(
         if dets.shape[0] > max_candidates:
             logger.warning("NMS: %d candidates above conf %.3g, keeping the top %d", len(dets), conf_thres,
                            max_candidates)
-            dets = dets[dets[:, 4].argsort(descending=True)[:max_candidates]]
+        dets = dets[dets[:, 4].argsort(descending=True)[:max_candidates]]  # one sort: cap, and the kernel's order
         class_ids = torch.zeros_like(dets[:, 5]) if agnostic else dets[:, 5]
-        keep = batched_nms(dets[:, :4], dets[:, 4], class_ids, iou_thres, backend)[:max_det]
+        keep = batched_nms(dets[:, :4], dets[:, 4], class_ids, iou_thres, backend, presorted=True)[:max_det]
         outputs.append(dets[keep].reshape(-1, 6 + num_extra))
     return outputs

@@ -29,6 +29,24 @@ logger = logging.getLogger(__name__)
 CACHE_MODES = (None, False, True, "ram")
 # cv2 reads in stored orientation so image sizes agree with the header sizes the scan reads.
 IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+# JPEG decoders scale by 1/2, 1/4 or 1/8 inside the DCT, far cheaper than a full decode then a resize.
+REDUCED_READS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def read_image(path: str, long_side: int = 0, target: int = 0) -> Optional[np.ndarray]:
+    """``path`` as (h, w, 3) BGR in stored orientation, decoded at a reduced size when that is still large enough.
+
+    A JPEG whose ``long_side`` (from the scan) is at least 2x ``target`` is decoded at the largest 1/2, 1/4 or
+    1/8 scale whose long side stays >= ``target``, so the later resize only shrinks. Labels are normalised,
+    so they stay exact. ``target`` 0 decodes at full size. None when OpenCV cannot read the file.
+    """
+    flags = IMREAD_FLAGS
+    if target > 0 and path.lower().endswith(JPEG_SUFFIXES):
+        reduced = next((flag for factor, flag in REDUCED_READS if long_side // factor >= target), None)
+        if reduced is not None:
+            flags = reduced | cv2.IMREAD_IGNORE_ORIENTATION
+    return cv2.imread(path, flags)
 
 
 class LoadImagesAndLabels(Dataset):
@@ -102,7 +120,8 @@ class LoadImagesAndLabels(Dataset):
         height0, width0 = int(self.shapes[index][1]), int(self.shapes[index][0])
         image = self.ims[index]
         if image is None:
-            image = cv2.imread(self.im_files[index], IMREAD_FLAGS)
+            # Training decodes large JPEGs at a reduced size; val keeps YOLOv5's full decode + INTER_AREA.
+            image = read_image(self.im_files[index], max(height0, width0), self.img_size if self.augment else 0)
             if image is None:
                 raise FileNotFoundError(f"image {self.im_files[index]} could not be read (changed since the scan?)")
             gain = self.img_size / max(image.shape[:2])
@@ -206,6 +225,7 @@ class LoadImagesAndLabels(Dataset):
 def _seed_worker(worker_id: int) -> None:
     """Give each loader worker its own augmentation stream, derived from the loader's seed."""
     info = torch.utils.data.get_worker_info()
+    cv2.setNumThreads(0)  # workers already run in parallel: OpenCV's own threads would only oversubscribe
     info.dataset.rng = np.random.default_rng([torch.initial_seed() % 2**32, worker_id])
 
 

@@ -56,6 +56,7 @@ class ValOptions:
     gt: Optional[str] = None
     images: Optional[str] = None
     noplots: bool = False
+    runtime: str = "torch"  # torch, or onnxruntime: a .pt runs through ONNX Runtime (faster on CPU)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -80,10 +80,11 @@ def onnx_max_error(path: Path, model: nn.Module, images: torch.Tensor) -> float:
 
 def run(weights: Union[str, Path], include: Sequence[str] = ("onnx", "torchscript"),
         imgsz: Union[int, Sequence[int]] = (640, 640), batch_size: int = 1, dynamic: bool = False,
-        opset: int = 17, check: bool = True) -> list[Path]:
+        opset: int = 17, check: bool = True, out_dir: Union[str, Path, None] = None) -> list[Path]:
     """Export ``weights`` (a .pt checkpoint, EMA weights when present) to each format in ``include``.
 
     Args:
+        out_dir: folder for the files (default: beside the weights), named like the weights (best.pt -> best.onnx).
         imgsz: (h, w) of the example input (the fixed input size unless ``dynamic``); multiples of the stride.
         dynamic: dynamic batch, height and width (ONNX); TorchScript traces stay shape-generic where the model is.
         check: compare ONNX Runtime with PyTorch on a random batch; ValueError beyond ONNX_TOLERANCE.
@@ -103,13 +104,14 @@ def run(weights: Union[str, Path], include: Sequence[str] = ("onnx", "torchscrip
         raise ValueError(f"--imgsz {imgsz} must be multiples of the model stride {stride} and --batch-size >= 1")
     example = torch.rand(batch_size, 3, *imgsz, generator=torch.Generator().manual_seed(0))
     metadata = model_metadata(model, imgsz, batch_size, dynamic)
+    base = weights if out_dir is None else Path(out_dir) / weights.name
     written = []
     if "onnx" in include:
-        written.append(export_onnx(model, example, weights.with_suffix(".onnx"), metadata, opset, dynamic))
+        written.append(export_onnx(model, example, base.with_suffix(".onnx"), metadata, opset, dynamic))
         if check:
             _check_onnx(written[-1], model, example, dynamic, stride)
     if "torchscript" in include:
-        written.append(export_torchscript(model, example, weights.with_suffix(".torchscript"), metadata))
+        written.append(export_torchscript(model, example, base.with_suffix(".torchscript"), metadata))
     for path in written:
         logger.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return written

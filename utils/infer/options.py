@@ -10,6 +10,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+# What runs a .pt checkpoint: PyTorch, or ONNX Runtime after an in-memory export (utils/infer/predictor.py).
+RUNTIMES = ("torch", "onnxruntime")
+
 
 @dataclass(frozen=True)
 class DetectOptions:
@@ -44,6 +47,7 @@ class DetectOptions:
     overlap: float = 0.2
     slice_full_pass: bool = False
     slice_batch: int = 8
+    runtime: str = "torch"  # torch, or onnxruntime: a .pt runs through ONNX Runtime (faster on CPU)
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards
@@ -60,6 +64,7 @@ class DetectOptions:
                   "iou_thres": 0 <= self.iou_thres <= 1, "max_det": self.max_det > 0,
                   "vid_stride": self.vid_stride >= 1,
                   "overlap": 0 <= self.overlap < 1, "slice_batch": self.slice_batch >= 1,
+                  "runtime": self.runtime in RUNTIMES,
                   "slice": self.slice is None or (len(self.slice) == 2 and min(self.slice) > 0)}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -111,6 +111,28 @@ def task_dataloader(args: argparse.Namespace) -> dict:
     return drain_loader(loader, args.batches)
 
 
+def task_train_rss(args: argparse.Namespace) -> dict:
+    """Peak resident memory of ``steps`` training steps (mosaic loader, SGD, fp32 CPU) in this fresh process."""
+    import resource
+
+    from yolov5.utils.dataloaders import create_dataloader
+    from yolov5.utils.loss import ComputeLoss
+
+    loader, _ = create_dataloader(args.images, args.img, args.batch, 32, hyp=_hyp(), augment=True, cache=False,
+                                  rect=False, workers=args.workers, shuffle=True, seed=0)
+    model = _build_model(args.cfg, args.nc).train()
+    criterion = ComputeLoss(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
+    for index, (images, targets, _, _) in enumerate(loader):
+        if index == args.steps:
+            break
+        loss, _ = criterion(model(images.float() / 255), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+
+
 def task_metrics(args: argparse.Namespace) -> dict:
     """Their val.py matching (process_batch per image, 10 IoUs) then ap_per_class on the shared predictions."""
     if not hasattr(np, "trapz"):  # their compute_ap calls np.trapz, renamed np.trapezoid in numpy 2.x
@@ -139,7 +161,7 @@ def task_metrics(args: argparse.Namespace) -> dict:
 
 
 TASKS = {"train_step": task_train_step, "infer": task_infer, "nms": task_nms, "dataloader": task_dataloader,
-         "metrics": task_metrics}
+         "metrics": task_metrics, "train_rss": task_train_rss}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -154,6 +176,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=3, help="training steps of the train_rss task")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")

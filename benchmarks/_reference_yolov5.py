@@ -29,9 +29,10 @@ def _load_sibling(name: str):
     return module
 
 
-# The same timer and loader drain as our side: both sides are measured by identical code.
+# The same timer, loader drain and GPU measurements as our side: both sides are measured by identical code.
 time_call = _load_sibling("common").time_call
 drain_loader = _load_sibling("speed_inputs").drain_loader
+gpu_measure = _load_sibling("gpu_measure")
 
 
 def _package_dir() -> Path:
@@ -160,8 +161,36 @@ def task_metrics(args: argparse.Namespace) -> dict:
     return timing
 
 
+def task_gpu(args: argparse.Namespace) -> dict:
+    """gpu_check.py's rows for their model: AMP training steps per batch size, val and detect-b1 latency."""
+    import copy
+
+    from yolov5.utils.general import non_max_suppression
+    from yolov5.utils.loss import ComputeLoss
+
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    model = _build_model(args.cfg, args.nc).to(device)
+    criterion = ComputeLoss(model)
+    base = {"impl": "theirs (yolov5 PyPI)", "model": args.cfg, "head": "regress", "imgsz": args.img}
+    rows = []
+    for batch in args.train_batches:
+        timing = gpu_measure.train_throughput(model, criterion, device, batch, args.img, args.nc, args.steps,
+                                              args.warmup, amp=device.type == "cuda")
+        rows.append({**base, "task": "train_step_amp", "batch": batch, **timing})
+    fused = copy.deepcopy(model).fuse().eval()
+    fused = fused.half() if args.half else fused
+    for task, nms_settings in gpu_measure.PREDICT_NMS.items():
+        batch = args.batch if task == "val" else 1
+        timing = gpu_measure.predict_latency(lambda images: fused(images)[0],
+                                             lambda pred, s=nms_settings: non_max_suppression(pred, **s), device,
+                                             batch, args.img, args.repeats, args.warmup, args.half)
+        rows.append({**base, "task": task, "batch": batch, **timing})
+    return {"rows": rows}
+
+
 TASKS = {"train_step": task_train_step, "infer": task_infer, "nms": task_nms, "dataloader": task_dataloader,
-         "metrics": task_metrics, "train_rss": task_train_rss}
+         "metrics": task_metrics, "train_rss": task_train_rss, "gpu": task_gpu}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -176,7 +205,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=3, help="training steps of the train_rss task")
+    parser.add_argument("--steps", type=int, default=3, help="training steps of the train_rss and gpu tasks")
+    parser.add_argument("--train-batches", type=int, nargs="+", default=[4, 16], help="gpu task: batch sizes")
+    parser.add_argument("--device", default="cpu", help="gpu task: torch device")
+    parser.add_argument("--half", action="store_true", help="gpu task: fp16 inference")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")

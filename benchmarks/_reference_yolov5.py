@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RESULT_PREFIX = "RESULT_JSON: "
-
 
 def _load_sibling(name: str):
     """A stdlib/numpy/torch-only module of benchmarks/, loaded by path: our repo root stays off sys.path."""
@@ -30,7 +28,8 @@ def _load_sibling(name: str):
 
 
 # The same timer, loader drain and GPU measurements as our side: both sides are measured by identical code.
-time_call = _load_sibling("common").time_call
+_common = _load_sibling("common")
+time_call, RESULT_PREFIX = _common.time_call, _common.RESULT_PREFIX
 drain_loader = _load_sibling("speed_inputs").drain_loader
 gpu_measure = _load_sibling("gpu_measure")
 

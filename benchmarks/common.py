@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The reference side (Ultralytics' YOLOv5 in its own venv) and how it hands back its figures.
+REFERENCE_SCRIPT = Path(__file__).resolve().parent / "_reference_yolov5.py"
+RESULT_PREFIX = "RESULT_JSON: "
+NUM_CLASSES = 10  # VisDrone's: both sides build their models with it
 
 
 def cpu_model() -> str:
@@ -81,6 +85,16 @@ def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> dict[
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def result_of(command: list[str], cwd: Path, what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``command``; its last ``RESULT_JSON:`` line as a dict (RuntimeError with the output's tail otherwise)."""
+    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode != 0 or not lines:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise RuntimeError(f"{what} failed with exit code {done.returncode}:\n{tail}")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,15 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import gpu_measure  # noqa: E402
-from benchmarks.common import RESULTS_DIR, environment, write_json  # noqa: E402
+from benchmarks.common import NUM_CLASSES, REFERENCE_SCRIPT, RESULTS_DIR, environment, result_of, write_json  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
 logger = logging.getLogger("benchmarks.gpu_check")
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_SCRIPT = Path(__file__).resolve().parent / "_reference_yolov5.py"
-RESULT_PREFIX = "RESULT_JSON: "
-NUM_CLASSES = 10  # VisDrone's
 # --dry-run: the plumbing on CPU in seconds, one thread (figures meaningless).
 DRY_RUN = {"cfg": "yolov5n-xs-tph", "img": 64, "train_batches": [2], "val_batch": 2, "steps": 1, "warmup": 0,
            "repeats": 1, "device": "cpu", "ref_python": None}
@@ -87,12 +82,10 @@ def reference_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
                "--img", str(args.img), "--train-batches", *map(str, args.train_batches), "--batch",
                str(args.val_batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats",
                str(args.repeats), "--device", args.device] + (["--half"] if args.half else [])
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tempfile.gettempdir())
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode != 0 or not lines:
-        tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
-        return [], f"reference failed (exit {done.returncode}): {tail}"
-    return json.loads(lines[-1][len(RESULT_PREFIX):])["rows"], ""
+    try:
+        return result_of(command, Path(tempfile.gettempdir()), "reference gpu task")["rows"], ""
+    except RuntimeError as err:
+        return [], " | ".join(str(err).splitlines()[-6:])
 
 
 def markdown(rows: list[dict], notes: list[str]) -> str:

@@ -38,15 +38,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import speed_inputs  # noqa: E402
-from benchmarks.common import RESULTS_DIR, header_lines, time_call, write_csv, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    NUM_CLASSES,
+    REFERENCE_SCRIPT,
+    RESULT_PREFIX,
+    RESULTS_DIR,
+    header_lines,
+    result_of,
+    time_call,
+    write_csv,
+    write_json,
+)
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
 logger = logging.getLogger("benchmarks.speed_vs_yolov5")
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_SCRIPT = Path(__file__).resolve().parent / "_reference_yolov5.py"
-RESULT_PREFIX = "RESULT_JSON: "
-NUM_CLASSES = 10  # VisDrone's
 TASKS = ("train_step", "infer", "nms", "dataloader", "metrics", "train_rss")
 MODEL_TASKS = ("train_step", "infer", "train_rss")
 HEADS = ("ciou", "cbbl")  # box loss -> our regression / C-BBL head
@@ -183,7 +190,7 @@ def train_rss_child(argv: list[str]) -> None:
         trainer.iteration = index
         trainer.train_step(batch_images, targets, paths)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    sys.stdout.write(RESULT_PREFIX + json.dumps({"peak_rss_mb": peak_mb}) + "\n")
+    sys.stdout.write(RESULT_PREFIX + json.dumps({"peak_rss_mb": peak_mb}) + "\n")  # read by result_of
 
 
 def ours_train_rss(args: argparse.Namespace, cfg: str) -> dict:
@@ -191,17 +198,7 @@ def ours_train_rss(args: argparse.Namespace, cfg: str) -> dict:
     command = [sys.executable, "-c", "import sys; from benchmarks.speed_vs_yolov5 import train_rss_child; "
                "train_rss_child(sys.argv[1:])", str(args.images), cfg, str(args.img), str(args.batch),
                str(args.rss_steps), str(args.threads)]
-    return result_of(command, ROOT, f"our train_rss ({cfg})")
-
-
-def result_of(command: list[str], cwd: Path, what: str) -> dict:
-    """Run ``command``; its last RESULT_JSON line as a dict (RuntimeError with the output's tail on failure)."""
-    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=thread_env())
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise RuntimeError(f"{what} failed with exit code {done.returncode}:\n{tail}")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return result_of(command, ROOT, f"our train_rss ({cfg})", thread_env())
 
 
 def thread_env() -> dict[str, str]:
@@ -217,7 +214,7 @@ def run_reference(args: argparse.Namespace, task: str, cfg: str = "yolov5s", img
                "--sizes", *map(str, args.infer_sizes), "--images", str(args.images),
                "--batches", str(args.loader_batches), "--workers", str(args.workers), "--steps", str(args.rss_steps),
                "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--threads", str(torch.get_num_threads())]
-    return result_of(command, Path(tempfile.gettempdir()), f"reference task {task} ({cfg})")
+    return result_of(command, Path(tempfile.gettempdir()), f"reference task {task} ({cfg})", thread_env())
 
 
 def reference_version(ref_python: Path) -> str:

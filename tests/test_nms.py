@@ -51,6 +51,21 @@ def test_candidate_cap_keeps_the_highest_scores():
     assert torch.allclose(capped[:, 4], scores.sort(descending=True).values[:50])
 
 
+@pytest.mark.parametrize("presorted", [False, True])
+def test_many_boxes_run_class_by_class_with_the_same_result(presorted):
+    num = nms_module._PER_CLASS_MIN_BOXES + 500
+    boxes = random_boxes(num, size=400.0, seed=9)
+    scores = torch.rand(num, generator=torch.Generator().manual_seed(10))
+    classes = torch.randint(0, 6, (num,), generator=torch.Generator().manual_seed(11))
+    if presorted:
+        order = scores.argsort(descending=True)
+        boxes, scores, classes = boxes[order], scores[order], classes[order]
+    offsets = classes[:, None].float() * (boxes.max() - boxes.min() + 1)
+    expected = torchvision_ops.nms(boxes + offsets, scores, 0.5)  # one pass over all classes
+    for backend in ("auto", "torch"):
+        assert torch.equal(batched_nms(boxes, scores, classes, 0.5, backend, presorted=presorted), expected)
+
+
 def test_nms_chain_suppression_is_greedy():
     # A overlaps B, B overlaps C, A does not overlap C: greedy keeps A and C.
     boxes = torch.tensor([[0.0, 0, 10, 10], [4.0, 0, 14, 10], [8.0, 0, 18, 10]])

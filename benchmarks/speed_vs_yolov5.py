@@ -327,6 +327,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metric-images", type=int, default=500)
     parser.add_argument("--loader-batches", type=int, default=8)
     parser.add_argument("--rss-steps", type=int, default=3, help="training steps of the peak-memory task")
+    parser.add_argument("--rss-cfg", default="yolov5s", help="architecture of the peak-memory task")
     parser.add_argument("--workers", type=int, default=0, help="loader workers, same on both sides")
     parser.add_argument("--threads", type=int, default=1, help="threads on both sides (torch, OpenMP, ONNX Runtime)")
     parser.add_argument("--force", action="store_true",
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         args.inputs, args.backends = Path(tmp), {}
         args.images = speed_inputs.write_all(args.inputs, args, NUM_CLASSES)
         for task in args.tasks:
-            for cfg in (args.cfg if task in MODEL_TASKS else ["-"]):
+            for cfg in {"train_rss": [args.rss_cfg]}.get(task, args.cfg if task in MODEL_TASKS else ["-"]):
                 rounds = []
                 for index in range(args.rounds):
                     rounds.append(ROUNDS[task](args, cfg))

@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOADED
     settings = {"reference": f"yolov5 {reference_version(args.ref_python)} (PyPI), random weights from its YAMLs",
                 **{key: str(value) for key, value in vars(args).items()}}
-    rows = []
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="speed_vs_yolov5_") as tmp:
         args.inputs, args.backends = Path(tmp), {}
         args.images = speed_inputs.write_all(args.inputs, args, NUM_CLASSES)
@@ -368,23 +368,32 @@ def main(argv: list[str] | None = None) -> int:
                     logger.info("%s %s round %d/%d: ratios %s (load %.1f)", task, cfg, index + 1, args.rounds,
                                 " ".join(f"{m['ratio']:.3f}" for m in rounds[-1]), os.getloadavg()[0])
                 rows += summarise(rounds)
-    load_after, loaded_after = machine_load(cores)
-    loaded = loaded or loaded_after
-    settings.update(load_before=f"{load_before:.2f}", load_after=f"{load_after:.2f}", loaded=str(loaded))
+            if args.force:  # a long loaded run keeps what it has measured so far
+                report(args, rows, settings, cores, load_before, complete=False)
+    return report(args, rows, settings, cores, load_before, complete=True)
+
+
+def report(args: argparse.Namespace, rows: list[dict], settings: dict, cores: int, load_before: float,
+           complete: bool) -> int:
+    """Write <out>.{csv,json,md} unless the load exceeded the core count without --force (then EXIT_LOADED)."""
+    load_now, loaded_now = machine_load(cores)
+    loaded = load_before > cores or loaded_now
+    settings = {**settings, "load_before": f"{load_before:.2f}", "load_after": f"{load_now:.2f}",
+                "loaded": str(loaded), "complete": str(complete)}
     table = markdown_table(rows, loaded)
-    logger.info("\n%s", table)
+    if complete:
+        logger.info("\n%s", table)
     if loaded and not args.force:
         logger.error("the load rose to %.1f (> %d cores) during the run: not reported; rerun, or pass --force",
-                     load_after, cores)
+                     load_now, cores)
         return EXIT_LOADED
     header = header_lines(settings)
     write_csv(args.out.with_suffix(".csv"), rows)
-    write_json(args.out.with_suffix(".json"), {"header": header, "loaded": loaded, "rows": rows})
+    write_json(args.out.with_suffix(".json"), {"header": header, "loaded": loaded, "complete": complete, "rows": rows})
     markdown = args.out.with_suffix(".md.tmp")
     markdown.write_text("\n".join(header) + "\n\n" + table, encoding="utf-8")
     markdown.replace(args.out.with_suffix(".md"))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -113,8 +113,6 @@ def task_dataloader(args: argparse.Namespace) -> dict:
 
 def task_train_rss(args: argparse.Namespace) -> dict:
     """Peak resident memory of ``steps`` training steps (mosaic loader, SGD, fp32 CPU) in this fresh process."""
-    import resource
-
     from yolov5.utils.dataloaders import create_dataloader
     from yolov5.utils.loss import ComputeLoss
 
@@ -130,7 +128,7 @@ def task_train_rss(args: argparse.Namespace) -> dict:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    return {"peak_rss_mb": _common.peak_rss_mb()}
 
 
 def task_metrics(args: argparse.Namespace) -> dict:

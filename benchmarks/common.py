@@ -73,6 +73,19 @@ def header_lines(settings: dict[str, Any]) -> list[str]:
     return [f"{key}: {value}" for key, value in {**env, **settings}.items()]
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM from /proc/self/status (Linux).
+
+    Not ``getrusage``'s ru_maxrss: Linux carries that across fork and exec, so a child started by a large
+    parent reports the parent's peak. VmHWM belongs to the process's own address space.
+    """
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory needs Linux")
+
+
 def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> dict[str, float]:
     """Wall-clock seconds of ``fn()``: warm-up calls discarded, then median/min/max over ``repeats``."""
     if repeats < 1:

@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from benchmarks.common import (  # noqa: E402
     RESULT_PREFIX,
     RESULTS_DIR,
     header_lines,
+    peak_rss_mb,
     result_of,
     time_call,
     write_csv,
@@ -189,8 +189,7 @@ def train_rss_child(argv: list[str]) -> None:
             break
         trainer.iteration = index
         trainer.train_step(batch_images, targets, paths)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    sys.stdout.write(RESULT_PREFIX + json.dumps({"peak_rss_mb": peak_mb}) + "\n")  # read by result_of
+    sys.stdout.write(RESULT_PREFIX + json.dumps({"peak_rss_mb": peak_rss_mb()}) + "\n")  # read by result_of
 
 
 def ours_train_rss(args: argparse.Namespace, cfg: str) -> dict:

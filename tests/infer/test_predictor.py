@@ -19,6 +19,8 @@ def test_options_normalise_and_validate():
         DetectOptions(conf_thres=1.5)
     with pytest.raises(ValueError, match="overlap=1.0"):
         DetectOptions(overlap=1.0)
+    with pytest.raises(ValueError, match="runtime='tensorrt'"):
+        DetectOptions(runtime="tensorrt")
     with pytest.raises(ValueError, match="unknown detect option"):
         run(weights="a.pt", source=".", colour="red")
 

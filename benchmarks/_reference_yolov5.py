@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RESULT_PREFIX = "RESULT_JSON: "
-
 
 def _load_sibling(name: str):
     """A stdlib/numpy/torch-only module of benchmarks/, loaded by path: our repo root stays off sys.path."""
@@ -29,9 +27,11 @@ def _load_sibling(name: str):
     return module
 
 
-# The same timer and loader drain as our side: both sides are measured by identical code.
-time_call = _load_sibling("common").time_call
+# The same timer, loader drain and GPU measurements as our side: both sides are measured by identical code.
+_common = _load_sibling("common")
+time_call, RESULT_PREFIX = _common.time_call, _common.RESULT_PREFIX
 drain_loader = _load_sibling("speed_inputs").drain_loader
+gpu_measure = _load_sibling("gpu_measure")
 
 
 def _package_dir() -> Path:
@@ -111,6 +111,26 @@ def task_dataloader(args: argparse.Namespace) -> dict:
     return drain_loader(loader, args.batches)
 
 
+def task_train_rss(args: argparse.Namespace) -> dict:
+    """Peak resident memory of ``steps`` training steps (mosaic loader, SGD, fp32 CPU) in this fresh process."""
+    from yolov5.utils.dataloaders import create_dataloader
+    from yolov5.utils.loss import ComputeLoss
+
+    loader, _ = create_dataloader(args.images, args.img, args.batch, 32, hyp=_hyp(), augment=True, cache=False,
+                                  rect=False, workers=args.workers, shuffle=True, seed=0)
+    model = _build_model(args.cfg, args.nc).train()
+    criterion = ComputeLoss(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
+    for index, (images, targets, _, _) in enumerate(loader):
+        if index == args.steps:
+            break
+        loss, _ = criterion(model(images.float() / 255), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return {"peak_rss_mb": _common.peak_rss_mb()}
+
+
 def task_metrics(args: argparse.Namespace) -> dict:
     """Their val.py matching (process_batch per image, 10 IoUs) then ap_per_class on the shared predictions."""
     if not hasattr(np, "trapz"):  # their compute_ap calls np.trapz, renamed np.trapezoid in numpy 2.x
@@ -138,8 +158,36 @@ def task_metrics(args: argparse.Namespace) -> dict:
     return timing
 
 
+def task_gpu(args: argparse.Namespace) -> dict:
+    """gpu_check.py's rows for their model: AMP training steps per batch size, val and detect-b1 latency."""
+    import copy
+
+    from yolov5.utils.general import non_max_suppression
+    from yolov5.utils.loss import ComputeLoss
+
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    model = _build_model(args.cfg, args.nc).to(device)
+    criterion = ComputeLoss(model)
+    base = {"impl": "theirs (yolov5 PyPI)", "model": args.cfg, "head": "regress", "imgsz": args.img}
+    rows = []
+    for batch in args.train_batches:
+        timing = gpu_measure.train_throughput(model, criterion, device, batch, args.img, args.nc, args.steps,
+                                              args.warmup, amp=device.type == "cuda")
+        rows.append({**base, "task": "train_step_amp", "batch": batch, **timing})
+    fused = copy.deepcopy(model).fuse().eval()
+    fused = fused.half() if args.half else fused
+    for task, nms_settings in gpu_measure.PREDICT_NMS.items():
+        batch = args.batch if task == "val" else 1
+        timing = gpu_measure.predict_latency(lambda images: fused(images)[0],
+                                             lambda pred, s=nms_settings: non_max_suppression(pred, **s), device,
+                                             batch, args.img, args.repeats, args.warmup, args.half)
+        rows.append({**base, "task": task, "batch": batch, **timing})
+    return {"rows": rows}
+
+
 TASKS = {"train_step": task_train_step, "infer": task_infer, "nms": task_nms, "dataloader": task_dataloader,
-         "metrics": task_metrics}
+         "metrics": task_metrics, "train_rss": task_train_rss, "gpu": task_gpu}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -154,6 +202,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=3, help="training steps of the train_rss and gpu tasks")
+    parser.add_argument("--train-batches", type=int, nargs="+", default=[4, 16], help="gpu task: batch sizes")
+    parser.add_argument("--device", default="cpu", help="gpu task: torch device")
+    parser.add_argument("--half", action="store_true", help="gpu task: fp16 inference")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")

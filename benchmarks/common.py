@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The reference side (Ultralytics' YOLOv5 in its own venv) and how it hands back its figures.
+REFERENCE_SCRIPT = Path(__file__).resolve().parent / "_reference_yolov5.py"
+RESULT_PREFIX = "RESULT_JSON: "
+NUM_CLASSES = 10  # VisDrone's: both sides build their models with it
 
 
 def cpu_model() -> str:
@@ -81,6 +85,19 @@ def quiet_start(logger: logging.Logger, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM from /proc/self/status (Linux).
+
+    Not ``getrusage``'s ru_maxrss: Linux carries that across fork and exec, so a child started by a large
+    parent reports the parent's peak. VmHWM belongs to the process's own address space.
+    """
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory needs Linux")
+
+
 def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> dict[str, float]:
     """Wall-clock seconds of ``fn()``: warm-up calls discarded, then median/min/max over ``repeats``."""
     if repeats < 1:
@@ -93,6 +110,16 @@ def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> dict[
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def result_of(command: list[str], cwd: Path, what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``command``; its last ``RESULT_JSON:`` line as a dict (RuntimeError with the output's tail otherwise)."""
+    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode != 0 or not lines:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise RuntimeError(f"{what} failed with exit code {done.returncode}:\n{tail}")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:

@@ -1,12 +1,20 @@
-"""Speed against the reference implementation (Ultralytics' YOLOv5 from PyPI), same machine, one run.
+"""Speed and memory against the reference implementation (Ultralytics' YOLOv5 from PyPI), same machine.
 
-    python benchmarks/speed_vs_yolov5.py                      # yolov5s and yolov5n, all tasks
-    python benchmarks/speed_vs_yolov5.py --cfg yolov5n --tasks infer nms
+    python benchmarks/speed_vs_yolov5.py --ref-python /path/to/refenv/bin/python
+    python benchmarks/speed_vs_yolov5.py --cfg yolov5n --tasks infer nms --rounds 3
 
-Our side runs in this process; theirs runs in its own venv (``--ref-python``, see docs/benchmarks.md)
-through benchmarks/_reference_yolov5.py, on the very same inputs written to a temp folder: training
-batch, NMS candidates, predictions for the metrics, YOLO-format images for the loader. Prints a table
-and writes benchmarks/results/speed_vs_yolov5.{csv,json}; ratio = ours / theirs (< 1: ours faster).
+Each task runs as interleaved A/B rounds: ours, theirs, ours, theirs... A round times both sides back to
+back, so a load change between rounds hits both; its ratio (ours / theirs, < 1: ours faster) is taken on
+the round's minima, and the spread of the per-round ratios (min, median, max) is reported. Both sides run
+with the same thread count (``--threads``, 1 by default: torch, OpenMP/MKL and ONNX Runtime; OpenCV
+single-threaded, as YOLOv5 sets it on import). The 1-minute load is recorded before and after; above the
+core count the run refuses to report (``--force`` reports anyway, marked ``loaded``).
+
+Our side runs in this process (except the memory task: a fresh process per side); theirs in its own venv
+(``--ref-python``, see docs/benchmarks.md) through benchmarks/_reference_yolov5.py, on the same inputs
+written to a temp folder. Our side is what the library does by default on CPU: fused and channels-last
+inference through DetectBackend (and the ``--runtime onnxruntime`` path as its own rows), a channels-last
+training step as the Trainer runs it. Writes benchmarks/results/speed_vs_yolov5.{csv,json,md}.
 """
 
 from __future__ import annotations
@@ -20,24 +28,38 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import speed_inputs  # noqa: E402
-from benchmarks.common import RESULTS_DIR, header_lines, time_call, write_csv, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    NUM_CLASSES,
+    REFERENCE_SCRIPT,
+    RESULT_PREFIX,
+    RESULTS_DIR,
+    header_lines,
+    peak_rss_mb,
+    result_of,
+    time_call,
+    write_csv,
+    write_json,
+)
 from utils.head import HeadConfig  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
 logger = logging.getLogger("benchmarks.speed_vs_yolov5")
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_SCRIPT = Path(__file__).resolve().parent / "_reference_yolov5.py"
-RESULT_PREFIX = "RESULT_JSON: "
-NUM_CLASSES = 10  # VisDrone's
-TASKS = ("train_step", "infer", "nms", "dataloader", "metrics")
+TASKS = ("train_step", "infer", "nms", "dataloader", "metrics", "train_rss")
+MODEL_TASKS = ("train_step", "infer", "train_rss")
+HEADS = ("ciou", "cbbl")  # box loss -> our regression / C-BBL head
+RUNTIMES = ("torch", "onnxruntime")
+EXIT_LOADED = 3
 
 
 def build_ours(cfg: str, box_loss: str, imgsz: int):
@@ -49,17 +71,19 @@ def build_ours(cfg: str, box_loss: str, imgsz: int):
     return Model(ROOT / "models" / f"{cfg}.yaml", nc=NUM_CLASSES, head=HeadConfig.from_hyp(hyp, imgsz)), hyp
 
 
-def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str, channels_last: bool) -> dict:
-    """Forward + loss + backward on the shared batch, as trainer.train_step does it (fp32 on CPU)."""
+def head_name(box_loss: str) -> str:
+    return "cbbl" if box_loss == "cbbl" else "regress"
+
+
+def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str) -> dict:
+    """Forward + loss + backward on the shared batch, channels-last as the Trainer runs it on CPU (fp32)."""
     from utils.loss import ComputeLoss
 
     batch = torch.load(args.inputs / "train_batch.pt", weights_only=True)
     model, hyp = build_ours(cfg, box_loss, args.img)
     criterion = ComputeLoss(model.train(), hyp, imgsz=args.img)
-    images = batch["images"].float() / 255  # (B, 3, H, W)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
+    images = (batch["images"].float() / 255).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
@@ -69,19 +93,30 @@ def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str, channels_
     return time_call(step, args.warmup, args.repeats)
 
 
-def ours_infer(args: argparse.Namespace, cfg: str, box_loss: str, channels_last: bool) -> dict:
-    """Batch-1 latency per size: eval, Conv+BN fused, inference_mode (as detect/val run the model)."""
-    model, _ = build_ours(cfg, box_loss, args.img)
-    model = model.fuse().eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str):
+    """Our DetectBackend for a random-weight checkpoint of ``cfg``, as detect/val load it (cached per run)."""
+    from utils.checkpoint import save_checkpoint
+    from utils.infer.predictor import load_backend
+
+    key = (cfg, box_loss, runtime)
+    if key not in args.backends:
+        path = args.inputs / f"ours_{cfg}_{box_loss}.pt"
+        if not path.exists():
+            model, _ = build_ours(cfg, box_loss, args.img)
+            save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml,
+                             "names": [str(i) for i in range(NUM_CLASSES)], "epoch": 0}, path)
+        args.backends[key] = load_backend([str(path)], torch.device("cpu"), runtime=runtime)
+    return args.backends[key]
+
+
+def ours_infer(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str) -> dict:
+    """Batch-1 latency per size through DetectBackend (fused; channels-last on CPU, or ONNX Runtime)."""
+    backend = ours_backend(args, cfg, box_loss, runtime)
     results = {}
     for size in args.infer_sizes:
         image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
-        if channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            results[str(size)] = time_call(lambda image=image: model(image), args.warmup, args.repeats)
+            results[str(size)] = time_call(lambda image=image: backend(image), args.warmup, args.repeats)
     return results
 
 
@@ -101,15 +136,21 @@ def ours_nms(args: argparse.Namespace) -> dict:
     return results
 
 
-def ours_dataloader(args: argparse.Namespace) -> dict:
-    """Images per second through our mosaic training loader on the shared images (same hyps as theirs)."""
+def ours_dataloader(args: argparse.Namespace, size: int) -> dict:
+    """Seconds per image through our mosaic training loader on the shared images (same hyps as theirs)."""
     from utils.data.augment import AugmentSettings
     from utils.data.dataset import create_dataloader
 
-    loader, _ = create_dataloader(str(args.images), args.img, args.batch, 32, augmentation=AugmentSettings.from_hyp(),
+    loader, _ = create_dataloader(str(args.images), size, args.batch, 32, augmentation=AugmentSettings.from_hyp(),
                                   augment=True,
                                   workers=args.workers, shuffle=True, seed=0)
-    return speed_inputs.drain_loader(loader, args.loader_batches)
+    return per_image(speed_inputs.drain_loader(loader, args.loader_batches))
+
+
+def per_image(drained: dict) -> dict:
+    """drain_loader's images/s as a timing (one sample: min = median)."""
+    seconds = 1 / drained["images_per_s"]
+    return {"median_s": seconds, "min_s": seconds, "images_per_s": drained["images_per_s"]}
 
 
 def ours_metrics(args: argparse.Namespace) -> dict:
@@ -129,24 +170,53 @@ def ours_metrics(args: argparse.Namespace) -> dict:
     timing = time_call(run, args.warmup, args.repeats)
     ap = run().class_ap()
     timing["map50_95"] = float(ap[ap > -1].mean())
-    ap50 = run().class_ap(0)
-    timing["map50"] = float(ap50[ap50 > -1].mean())
     return timing
 
 
-def run_reference(args: argparse.Namespace, task: str, cfg: str) -> dict:
+def train_rss_child(argv: list[str]) -> None:
+    """In a fresh process: ``steps`` Trainer steps of ``cfg`` (b8, mosaic loader, SGD); prints the peak RSS."""
+    from utils.data.dataset import create_dataloader
+    from utils.engine.trainer import Trainer
+    from utils.loss import ComputeLoss
+
+    images, cfg, imgsz, batch, steps, threads = argv[0], argv[1], *map(int, argv[2:])
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(0)
+    loader, _ = create_dataloader(images, imgsz, batch, 32, hyp=load_hyp(None), augment=True, shuffle=True)
+    model, hyp = build_ours(cfg, "ciou", imgsz)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
+    trainer = Trainer(model=model.train(), loss_fn=ComputeLoss(model, hyp, imgsz=imgsz), optimizer=optimizer,
+                      train_loader=loader, device=torch.device("cpu"), epochs=1, imgsz=imgsz)
+    for index, (batch_images, targets, paths, _) in enumerate(loader):
+        if index == steps:
+            break
+        trainer.iteration = index
+        trainer.train_step(batch_images, targets, paths)
+    sys.stdout.write(RESULT_PREFIX + json.dumps({"peak_rss_mb": peak_rss_mb()}) + "\n")  # read by result_of
+
+
+def ours_train_rss(args: argparse.Namespace, cfg: str) -> dict:
+    """Peak resident memory of our training loop in a fresh process (the parent's memory stays out)."""
+    command = [sys.executable, "-c", "import sys; from benchmarks.speed_vs_yolov5 import train_rss_child; "
+               "train_rss_child(sys.argv[1:])", str(args.images), cfg, str(args.img), str(args.batch),
+               str(args.rss_steps), str(args.threads)]
+    return result_of(command, ROOT, f"our train_rss ({cfg})", thread_env())
+
+
+def thread_env() -> dict[str, str]:
+    """The environment for child processes: OpenMP/MKL pinned to this process's torch thread count."""
+    threads = str(torch.get_num_threads())
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def run_reference(args: argparse.Namespace, task: str, cfg: str = "yolov5s", img: int | None = None) -> dict:
     """Run one task of _reference_yolov5.py in the reference venv; its RESULT_JSON line as a dict."""
     command = [str(args.ref_python), str(REFERENCE_SCRIPT), task, "--inputs", str(args.inputs), "--cfg", cfg,
-               "--nc", str(NUM_CLASSES), "--img", str(args.img), "--batch", str(args.batch),
+               "--nc", str(NUM_CLASSES), "--img", str(img or args.img), "--batch", str(args.batch),
                "--sizes", *map(str, args.infer_sizes), "--images", str(args.images),
-               "--batches", str(args.loader_batches), "--workers", str(args.workers),
+               "--batches", str(args.loader_batches), "--workers", str(args.workers), "--steps", str(args.rss_steps),
                "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--threads", str(torch.get_num_threads())]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tempfile.gettempdir())
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise RuntimeError(f"reference task {task} ({cfg}) failed with exit code {done.returncode}:\n{tail}")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return result_of(command, Path(tempfile.gettempdir()), f"reference task {task} ({cfg})", thread_env())
 
 
 def reference_version(ref_python: Path) -> str:
@@ -156,103 +226,116 @@ def reference_version(ref_python: Path) -> str:
     return done.stdout.strip() or f"unknown ({done.stderr.strip()[-200:]})"
 
 
-def measure_model_tasks(args: argparse.Namespace, cfg: str) -> list[dict]:
-    """Training step and inference rows for one architecture: theirs, ours regression, ours C-BBL."""
+def pair(key: tuple, ours: dict, theirs: dict, value: str = "min_s") -> dict:
+    """One round's measurement of one row: both sides' ``value`` and their ratio, with the load now."""
+    return {"key": key, "ours": ours[value], "theirs": theirs[value], "ratio": ours[value] / theirs[value],
+            "load": os.getloadavg()[0]}
+
+
+def round_train_step(args: argparse.Namespace, cfg: str) -> list[dict]:
+    ours = {box: ours_train_step(args, cfg, box) for box in HEADS}
+    theirs = run_reference(args, "train_step", cfg)
+    return [pair((f"train_step b{args.batch} {args.img}px", cfg, head_name(box), "torch cl"), ours[box], theirs)
+            for box in HEADS]
+
+
+def round_infer(args: argparse.Namespace, cfg: str) -> list[dict]:
+    ours = {(box, rt): ours_infer(args, cfg, box, rt) for box in HEADS for rt in args.runtimes}
+    theirs = run_reference(args, "infer", cfg)
+    return [pair((f"infer b1 {size}px", cfg, head_name(box), "torch cl" if rt == "torch" else rt),
+                 ours[box, rt][str(size)], theirs[str(size)])
+            for box in HEADS for rt in args.runtimes for size in args.infer_sizes]
+
+
+def round_train_rss(args: argparse.Namespace, cfg: str) -> list[dict]:
+    ours, theirs = ours_train_rss(args, cfg), run_reference(args, "train_rss", cfg)
+    return [pair((f"peak RSS train b{args.batch} {args.img}px (MB)", cfg, "regress", "torch cl"), ours, theirs,
+                 value="peak_rss_mb")]
+
+
+def round_nms(args: argparse.Namespace, cfg: str) -> list[dict]:
+    ours, theirs = ours_nms(args), run_reference(args, "nms")
+    return [pair((f"nms {args.nms_candidates} rows, {name} settings", "-", "-", "-"), ours[name], theirs[name])
+            for name in ours]
+
+
+def round_dataloader(args: argparse.Namespace, cfg: str) -> list[dict]:
     rows = []
-    variants = [(box_loss, layout) for layout in ((False, True) if args.channels_last else (False,))
-                for box_loss in ("ciou", "cbbl")]
-    if "train_step" in args.tasks:
-        theirs = run_reference(args, "train_step", cfg)
-        for box_loss, layout in variants:
-            ours = ours_train_step(args, cfg, box_loss, layout)
-            rows.append(_row(f"train_step b{args.batch} {args.img}px", cfg, box_loss, layout, ours, theirs))
-    if "infer" in args.tasks:
-        theirs_by_size = run_reference(args, "infer", cfg)
-        for box_loss, layout in variants:
-            ours_by_size = ours_infer(args, cfg, box_loss, layout)
-            for size in map(str, args.infer_sizes):
-                rows.append(_row(f"infer b1 {size}px", cfg, box_loss, layout, ours_by_size[size],
-                                 theirs_by_size[size]))
+    for size in args.loader_sizes:
+        ours = ours_dataloader(args, size)
+        theirs = per_image(run_reference(args, "dataloader", img=size))
+        rows.append(pair((f"mosaic loader b{args.batch} {size}px (s/image)", "-", "-", f"{args.workers} workers"),
+                         ours, theirs))
     return rows
 
 
-def _row(task: str, cfg: str, box_loss: str, channels_last: bool, ours: dict, theirs: dict, **extra) -> dict:
-    """One result row from two timings (median_s, min_s); logs it at once with the 1-min load at that moment.
-
-    The ratio of the minima is given too: on a shared CPU the minimum is the least disturbed repeat.
-    """
-    head = {"cbbl": "cbbl", "-": "-"}.get(box_loss, "regress")
-    ours_s, theirs_s = ours["median_s"], theirs["median_s"]
-    row = {"task": task, "model": cfg, "our_head": head, "channels_last": channels_last, "ours_s": round(ours_s, 5),
-           "theirs_s": round(theirs_s, 5), "ratio_ours_theirs": round(ours_s / theirs_s, 3),
-           "ours_min_s": round(ours["min_s"], 5), "theirs_min_s": round(theirs["min_s"], 5),
-           "ratio_min": round(ours["min_s"] / theirs["min_s"], 3), "load_1min": round(os.getloadavg()[0], 2), **extra}
-    logger.info("%-44s %-8s head=%-7s cl=%-5s ours %9.4f s  theirs %9.4f s  ratio %.3f  load %.1f", task, cfg, head,
-                channels_last, ours_s, theirs_s, row["ratio_ours_theirs"], row["load_1min"])
-    return row
+def round_metrics(args: argparse.Namespace, cfg: str) -> list[dict]:
+    ours, theirs = ours_metrics(args), run_reference(args, "metrics")
+    return [pair((f"metrics {args.metric_images} images", "-", "-", "-"), ours, theirs)]
 
 
-def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
-    """One row per measurement over all rounds: min of the minima, median of the round medians, ratios of both.
+ROUNDS: dict[str, Callable[[argparse.Namespace, str], list[dict]]] = {
+    "train_step": round_train_step, "infer": round_infer, "nms": round_nms, "dataloader": round_dataloader,
+    "metrics": round_metrics, "train_rss": round_train_rss}
 
-    Each round times both sides of a task back to back, so a load change between rounds hits both.
-    """
-    merged = []
+
+def summarise(rounds: list[list[dict]]) -> list[dict]:
+    """One row per measurement: the spread of the per-round ratios and both sides' best value over all rounds."""
+    rows = []
     for same in zip(*rounds):
-        ours_s = statistics.median(row["ours_s"] for row in same)
-        theirs_s = statistics.median(row["theirs_s"] for row in same)
-        ours_min, theirs_min = min(row["ours_min_s"] for row in same), min(row["theirs_min_s"] for row in same)
-        merged.append({**same[0], "rounds": len(same), "ours_s": ours_s, "theirs_s": theirs_s,
-                       "ratio_ours_theirs": round(ours_s / theirs_s, 3), "ours_min_s": ours_min,
-                       "theirs_min_s": theirs_min, "ratio_min": round(ours_min / theirs_min, 3),
-                       "ratio_min_per_round": " ".join(str(row["ratio_min"]) for row in same),
-                       "load_1min": " ".join(str(row["load_1min"]) for row in same)})
-    return merged
-
-
-def measure_shared_tasks(args: argparse.Namespace) -> list[dict]:
-    """NMS, loader and metric rows (independent of the architecture)."""
-    rows = []
-    if "nms" in args.tasks:
-        ours, theirs = ours_nms(args), run_reference(args, "nms", "yolov5s")
-        for name in ours:
-            rows.append(_row(f"nms {args.nms_candidates} rows, {name} settings", "-", "-", False,
-                             ours[name], theirs[name], ours_kept=ours[name]["kept"],
-                             theirs_kept=theirs[name]["kept"]))
-    if "dataloader" in args.tasks:
-        ours, theirs = ours_dataloader(args), run_reference(args, "dataloader", "yolov5s")
-        ours_s, theirs_s = 1 / ours["images_per_s"], 1 / theirs["images_per_s"]
-        rows.append(_row(f"dataloader mosaic b{args.batch} {args.img}px (s/image)", "-", "-", False,
-                         {"median_s": ours_s, "min_s": ours_s}, {"median_s": theirs_s, "min_s": theirs_s},
-                         ours_images_per_s=round(ours["images_per_s"], 2),
-                         theirs_images_per_s=round(theirs["images_per_s"], 2)))
-    if "metrics" in args.tasks:
-        ours, theirs = ours_metrics(args), run_reference(args, "metrics", "yolov5s")
-        rows.append(_row(f"metrics {args.metric_images} images", "-", "-", False, ours,
-                         theirs, ours_map50=round(ours["map50"], 4), theirs_map50=round(theirs["map50"], 4),
-                         ours_map50_95=round(ours["map50_95"], 4), theirs_map50_95=round(theirs["map50_95"], 4)))
+        task, model, head, variant = same[0]["key"]
+        ratios = [m["ratio"] for m in same]
+        rows.append({"task": task, "model": model, "our_head": head, "ours_variant": variant, "rounds": len(same),
+                     "ours_best": min(m["ours"] for m in same), "theirs_best": min(m["theirs"] for m in same),
+                     "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+                     "ratio_max": round(max(ratios), 3), "ratios": " ".join(f"{r:.3f}" for r in ratios),
+                     "load_1min": " ".join(f"{m['load']:.1f}" for m in same)})
     return rows
+
+
+def markdown_table(rows: list[dict], loaded: bool) -> str:
+    """The summary as a markdown table (ratio = ours / theirs; per-round spread in brackets)."""
+    lines = ["| task | model | our head | ours | ours best | theirs best | ratio median [min, max] |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        lines.append(f"| {row['task']} | {row['model']} | {row['our_head']} | {row['ours_variant']} | "
+                     f"{row['ours_best']:.4g} | {row['theirs_best']:.4g} | **{row['ratio_median']:.2f}** "
+                     f"[{row['ratio_min']:.2f}, {row['ratio_max']:.2f}] |")
+    if loaded:
+        lines.append("\nLOADED: the 1-minute load exceeded the core count (run with --force); indicative only.")
+    return "\n".join(lines) + "\n"
+
+
+def machine_load(cores: int) -> tuple[float, bool]:
+    """The 1-minute load average and whether it exceeds the core count."""
+    load = os.getloadavg()[0]
+    return load, load > cores
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Speed of our detector against Ultralytics' YOLOv5 (PyPI)")
     parser.add_argument("--cfg", nargs="+", default=["yolov5s", "yolov5n"], help="architectures (models/<cfg>.yaml)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--img", type=int, default=640, help="training / loader image size")
+    parser.add_argument("--img", type=int, default=640, help="training image size")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--infer-sizes", type=int, nargs="+", default=[640, 1536])
+    parser.add_argument("--loader-sizes", type=int, nargs="+", default=[640, 1536])
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES,
+                        help="our inference runtimes to time (as detect/val --runtime)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per side per round")
-    parser.add_argument("--rounds", type=int, default=2, help="alternate both sides this many times (shared CPU)")
+    parser.add_argument("--rounds", type=int, default=5, help="A/B rounds per task (ours, theirs, ours, theirs...)")
     parser.add_argument("--nms-candidates", type=int, default=25200, help="rows of the candidate tensor (640 px)")
     parser.add_argument("--metric-images", type=int, default=500)
     parser.add_argument("--loader-batches", type=int, default=8)
-    parser.add_argument("--channels-last", action="store_true", help="also time our model in channels-last layout")
+    parser.add_argument("--rss-steps", type=int, default=3, help="training steps of the peak-memory task")
+    parser.add_argument("--rss-cfg", default="yolov5s", help="architecture of the peak-memory task")
     parser.add_argument("--workers", type=int, default=0, help="loader workers, same on both sides")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads on both sides (0 = torch's default); use 1 on a shared, busy CPU")
+    parser.add_argument("--threads", type=int, default=1, help="threads on both sides (torch, OpenMP, ONNX Runtime)")
+    parser.add_argument("--force", action="store_true",
+                        help="report even when the load exceeds the core count (results marked 'loaded')")
     parser.add_argument("--ref-python", type=Path, default=Path("/work/refenv/bin/python"),
-                        help="python of the venv with `pip install yolov5`")
+                        help="python of the venv with `pip install yolov5==7.0.14`")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "speed_vs_yolov5")
     return parser.parse_args(argv)
 
@@ -260,35 +343,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(0)  # as YOLOv5 does on import: both loaders decode and warp single-threaded
     if not args.ref_python.is_file():
         logger.error("reference python %s not found: create it with `python -m venv --system-site-packages "
-                     "/work/refenv && /work/refenv/bin/pip install yolov5` or pass --ref-python", args.ref_python)
+                     "/work/refenv && /work/refenv/bin/pip install yolov5==7.0.14 'setuptools<80'` or pass "
+                     "--ref-python", args.ref_python)
         return 2
+    cores = os.cpu_count() or 1
+    load_before, loaded = machine_load(cores)
+    if loaded and not args.force:
+        logger.error("1-minute load %.1f exceeds the %d cores: the ratios would be noise. Run on a quiet machine, "
+                     "or pass --force to report them marked as loaded", load_before, cores)
+        return EXIT_LOADED
     settings = {"reference": f"yolov5 {reference_version(args.ref_python)} (PyPI), random weights from its YAMLs",
                 **{key: str(value) for key, value in vars(args).items()}}
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="speed_vs_yolov5_") as tmp:
-        args.inputs = Path(tmp)
+        args.inputs, args.backends = Path(tmp), {}
         args.images = speed_inputs.write_all(args.inputs, args, NUM_CLASSES)
-        rounds = []
-        for index in range(args.rounds):
-            logger.info("round %d of %d", index + 1, args.rounds)
-            rows = measure_shared_tasks(args)
-            for cfg in args.cfg:
-                rows += measure_model_tasks(args, cfg)
-            rounds.append(rows)
-    rows = merge_rounds(rounds)
-    for row in rows:
-        logger.info("%-44s %-8s head=%-7s ours min %9.4f s  theirs min %9.4f s  ratio(min) %.3f  ratio(median) %.3f",
-                    row["task"], row["model"], row["our_head"], row["ours_min_s"], row["theirs_min_s"],
-                    row["ratio_min"], row["ratio_ours_theirs"])
-    header = header_lines(settings)
-    logger.info("\n".join(header))
-    write_csv(args.out.with_suffix(".csv"), rows)
-    write_json(args.out.with_suffix(".json"), {"header": header, "rows": rows})
-    return 0
+        for task in args.tasks:
+            for cfg in {"train_rss": [args.rss_cfg]}.get(task, args.cfg if task in MODEL_TASKS else ["-"]):
+                rounds = []
+                for index in range(args.rounds):
+                    rounds.append(ROUNDS[task](args, cfg))
+                    logger.info("%s %s round %d/%d: ratios %s (load %.1f)", task, cfg, index + 1, args.rounds,
+                                " ".join(f"{m['ratio']:.3f}" for m in rounds[-1]), os.getloadavg()[0])
+                rows += summarise(rounds)
+            if args.force:  # a long loaded run keeps what it has measured so far
+                report(args, rows, settings, cores, load_before, complete=False)
+    return report(args, rows, settings, cores, load_before, complete=True)
 
+
+def report(args: argparse.Namespace, rows: list[dict], settings: dict, cores: int, load_before: float,
+           complete: bool) -> int:
+    """Write <out>.{csv,json,md} unless the load exceeded the core count without --force (then EXIT_LOADED)."""
+    load_now, loaded_now = machine_load(cores)
+    loaded = load_before > cores or loaded_now
+    settings = {**settings, "load_before": f"{load_before:.2f}", "load_after": f"{load_now:.2f}",
+                "loaded": str(loaded), "complete": str(complete)}
+    table = markdown_table(rows, loaded)
+    if complete:
+        logger.info("\n%s", table)
+    if loaded and not args.force:
+        logger.error("the load rose to %.1f (> %d cores) during the run: not reported; rerun, or pass --force",
+                     load_now, cores)
+        return EXIT_LOADED
+    header = header_lines(settings)
+    write_csv(args.out.with_suffix(".csv"), rows)
+    write_json(args.out.with_suffix(".json"), {"header": header, "loaded": loaded, "complete": complete, "rows": rows})
+    markdown = args.out.with_suffix(".md.tmp")
+    markdown.write_text("\n".join(header) + "\n\n" + table, encoding="utf-8")
+    markdown.replace(args.out.with_suffix(".md"))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

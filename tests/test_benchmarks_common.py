@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from benchmarks.common import append_csv_row, environment, header_lines, read_csv, time_call, write_csv, write_json
+from benchmarks.common import (
+    RESULT_PREFIX,
+    append_csv_row,
+    environment,
+    header_lines,
+    peak_rss_mb,
+    read_csv,
+    result_of,
+    time_call,
+    write_csv,
+    write_json,
+)
 
 
 def test_environment_names_machine_and_versions():
@@ -48,3 +62,19 @@ def test_write_csv_and_json_round_trip(tmp_path):
     write_json(tmp_path / "a.json", {"rows": [1, 2]})
     assert json.loads((tmp_path / "a.json").read_text()) == {"rows": [1, 2]}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_result_of_reads_the_last_result_line_and_reports_failures(tmp_path):
+    script = f"print('noise'); print({RESULT_PREFIX!r} + '{{\"a\": 1}}'); print({RESULT_PREFIX!r} + '{{\"a\": 2}}')"
+    assert result_of([sys.executable, "-c", script], tmp_path, "demo") == {"a": 2}
+    with pytest.raises(RuntimeError, match="demo failed with exit code 3"):
+        result_of([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path, "demo")
+
+
+def test_peak_rss_is_this_process_own(tmp_path):
+    script = "from benchmarks.common import peak_rss_mb; print(peak_rss_mb())"
+    ballast = bytearray(300 * 2**20)  # a parent far larger than the child
+    child = float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parents[1]).stdout)
+    assert peak_rss_mb() > 300 and child < peak_rss_mb() - 200
+    del ballast

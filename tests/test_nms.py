@@ -31,6 +31,41 @@ def test_pure_torch_batched_nms_equals_torchvision():
     assert torch.equal(batched_nms(boxes, scores, classes, 0.5, backend="torch"), expected)
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_presorted_input_keeps_the_same_boxes(backend):
+    boxes = random_boxes(400, size=300.0, seed=6)
+    scores = torch.rand(400, generator=torch.Generator().manual_seed(7))
+    classes = torch.randint(0, 4, (400,), generator=torch.Generator().manual_seed(8))
+    order = scores.argsort(descending=True)
+    unsorted = batched_nms(boxes, scores, classes, 0.5, backend)
+    presorted = batched_nms(boxes[order], scores[order], classes[order], 0.5, backend, presorted=True)
+    assert torch.equal(order[presorted], unsorted)
+
+
+def test_candidate_cap_keeps_the_highest_scores():
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.rand(1, 300, 2, generator=generator) * 3000  # far apart: NMS drops nothing
+    pred = torch.cat([centres, torch.full((1, 300, 2), 4.0), torch.rand(1, 300, 2, generator=generator)], 2)
+    (capped,) = non_max_suppression(pred, 0.0, 0.5, max_det=300, max_candidates=50)
+    scores = pred[0, :, 4] * pred[0, :, 5]
+    assert torch.allclose(capped[:, 4], scores.sort(descending=True).values[:50])
+
+
+@pytest.mark.parametrize("presorted", [False, True])
+def test_many_boxes_run_class_by_class_with_the_same_result(presorted):
+    num = nms_module._PER_CLASS_MIN_BOXES + 500
+    boxes = random_boxes(num, size=400.0, seed=9)
+    scores = torch.rand(num, generator=torch.Generator().manual_seed(10))
+    classes = torch.randint(0, 6, (num,), generator=torch.Generator().manual_seed(11))
+    if presorted:
+        order = scores.argsort(descending=True)
+        boxes, scores, classes = boxes[order], scores[order], classes[order]
+    offsets = classes[:, None].float() * (boxes.max() - boxes.min() + 1)
+    expected = torchvision_ops.nms(boxes + offsets, scores, 0.5)  # one pass over all classes
+    for backend in ("auto", "torch"):
+        assert torch.equal(batched_nms(boxes, scores, classes, 0.5, backend, presorted=presorted), expected)
+
+
 def test_nms_chain_suppression_is_greedy():
     # A overlaps B, B overlaps C, A does not overlap C: greedy keeps A and C.
     boxes = torch.tensor([[0.0, 0, 10, 10], [4.0, 0, 14, 10], [8.0, 0, 18, 10]])

@@ -10,6 +10,7 @@ from tests.conftest import make_yolo_dataset
 from utils.boxes import cxcywh_to_xyxy, scale_boxes_to_original
 from utils.data.augment import AugmentSettings
 from utils.data.dataset import LoadImagesAndLabels, create_dataloader
+from utils.files import read_image
 from utils.hyp import Hyp
 
 NO_AUGMENT = Hyp(hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0, translate=0, scale=0, mosaic=0)
@@ -131,3 +132,23 @@ def test_single_cls_and_image_weights(images):
     dataset.sample_by_class_weights(weights)
     has_class2 = {i for i, labels in enumerate(dataset.labels) if (labels[:, 0] == 2).any()}
     assert has_class2 and set(dataset.indices.tolist()) <= has_class2
+
+
+def test_large_jpegs_decode_at_reduced_size_with_the_same_geometry(tmp_path):
+    import cv2
+
+    root = make_yolo_dataset(tmp_path / "data", num_images=2, size=(384, 512))
+    for png in root.glob("*.png"):  # the same frames as JPEGs
+        cv2.imwrite(str(png.with_suffix(".jpg")), cv2.imread(str(png)), [cv2.IMWRITE_JPEG_QUALITY, 100])
+        png.unlink()
+    path = str(sorted(root.glob("*.jpg"))[0])
+    assert read_image(path, 512, 128).shape == (96, 128, 3)  # 1/4: the largest cut still >= 128
+    assert read_image(path, 512, 200).shape == (192, 256, 3)  # 1/2
+    assert read_image(path, 512, 0).shape == (384, 512, 3)  # full decode
+    train = LoadImagesAndLabels(root, img_size=128, augment=True, augmentation=AugmentSettings.from_hyp(NO_AUGMENT))
+    val = LoadImagesAndLabels(root, img_size=128, augment=False)
+    for index in range(len(train)):
+        reduced, original_shape, shape = train.load_image(index)
+        full, _, full_shape = val.load_image(index)
+        assert (original_shape, shape) == ((384, 512), full_shape)  # labels are normalised: boxes unchanged
+        assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 4  # same picture, resampled differently

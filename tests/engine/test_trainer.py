@@ -60,6 +60,7 @@ def test_fit_runs_phases_in_order_and_learns():
     trainer = make_trainer(toy_batches(), hooks=[recorder])
     trainer.fit()
     assert recorder.events == ["before_train", "after_epoch0", "after_epoch1", "after_train completed=True"]
+    assert trainer.model[0].weight.is_contiguous(memory_format=torch.channels_last)  # CPU trains channels-last
     assert trainer.mean_losses["box"] < 0.5 and trainer.iteration == 7
 
 

@@ -26,6 +26,8 @@ def test_pt_backend_matches_the_model(tiny_checkpoint, box, num_extra):
     assert pred.shape == (2, 3 * (8 * 12 + 4 * 6), 5 + 3 + num_extra)
     reference = model_from_checkpoint(load_checkpoint(path), use_ema=True)(images)[0]  # unfused
     torch.testing.assert_close(pred, reference, atol=1e-4, rtol=1e-4)
+    assert backend.channels_last  # CPU runs channels-last (the comparison above covers its outputs)
+    assert backend.models[0].model[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_ensemble_concatenates_members(tiny_checkpoint):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from utils.infer.outputs import OutputWriter
-from utils.infer.predictor import DetectOptions, ImageResult, check_imgsz, detect_images, load_names, run
+from utils.infer.predictor import DetectOptions, ImageResult, check_imgsz, detect_images, load_backend, load_names, run
 
 
 def test_options_normalise_and_validate():
@@ -19,6 +19,8 @@ def test_options_normalise_and_validate():
         DetectOptions(conf_thres=1.5)
     with pytest.raises(ValueError, match="overlap=1.0"):
         DetectOptions(overlap=1.0)
+    with pytest.raises(ValueError, match="runtime='tensorrt'"):
+        DetectOptions(runtime="tensorrt")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \[.colour.\]"):
         run(weights="a.pt", source=".", colour="red")
 
@@ -93,3 +95,18 @@ def test_run_returns_arrays_matching_the_txt_files(tmp_path, tiny_checkpoint, bo
             np.testing.assert_allclose(rows[:, 6], result.uncertainty, rtol=1e-5)
     assert (out / "a.jpg").is_file() and (out / "b.png").is_file()
     assert len(list((out / "crops").rglob("*.jpg"))) == sum(len(r.conf) for r in results)
+
+
+@pytest.mark.parametrize("box", ["regress", "cbbl"])
+def test_onnxruntime_runtime_matches_torch_and_writes_nothing_beside_the_weights(tmp_path, tiny_checkpoint, box):
+    pytest.importorskip("onnxruntime")
+    weights = tiny_checkpoint(box)
+    before = sorted(weights.parent.iterdir())
+    ort = load_backend([str(weights)], torch.device("cpu"), runtime="onnxruntime")
+    eager = load_backend([str(weights)], torch.device("cpu"))
+    assert ort.is_onnx and not eager.is_onnx and (ort.nc, ort.num_extra) == (eager.nc, eager.num_extra)
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))  # any shape: dynamic export
+    torch.testing.assert_close(ort(images), eager(images), atol=1e-3, rtol=1e-4)
+    assert sorted(weights.parent.iterdir()) == before
+    with pytest.raises(ValueError, match="runtime"):
+        load_backend([str(weights)], torch.device("cpu"), runtime="tensorrt")

@@ -103,7 +103,8 @@ class LoadImagesAndLabels(Dataset):
         height0, width0 = int(self.shapes[index][1]), int(self.shapes[index][0])
         image = self.ims[index]
         if image is None:
-            image = read_image(self.im_files[index])  # EXIF orientation applied, as the scan's sizes are
+            # Training decodes large JPEGs at a reduced size; val keeps YOLOv5's full decode + INTER_AREA.
+            image = read_image(self.im_files[index], max(height0, width0), self.img_size if self.augment else 0)
             if image is None:
                 raise FileNotFoundError(f"image {self.im_files[index]} could not be read (changed since the scan?)")
             gain = self.img_size / max(image.shape[:2])
@@ -211,6 +212,7 @@ def _seed_worker(worker_id: int) -> None:
     generator's state fixes every worker's stream: :func:`loader_rng_state` is all a resume needs.
     """
     info = torch.utils.data.get_worker_info()
+    cv2.setNumThreads(0)  # workers already run in parallel: OpenCV's own threads would only oversubscribe
     info.dataset.rng = np.random.default_rng([torch.initial_seed() % 2**32, worker_id])
 
 

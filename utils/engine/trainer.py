@@ -87,6 +87,9 @@ class Trainer:
         self.imgsz, self.stride, self.multi_scale = imgsz, stride, multi_scale
         self.context = context or DistContext()
         self.amp = device.type == "cuda"
+        # On CPU, channels-last convolutions measured 10-20% faster for a training step (docs/benchmarks.md).
+        self.memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.rng = random.Random(seed)
         self.start_epoch = 0
@@ -154,7 +157,8 @@ class Trainer:
         Args: images uint8 (B, 3, H, W); targets (M, 6) [image, class, cx, cy, w, h] normalised.
         Returns the per-term losses of this batch as floats.
         """
-        images = images.to(self.device, non_blocking=True).float() / 255
+        images = images.to(self.device, non_blocking=True).float().div_(255)
+        images = images.contiguous(memory_format=self.memory_format)
         if self.multi_scale:
             size = multi_scale_size(self.imgsz, self.stride, self.rng)
             if size != images.shape[-1]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from utils.files import REPO_ROOT
+from utils.infer.options import RUNTIMES
 from utils.options import option
 
 TASKS = ("train", "val", "test", "speed", "study")
@@ -49,6 +50,8 @@ class ValOptions:
     gt: Optional[str] = option(None, "ground truth: COCO JSON file or VisDrone annotations folder")
     images: Optional[str] = option(None, "VisDrone images folder (sizes for ignored regions)")
     noplots: bool = option(False, "save no plot files")
+    runtime: str = option("torch", "what runs a .pt: torch, or onnxruntime after an in-memory ONNX export (faster "
+                                   "on CPU)", choices=RUNTIMES)
 
     def __post_init__(self) -> None:
         weights = [self.weights] if isinstance(self.weights, (str, Path)) else self.weights

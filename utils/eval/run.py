@@ -23,7 +23,7 @@ from utils.eval.plots import plot_study
 from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
 from utils.eval.validator import ValResults, log_results, validate
 from utils.files import atomic_write_text, increment_path
-from utils.infer.backend import DetectBackend
+from utils.infer.predictor import load_backend
 from utils.options import options_from_kwargs
 from utils.torch_utils import round_to_stride, select_device
 
@@ -65,7 +65,7 @@ def run_model(opts: ValOptions, save_dir: Path) -> ValResults:
     split = "val" if opts.task in ("speed", "study") else opts.task
     data = load_data_config(opts.data, splits=(split,))
     device = select_device(opts.device, opts.batch_size)
-    backend = DetectBackend(list(opts.weights), device=device, fuse=True, half=opts.half)
+    backend = load_backend(opts.weights, device, opts.half, opts.runtime)
     if backend.nc != data["nc"] and not opts.single_cls:
         raise ValueError(f"{opts.weights[0]} predicts {backend.nc} classes but {opts.data} has {data['nc']}")
     exported = backend.fixed_imgsz is not None

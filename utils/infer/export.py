@@ -16,7 +16,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ class ExportOptions:
     simplify: bool = option(False, "ONNX: simplify with onnxsim (pip install onnxsim)")
     opset: int = option(17, "ONNX opset version")
     check: bool = option(True, "compare ONNX Runtime with PyTorch on a random batch (--no-check skips it)")
+    out_dir: Optional[str] = option(None, "folder for the files (default: beside the weights)", cli=False)
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards
@@ -189,9 +190,10 @@ def export(opts: ExportOptions) -> list[Path]:
     if opts.half:
         model, example = model.half(), example.half()
     metadata = model_metadata(model, opts.imgsz, opts.batch_size, opts.dynamic)
+    base = weights if opts.out_dir is None else Path(opts.out_dir) / weights.name
     written = []
     if "onnx" in opts.include:
-        written.append(export_onnx(model, example, weights.with_suffix(".onnx"), metadata, opts.opset, opts.dynamic,
+        written.append(export_onnx(model, example, base.with_suffix(".onnx"), metadata, opts.opset, opts.dynamic,
                                    opts.simplify))
         if opts.check and not opts.half:
             _check_onnx(written[-1], model.cpu(), example.cpu(), opts.dynamic, stride)
@@ -200,7 +202,7 @@ def export(opts: ExportOptions) -> list[Path]:
             logger.info("float16 export: ONNX Runtime comparison skipped (it runs float32 on CPU); check the file "
                         "with val.py --weights %s", written[-1])
     if "torchscript" in opts.include:
-        written.append(export_torchscript(model, example, weights.with_suffix(".torchscript"), metadata))
+        written.append(export_torchscript(model, example, base.with_suffix(".torchscript"), metadata))
     for path in written:
         logger.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return written

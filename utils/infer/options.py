@@ -14,6 +14,9 @@ import torch
 from utils.files import REPO_ROOT
 from utils.options import option
 
+# What runs a .pt checkpoint: PyTorch, or ONNX Runtime after an in-memory export (utils/infer/predictor.py).
+RUNTIMES = ("torch", "onnxruntime")
+
 
 @dataclass(frozen=True)
 class DetectOptions:
@@ -50,6 +53,8 @@ class DetectOptions:
     overlap: float = option(0.2, "tile overlap ratio for --slice")
     slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame")
     slice_batch: int = option(8, "tiles per forward pass")
+    runtime: str = option("torch", "what runs a .pt: torch, or onnxruntime after an in-memory ONNX export (faster "
+                                   "on CPU)", choices=RUNTIMES)
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards
@@ -67,6 +72,7 @@ class DetectOptions:
                   "iou_thres": 0 <= self.iou_thres <= 1, "max_det": self.max_det > 0,
                   "vid_stride": self.vid_stride >= 1,
                   "overlap": 0 <= self.overlap < 1, "slice_batch": self.slice_batch >= 1,
+                  "runtime": self.runtime in RUNTIMES,
                   "slice": self.slice is None or (len(self.slice) == 2 and min(self.slice) > 0)}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -7,6 +7,7 @@ touching the disk; :class:`OutputWriter` writes annotated images/videos, YOLO tx
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,8 @@ from utils.annotate import save_feature_maps
 from utils.boxes import scale_boxes_to_original
 from utils.data.augment import letterbox
 from utils.infer.backend import DetectBackend
-from utils.infer.options import DetectOptions, ImageResult
+from utils.infer.export import run as export_model
+from utils.infer.options import RUNTIMES, DetectOptions, ImageResult
 from utils.infer.outputs import OutputWriter
 from utils.infer.slicing import sliced_detect
 from utils.infer.sources import Frame, iterate_frames
@@ -84,6 +86,25 @@ def load_names(data: Union[str, Path]) -> list[str]:
     return [str(name) for name in names]
 
 
+def load_backend(weights: Sequence[str], device: torch.device, half: bool = False,
+                 runtime: str = "torch") -> DetectBackend:
+    """The weights as a :class:`DetectBackend`; ``runtime="onnxruntime"`` runs a single .pt through ONNX Runtime.
+
+    The checkpoint is exported (fused, dynamic shapes) to a temporary ONNX file that ONNX Runtime loads into
+    memory; nothing is written beside the weights. On CPU this is faster than PyTorch eager (docs/benchmarks.md).
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"--runtime {runtime!r}: choose one of {RUNTIMES}")
+    weights = list(weights)
+    if runtime == "torch" or Path(weights[0]).suffix != ".pt":
+        return DetectBackend(weights, device=device, half=half)
+    if len(weights) > 1:
+        raise ValueError("--runtime onnxruntime takes one .pt checkpoint, not an ensemble")
+    with tempfile.TemporaryDirectory(prefix="cbbl_tph_ort_") as folder:
+        (path,) = export_model(weights[0], include=("onnx",), dynamic=True, check=False, out_dir=folder)
+        return DetectBackend(path, device=device, half=half)
+
+
 def build_forward(backend: DetectBackend, augment: bool) -> ForwardFn:
     """The batch forward function: the backend, or test-time augmentation around it (utils/infer/tta.py)."""
     if not augment:
@@ -97,7 +118,7 @@ def run(**options) -> list[ImageResult]:
     Returns one :class:`ImageResult` per frame read (after --vid-stride), in source order.
     """
     opts = options_from_kwargs(DetectOptions, options)
-    backend = DetectBackend(list(opts.weights), device=select_device(opts.device), half=opts.half)
+    backend = load_backend(opts.weights, select_device(opts.device), opts.half, opts.runtime)
     backend.decode_only_above(opts.conf_thres)
     imgsz = backend.fixed_imgsz or check_imgsz(opts.imgsz, backend.stride)
     if backend.device.type != "cpu":

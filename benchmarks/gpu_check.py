@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import gpu_measure  # noqa: E402
 from benchmarks.common import NUM_CLASSES, REFERENCE_SCRIPT, RESULTS_DIR, environment, result_of, write_json  # noqa: E402
+from utils.head import HeadConfig  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
@@ -45,7 +46,7 @@ def our_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
     for box_loss in ("ciou", "cbbl"):
         hyp = load_hyp(None, box_loss=box_loss)
         torch.manual_seed(0)
-        model = Model(ROOT / "models" / f"{args.cfg}.yaml", nc=NUM_CLASSES, head=hyp.head_settings(args.img))
+        model = Model(ROOT / "models" / f"{args.cfg}.yaml", nc=NUM_CLASSES, head=HeadConfig.from_hyp(hyp, args.img))
         model = model.to(device)
         criterion = ComputeLoss(model, hyp, imgsz=args.img)
         head = "cbbl" if box_loss == "cbbl" else "regress"

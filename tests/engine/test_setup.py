@@ -13,7 +13,7 @@ from utils.loss import ComputeLoss
 
 @pytest.mark.parametrize("img, trained, beta", [(1000, 1024, 3.0), (1024, 1024, 3.0), (1000 - 64, 960, 5.0)])
 def test_cbbl_beta_follows_the_size_training_uses(img, trained, beta):
-    opts = parse_options(["--img", str(img), "--box-loss", "cbbl", "--cfg", "yolov5n.yaml"])
+    opts = parse_options(["--img", str(img), "--box-loss", "cbbl", "--cbbl-grid", "in", "--cfg", "yolov5n.yaml"])
     model, criterion, imgsz = build(opts, ["a", "b"], torch.device("cpu"))
     assert imgsz == trained
     assert model.yaml["detect"]["beta"] == beta  # what checkpoints store as model_yaml

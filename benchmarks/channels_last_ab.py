@@ -26,7 +26,7 @@ from benchmarks.common import RESULTS_DIR, header_lines, time_call, write_json  
 from benchmarks.speed_inputs import write_train_batch  # noqa: E402
 from benchmarks.speed_vs_yolov5 import NUM_CLASSES, build_ours  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.loss import ComputeLoss  # noqa: E402
+from utils.loss import ComputeLoss, LossSettings  # noqa: E402
 
 logger = logging.getLogger("benchmarks.channels_last_ab")
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -42,7 +42,7 @@ def infer_seconds(cfg: str, box_loss: str, size: int, layout: torch.memory_forma
 
 def train_seconds(cfg: str, box_loss: str, layout: torch.memory_format, batch: dict, args) -> float:
     model, hyp = build_ours(cfg, box_loss, args.img)
-    criterion = ComputeLoss(model.train(), hyp, imgsz=args.img)
+    criterion = ComputeLoss(model.train(), LossSettings.from_hyp(hyp), imgsz=args.img)
     model = model.to(memory_format=layout)
     images = (batch["images"].float() / 255).contiguous(memory_format=layout)
 

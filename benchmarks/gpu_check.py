@@ -39,7 +39,7 @@ DRY_RUN = {"cfg": "yolov5n-xs-tph", "img": 64, "train_batches": [2], "val_batch"
 def our_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Training and inference rows of our model, for each head."""
     from models.yolo import Model
-    from utils.loss import ComputeLoss
+    from utils.loss import ComputeLoss, LossSettings
     from utils.nms import non_max_suppression
 
     rows = []
@@ -48,7 +48,7 @@ def our_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
         torch.manual_seed(0)
         model = Model(ROOT / "models" / f"{args.cfg}.yaml", nc=NUM_CLASSES, head=HeadConfig.from_hyp(hyp, args.img))
         model = model.to(device)
-        criterion = ComputeLoss(model, hyp, imgsz=args.img)
+        criterion = ComputeLoss(model, LossSettings.from_hyp(hyp), imgsz=args.img)
         head = "cbbl" if box_loss == "cbbl" else "regress"
         base = {"impl": "ours", "model": args.cfg, "head": head, "imgsz": args.img}
         for batch in args.train_batches:

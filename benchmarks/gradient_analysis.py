@@ -52,7 +52,7 @@ def object_gradient_norms(model, loss_fn, images: torch.Tensor, targets: torch.T
         raw_levels = model(images)[1]  # eval mode: (pred, raw); raw[l] (B, A, H, W, no)
     norms, areas, entropies = [], [], []
     for level, raw in enumerate(raw_levels):
-        assigned = assign_level(targets, detect.anchors[level], tuple(raw.shape[2:4]), loss_fn.hyp.anchor_t)
+        assigned = assign_level(targets, detect.anchors[level], tuple(raw.shape[2:4]), loss_fn.settings.anchor_t)
         if not len(assigned.gt):
             continue
         positive = raw[assigned.batch, assigned.anchor, assigned.cell_y, assigned.cell_x, :detect.box_channels]
@@ -76,12 +76,12 @@ def analyse_checkpoint(path: Path, batches: list) -> dict:
     from models.yolo import model_from_checkpoint
     from utils.checkpoint import load_checkpoint
     from utils.hyp import load_hyp
-    from utils.loss import ComputeLoss
+    from utils.loss import ComputeLoss, LossSettings
 
     checkpoint = load_checkpoint(path)
     model = model_from_checkpoint(checkpoint, use_ema=False).float().eval()
     hyp = load_hyp(checkpoint["hyp"])
-    loss_fn = ComputeLoss(model, hyp, imgsz=int(checkpoint["opt"]["imgsz"]))
+    loss_fn = ComputeLoss(model, LossSettings.from_hyp(hyp), imgsz=int(checkpoint["opt"]["imgsz"]))
     parts = [object_gradient_norms(model, loss_fn, images, targets, scale) for images, targets, scale in batches]
     norms, areas, entropies = (torch.cat(column) for column in zip(*parts))
     row = {"positive_entropy": float(entropies.mean())}

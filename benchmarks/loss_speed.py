@@ -31,7 +31,7 @@ from utils.assign import assign_level  # noqa: E402
 from utils.head import HeadConfig  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.loss import ComputeLoss  # noqa: E402
+from utils.loss import ComputeLoss, LossSettings  # noqa: E402
 
 logger = logging.getLogger("loss_speed")
 YOLOV5_ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
@@ -64,7 +64,7 @@ def mode_steps(mode: str, args: argparse.Namespace, targets: torch.Tensor) -> tu
     """(level-0 positives, box-term step, whole-loss step) for one mode; each step is forward + backward."""
     hyp = load_hyp(box_loss=mode)
     model = HeadOnly(HeadConfig.from_hyp(hyp, args.img))
-    loss_fn = ComputeLoss(model, hyp, args.img)
+    loss_fn = ComputeLoss(model, LossSettings.from_hyp(hyp), args.img)
     detect = model.detect
     generator = torch.Generator().manual_seed(1)
     preds = [torch.randn(args.batch, detect.na, args.img // int(s), args.img // int(s), detect.no,

@@ -77,11 +77,11 @@ def head_name(box_loss: str) -> str:
 
 def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str) -> dict:
     """Forward + loss + backward on the shared batch, channels-last as the Trainer runs it on CPU (fp32)."""
-    from utils.loss import ComputeLoss
+    from utils.loss import ComputeLoss, LossSettings
 
     batch = torch.load(args.inputs / "train_batch.pt", weights_only=True)
     model, hyp = build_ours(cfg, box_loss, args.img)
-    criterion = ComputeLoss(model.train(), hyp, imgsz=args.img)
+    criterion = ComputeLoss(model.train(), LossSettings.from_hyp(hyp), imgsz=args.img)
     model = model.to(memory_format=torch.channels_last)
     images = (batch["images"].float() / 255).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
 
@@ -177,7 +177,7 @@ def train_rss_child(argv: list[str]) -> None:
     """In a fresh process: ``steps`` Trainer steps of ``cfg`` (b8, mosaic loader, SGD); prints the peak RSS."""
     from utils.data.dataset import create_dataloader
     from utils.engine.trainer import Trainer
-    from utils.loss import ComputeLoss
+    from utils.loss import ComputeLoss, LossSettings
 
     images, cfg, imgsz, batch, steps, threads = argv[0], argv[1], *map(int, argv[2:])
     torch.set_num_threads(threads)
@@ -185,7 +185,8 @@ def train_rss_child(argv: list[str]) -> None:
     loader, _ = create_dataloader(images, imgsz, batch, 32, hyp=load_hyp(None), augment=True, shuffle=True)
     model, hyp = build_ours(cfg, "ciou", imgsz)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
-    trainer = Trainer(model=model.train(), loss_fn=ComputeLoss(model, hyp, imgsz=imgsz), optimizer=optimizer,
+    criterion = ComputeLoss(model, LossSettings.from_hyp(hyp), imgsz=imgsz)
+    trainer = Trainer(model=model.train(), loss_fn=criterion, optimizer=optimizer,
                       train_loader=loader, device=torch.device("cpu"), epochs=1, imgsz=imgsz)
     for index, (batch_images, targets, paths, _) in enumerate(loader):
         if index == steps:

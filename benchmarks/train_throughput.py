@@ -30,7 +30,7 @@ from utils.engine.trainer import Trainer  # noqa: E402
 from utils.head import HeadConfig  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.loss import ComputeLoss  # noqa: E402
+from utils.loss import ComputeLoss, LossSettings  # noqa: E402
 from utils.torch_utils import ModelEMA  # noqa: E402
 
 logger = logging.getLogger("train_throughput")
@@ -54,7 +54,8 @@ def make_trainer(cfg: str, mode: str, imgsz: int, batch: int, nbs: int) -> Train
     torch.manual_seed(0)
     model = Model(cfg, nc=10, head=HeadConfig.from_hyp(hyp, imgsz))
     optimizer = build_optimizer(model, "SGD", hyp.lr0, hyp.momentum, hyp.weight_decay)
-    return Trainer(model=model, loss_fn=ComputeLoss(model, hyp, imgsz=imgsz), optimizer=optimizer,
+    criterion = ComputeLoss(model, LossSettings.from_hyp(hyp), imgsz=imgsz)
+    return Trainer(model=model, loss_fn=criterion, optimizer=optimizer,
                    train_loader=[], device=torch.device("cpu"), epochs=1, ema=ModelEMA(model),
                    accumulate=accumulate_steps(batch, nbs), imgsz=imgsz)
 

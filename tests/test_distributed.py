@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -57,7 +58,7 @@ def test_two_process_gloo_ddp(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29531", str(script)], capture_output=True, text=True, timeout=110,
+                             "--master_port", free_port(), str(script)], capture_output=True, text=True, timeout=110,
                             env=_env_with_repo())
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rank 0 ok" in result.stdout and "rank 1 ok" in result.stdout
@@ -72,7 +73,7 @@ def test_train_py_under_torchrun_two_processes(tmp_path):
                                     "generate": {"images": 16, "val_images": 8, "size": 128, "seed": 0}}))
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29532", "train.py", "--img", "64", "--batch", "8", "--nbs", "8",
+                             "--master_port", free_port(), "train.py", "--img", "64", "--batch", "8", "--nbs", "8",
                              "--epochs", "1", "--workers", "0", "--data", str(data), "--project", str(tmp_path),
                              "--noplots", "--noautoanchor", "--sync-bn"], cwd=repo, capture_output=True, text=True,
                             timeout=580, env=_env_with_repo())
@@ -81,6 +82,13 @@ def test_train_py_under_torchrun_two_processes(tmp_path):
     assert "rank 1/2 joined" not in result.stdout  # other ranks log errors only
     assert [row[0] for row in read_results(tmp_path / "exp" / "results.csv")[1]] == ["0"]
     assert (tmp_path / "exp" / "weights" / "last.pt").is_file() and not (tmp_path / "exp2").exists()
+
+
+def free_port() -> str:
+    """A TCP port nothing listens on now: fixed ports collide with other test runs on the same machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
 
 
 def _env_with_repo() -> dict[str, str]:

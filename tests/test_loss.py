@@ -17,7 +17,7 @@ from utils.boxes import aligned_iou
 from utils.cbbl import encode_offsets
 from utils.head import HeadConfig
 from utils.hyp import load_hyp
-from utils.loss import ComputeLoss, LossGains, _LevelGather, bce_with_logits
+from utils.loss import ComputeLoss, LossGains, LossSettings, _LevelGather, bce_with_logits
 
 MODES = ("ciou", "l1", "smooth_l1", "cbbl")
 # Two levels (strides 8 and 16 at 64 px), anchors in pixels: small enough to run hundreds of steps on a CPU.
@@ -59,7 +59,7 @@ def random_preds(detect: Detect, batch: int = 2, imgsz: int = 64, seed: int = 0)
 
 
 def test_gt_too_small_for_every_anchor_gets_no_positive_and_is_counted() -> None:
-    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(load_hyp(), 64)), load_hyp(), imgsz=64)
+    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(load_hyp(), 64)), LossSettings.from_hyp(load_hyp()), imgsz=64)
     # 1.5 px: ratio 5.3 to the smallest anchor (8 px); a 5.5x6.5 px box matches both p3 anchors, no p4 one
     targets = targets_px([[0, 0, 20, 20, 1.5, 1.5], [1, 2, 40, 30, 5.5, 6.5]])
     loss_fn(random_preds(loss_fn.detect), targets)
@@ -75,7 +75,7 @@ def test_gt_too_small_for_every_anchor_gets_no_positive_and_is_counted() -> None
 @pytest.mark.parametrize("mode", MODES)
 def test_loss_items_and_total(mode: str) -> None:
     hyp = load_hyp(box_loss=mode)
-    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(hyp, 64)), hyp, imgsz=64)
+    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(hyp, 64)), LossSettings.from_hyp(hyp), imgsz=64)
     preds = random_preds(loss_fn.detect)
     total, items = loss_fn(preds, targets_px([[0, 1, 30, 30, 10, 14], [1, 2, 12, 50, 20, 16]]))
     assert set(items) == {"box", "obj", "cls"}
@@ -87,7 +87,7 @@ def test_loss_items_and_total(mode: str) -> None:
 
 def test_empty_targets_give_objectness_only() -> None:
     hyp = load_hyp(box_loss="cbbl")
-    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(hyp, 64)), hyp, imgsz=64)
+    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(hyp, 64)), LossSettings.from_hyp(hyp), imgsz=64)
     total, items = loss_fn(random_preds(loss_fn.detect), torch.zeros(0, 6))
     assert items["box"] == 0 and items["cls"] == 0 and items["obj"] > 0 and torch.isfinite(total)
     assert loss_fn.stats.as_dict()["gt_total"] == 0
@@ -98,14 +98,14 @@ def test_box_settings_come_from_the_head_alone() -> None:
     box_losses = {}
     for um in (0.0, 1.0):
         head = HeadConfig(box_loss="cbbl", grid="uniform", um=um)
-        loss_fn = ComputeLoss(HeadOnly(head), load_hyp(box_loss="ciou", cbbl_um=0.5), imgsz=64)
+        loss_fn = ComputeLoss(HeadOnly(head), LossSettings.from_hyp(load_hyp(box_loss="ciou", cbbl_um=0.5)), imgsz=64)
         box_losses[um] = loss_fn(random_preds(loss_fn.detect), targets)[1]["box"]
     assert box_losses[1.0] > box_losses[0.0] > 0  # the head's UM weight counts, the hyp's box keys do not
 
 
 def test_gains_are_rescaled_in_a_factory_without_touching_the_hyp() -> None:
     hyp = load_hyp(box=0.05, obj=1.0, cls=0.5)
-    gains = LossGains.from_hyp(hyp, num_levels=4, num_classes=10, imgsz=1280)
+    gains = LossGains.scaled(LossSettings.from_hyp(hyp), num_levels=4, num_classes=10, imgsz=1280)
     assert gains.box == pytest.approx(0.05 * 3 / 4)
     assert gains.obj == pytest.approx(1.0 * 4 * 3 / 4)
     assert gains.cls == pytest.approx(0.5 * 10 / 80 * 3 / 4)
@@ -114,7 +114,7 @@ def test_gains_are_rescaled_in_a_factory_without_touching_the_hyp() -> None:
 
 def test_objectness_target_is_the_best_ciou_of_the_decoded_box() -> None:
     hyp = load_hyp()
-    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(hyp, 64)), hyp, imgsz=64)
+    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(hyp, 64)), LossSettings.from_hyp(hyp), imgsz=64)
     targets = targets_px([[0, 0, 20, 28, 10, 12], [0, 1, 21, 27, 16, 8]])  # both on p3 cell (2, 3)
     pred = torch.zeros(1, 2, 8, 8, loss_fn.detect.no)
     assigned = assign_level(targets, loss_fn.detect.anchors[0], (8, 8), hyp.anchor_t)
@@ -151,7 +151,7 @@ def yolov5_ciou(box1: tuple[float, ...], box2: tuple[float, ...], eps: float = 1
 def test_objectness_target_is_yolov5_v7_clamped_ciou() -> None:
     """One GT, zero raw outputs: every positive decodes to its anchor at offset (0.5, 0.5) of its cell."""
     hyp = load_hyp()
-    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(hyp, 64)), hyp, imgsz=64)
+    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(hyp, 64)), LossSettings.from_hyp(hyp), imgsz=64)
     targets = targets_px([[0, 0, 21, 27, 14, 9]])  # p3 (stride 8): centre (2.625, 3.375) cells, 1.75 x 1.125
     assigned = assign_level(targets, loss_fn.detect.anchors[0], (8, 8), hyp.anchor_t)
     flat_index = ((assigned.batch * 2 + assigned.anchor) * 8 + assigned.cell_y) * 8 + assigned.cell_x
@@ -191,14 +191,15 @@ def test_focal_bce_and_label_smoothing() -> None:
         pred[..., 5] = 10.0  # class 0, confidently, everywhere
     targets = targets_px([[0, 0, 20, 28, 10, 12]])
     head = HeadOnly(HeadConfig.from_hyp(load_hyp(), 64))
-    cls_loss = {smoothing: ComputeLoss(head, load_hyp(label_smoothing=smoothing), 64)(preds, targets)[1]["cls"]
+    settings = {smoothing: LossSettings.from_hyp(load_hyp(label_smoothing=smoothing)) for smoothing in (0.0, 0.2)}
+    cls_loss = {smoothing: ComputeLoss(head, settings[smoothing], 64)(preds, targets)[1]["cls"]
                 for smoothing in (0.0, 0.2)}
     assert cls_loss[0.0] < 1e-5 < cls_loss[0.2]
 
 
 def test_offset_labels_beyond_alpha_are_counted() -> None:
     hyp = load_hyp(box_loss="cbbl")
-    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(hyp, 64)), hyp, imgsz=64)
+    loss_fn = ComputeLoss(HeadOnly(HeadConfig.from_hyp(hyp, 64)), LossSettings.from_hyp(hyp), imgsz=64)
     # centre x at 2.5005 cells: the right neighbour's dx = -0.4995 -> logit label about -8.3 (clamped at -4)
     loss_fn(random_preds(loss_fn.detect, batch=1), targets_px([[0, 0, 8 * 2.5005, 8 * 3.2, 10, 12]]))
     stats = loss_fn.stats.as_dict()
@@ -210,7 +211,7 @@ def test_tiny_model_overfits_one_batch(mode: str, one_thread) -> None:
     torch.manual_seed(0)
     hyp = load_hyp(box_loss=mode)
     model = Model(TINY_CFG, head=HeadConfig.from_hyp(hyp, 64)).train()
-    loss_fn = ComputeLoss(model, hyp, imgsz=64)
+    loss_fn = ComputeLoss(model, LossSettings.from_hyp(hyp), imgsz=64)
     # three objects whose positives never share a (cell, anchor): every target is reachable at once
     targets = targets_px([[0, 0, 13, 19, 12, 14], [0, 1, 46, 44, 28, 24], [0, 2, 44, 14, 10, 8]])
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -10,6 +10,7 @@ decoded box with its ground truth, clamped at 0; where several ground truths cla
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
@@ -32,12 +33,31 @@ OBJ_BALANCE = {1: (1.0,), 2: (4.0, 1.0), 3: (4.0, 1.0, 0.4), 4: (4.0, 1.0, 0.25,
                5: (4.0, 1.0, 0.25, 0.06, 0.02)}
 # YOLOv5's gr: objectness target = (1 - gr) + gr * max(CIoU, 0); 1.0 (YOLOv5's value) = the clamped CIoU alone.
 OBJ_IOU_RATIO = 1.0
-# Focal loss alpha (Lin et al. 2017), used when hyp.fl_gamma > 0.
+# Focal loss alpha (Lin et al. 2017), used when fl_gamma > 0.
 FOCAL_ALPHA = 0.25
 # Smooth-L1 transition point on raw offsets (torch's / mmdetection's default).
 SMOOTH_L1_BETA = 1.0
-# The setting YOLOv5's loss gains were tuned at; gains are rescaled from it (see LossGains.from_hyp).
+# The setting YOLOv5's loss gains were tuned at; gains are rescaled from it (see LossGains.scaled).
 _REFERENCE_LEVELS, _REFERENCE_CLASSES, _REFERENCE_IMGSZ = 3, 80, 640
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """What the criterion reads of the hyperparameters (hyp files' names); the box settings come from the head."""
+
+    box: float  # box term gain (at YOLOv5's 3 levels, 80 classes, 640 px)
+    obj: float  # objectness gain
+    cls: float  # class gain
+    obj_pw: float  # positive weight of the objectness BCE
+    cls_pw: float  # positive weight of the class BCE
+    anchor_t: float  # assignment: max size ratio between a ground truth and its anchor
+    fl_gamma: float  # focal loss gamma (0 = plain BCE)
+    label_smoothing: float  # class target smoothing epsilon
+
+    @classmethod
+    def from_hyp(cls, hyp: Hyp) -> LossSettings:
+        """The loss keys of a Hyp (the builder's one call; the loss never sees the rest)."""
+        return cls(**{field.name: getattr(hyp, field.name) for field in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -49,12 +69,12 @@ class LossGains:
     cls: float
 
     @classmethod
-    def from_hyp(cls, hyp: Hyp, num_levels: int, num_classes: int, imgsz: int) -> LossGains:
-        """Scale hyp gains from YOLOv5's tuning point: by 3/levels, classes/80 (cls) and (imgsz/640)^2 (obj)."""
+    def scaled(cls, settings: LossSettings, num_levels: int, num_classes: int, imgsz: int) -> LossGains:
+        """Scale the gains from YOLOv5's tuning point: by 3/levels, classes/80 (cls) and (imgsz/640)^2 (obj)."""
         level_scale = _REFERENCE_LEVELS / num_levels
-        return cls(box=hyp.box * level_scale,
-                   obj=hyp.obj * (imgsz / _REFERENCE_IMGSZ) ** 2 * level_scale,
-                   cls=hyp.cls * num_classes / _REFERENCE_CLASSES * level_scale)
+        return cls(box=settings.box * level_scale,
+                   obj=settings.obj * (imgsz / _REFERENCE_IMGSZ) ** 2 * level_scale,
+                   cls=settings.cls * num_classes / _REFERENCE_CLASSES * level_scale)
 
 
 def bce_with_logits(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor,
@@ -113,17 +133,17 @@ class ComputeLoss:
     """YOLOv5-style criterion: ``loss_fn(preds, targets) -> (total, {'box', 'obj', 'cls'})``.
 
     Every box setting (box loss, C-BBL grids, offset space, restore, UM, CIoU term) comes from the head's
-    HeadConfig (``model.detect.head``), so training encodes exactly what val/detect decode; ``hyp`` gives the
+    HeadConfig (``model.detect.head``), so training encodes exactly what val/detect decode; ``settings`` give the
     gains, assignment and class/objectness settings. ``imgsz`` only scales the objectness gain (YOLOv5's
     (imgsz/640)^2). ``stats`` holds the assignment diagnostics.
     """
 
-    def __init__(self, model: nn.Module, hyp: Hyp, imgsz: int = _REFERENCE_IMGSZ):
+    def __init__(self, model: nn.Module, settings: LossSettings, imgsz: int = _REFERENCE_IMGSZ):
         detect = de_parallel(model).detect
         if detect.nl not in OBJ_BALANCE:
             raise ValueError(f"no objectness balance for {detect.nl} detection levels; known: {sorted(OBJ_BALANCE)}")
-        self.detect, self.hyp = detect, hyp
-        self.gains = LossGains.from_hyp(hyp, detect.nl, detect.nc, imgsz)
+        self.detect, self.settings = detect, settings
+        self.gains = LossGains.scaled(settings, detect.nl, detect.nc, imgsz)
         self.balance = OBJ_BALANCE[detect.nl]
         self.stats = AssignmentStats([level_name(float(s), i) for i, s in enumerate(detect.stride)])
 
@@ -143,12 +163,12 @@ class ComputeLoss:
             raise ValueError(f"expected {self.detect.nl} prediction levels, got {len(preds)}")
         device = preds[0].device
         targets = targets.to(device=device, dtype=torch.float32)
-        obj_pos_weight = torch.tensor(self.hyp.obj_pw, device=device)
+        obj_pos_weight = torch.tensor(self.settings.obj_pw, device=device)
         box_loss = cls_loss = obj_loss = torch.zeros((), device=device)
         matched_any = torch.zeros(len(targets), dtype=torch.bool, device=device)
         for level, pred in enumerate(preds):
             anchors = self.detect.anchors[level].to(device=device, dtype=torch.float32)
-            assigned = assign_level(targets, anchors, tuple(pred.shape[2:4]), self.hyp.anchor_t)
+            assigned = assign_level(targets, anchors, tuple(pred.shape[2:4]), self.settings.anchor_t)
             _, num_anchors, grid_h, grid_w, _ = pred.shape
             flat_index = ((assigned.batch * num_anchors + assigned.anchor) * grid_h + assigned.cell_y) * grid_w
             flat_index = flat_index + assigned.cell_x  # (P,) row of each positive in pred viewed as (B*A*H*W, C)
@@ -157,7 +177,7 @@ class ComputeLoss:
             if len(assigned.gt):
                 level_box, level_cls = self._positive_terms(positive, assigned, flat_index, obj_target)
                 box_loss, cls_loss = box_loss + level_box, cls_loss + level_cls
-            level_obj = bce_with_logits(obj_logits, obj_target, obj_pos_weight, self.hyp.fl_gamma)
+            level_obj = bce_with_logits(obj_logits, obj_target, obj_pos_weight, self.settings.fl_gamma)
             obj_loss = obj_loss + self.balance[level] * level_obj
             self._count_level(level, assigned, matched_any)
         self.stats.add("gt_total", len(targets))
@@ -177,11 +197,11 @@ class ComputeLoss:
         if self.detect.nc == 1:
             return box_loss, torch.zeros_like(box_loss)
         cls_logits = positive[:, box_channels + 1:]  # (P, nc)
-        smoothing = self.hyp.label_smoothing
+        smoothing = self.settings.label_smoothing
         cls_target = torch.full_like(cls_logits, 0.5 * smoothing)
         cls_target[torch.arange(len(cls_logits), device=cls_logits.device), assigned.cls] = 1 - 0.5 * smoothing
-        cls_pos_weight = torch.tensor(self.hyp.cls_pw, device=cls_logits.device)
-        return box_loss, bce_with_logits(cls_logits, cls_target, cls_pos_weight, self.hyp.fl_gamma)
+        cls_pos_weight = torch.tensor(self.settings.cls_pw, device=cls_logits.device)
+        return box_loss, bce_with_logits(cls_logits, cls_target, cls_pos_weight, self.settings.fl_gamma)
 
     def box_term(self, raw_box: torch.Tensor, assigned: LevelTargets) -> tuple[torch.Tensor, torch.Tensor]:
         """Box loss of positives: raw box channels (P, box_channels) -> (decoded boxes (P, 4), mean loss).

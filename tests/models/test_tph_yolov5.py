@@ -12,7 +12,7 @@ from models.yolo import Model, load_model_yaml
 from tests.conftest import REPO_ROOT, foreign_checkpoint
 from utils.head import HeadConfig
 from utils.hyp import load_hyp
-from utils.loss import ComputeLoss
+from utils.loss import ComputeLoss, LossSettings
 
 MODELS = REPO_ROOT / "models"
 # Measured with TPH-YOLOv5's own code (@052dfeb) at nc=10: parameters and rows.
@@ -60,7 +60,7 @@ def test_cbbl_head_trains_and_decodes_on_every_tph_graph(name):
     model = Model(MODELS / f"{name}.yaml", nc=3, head=HeadConfig.from_hyp(hyp, 64))
     detect = model.detect
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.2, 0.3], [1, 2, 0.3, 0.6, 0.1, 0.1]])
-    loss, _ = ComputeLoss(model, hyp, imgsz=64)(model(torch.rand(2, 3, 64, 64)), targets)
+    loss, _ = ComputeLoss(model, LossSettings.from_hyp(hyp), imgsz=64)(model(torch.rand(2, 3, 64, 64)), targets)
     loss.backward()
     assert torch.isfinite(loss) and all(conv.weight.grad.abs().sum() > 0 for conv in detect.prediction_convs())
     with torch.no_grad():

@@ -28,7 +28,7 @@ from utils.engine.options import TrainOptions
 from utils.engine.transfer import transfer_weights
 from utils.files import atomic_write_text, increment_path
 from utils.head import HeadConfig
-from utils.loss import ComputeLoss
+from utils.loss import ComputeLoss, LossSettings
 from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride, round_to_stride
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def build(opts: TrainOptions, names: list[str], device: torch.device,
     model.yaml["names"] = names
     freeze_layers(model, opts.freeze)
     model = model.to(device)
-    return model, ComputeLoss(model, opts.hyp, imgsz=imgsz), imgsz
+    return model, ComputeLoss(model, LossSettings.from_hyp(opts.hyp), imgsz=imgsz), imgsz
 
 
 def _new_model(opts: TrainOptions, names: list[str], head: HeadConfig) -> Model:

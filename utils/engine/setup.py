@@ -81,11 +81,14 @@ def build(opts: TrainOptions, names: list[str], device: torch.device,
         model.load_state_dict(resume_checkpoint["model"])
         imgsz = round_to_stride(opts.imgsz, max_stride(model.stride, TRAIN_GRID_FLOOR))
     else:
-        model = _new_model(opts, names, HeadConfig.from_hyp(opts.hyp, opts.imgsz))
+        pretrained = _pretrained(opts)
+        cfg = opts.cfg or pretrained["model_yaml"]
+        model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
+                      head=HeadConfig.from_hyp(opts.hyp, opts.imgsz))
         imgsz = round_to_stride(opts.imgsz, max_stride(model.stride, TRAIN_GRID_FLOOR))
-        head = HeadConfig.from_hyp(opts.hyp, imgsz)
-        if head != model.detect.head:
-            model = _new_model(opts, names, head)  # the head depends on the size: build it for the one used
+        model.set_head(HeadConfig.from_hyp(opts.hyp, imgsz))  # the size training uses: --img 1000 -> 1024's beta
+        if pretrained is not None:
+            transfer_weights(model, pretrained, f"--weights {opts.weights}")
     model.names = names
     model.yaml["names"] = names
     freeze_layers(model, opts.freeze)
@@ -93,18 +96,16 @@ def build(opts: TrainOptions, names: list[str], device: torch.device,
     return model, ComputeLoss(model, LossSettings.from_hyp(opts.hyp), imgsz=imgsz), imgsz
 
 
-def _new_model(opts: TrainOptions, names: list[str], head: HeadConfig) -> Model:
-    """From --cfg (or --weights' architecture), with --weights transferred by name and shape (a different nc keeps
-    those layers' init; a different box encoding rebuilds the Detect layer with a warning, utils/engine/transfer.py)."""
-    pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg)) if opts.weights else None
-    if pretrained is not None and not opts.cfg:
+def _pretrained(opts: TrainOptions) -> Optional[dict]:
+    """--weights to start from (None: from scratch); its graph is checked against its weights when it is the one
+    built. Layers transfer by name and shape (utils/engine/transfer.py: a different box encoding rebuilds the
+    Detect layer with a warning)."""
+    if not opts.weights:
+        return None
+    pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg))
+    if not opts.cfg:
         check_graph(pretrained["model_yaml"], pretrained.get("ema") or pretrained["model"], opts.weights)
-    cfg = opts.cfg or pretrained["model_yaml"]
-    model = Model(cfg, nc=len(names), anchors=opts.hyp.anchors and int(opts.hyp.anchors),
-                  head=head)
-    if pretrained is not None:
-        transfer_weights(model, pretrained, f"--weights {opts.weights}")
-    return model
+    return pretrained
 
 
 def freeze_layers(model: nn.Module, freeze: tuple[int, ...]) -> list[str]:

@@ -2,8 +2,8 @@
 
     python benchmarks/metrics_speed.py [--images 548] [--dets 500] [--gts 71] [--seed 0]
 
-Times the COCO protocol (utils/coco_eval.evaluate and the full validator scoring) and the VisDrone
-protocol (utils/visdrone_eval.evaluate, with ignored regions) on synthetic drone-like scenes: mostly
+Times the COCO protocol (utils/eval/coco.evaluate and the full validator scoring) and the VisDrone
+protocol (utils/eval/visdrone.evaluate, with ignored regions) on synthetic drone-like scenes: mostly
 small boxes, detections jittered from the GTs plus clutter. Goal: each under 10 s on this CPU.
 Prints the figures and writes benchmarks/results/metrics_speed.json.
 """

@@ -38,7 +38,7 @@ class Detect(nn.Module):
         ch: input channels per level.
         head: the box head's settings (utils.head.HeadConfig, or its dict form; None = CIoU regression).
 
-    ``decode_conf``: when set (inference, see :meth:`sparse_decode`), C-BBL boxes are decoded only where
+    ``decode_conf``: when set (inference, see :meth:`sparse_box_offsets`), C-BBL boxes are decoded only where
     objectness x class can pass that confidence; None (the default, training, export) decodes every anchor.
     """
 

@@ -214,7 +214,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """CLI entry: 0 on success, 2 with the error on stderr for a broken config."""
-
     setup_logging()
     opts = parse_args(argv)
     try:

@@ -87,7 +87,8 @@ class AssignmentStats:
     def as_dict(self) -> dict[str, float]:
         """GT totals, GTs with no positive anywhere, per-level positives and matched GTs, clamped offset labels.
 
-        ``clamped`` counts offset labels t* beyond +-alpha (modes cbbl, l1, smooth_l1; 0 for ciou).
+        ``clamped`` counts offset labels t* outside the range they are clamped to (each C-BBL group's grid, or
+        +-alpha for l1 and smooth_l1; 0 for ciou).
         """
         counts = {name: float(value) for name, value in self._counts.items()}
         gt_total = counts.get("gt_total", 0.0)

@@ -35,6 +35,7 @@ from typing import Any, Union
 import torch
 
 from utils.files import atomic_write_bytes, remove_stale_temps
+from utils.head import HeadConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 STRIPPED_KEYS = ("model", "model_yaml", "names", "hyp", "opt", "epoch", "best_fitness")
 
 # The box head of YOLOv5/TPH-YOLOv5 files: 4 regressed offsets per anchor.
-FOREIGN_HEAD = {"box": "regress"}
+FOREIGN_HEAD = HeadConfig().to_dict()  # YOLOv5's regression head (CIoU)
 # Modules whose classes a YOLOv5 pickle names for its model objects: they become inert records, never imported.
 INERT_NAMESPACES = ("models.", "utils.", "torch.nn.", "numpy", "pathlib.", "argparse.", "__main__.")
 # Element types a pickle may name as torch.<name> (looked up in this list only: no other attribute of torch is read).

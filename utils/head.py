@@ -71,7 +71,7 @@ class HeadConfig:
 
     ``centre_points``/``size_points`` are the C-BBL grids (empty for regression). For ``in`` and ``uniform``
     they follow from the other settings when not given; ``auto``/``quantile`` start from the paper's grid
-    until :func:`utils.engine.grid_fit.fit_head_grid` replaces them with fitted points.
+    until :func:`fit_head_grid` (called by utils/engine/grid_fit.py) replaces them with fitted points.
     """
 
     box_loss: str = "ciou"  # ciou | l1 | smooth_l1 (regression head) | cbbl (C-BBL head)

@@ -50,7 +50,6 @@ class LossSettings:
     cls: float  # class gain
     obj_pw: float  # positive weight of the objectness BCE
     cls_pw: float  # positive weight of the class BCE
-    anchor_t: float  # assignment: max size ratio between a ground truth and its anchor
     fl_gamma: float  # focal loss gamma (0 = plain BCE)
     label_smoothing: float  # class target smoothing epsilon
 
@@ -168,7 +167,7 @@ class ComputeLoss:
         matched_any = torch.zeros(len(targets), dtype=torch.bool, device=device)
         for level, pred in enumerate(preds):
             anchors = self.detect.anchors[level].to(device=device, dtype=torch.float32)
-            assigned = assign_level(targets, anchors, tuple(pred.shape[2:4]), self.settings.anchor_t)
+            assigned = assign_level(targets, anchors, tuple(pred.shape[2:4]), self.detect.head.anchor_t)
             _, num_anchors, grid_h, grid_w, _ = pred.shape
             flat_index = ((assigned.batch * num_anchors + assigned.anchor) * grid_h + assigned.cell_y) * grid_w
             flat_index = flat_index + assigned.cell_x  # (P,) row of each positive in pred viewed as (B*A*H*W, C)

@@ -1,4 +1,4 @@
-"""Training hooks: small classes with named events, called by utils/trainer.Trainer in list order.
+"""Training hooks: small classes with named events, called by utils/engine/trainer.Trainer in list order.
 
 Order used by training (utils/engine/run.py): LR schedule, mosaic closing, validation, best model +
 early stopping, results.csv, checkpoint, plots, TensorBoard (after the plots, whose images it logs).

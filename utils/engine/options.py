@@ -22,7 +22,7 @@ from utils.files import REPO_ROOT, resolve_path
 from utils.head import GRID_MODES
 from utils.hyp import BOX_LOSSES, UM_MODES, Hyp, load_hyp
 from utils.options import build_parser as build_options_parser
-from utils.options import option
+from utils.options import option, parse_into
 
 DEFAULT_CFG = "models/yolov5n.yaml"
 DEFAULT_DATA = "data/synthetic.yaml"
@@ -160,4 +160,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_options(argv: Optional[Sequence[str]] = None) -> TrainOptions:
     """train.py's command line (``argv`` for tests; None = sys.argv) -> TrainOptions."""
-    return TrainOptions(**vars(build_parser().parse_args(argv)))
+    return parse_into(TrainOptions, argv, DESCRIPTION)

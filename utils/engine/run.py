@@ -103,7 +103,6 @@ def recorded_run_dir(checkpoint: dict[str, Any], path: Path) -> Optional[Path]:
 def run(opts: TrainOptions) -> TrainOutcome:
     """Train (or evolve hyperparameters with --evolve N) and return the outcome of the (last) run."""
     if opts.evolve:
-
         return evolve(opts, train)
     return train(opts)
 
@@ -138,7 +137,6 @@ def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_
     batch_size = opts.batch_size // context.world_size
     train_loader, dataset, val_loader = train_setup.build_loaders(opts, data, imgsz, stride, context, batch_size)
     if checkpoint is None and not opts.noautoanchor:
-
         check_anchors(dataset, model, thr=opts.hyp.anchor_t, imgsz=imgsz)
     if checkpoint is None:
         fit_model_grid(model, dataset, imgsz, seed=opts.seed)
@@ -200,7 +198,6 @@ class FinalValidation:
         self.device, self.plots, self.results = device, plots, None
 
     def __call__(self) -> Any:
-
         path = self.save_dir / "weights" / "best.pt"
         path = path if path.is_file() else path.with_name("last.pt")
         if not path.is_file():

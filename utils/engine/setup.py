@@ -18,7 +18,7 @@ import torch.nn as nn
 import yaml
 
 from models.verify import check_graph
-from models.yolo import Model
+from models.yolo import Model, model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.data.augment import AugmentSettings
 from utils.data.config import SINGLE_CLASS_NAME
@@ -76,9 +76,7 @@ def build(opts: TrainOptions, names: list[str], device: torch.device,
     uses: --img rounded up to the model's largest stride. On resume the model is exactly the checkpoint's.
     """
     if resume_checkpoint is not None:
-        check_graph(resume_checkpoint["model_yaml"], resume_checkpoint["model"], opts.resume)
-        model = Model(resume_checkpoint["model_yaml"])
-        model.load_state_dict(resume_checkpoint["model"])
+        model = model_from_checkpoint(resume_checkpoint, use_ema=False, source=opts.resume).train()
         imgsz = round_to_stride(opts.imgsz, max_stride(model.stride, TRAIN_GRID_FLOOR))
     else:
         pretrained = _pretrained(opts)
@@ -125,7 +123,6 @@ def freeze_layers(model: nn.Module, freeze: tuple[int, ...]) -> list[str]:
 def build_loaders(opts: TrainOptions, data: dict[str, Any], imgsz: int, stride: int, context: DistContext,
                   batch_size: int) -> tuple[Any, Any, Optional[Any]]:
     """(train_loader, train_dataset, val_loader or None on non-main ranks); ``batch_size`` per process."""
-
     nc = 1 if opts.single_cls else int(data["nc"])
     with main_process_first(context):
         train_loader, dataset = create_dataloader(

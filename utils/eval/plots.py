@@ -18,7 +18,7 @@ import torch
 from utils.annotate import draw_detections
 from utils.boxes import cxcywhn_to_xyxy
 from utils.eval.metrics import RECALL_POINTS, ConfusionMatrix, PRCurves
-from utils.files import checked_savefig
+from utils.files import checked_imwrite, checked_savefig
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ def plot_batch(images: torch.Tensor, targets: torch.Tensor, names: Sequence[str]
         image_bgr = draw_detections(image_bgr, boxes, rows[:, 1].long(), rows[:, 6] if has_conf else None, names)
         top, left = (index // grid_side) * cell_h, (index % grid_side) * cell_w
         mosaic[top:top + cell_h, left:left + cell_w] = image_bgr
-    cv2.imwrite(str(save_path), mosaic)
-    return Path(save_path)
+    return checked_imwrite(save_path, mosaic)
 
 
 def plot_study(csv_path: Path, save_path: Path) -> Path:
@@ -147,6 +146,6 @@ def plot_study(csv_path: Path, save_path: Path) -> Path:
         axis.plot(x, column["mAP50-95"] * 100, ".-", linewidth=2, markersize=8)
         axis.set(xlabel=xlabel, ylabel="mAP50-95 (%)")
         axis.grid(alpha=0.2)
-    fig.savefig(save_path, dpi=200)
+    checked_savefig(fig, save_path, dpi=200)
     plt.close(fig)
     return save_path

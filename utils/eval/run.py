@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from utils.eval.plots import plot_study
 from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
 from utils.eval.validator import ValResults, log_results, validate
 from utils.files import atomic_write_text, increment_path
+from utils.infer.backend import DetectBackend
 from utils.infer.predictor import load_backend
 from utils.options import options_from_kwargs
 from utils.torch_utils import round_to_stride, select_device
@@ -59,13 +60,11 @@ def run_options(opts: ValOptions, save_dir: Path) -> ValResults | list[ValResult
     return run_model(opts, save_dir)
 
 
-def run_model(opts: ValOptions, save_dir: Path) -> ValResults:
-    """Load the weights (DetectBackend), build the split's loader and validate."""
-
+def run_model(opts: ValOptions, save_dir: Path, backend: Optional[DetectBackend] = None) -> ValResults:
+    """Load the weights (DetectBackend, unless given: a study reuses one), build the split's loader and validate."""
     split = "val" if opts.task in ("speed", "study") else opts.task
     data = load_data_config(opts.data, splits=(split,))
-    device = select_device(opts.device, opts.batch_size)
-    backend = load_backend(opts.weights, device, opts.half, opts.runtime)
+    backend = backend or _backend(opts)
     if backend.nc != data["nc"] and not opts.single_cls:
         raise ValueError(f"{opts.weights[0]} predicts {backend.nc} classes but {opts.data} has {data['nc']}")
     exported = backend.fixed_imgsz is not None
@@ -81,15 +80,20 @@ def run_model(opts: ValOptions, save_dir: Path) -> ValResults:
                     save_hybrid=opts.save_hybrid, merge=opts.merge, weights_stem=Path(opts.weights[0]).stem)
 
 
+def _backend(opts: ValOptions) -> DetectBackend:
+    return load_backend(opts.weights, select_device(opts.device, opts.batch_size), opts.half, opts.runtime)
+
+
 def run_study(opts: ValOptions, save_dir: Path, sizes: Sequence[int] = STUDY_SIZES) -> list[ValResults]:
-    """mAP and speed against image size (YOLOv5's --task study). After every size, study_<data>_<weights>.csv
-    and study.png are rewritten, so an interrupted study keeps what it measured."""
+    """mAP and speed against image size (YOLOv5's --task study), the weights loaded once. After every size,
+    study_<data>_<weights>.csv and study.png are rewritten, so an interrupted study keeps what it measured."""
+    backend = _backend(opts)
     csv_path = save_dir / f"study_{Path(opts.data).stem}_{Path(opts.weights[0]).stem}.csv"
     lines, results = [",".join(STUDY_COLUMNS)], []
     for size in sizes:
         logger.info("study: --imgsz %d", size)
         result = run_model(replace(opts, imgsz=size, noplots=True, save_json=False, save_txt=False),
-                           save_dir / f"imgsz{size}")
+                           save_dir / f"imgsz{size}", backend)
         results.append(result)
         speed = result.speed_ms
         values = (size, result.precision, result.recall, result.map50, result.map50_95, speed["preprocess"],

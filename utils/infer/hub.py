@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
 
 from utils.annotate import draw_detections
 from utils.boxes import xyxy_to_cxcywh
-from utils.files import increment_path
+from utils.files import checked_imwrite, increment_path, read_image
 from utils.infer.options import DetectOptions
-from utils.infer.predictor import detect_images
+from utils.infer.predictor import check_imgsz, detect_images
+from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ XYWH_COLUMNS = ["xcenter", "ycenter", "width", "height", "confidence", "class", 
 def _rgb_array(image: ImageInput, index: int) -> tuple[np.ndarray, str]:
     """One input -> (HWC uint8 RGB array, file name for saving)."""
     if isinstance(image, (str, Path)):
-        bgr = cv2.imread(str(image))
+        bgr = read_image(image)
         if bgr is None:
             raise FileNotFoundError(f"image {image} not found or not readable")
         return bgr[:, :, ::-1], Path(image).name
@@ -60,7 +60,7 @@ class AutoShape(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.names, self.nc = list(model.names), int(model.nc)
-        self.stride = max(int(model.stride.max()), 32)
+        self.stride = max_stride(model.stride, TRAIN_GRID_FLOOR)
 
     @torch.no_grad()
     def forward(self, images: Union[ImageInput, Sequence[ImageInput]], size: Union[int, Sequence[int]] = 640
@@ -70,7 +70,7 @@ class AutoShape(nn.Module):
         arrays, files = zip(*(_rgb_array(image, i) for i, image in enumerate(batch)))
         opts = DetectOptions(imgsz=size, conf_thres=self.conf, iou_thres=self.iou, max_det=self.max_det,
                              agnostic_nms=self.agnostic, classes=self.classes)
-        imgsz = [int(-(-s // self.stride) * self.stride) for s in opts.imgsz]
+        imgsz = check_imgsz(opts.imgsz, self.stride)
         device = next(self.model.parameters()).device
         width = 5 + self.nc
 
@@ -119,8 +119,7 @@ class Detections:
         folder = increment_path(save_dir, exist_ok=exist_ok, mkdir=True)
         for image, name in zip(self.render(labels), self.files):
             path = folder / name
-            if not cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1])):
-                raise OSError(f"could not write {path} (disk full or unsupported extension?)")
+            checked_imwrite(path, np.ascontiguousarray(image[:, :, ::-1]))
         logger.info("Saved %d image%s to %s", self.n, "s" * (self.n > 1), folder)
         return folder
 

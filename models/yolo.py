@@ -28,6 +28,7 @@ from models.info import model_info  # noqa: E402
 from models.parse import MODULES, parse_model, row_lines, run_layers  # noqa: E402
 from models.verify import check_graph  # noqa: E402
 from utils.anchors import check_anchor_order, default_anchors  # noqa: E402
+from utils.checkpoint import checkpoint_weights  # noqa: E402
 from utils.head import BOX_LOSSES, HeadConfig  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
@@ -185,7 +186,7 @@ def model_from_checkpoint(checkpoint: dict, use_ema: bool = True, source: Union[
 
     The graph is checked against the weights first (models/verify.py); errors name ``source`` (the file).
     """
-    state = checkpoint.get("ema") if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
+    state = checkpoint_weights(checkpoint, use_ema)
     check_graph(checkpoint["model_yaml"], state, source)
     model = Model(checkpoint["model_yaml"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import FOREIGN_FILES, HOSTILE_KINDS, foreign_checkpoint, make_hostile_checkpoint, small_filesystem
-from utils.checkpoint import is_stripped, load_checkpoint, save_checkpoint, strip_checkpoint_file
+from utils.checkpoint import checkpoint_weights, is_stripped, load_checkpoint, save_checkpoint, strip_checkpoint_file
 from utils.files import OutputWriteError
 
 
@@ -170,3 +170,10 @@ def test_compressed_pickle_larger_than_its_file_is_refused(tmp_path):
         archive.writestr("bomb/data.pkl", b"\x80\x02" + b"(" * 2_000_000)
     with pytest.raises(ValueError, match=r"bomb\.pt: refused to load .*unpacks to more than the file's size"):
         load_checkpoint(path)
+
+
+def test_checkpoint_weights_prefer_the_ema_when_present():
+    model, ema = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
+    assert checkpoint_weights({"model": model, "ema": ema}) is ema
+    assert checkpoint_weights({"model": model, "ema": ema}, use_ema=False) is model
+    assert checkpoint_weights({"model": model, "ema": None}) is model and checkpoint_weights({"model": model}) is model

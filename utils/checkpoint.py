@@ -100,9 +100,15 @@ def is_stripped(checkpoint: dict[str, Any]) -> bool:
     return checkpoint.get("optimizer") is None
 
 
+def checkpoint_weights(checkpoint: dict[str, Any], use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict a checkpoint is used with: its EMA weights when present (and ``use_ema``), else ``model``."""
+    ema = checkpoint.get("ema") if use_ema else None
+    return ema if ema else checkpoint["model"]
+
+
 def strip_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint as training ships it: EMA (else model) weights in float16 as ``model``, no resume state."""
-    state = checkpoint.get("ema") if checkpoint.get("ema") is not None else checkpoint["model"]
+    state = checkpoint_weights(checkpoint)
     stripped = {key: checkpoint[key] for key in STRIPPED_KEYS if key in checkpoint}
     stripped["model"] = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
     return stripped

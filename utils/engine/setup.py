@@ -19,7 +19,7 @@ import yaml
 
 from models.verify import check_graph
 from models.yolo import Model, model_from_checkpoint
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import checkpoint_weights, load_checkpoint
 from utils.data.augment import AugmentSettings
 from utils.data.config import SINGLE_CLASS_NAME
 from utils.data.dataset import create_dataloader
@@ -102,7 +102,7 @@ def _pretrained(opts: TrainOptions) -> Optional[dict]:
         return None
     pretrained = load_checkpoint(opts.weights, weights_only_transfer=bool(opts.cfg))
     if not opts.cfg:
-        check_graph(pretrained["model_yaml"], pretrained.get("ema") or pretrained["model"], opts.weights)
+        check_graph(pretrained["model_yaml"], checkpoint_weights(pretrained), opts.weights)
     return pretrained
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch.nn as nn
 
 from models.yolo import transfer_state_dict
+from utils.checkpoint import checkpoint_weights
 from utils.head import HeadConfig, as_head_config
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def transfer_weights(model: nn.Module, checkpoint: dict[str, Any], source: str) 
         checkpoint: a dict with ``model`` (and optionally ``ema``, ``model_yaml['detect']``) state.
         source: how to name the weights in messages, e.g. ``--weights best.pt``.
     """
-    state = checkpoint.get("ema") or checkpoint["model"]
+    state = checkpoint_weights(checkpoint)
     state = {name: value.float() if value.is_floating_point() else value for name, value in state.items()}
     stored_head = (checkpoint.get("model_yaml") or {}).get("detect")
     difference = head_difference(stored_head, model.detect.head)

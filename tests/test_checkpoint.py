@@ -177,3 +177,9 @@ def test_checkpoint_weights_prefer_the_ema_when_present():
     assert checkpoint_weights({"model": model, "ema": ema}) is ema
     assert checkpoint_weights({"model": model, "ema": ema}, use_ema=False) is model
     assert checkpoint_weights({"model": model, "ema": None}) is model and checkpoint_weights({"model": model}) is model
+
+
+def test_one_save_writes_the_same_bytes_to_every_path(tmp_path):
+    save_checkpoint(_checkpoint(), tmp_path / "best.pt", tmp_path / "last.pt")
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert load_checkpoint(tmp_path / "last.pt")["names"] == _checkpoint()["names"]

@@ -58,18 +58,18 @@ STORAGE_DTYPES = {"HalfStorage": torch.float16, "FloatStorage": torch.float32, "
                   "BoolStorage": torch.bool, "UntypedStorage": torch.uint8}
 
 
-def save_checkpoint(checkpoint: dict[str, Any], path: Union[str, Path]) -> None:
+def save_checkpoint(checkpoint: dict[str, Any], *paths: Union[str, Path]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves a broken file.
 
     Temporary files that a killed save of the same file left behind are removed first. The checkpoint is
-    serialised in memory and written in one go, so a full disk raises OutputWriteError with the system's
-    reason rather than torch's serializer error.
+    serialised in memory once and written in one go to each path in order, so a full disk raises
+    OutputWriteError with the system's reason rather than torch's serializer error.
     """
-    path = Path(path)
-    remove_stale_temps(path)
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    atomic_write_bytes(path, buffer.getbuffer())
+    for path in paths:
+        remove_stale_temps(path)
+        atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu",

@@ -194,12 +194,12 @@ class CheckpointHook(Hook):
         final_epoch = trainer.epoch + 1 == trainer.epochs or trainer.stop
         if self.nosave and not final_epoch:
             return
-        checkpoint = self.build(trainer)
-        if trainer.is_best:  # before last.pt: a kill in between resumes the epoch and may rewrite best.pt
-            save_checkpoint(checkpoint, self.weights_dir / "best.pt")
-        save_checkpoint(checkpoint, self.weights_dir / "last.pt")
+        # best.pt before last.pt: a kill in between resumes the epoch and may rewrite best.pt
+        paths = [self.weights_dir / "best.pt"] if trainer.is_best else []
+        paths.append(self.weights_dir / "last.pt")
         if self.save_period > 0 and (trainer.epoch + 1) % self.save_period == 0:
-            save_checkpoint(checkpoint, self.weights_dir / f"epoch{trainer.epoch}.pt")
+            paths.append(self.weights_dir / f"epoch{trainer.epoch}.pt")
+        save_checkpoint(self.build(trainer), *paths)  # serialised once
 
     def after_train(self, trainer: Trainer) -> None:
         """A killed or failed run keeps its full last.pt for --resume; a finished one ships small files."""

@@ -70,7 +70,7 @@ def train_options(args: argparse.Namespace, config: str, seed: int, rows: list[d
     hyp = load_hyp(ROOT / args.hyp, warmup_epochs=args.warmup_epochs, **config_overrides(config, rows))
     return TrainOptions(optimizer=args.optimizer, cfg=str(model_cfg(args)), data=str(ROOT / args.data), hyp=hyp,
                         epochs=args.epochs, batch_size=args.batch, imgsz=args.img, workers=args.workers,
-                        noplots=True, project=str(ROOT / "runs" / "ablation" / args.out.name),
+                        noplots=True, project=str(args.project / args.out.name),
                         name=f"{config}_s{seed}", exist_ok=True, seed=seed,
                         nbs=args.batch, save_period=1 if seed == 0 else -1, device="cpu",
                         noval=not args.val_every_epoch)
@@ -84,7 +84,7 @@ def model_cfg(args: argparse.Namespace) -> Path:
     import yaml
 
     model = {**yaml.safe_load(cfg.read_text(encoding="utf-8")), "width_multiple": args.width_multiple}
-    path = ROOT / "runs" / "ablation" / args.out.name / f"{cfg.stem}-w{args.width_multiple:g}.yaml"
+    path = args.project / args.out.name / f"{cfg.stem}-w{args.width_multiple:g}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file():
         path.write_text(yaml.safe_dump(model, sort_keys=False), encoding="utf-8")
@@ -225,8 +225,7 @@ def write_grid_mass(args: argparse.Namespace, config: str, seed: int, save_dir: 
     if not head.is_cbbl:
         return
     data = load_data_config(str(ROOT / args.data))
-    _, dataset = create_dataloader(data["train"], args.img, 1, int(model.stride.max()), hyp=load_hyp(ROOT / args.hyp),
-                                   workers=0, prefix="")
+    _, dataset = create_dataloader(data["train"], args.img, 1, int(model.stride.max()), workers=0, prefix="")
     targets = letterboxed_targets(dataset.labels, dataset.shapes, args.img)
     offsets = assigned_offsets(targets, model.detect.anchors, model.detect.stride, args.img, head.anchor_t, head.space)
     for row in grid_mass(head, offsets):
@@ -264,7 +263,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--summary-only", action="store_true",
                         help="train nothing: rewrite summary.csv and curves.png from runs.csv (after parallel shards)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ablation",
-                        help="results folder (runs.csv, summary.csv, curves); runs train in runs/ablation/<its name>")
+                        help="results folder (runs.csv, summary.csv, curves)")
+    parser.add_argument("--project", type=Path, default=ROOT / "runs" / "ablation",
+                        help="the runs train in <project>/<name of --out>/<config>_s<seed>")
     return parser.parse_args(argv)
 
 

@@ -147,12 +147,13 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV written by :func:`write_csv` / :func:`append_csv_row` ([] if the file is missing)."""
+    """Rows of a CSV written by :func:`write_csv` / :func:`append_csv_row`, or of a results.csv, whose fields
+    are space-padded as YOLOv5 writes them (names and values come back stripped); [] if the file is missing."""
     path = Path(path)
     if not path.exists():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [{key.strip(): value.strip() for key, value in row.items()} for row in csv.DictReader(f)]
 
 
 def append_csv_row(path: Path, row: dict[str, Any]) -> Path:

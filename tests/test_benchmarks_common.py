@@ -78,3 +78,11 @@ def test_peak_rss_is_this_process_own(tmp_path):
                                  cwd=Path(__file__).resolve().parents[1]).stdout)
     assert peak_rss_mb() > 300 and child < peak_rss_mb() - 200
     del ballast
+
+
+def test_read_csv_strips_the_padding_of_a_results_csv(tmp_path):
+    from utils.engine.writers import format_line
+
+    path = tmp_path / "results.csv"
+    path.write_text(format_line(["epoch", "metrics/mAP_0.5"]) + format_line([0, 0.25]))
+    assert read_csv(path) == [{"epoch": "0", "metrics/mAP_0.5": "0.25"}]

@@ -135,7 +135,8 @@ class TensorBoardHook(Hook):
         if self.writer is None:
             return
         for name in TENSORBOARD_IMAGES:
-            image = cv2.imread(str(self.log_dir / name))
+            path = self.log_dir / name  # absent with --noplots or --noval
+            image = cv2.imread(str(path)) if path.is_file() else None
             if image is not None:
                 self.writer.add_image(Path(name).stem, image[..., ::-1], trainer.epoch, dataformats="HWC")
         self.writer.close()

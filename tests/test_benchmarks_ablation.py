@@ -1,0 +1,28 @@
+"""benchmarks/ablation.py: one tiny study end to end, so the script keeps reading what training writes."""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks.ablation import main
+from benchmarks.common import read_csv
+from tests.conftest import make_yolo_dataset
+
+
+def test_study_records_metrics_grid_mass_and_summary(tmp_path):
+    images = make_yolo_dataset(tmp_path / "data", num_images=8)
+    data = tmp_path / "tiny.yaml"
+    data.write_text(f"train: {images}\nval: {images}\nnc: 3\nnames: [a, b, c]\n")
+    out = tmp_path / "study"
+    assert main(["--configs", "ciou", "cbbl_auto", "--seeds", "0", "--img", "64", "--epochs", "1", "--batch", "4",
+                 "--width-multiple", "0.125", "--data", str(data), "--out", str(out),
+                 "--project", str(tmp_path / "runs")]) == 0
+    rows = read_csv(out / "runs.csv")
+    assert [(row["config"], row["status"]) for row in rows] == [("ciou", "ok"), ("cbbl_auto", "ok")]
+    assert all(not math.isnan(float(row[name])) for row in rows for name in ("map50", "map50_95", "ap_small"))
+    groups = [(row["config"], row["group"]) for row in read_csv(out / "grid_mass.csv")]
+    assert groups == [("cbbl_auto", "centre"), ("cbbl_auto", "size")]
+    masses = [float(m) for m in read_csv(out / "grid_mass.csv")[0]["mass_pct"].split()]
+    assert len(masses) == 10 and abs(sum(masses) - 100) < 1
+    summary = {row["config"]: row for row in read_csv(out / "summary.csv")}
+    assert summary["cbbl_auto"]["seeds_ok"] == "1" and (out / "summary.md").is_file() and (out / "curves.png").is_file()

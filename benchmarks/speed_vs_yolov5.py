@@ -175,6 +175,7 @@ def ours_metrics(args: argparse.Namespace) -> dict:
 
 def train_rss_child(argv: list[str]) -> None:
     """In a fresh process: ``steps`` Trainer steps of ``cfg`` (b8, mosaic loader, SGD); prints the peak RSS."""
+    from utils.data.augment import AugmentSettings
     from utils.data.dataset import create_dataloader
     from utils.engine.trainer import Trainer
     from utils.loss import ComputeLoss, LossSettings
@@ -182,7 +183,8 @@ def train_rss_child(argv: list[str]) -> None:
     images, cfg, imgsz, batch, steps, threads = argv[0], argv[1], *map(int, argv[2:])
     torch.set_num_threads(threads)
     cv2.setNumThreads(0)
-    loader, _ = create_dataloader(images, imgsz, batch, 32, hyp=load_hyp(None), augment=True, shuffle=True)
+    loader, _ = create_dataloader(images, imgsz, batch, 32, augmentation=AugmentSettings.from_hyp(), augment=True,
+                                  shuffle=True)
     model, hyp = build_ours(cfg, "ciou", imgsz)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
     criterion = ComputeLoss(model, LossSettings.from_hyp(hyp), imgsz=imgsz)

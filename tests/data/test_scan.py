@@ -67,7 +67,7 @@ def test_only_the_cache_is_written_and_it_is_reused(tmp_path, caplog):
     add_bad_cases(images)
     before = {p for p in tmp_path.rglob("*")}
     first = scan_dataset(list_image_files(images), nc=3, workers=1)
-    assert {p for p in tmp_path.rglob("*")} - before == {tmp_path / "data" / "labels.cache"}
+    assert {p for p in tmp_path.rglob("*")} - before == {tmp_path / "data" / "labels.npz.cache"}
     with caplog.at_level(logging.INFO):
         second = scan_dataset(list_image_files(images), nc=3, workers=1)
     assert "loaded label cache" in caplog.text
@@ -91,7 +91,7 @@ def test_editing_a_label_invalidates_the_cache(tmp_path, caplog):
 
 def test_unwritable_cache_only_warns(tmp_path, caplog):
     images = make_yolo_dataset(tmp_path / "data", num_images=2)
-    (tmp_path / "data" / "labels.cache").mkdir()  # a folder where the file should go: writing fails
+    (tmp_path / "data" / "labels.npz.cache").mkdir()  # a folder where the file should go: writing fails
     with caplog.at_level(logging.WARNING):
         result = scan_dataset(list_image_files(images), workers=1)
     assert len(result.im_files) == 2
@@ -138,11 +138,20 @@ def test_image_to_label_path():
     assert image_to_label_path("/a/b/x.jpg") == str(Path("/a/b/x.txt"))
 
 
+def test_yolov5_label_cache_is_left_as_it_was(tmp_path):
+    images = make_yolo_dataset(tmp_path / "data", num_images=2)
+    theirs = tmp_path / "data" / "labels.cache"  # YOLOv5's name and place: a pickled dict we never read
+    theirs.write_bytes(b"\x80\x04 a YOLOv5 label cache")
+    scan_dataset(list_image_files(images), workers=1)
+    assert theirs.read_bytes() == b"\x80\x04 a YOLOv5 label cache"
+    assert (tmp_path / "data" / "labels.npz.cache").is_file()
+
+
 @pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 cut short", b"not an npz at all"])
 def test_damaged_cache_is_named_and_rebuilt(tmp_path, caplog, damage):
     images = make_yolo_dataset(tmp_path / "data", num_images=2)
     scan_dataset(list_image_files(images), workers=1)
-    cache = tmp_path / "data" / "labels.cache"
+    cache = tmp_path / "data" / "labels.npz.cache"
     cache.write_bytes(cache.read_bytes()[:100] if damage == b"PK\x03\x04 cut short" else damage)
     with caplog.at_level(logging.WARNING):
         result = scan_dataset(list_image_files(images), workers=1)
@@ -153,9 +162,9 @@ def test_damaged_cache_is_named_and_rebuilt(tmp_path, caplog, damage):
 
 def test_cache_temp_names_are_unique(tmp_path):
     images = make_yolo_dataset(tmp_path / "data", num_images=2)
-    (tmp_path / "data" / "labels.cache.tmp").mkdir()  # the old fixed temp name, taken (another run's)
+    (tmp_path / "data" / "labels.npz.cache.tmp").mkdir()  # a fixed temp name, taken (another run's)
     scan_dataset(list_image_files(images), workers=1)
-    assert (tmp_path / "data" / "labels.cache").is_file()
+    assert (tmp_path / "data" / "labels.npz.cache").is_file()
     assert not [p for p in (tmp_path / "data").iterdir() if p.name.endswith(".tmp") and p.is_file()]
 
 
@@ -184,7 +193,7 @@ def test_flat_folder_cache_goes_inside_it_and_unlabelled_gets_none(tmp_path):
     assert [p.name for p in (tmp_path / "parent").iterdir()] == ["flat"] and not list(flat.glob("*.cache"))
     (flat / "im0.txt").write_text(GOOD)
     scan_dataset(list_image_files(flat), workers=1)
-    assert [p.name for p in (tmp_path / "parent").iterdir()] == ["flat"] and (flat / "flat.cache").is_file()
+    assert [p.name for p in (tmp_path / "parent").iterdir()] == ["flat"] and (flat / "flat.npz.cache").is_file()
 
 
 def test_exif_orientation_is_applied_in_scan_training_and_detect(tmp_path):

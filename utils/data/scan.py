@@ -3,9 +3,9 @@
 Bad input never stops a run: a corrupt image (or an unreadable label file) skips that image, a bad label
 line is dropped, each is reported once with file, line and reason, and a summary counts
 found/missing/empty/corrupt. The only file ever written is the cache (an ``.npz`` read with
-``allow_pickle=False``, keyed by a hash of the file list with sizes and mtimes): ``labels/<split>.cache``
-beside a labels folder, or inside a flat folder whose labels sit next to its images; an unlabelled folder
-gets none. A damaged cache is reported and rebuilt.
+``allow_pickle=False``, keyed by a hash of the file list with sizes and mtimes): ``labels/<split>.npz.cache``
+beside a labels folder (YOLOv5's own ``<split>.cache`` there is never touched), or inside a flat folder
+whose labels sit next to its images; an unlabelled folder gets none. A damaged cache is reported and rebuilt.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when the cache layout or the checks change, so old caches are rebuilt.
 CACHE_VERSION = "1"
+CACHE_SUFFIX = ".npz.cache"  # not YOLOv5's ".cache", which a user's dataset may hold
 # Smallest usable image side in pixels.
 MIN_IMAGE_SIDE = 2
 JPEG_END = b"\xff\xd9"
@@ -203,12 +204,13 @@ def _collect(im_files: list[str], rows: list[tuple]) -> ScanResult:
 
 
 def cache_path_for(image_path: str, label_path: str) -> Path:
-    """Where a scan's cache goes: ``labels/<split>.cache`` beside a ``labels/<split>`` folder (YOLOv5's place,
-    inside the dataset), or inside a flat folder whose labels sit next to the images, never above it."""
+    """Where a scan's cache goes: ``labels/<split>.npz.cache`` beside a ``labels/<split>`` folder (YOLOv5's
+    place, inside the dataset, but not YOLOv5's name: its pickled ``<split>.cache`` is the user's file), or
+    inside a flat folder whose labels sit next to the images, never above it."""
     label_dir = Path(label_path).parent
     if label_dir == Path(image_path).parent:  # flat: x.jpg and x.txt side by side
-        return label_dir / f"{label_dir.name}.cache"
-    return label_dir.with_suffix(".cache")
+        return label_dir / f"{label_dir.name}{CACHE_SUFFIX}"
+    return label_dir.with_suffix(CACHE_SUFFIX)
 
 
 def save_cache(cache_path: Path, key: str, result: ScanResult, prefix: str = "") -> None:

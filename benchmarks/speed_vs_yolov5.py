@@ -58,7 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("train_step", "infer", "nms", "dataloader", "metrics", "train_rss")
 MODEL_TASKS = ("train_step", "infer", "train_rss")
 HEADS = ("ciou", "cbbl")  # box loss -> our regression / C-BBL head
-RUNTIMES = ("torch", "onnxruntime")
+SPARSE = "torch-sparse"  # detect.py's PyTorch path for C-BBL: box distributions decoded only above --conf-thres
+RUNTIMES = ("torch", SPARSE, "onnxruntime")
 EXIT_LOADED = 3
 
 
@@ -94,8 +95,10 @@ def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str) -> dict:
 
 
 def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str):
-    """Our DetectBackend for a random-weight checkpoint of ``cfg``, as detect/val load it (cached per run)."""
+    """Our DetectBackend for a random-weight checkpoint of ``cfg``, as detect/val load it (cached per run);
+    ``torch-sparse`` is the PyTorch backend decoding as detect.py does at its default ``--conf-thres``."""
     from utils.checkpoint import save_checkpoint
+    from utils.infer.options import DetectOptions
     from utils.infer.predictor import load_backend
 
     key = (cfg, box_loss, runtime)
@@ -105,7 +108,10 @@ def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str
             model, _ = build_ours(cfg, box_loss, args.img)
             save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml,
                              "names": [str(i) for i in range(NUM_CLASSES)], "epoch": 0}, path)
-        args.backends[key] = load_backend([str(path)], torch.device("cpu"), runtime=runtime)
+        backend = load_backend([str(path)], torch.device("cpu"), runtime="torch" if runtime == SPARSE else runtime)
+        if runtime == SPARSE:
+            backend.decode_only_above(DetectOptions().conf_thres)
+        args.backends[key] = backend
     return args.backends[key]
 
 
@@ -243,11 +249,12 @@ def round_train_step(args: argparse.Namespace, cfg: str) -> list[dict]:
 
 
 def round_infer(args: argparse.Namespace, cfg: str) -> list[dict]:
-    ours = {(box, rt): ours_infer(args, cfg, box, rt) for box in HEADS for rt in args.runtimes}
+    paths = [(box, rt) for box in HEADS for rt in args.runtimes if rt != SPARSE or box == "cbbl"]  # same for regress
+    ours = {path: ours_infer(args, cfg, *path) for path in paths}
     theirs = run_reference(args, "infer", cfg)
-    return [pair((f"infer b1 {size}px", cfg, head_name(box), "torch cl" if rt == "torch" else rt),
-                 ours[box, rt][str(size)], theirs[str(size)])
-            for box in HEADS for rt in args.runtimes for size in args.infer_sizes]
+    labels = {"torch": "torch cl", SPARSE: "torch cl sparse"}
+    return [pair((f"infer b1 {size}px", cfg, head_name(box), labels.get(rt, rt)), ours[box, rt][str(size)],
+                 theirs[str(size)]) for box, rt in paths for size in args.infer_sizes]
 
 
 def round_train_rss(args: argparse.Namespace, cfg: str) -> list[dict]:
@@ -324,7 +331,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--infer-sizes", type=int, nargs="+", default=[640, 1536])
     parser.add_argument("--loader-sizes", type=int, nargs="+", default=[640, 1536])
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES,
-                        help="our inference runtimes to time (as detect/val --runtime)")
+                        help="our inference runtimes to time (as detect/val --runtime; torch-sparse: "
+                             "the C-BBL rows as detect.py decodes them)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per side per round")
     parser.add_argument("--rounds", type=int, default=5, help="A/B rounds per task (ours, theirs, ours, theirs...)")

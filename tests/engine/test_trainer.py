@@ -103,3 +103,15 @@ def test_state_round_trip_resumes_after_saved_epoch():
     assert fresh.last_optimizer_step == trainer.last_optimizer_step
     momentum = fresh.optimizer.state_dict()["state"][0]["momentum_buffer"]
     assert torch.equal(momentum, trainer.optimizer.state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_resume_from_optimizer_groups_without_initial_lr_keeps_the_schedule_base():
+    trainer = make_trainer(toy_batches(), epochs=1)
+    trainer.fit()
+    state = trainer.state_dict()  # groups as written before they carried initial_lr
+    assert all("initial_lr" not in group for group in state["optimizer"]["param_groups"])
+    fresh = make_trainer(toy_batches(), epochs=3)
+    for group in fresh.optimizer.param_groups:
+        group["initial_lr"] = 0.1  # as build_optimizer sets it
+    fresh.load_state_dict(state)
+    assert [group["initial_lr"] for group in fresh.optimizer.param_groups] == [0.1]

@@ -199,7 +199,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after the saved (complete) epoch."""
+        initial_lrs = [group.get("initial_lr") for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, initial_lr in zip(self.optimizer.param_groups, initial_lrs):
+            if initial_lr is not None:  # saved groups of older versions lack it: the schedule's base is today's
+                group.setdefault("initial_lr", initial_lr)
         if state.get("scaler"):  # empty when saved with AMP off (CPU)
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"]) + 1

@@ -242,3 +242,10 @@ def test_interval_mass_and_quantile_points():
     torch.testing.assert_close(points, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]), rtol=0, atol=2e-3)
     tied = quantile_points(torch.zeros(100), -1.0, 1.0, 5)  # every target equal: still strictly increasing
     assert torch.all(tied.diff() > 0)
+
+
+def test_points_are_copied_to_a_device_once():
+    grid = CBBLGrid.from_points(torch.tensor([-1.0, 0.0, 2.0]))
+    first = grid.points_on(torch.device("cpu"), torch.float64)
+    assert grid.points_on("cpu", torch.float64) is first and first.dtype == torch.float64
+    assert torch.equal(first.float(), grid.points)

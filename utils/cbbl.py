@@ -81,6 +81,7 @@ class CBBLGrid:
         self.points = grid_points(self.alpha, self.bins, self.beta, self.uniform)  # (K,)
         self.low, self.high = -self.alpha, self.alpha
         self.analytic = True  # the paper's symmetric IN grid: O(1) interval lookup
+        self._copies: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod
     def from_points(cls, points: torch.Tensor) -> CBBLGrid:
@@ -89,10 +90,19 @@ class CBBLGrid:
         grid.points = check_points(points)
         grid.bins, grid.low, grid.high = len(grid.points), float(grid.points[0]), float(grid.points[-1])
         grid.alpha, grid.beta, grid.uniform, grid.analytic = max(-grid.low, grid.high), 0.0, False, False
+        grid._copies = {}
         return grid
 
     def __repr__(self) -> str:
         return f"CBBLGrid(points={[round(p, 4) for p in self.points.tolist()]})"
+
+    def points_on(self, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``points`` on ``device`` in ``dtype``, copied once: a host-to-GPU copy per loss call would stall the
+        stream every step."""
+        key = (torch.device(device), dtype)
+        if key not in self._copies:
+            self._copies[key] = self.points.to(device=device, dtype=dtype)
+        return self._copies[key]
 
     def two_hot(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse two-hot form of :meth:`encode`: raw offsets (...) -> (left index (...) long, p_left (...)).
@@ -101,7 +111,7 @@ class CBBLGrid:
         p_r = 1 - p_l on point l + 1, so p_l y'_l + p_r y'_r == t. float64 input stays float64, else float32.
         """
         dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
-        points = self.points.to(device=t.device, dtype=dtype)
+        points = self.points_on(t.device, dtype)
         t = t.to(dtype).clamp(self.low, self.high)
         left = self._interval(t, points)  # (...)
         y_left, y_right = points.take(left), points.take(left + 1)
@@ -139,7 +149,7 @@ class CBBLGrid:
         ``expectation``: sum_i softmax(l)_i y'_i (the paper's choice). ``top2``: the two largest
         probabilities, renormalised, weight their points (the paper's ablation).
         """
-        points = self.points.to(device=logits.device, dtype=torch.float32)
+        points = self.points_on(logits.device)
         probs = log_softmax(logits).exp()  # (..., K)
         if restore == "expectation":
             return probs @ points

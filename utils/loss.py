@@ -252,7 +252,7 @@ class ComputeLoss:
         """
         grid, head = self.detect.grid, self.detect.head
         left, weight_left = grid.two_hot(target_offsets)  # (P, 4) each, clamped to each group's range
-        loss, expectation = two_hot_loss(logits, left, weight_left, grid.points, head.um, head.um_mode)
+        loss, expectation = two_hot_loss(logits, left, weight_left, self.detect.grid_points, head.um, head.um_mode)
         if head.ciou > 0 or self.detect.restore != "expectation":
             with torch.set_grad_enabled(head.ciou > 0 and torch.is_grad_enabled()):
                 expectation = grid.decode(logits, self.detect.restore)  # (P, 4)

@@ -1,4 +1,4 @@
-"""Export a checkpoint to ONNX and/or TorchScript, written beside it (best.pt -> best.onnx, best.torchscript).
+"""Export a checkpoint to ONNX and/or TorchScript, in a new run folder (best.pt -> runs/export/exp/best.onnx).
 
     python export.py --weights runs/train/exp/weights/best.pt --include onnx torchscript --imgsz 640 --dynamic
 

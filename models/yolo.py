@@ -31,6 +31,7 @@ from utils.anchors import check_anchor_order, default_anchors  # noqa: E402
 from utils.checkpoint import checkpoint_weights  # noqa: E402
 from utils.head import BOX_LOSSES, HeadConfig  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
+from utils.options import cli_main  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -213,21 +214,18 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """CLI entry: 0 on success, 2 with the error on stderr for a broken config."""
-    setup_logging()
+def main(argv: Optional[list[str]] = None) -> Model:
+    """CLI entry: build ``--cfg`` and log its layer table, parameters and GFLOPs. A broken config raises
+    ValueError naming its row (one line and exit 2 through cli_main)."""
     opts = parse_args(argv)
-    try:
-        model = Model(opts.cfg, nc=opts.nc, head={"box_loss": opts.box_loss, "bins": opts.bins})
-    except (ValueError, FileNotFoundError) as err:
-        logger.error("error: %s", err)
-        return 2
+    setup_logging()
+    model = Model(opts.cfg, nc=opts.nc, head={"box_loss": opts.box_loss, "bins": opts.bins})
     info = model.info(opts.img)
     logger.info("%s\n%s: %d layers, %s parameters, %.1f GFLOPs at %d px, strides %s, head %s", format_table(model),
                 Path(opts.cfg).stem, info["layers"], f"{info['params']:,}", info["gflops"], opts.img,
                 model.stride.tolist(), model.detect.head)
-    return 0
+    return model
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main, "models/yolo.py")

@@ -56,7 +56,7 @@ ENTRY_POINTS = {
     "val": lambda weights, data, image, out: val.run(weights=str(weights), data=str(data), project=str(out)),
     "detect": lambda weights, data, image, out: detect.main(
         ["--weights", str(weights), "--source", str(image), "--project", str(out)]),
-    "export": lambda weights, data, image, out: export_run(weights, include=("torchscript",)),
+    "export": lambda weights, data, image, out: export_run(weights, include=("torchscript",), project=str(out)),
     "hub": lambda weights, data, image, out: hubconf.custom(weights),
     "convert": lambda weights, data, image, out: convert(weights, out / "converted.pt"),
 }

@@ -64,6 +64,8 @@ def test_bare_names_resolve_in_the_repository(tmp_path):
     ("detect.py", [], "yolov5s.pt"),
     ("detect.py", ["--weights", "missing.pt"], "missing.pt"),
     ("export.py", ["--weights", "missing.pt"], "missing.pt"),
+    ("models/yolo.py", ["--cfg", "missing.yaml"], "missing.yaml"),
+    ("models/convert.py", ["--weights", "missing.pt"], "missing.pt"),
 ])
 def test_user_errors_print_one_line_and_exit_2(tmp_path, cli, argv, message):
     done = subprocess.run([sys.executable, str(REPO_ROOT / cli), *argv], cwd=tmp_path, capture_output=True,

@@ -1,10 +1,12 @@
-"""Tests for utils/infer/export.py and export.py: files beside the weights, ONNX Runtime and TorchScript outputs equal
-PyTorch's, the C-BBL decode inside the graph, dynamic and fixed shapes, and detect.py on the exported files."""
+"""Tests for utils/infer/export.py and export.py: files in a new run folder, never beside the weights, ONNX
+Runtime and TorchScript outputs equal PyTorch's, the C-BBL decode inside the graph, dynamic and fixed shapes,
+and detect.py on the exported files."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,18 +19,23 @@ import export
 from utils.head import FITTED_GRIDS, GRID_MODES
 from utils.infer.backend import METADATA_KEY, DetectBackend
 from utils.infer.export import ExportOptions, onnx_max_error
-from utils.infer.export import run as export_run
+from utils.infer.export import run as run_export
 from utils.infer.predictor import run as detect_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+
+
+def export_run(weights, **options):
+    """The library's export into a run folder beside the test's weights, not the repository's runs/."""
+    return run_export(weights, project=str(Path(weights).parent / "export"), **options)
 
 
 @pytest.mark.parametrize("box", ["regress", "cbbl"])
 def test_export_matches_pytorch(tiny_checkpoint, box, caplog):
     weights = tiny_checkpoint(box, name="best.pt")
     written = export.main(["--weights", str(weights), "--include", "onnx", "torchscript", "--imgsz", "64",
-                           "--dynamic"])
-    assert written == [weights.with_name("best.onnx"), weights.with_name("best.torchscript")]
+                           "--dynamic", "--project", str(weights.parent / "export")])
+    assert written == [weights.parent / "export" / "exp" / name for name in ("best.onnx", "best.torchscript")]
     reference = DetectBackend(weights)
     images = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(3))
     expected = reference(images)
@@ -89,7 +96,7 @@ def test_yolov5_format_names_and_options(tmp_path, tiny_checkpoint, monkeypatch)
     monkeypatch.setitem(sys.modules, "onnxsim", None)  # as if not installed
     with pytest.raises(ValueError, match="pip install onnxsim"):
         export_run(weights, include=["onnx"], imgsz=64, simplify=True)
-    assert not weights.with_suffix(".onnx").exists(), "nothing written before the missing dependency is named"
+    assert not (weights.parent / "export").exists(), "nothing written before the missing dependency is named"
 
 
 def test_simplify_with_onnxsim(tiny_checkpoint):
@@ -151,3 +158,13 @@ def test_export_bad_inputs(tmp_path, tiny_checkpoint):
     torch.onnx.export(torch.nn.Conv2d(3, 3, 1), (torch.rand(1, 3, 8, 8),), str(plain), dynamo=False)
     with pytest.raises(ValueError, match=f"no '{METADATA_KEY}' metadata"):
         DetectBackend(plain)
+
+
+def test_export_never_writes_beside_the_weights(tiny_checkpoint):
+    weights = tiny_checkpoint("regress", name="best.pt")
+    theirs = weights.with_name("best.onnx")  # e.g. YOLOv5's own export of the same run
+    theirs.write_bytes(b"the user's file")
+    first = export_run(weights, include=["onnx"], imgsz=64)[0]
+    second = export_run(weights, include=["onnx"], imgsz=64)[0]
+    assert theirs.read_bytes() == b"the user's file"
+    assert (first.parent.name, second.parent.name) == ("exp", "exp2") and first.name == second.name == "best.onnx"

@@ -1,4 +1,5 @@
-"""Export a trained checkpoint to ONNX and TorchScript, written beside the weights (best.pt -> best.onnx).
+"""Export a trained checkpoint to ONNX and TorchScript, written to a new ``runs/export/exp*`` folder
+(best.pt -> runs/export/exp/best.onnx): never beside the weights, where a file of the same name may be the user's.
 
 The exported graph returns YOLOv5's eval-mode layout as its first output ``output0`` (B, N, 5 + nc):
 ``cx, cy, w, h`` pixels, objectness, class scores, so YOLOv5-style post-processors read it unchanged. A
@@ -16,7 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import torch.nn as nn
 
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
-from utils.files import atomic_write_bytes
+from utils.files import REPO_ROOT, atomic_write_bytes, increment_path
 from utils.infer.backend import METADATA_KEY, UNCERTAINTY_OUTPUT, model_metadata
 from utils.options import option, options_from_kwargs
 from utils.torch_utils import max_stride, select_device
@@ -55,11 +56,14 @@ class ExportOptions:
     simplify: bool = option(False, "ONNX: simplify with onnxsim (pip install onnxsim)")
     opset: int = option(17, "ONNX opset version")
     check: bool = option(True, "compare ONNX Runtime with PyTorch on a random batch (--no-check skips it)")
-    out_dir: Optional[str] = option(None, "folder for the files (default: beside the weights)", cli=False)
+    project: str = option(str(REPO_ROOT / "runs" / "export"), "save the files to project/name")
+    name: str = option("exp", "save the files to project/name")
+    exist_ok: bool = option(False, "reuse an existing project/name")
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards
         fix(self, "weights", str(self.weights))
+        fix(self, "project", str(self.project))
         fix(self, "include", tuple(str(name).lower() for name in
                                    ([self.include] if isinstance(self.include, str) else self.include)))
         sizes = [int(s) for s in ([self.imgsz] if isinstance(self.imgsz, int) else self.imgsz)]
@@ -173,8 +177,8 @@ def onnx_max_error(path: Path, model: nn.Module, images: torch.Tensor) -> float:
 def export(opts: ExportOptions) -> list[Path]:
     """Export ``opts.weights`` (EMA weights when present) to each format in ``opts.include``.
 
-    Returns the paths written, ONNX first, e.g. [best.onnx, best.torchscript]. ValueError for a bad option (the
-    message names the flag), FileNotFoundError for missing weights.
+    Returns the paths written, ONNX first, e.g. [runs/export/exp/best.onnx, .../best.torchscript]. ValueError
+    for a bad option (the message names the flag), FileNotFoundError for missing weights.
     """
     if opts.simplify and "onnx" in opts.include:
         _onnxsim()  # fail before any work when the optional dependency is missing
@@ -190,7 +194,7 @@ def export(opts: ExportOptions) -> list[Path]:
     if opts.half:
         model, example = model.half(), example.half()
     metadata = model_metadata(model, opts.imgsz, opts.batch_size, opts.dynamic)
-    base = weights if opts.out_dir is None else Path(opts.out_dir) / weights.name
+    base = increment_path(Path(opts.project) / opts.name, opts.exist_ok, mkdir=True) / weights.name
     written = []
     if "onnx" in opts.include:
         written.append(export_onnx(model, example, base.with_suffix(".onnx"), metadata, opts.opset, opts.dynamic,

@@ -101,7 +101,8 @@ def load_backend(weights: Sequence[str], device: torch.device, half: bool = Fals
     if len(weights) > 1:
         raise ValueError("--runtime onnxruntime takes one .pt checkpoint, not an ensemble")
     with tempfile.TemporaryDirectory(prefix="cbbl_tph_ort_") as folder:
-        (path,) = export_model(weights[0], include=("onnx",), dynamic=True, check=False, out_dir=folder)
+        (path,) = export_model(weights[0], include=("onnx",), dynamic=True, check=False, project=folder,
+                               name="onnx")
         return DetectBackend(path, device=device, half=half)
 
 

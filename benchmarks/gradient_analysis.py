@@ -52,7 +52,7 @@ def object_gradient_norms(model, loss_fn, images: torch.Tensor, targets: torch.T
         raw_levels = model(images)[1]  # eval mode: (pred, raw); raw[l] (B, A, H, W, no)
     norms, areas, entropies = [], [], []
     for level, raw in enumerate(raw_levels):
-        assigned = assign_level(targets, detect.anchors[level], tuple(raw.shape[2:4]), loss_fn.settings.anchor_t)
+        assigned = assign_level(targets, detect.anchors[level], tuple(raw.shape[2:4]), detect.head.anchor_t)
         if not len(assigned.gt):
             continue
         positive = raw[assigned.batch, assigned.anchor, assigned.cell_y, assigned.cell_x, :detect.box_channels]

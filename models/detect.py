@@ -140,9 +140,11 @@ class Detect(nn.Module):
         (utils.nms.non_max_suppression, the same float32 products), so the K-bin softmax runs for those rows
         alone; each kept row's decode is the dense one's, bit for bit.
         """
-        objectness = scores[..., :1]
-        class_conf = (scores[..., 1:] * objectness).amax(-1)
-        candidates = (objectness[..., 0] > conf_thres) & (class_conf > conf_thres)  # (...)
+        # Objectness first: few rows pass it, and only those need the nc class products (taken over every
+        # anchor, those cost as much as the decode this saves).
+        candidates = scores[..., 0] > conf_thres  # (...)
+        passing = scores[candidates]  # (n, 1 + nc)
+        candidates[candidates.clone()] = (passing[:, 1:] * passing[:, :1]).amax(-1) > conf_thres
         offsets = box_raw.new_zeros(*box_raw.shape[:-1], 4)
         uncertainty = box_raw.new_zeros(*box_raw.shape[:-1], 1)
         offsets[candidates], uncertainty[candidates] = self.box_offsets(box_raw[candidates])

@@ -11,7 +11,7 @@ form the training loss uses (same values and gradients, tested against the refer
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,7 @@ class CBBLGrid:
     def __repr__(self) -> str:
         return f"CBBLGrid(points={[round(p, 4) for p in self.points.tolist()]})"
 
-    def points_on(self, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def points_on(self, device: Union[torch.device, str], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``points`` on ``device`` in ``dtype``, copied once: a host-to-GPU copy per loss call would stall the
         stream every step."""
         key = (torch.device(device), dtype)

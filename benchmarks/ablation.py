@@ -23,7 +23,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from benchmarks.common import RESULTS_DIR, append_csv_row, header_lines, quiet_start, read_csv, write_csv, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS_DIR,
+    append_csv_row,
+    header_lines,
+    quiet_start,
+    read_csv,
+    welch_t,
+    write_csv,
+    write_json,
+)
 from utils.hyp import load_hyp  # noqa: E402
 
 logger = logging.getLogger("benchmarks.ablation")
@@ -115,15 +124,6 @@ def run_one(args: argparse.Namespace, config: str, seed: int, rows: list[dict]) 
     figures = {name: round(float(last.get(column, "nan")), 5) for name, column in METRICS.items()}
     return {**row, "status": "ok", "error": "", **figures, "epochs_done": outcome.epochs_done,
             "wall_s": round(time.perf_counter() - start, 1)}
-
-
-def welch_t(values: list[float], baseline: list[float]) -> float:
-    """Welch's t of mean(values) - mean(baseline) (unequal variances); nan below 2 values on either side."""
-    if len(values) < 2 or len(baseline) < 2:
-        return float("nan")
-    spread = statistics.variance(values) / len(values) + statistics.variance(baseline) / len(baseline)
-    difference = statistics.mean(values) - statistics.mean(baseline)
-    return difference / spread ** 0.5 if spread > 0 else float("nan")
 
 
 def summarize(rows: list[dict]) -> list[dict]:

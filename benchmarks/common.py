@@ -122,6 +122,15 @@ def result_of(command: list[str], cwd: Path, what: str, env: dict[str, str] | No
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
+def welch_t(values: list[float], baseline: list[float]) -> float:
+    """Welch's t of mean(values) - mean(baseline) (unequal variances); nan below 2 values on either side."""
+    if len(values) < 2 or len(baseline) < 2:
+        return float("nan")
+    spread = statistics.variance(values) / len(values) + statistics.variance(baseline) / len(baseline)
+    difference = statistics.mean(values) - statistics.mean(baseline)
+    return difference / spread ** 0.5 if spread > 0 else float("nan")
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` as indented JSON (atomic: temp file then rename); returns the path."""
     path = Path(path)

@@ -135,5 +135,6 @@ def check_anchors(dataset: Any, model: torch.nn.Module, thr: float = 4.0, imgsz:
     detect.anchors.copy_(anchors / detect.stride.view(-1, 1, 1))
     model.yaml["anchors"] = [level.flatten().tolist() for level in anchors]
     model.anchors_from_data = False
-    logger.info("anchors: k-means anchors, best possible recall %.4f: %s", new_bpr, model.yaml["anchors"])
+    pairs = ", ".join(f"{round(w)},{round(h)}" for w, h in anchors.view(-1, 2).tolist())  # YOLOv5's rounding
+    logger.info("anchors: k-means anchors, best possible recall %.4f: %s", new_bpr, pairs)
     return True

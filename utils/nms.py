@@ -22,6 +22,10 @@ _IOU_BLOCK_ROWS = 4096
 # Above this many boxes on CPU, class-aware NMS runs class by class: the kernel's pairwise work drops from
 # n^2 to the sum of n_c^2 (torchvision's own batched_nms switches at the same size on CPU).
 _PER_CLASS_MIN_BOXES = 4000
+# YOLOv5's per-class box offset (its max_wh): classes are kept apart by shifting boxes by class * this many
+# pixels. The shift is not exact in float32 (at class 79 a coordinate's step is 1/16 px), and YOLOv5's kept
+# boxes are those of the shifted coordinates, so ours are too: the same detections, hence the same mAP.
+CLASS_OFFSET_PX = 7680.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,14 +96,17 @@ def batched_nms(
     boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_thres: float, backend: str = "auto",
     presorted: bool = False,
 ) -> torch.Tensor:
-    """Class-aware NMS: boxes of different ``classes`` (N,) never suppress each other (``presorted`` as in nms)."""
+    """Class-aware NMS: boxes of different ``classes`` (N,) never suppress each other (``presorted`` as in nms).
+
+    Boxes are shifted by ``class * CLASS_OFFSET_PX`` as YOLOv5 shifts them; on CPU, many boxes are then
+    suppressed one class at a time (the same kept boxes, without the all-pairs cost across classes).
+    """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    shifted = boxes + classes.to(boxes.dtype)[:, None] * CLASS_OFFSET_PX  # (N, 4)
     if boxes.device.type == "cpu" and len(boxes) > _PER_CLASS_MIN_BOXES:
-        return _nms_class_by_class(boxes, scores, classes, iou_thres, backend, presorted)
-    span = boxes.max() - boxes.min() + 1  # shifting by class * span makes classes disjoint
-    offsets = classes.to(boxes.dtype)[:, None] * span  # (N, 1)
-    return nms(boxes + offsets, scores, iou_thres, backend, presorted)
+        return _nms_class_by_class(shifted, scores, classes, iou_thres, backend, presorted)
+    return nms(shifted, scores, iou_thres, backend, presorted)
 
 
 def _nms_class_by_class(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_thres: float,

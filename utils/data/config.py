@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 GENERATE_KEYS = {"images", "val_images", "size", "seed"}
+# train.py options a dataset YAML may recommend under ``recommended:``; used only where the command gives none.
+RECOMMENDABLE = {"hyp": str, "nbs": int}
 
 
 # The one class of --single-cls runs, named as YOLOv5 names it.
@@ -121,3 +123,19 @@ def _check_present(config: dict, splits: tuple[str, ...], yaml_path: Path) -> No
         how = f"To get the data: {str(help_text).strip()}" if help_text else "Put the images and labels there."
         raise FileNotFoundError(f"{yaml_path}: dataset not found, missing {missing}. This project never downloads "
                                 f"data by itself. {how}")
+
+
+def recommended_training(path: Union[str, Path]) -> dict[str, Any]:
+    """The ``recommended:`` training options of a dataset YAML (e.g. the embedded demo's fast CPU recipe), {}
+    when it has none. Only the YAML is read: no data is generated or checked."""
+    yaml_path = find_data_file(path)
+    with open(yaml_path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    recommended = config.get("recommended") if isinstance(config, dict) else None
+    if recommended is None:
+        return {}
+    if not isinstance(recommended, dict) or set(recommended) - set(RECOMMENDABLE) or not all(
+            isinstance(value, RECOMMENDABLE[key]) for key, value in recommended.items()):
+        raise ValueError(f"{yaml_path}: 'recommended' must map some of {sorted(RECOMMENDABLE)} to "
+                         f"{[kind.__name__ for kind in RECOMMENDABLE.values()]}, got {recommended!r}")
+    return dict(recommended)

@@ -43,8 +43,9 @@ class LRScheduleHook(Hook):
         self.warmup_iterations = warmup_iterations(warmup_epochs, num_batches)
 
     def before_epoch(self, trainer: Trainer) -> None:
+        """Epoch e >= 1 trains at lf(e - 1), as YOLOv5/TPH step their scheduler (last_epoch = start - 1)."""
         for group in trainer.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * self.lf(trainer.epoch)
+            group["lr"] = group["initial_lr"] * self.lf(max(trainer.epoch - 1, 0))
 
     def before_step(self, trainer: Trainer) -> None:
         """During warmup interpolate accumulation, LR and momentum from their warmup values by the batch index."""

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from utils.cbbl import OFFSET_SPACES, RESTORE_MODES
+from utils.data.config import recommended_training
 from utils.data.dataset import CACHE_MODES
-from utils.engine.optim import OPTIMIZERS
+from utils.engine.optim import OPTIMIZERS, YOLOV5_NOMINAL_BATCH
 from utils.files import REPO_ROOT, resolve_path
 from utils.head import GRID_MODES
 from utils.hyp import BOX_LOSSES, UM_MODES, Hyp, load_hyp
@@ -26,7 +27,8 @@ from utils.options import option, parse_into
 
 DEFAULT_CFG = "models/yolov5n.yaml"
 DEFAULT_DATA = "data/synthetic.yaml"
-DEFAULT_HYP = "data/hyps/hyp.demo.yaml"  # the CPU demo recipe (AdamW); --hyp '' = built-in YOLOv5 v7.0 values
+# YOLOv5's default recipe (SGD); a dataset YAML may recommend another (the embedded demo's fast CPU recipe).
+DEFAULT_HYP = "data/hyps/hyp.scratch-low.yaml"
 RESUME_LATEST = "latest"  # --resume without a path: the newest last.pt under the project folder
 DESCRIPTION = "Train a TPH-YOLOv5-style detector (regression or C-BBL box head)"
 
@@ -40,8 +42,8 @@ class TrainOptions:
     cfg: str = option("", f"model YAML, bare names look in models/ (default {DEFAULT_CFG}, or the --weights "
                           "architecture)")
     data: str = option(DEFAULT_DATA, "dataset YAML, bare names look in data/")
-    hyp: Union[Hyp, str, dict] = option(DEFAULT_HYP, "hyperparameter YAML, bare names look in data/hyps/ "
-                                        "('' = built-in YOLOv5 v7.0 scratch-low values)")
+    hyp: Union[Hyp, str, dict] = option("", f"hyperparameter YAML, bare names look in data/hyps/ (default: the "
+                                            f"--data YAML's recommended hyp, else {DEFAULT_HYP} as YOLOv5)")
     epochs: int = option(30, "training epochs")
     batch_size: int = option(8, "total batch size over all processes", flags=("--batch",))
     imgsz: int = option(320, "train and val image size (pixels)", flags=("--img", "--img-size"))
@@ -74,8 +76,10 @@ class TrainOptions:
     seed: int = option(0, "global training seed")
     local_rank: int = option(-1, "set by torch.distributed launchers", flags=("--local_rank",))
     close_mosaic: int = option(0, "turn mosaic off for the last N epochs")
-    nbs: int = option(0, "nominal batch: gradients accumulate to about this many images; 0 = auto: YOLOv5's 64, "
-                         "lowered on tiny datasets to keep >= 12 steps/epoch (weight decay stays normalised to 64)")
+    nbs: Optional[int] = option(None, f"nominal batch: gradients accumulate to about this many images (default: the "
+                                      f"--data YAML's recommended nbs, else YOLOv5's {YOLOV5_NOMINAL_BATCH}); 0 = "
+                                      "auto: 64, lowered on tiny datasets to keep >= 12 steps/epoch (weight decay "
+                                      "stays normalised to 64)")
     # Single keys of the hyp file (None = keep the file's value).
     box_loss: Optional[str] = option(None, "box loss (cbbl = C-BBL head)", choices=BOX_LOSSES)
     label_smoothing: Optional[float] = option(None, "class label smoothing epsilon")
@@ -91,6 +95,7 @@ class TrainOptions:
     cbbl_space: Optional[str] = option(None, "offset space of the grid", choices=OFFSET_SPACES)
     cbbl_ciou: Optional[float] = option(None, "weight of an extra CIoU term on C-BBL boxes")
     hyp_path: str = option("", "the resolved --hyp file ('' = none); set from hyp", cli=False)
+    recommended: tuple[str, ...] = option((), "options taken from the --data YAML's recommendations", cli=False)
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # normalise inputs once; the object stays frozen afterwards
@@ -100,13 +105,28 @@ class TrainOptions:
             fix(self, "cfg", str(resolve_path(self.cfg, "--cfg", "models")))
         if self.weights and not self.resume:
             fix(self, "weights", str(resolve_path(self.weights, "--weights")))
+        if not self.resume:
+            self._apply_recommendations()
         if isinstance(self.hyp, (str, Path)):
             fix(self, "hyp_path", str(resolve_path(self.hyp, "--hyp", "data/hyps")) if str(self.hyp) else "")
         fix(self, "hyp", self._merged_hyp())
         fix(self, "freeze", tuple(int(index) for index in self.freeze))
+        fix(self, "recommended", tuple(self.recommended))
         fix(self, "cache", self.cache or None)
         fix(self, "project", str(self.project))
         self._validate()
+
+    def _apply_recommendations(self) -> None:
+        """--hyp and --nbs when the command gives none: the --data YAML's ``recommended:`` values, else YOLOv5's."""
+        fix, taken = object.__setattr__, list(self.recommended)
+        recommended = recommended_training(self.data) if self.hyp == "" or self.nbs is None else {}
+        if self.hyp == "":
+            fix(self, "hyp", recommended.get("hyp", DEFAULT_HYP))
+            taken += ["hyp"] if "hyp" in recommended else []
+        if self.nbs is None:
+            fix(self, "nbs", recommended.get("nbs", YOLOV5_NOMINAL_BATCH))
+            taken += ["nbs"] if "nbs" in recommended else []
+        fix(self, "recommended", tuple(taken))
 
     def _merged_hyp(self) -> Hyp:
         overrides = {name: getattr(self, name) for name in HYP_OVERRIDES}
@@ -115,7 +135,7 @@ class TrainOptions:
         return load_hyp(self.hyp_path or None if isinstance(self.hyp, (str, Path)) else self.hyp, **overrides)
 
     def _validate(self) -> None:
-        if self.nbs < 0:
+        if self.nbs is None or self.nbs < 0:
             raise ValueError(f"--nbs must be >= 0 (0 = auto), got {self.nbs}")
         for name in ("epochs", "batch_size", "imgsz"):
             if getattr(self, name) < 1:
@@ -135,7 +155,7 @@ class TrainOptions:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (hyp as the merged dict, tuples as lists) for opt.yaml and checkpoints."""
         values = dataclasses.asdict(self)
-        values["freeze"] = list(self.freeze)
+        values["freeze"], values["recommended"] = list(self.freeze), list(self.recommended)
         return values
 
     @classmethod

@@ -129,6 +129,10 @@ def train(opts: TrainOptions) -> TrainOutcome:
 def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_dir: Optional[Path],
            checkpoint: Optional[dict]) -> TrainOutcome:
     init_seeds(opts.seed + 1 + max(context.rank, 0), deterministic=True)
+    if opts.recommended:
+        logger.info("%s recommends %s: used, since the command gives none", opts.data,
+                    ", ".join(f"--{name} {getattr(opts, name + '_path' if name == 'hyp' else name)}"
+                              for name in opts.recommended))
     with train_setup.main_process_first(context):
         data = load_data_config(opts.data)
     names = train_setup.class_names(data, opts.single_cls)

@@ -24,6 +24,8 @@ RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 CONF_POINTS = np.linspace(0.0, 1.0, 1000)
 # Candidate (detection, GT) pairs formed at once by overlap_pairs; bounds its memory (~100 MB).
 PAIR_CHUNK = 2_000_000
+# YOLOv5's guard in recall = TP / (labels + eps) and F1 = 2PR / (P + R + eps).
+RECALL_EPS = 1e-16
 # Width (fraction of the grid) of the box filter smoothing the mean F1 curve before its argmax.
 F1_SMOOTH_FRACTION = 0.1
 
@@ -225,28 +227,32 @@ class PRCurves:
 
 
 def pr_curves(is_tp: np.ndarray, conf: np.ndarray, pred_class: np.ndarray, gt_count: dict[int, int]) -> PRCurves:
-    """P, R and F1 at the confidence maximising the (smoothed) mean F1 over classes, like YOLOv5.
+    """P, R and F1 at the confidence maximising the (smoothed) mean F1 over classes, as YOLOv5's ap_per_class.
 
-    Only classes with GTs get a row (as YOLOv5): detections of other classes do not lower P.
+    Only classes with GTs get a row (as YOLOv5): detections of other classes do not lower P. Detections are
+    ordered by numpy's default argsort of the float32 scores, as YOLOv5 orders them, so tied scores fall the
+    same way.
 
     Args:
         is_tp: (D,) bool TP at IoU .5 for counted detections (ignored detections removed beforehand).
         conf: (D,) scores; pred_class: (D,) int.
         gt_count: class id -> number of counted GTs.
     """
+    order = np.argsort(-conf.astype(np.float32))
+    is_tp, conf, pred_class = is_tp[order], conf[order].astype(np.float32), pred_class[order]
     classes = np.array(sorted(k for k, v in gt_count.items() if v > 0), dtype=np.int64)
     p_curve, r_curve = np.zeros((len(classes), len(CONF_POINTS))), np.zeros((len(classes), len(CONF_POINTS)))
     pr_curve = np.zeros((len(classes), len(RECALL_POINTS)))
     for row, cls in enumerate(classes):  # one class at a time, vectorised over its detections
-        order = np.argsort(-conf[pred_class == cls], kind="stable")
-        tp_sorted, conf_sorted = is_tp[pred_class == cls][order], conf[pred_class == cls][order]
+        tp_sorted, conf_sorted = is_tp[pred_class == cls], conf[pred_class == cls]
         if len(tp_sorted) == 0:
             continue
-        recall, precision = cumulative_pr(tp_sorted[None], ~tp_sorted[None], gt_count[int(cls)])
-        r_curve[row] = np.interp(-CONF_POINTS, -conf_sorted, recall[0], left=0)
-        p_curve[row] = np.interp(-CONF_POINTS, -conf_sorted, precision[0], left=1)
-        pr_curve[row] = coco101_precision(recall, precision)[0]
-    f1_curve = 2 * p_curve * r_curve / (p_curve + r_curve + 1e-16)
+        true_pos, false_pos = np.cumsum(tp_sorted, dtype=np.float64), np.cumsum(~tp_sorted, dtype=np.float64)
+        recall, precision = true_pos / (gt_count[int(cls)] + RECALL_EPS), true_pos / (true_pos + false_pos)
+        r_curve[row] = np.interp(-CONF_POINTS, -conf_sorted, recall, left=0)
+        p_curve[row] = np.interp(-CONF_POINTS, -conf_sorted, precision, left=1)
+        pr_curve[row] = coco101_precision(recall[None], precision[None])[0]
+    f1_curve = 2 * p_curve * r_curve / (p_curve + r_curve + RECALL_EPS)
     width = max(1, round(len(CONF_POINTS) * F1_SMOOTH_FRACTION / 2) * 2 + 1)
     padded = np.pad(f1_curve.mean(0) if len(classes) else np.zeros(len(CONF_POINTS)), width // 2, mode="edge")
     best = int(np.convolve(padded, np.ones(width) / width, mode="valid").argmax())

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from utils.eval.validator import DEFAULT_PROTOCOL, PROTOCOLS
 from utils.files import REPO_ROOT
 from utils.infer.options import RUNTIMES
 from utils.options import option
 
 TASKS = ("train", "val", "test", "speed", "study")
-PROTOCOLS = ("coco", "visdrone")
 MERGE_MODES = ("nms", "wbf")
 DESCRIPTION = """Validate a detector: python val.py --weights best.pt --data VisDrone.yaml --img 1536 --task test
 
@@ -29,7 +29,7 @@ class ValOptions:
     imgsz: int = option(640, "inference size (pixels)", flags=("--img", "--img-size"))
     conf_thres: float = option(0.001, "confidence threshold")
     iou_thres: float = option(0.6, "NMS IoU threshold")
-    max_det: Optional[int] = option(None, "per image; default 300 (coco), 500 (visdrone)")
+    max_det: Optional[int] = option(None, "per image; default 300 (yolov5, coco), 500 (visdrone)")
     task: str = option("val", "split to run, or speed / study", choices=TASKS)
     device: str = option("", "cuda device (0 or 0,1) or cpu")
     workers: int = option(8, "dataloader workers")
@@ -44,7 +44,9 @@ class ValOptions:
     name: str = option("exp", "save to project/name")
     exist_ok: bool = option(False, "reuse an existing project/name")
     half: bool = option(False, "FP16 inference (CUDA)")
-    protocol: Optional[str] = option(None, "default coco; --pred folders imply visdrone", choices=PROTOCOLS)
+    protocol: Optional[str] = option(None, f"metric: {DEFAULT_PROTOCOL} (default: YOLOv5 v7.0's val.py table), coco "
+                                           "(pycocotools), visdrone (official toolkit); --pred JSON files imply "
+                                           "coco, --pred folders visdrone", choices=PROTOCOLS)
     merge: str = option("nms", "how ensemble members are merged", choices=MERGE_MODES)
     pred: Optional[str] = option(None, "saved predictions: COCO JSON file or VisDrone txt folder")
     gt: Optional[str] = option(None, "ground truth: COCO JSON file or VisDrone annotations folder")

@@ -21,7 +21,7 @@ from utils.eval.metrics import BoxSet
 from utils.eval.options import ValOptions
 from utils.eval.plots import plot_study
 from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
-from utils.eval.validator import ValResults, log_results, validate
+from utils.eval.validator import DEFAULT_PROTOCOL, ValResults, log_results, validate
 from utils.files import atomic_write_text, increment_path
 from utils.infer.backend import DetectBackend
 from utils.infer.predictor import load_backend
@@ -72,7 +72,7 @@ def run_model(opts: ValOptions, save_dir: Path, backend: Optional[DetectBackend]
     loader, _ = create_dataloader(data[split], imgsz, backend.fixed_batch or opts.batch_size, backend.stride,
                                   rect=not exported, pad=0.5, workers=opts.workers, single_cls=opts.single_cls,
                                   prefix=f"{split}: ")
-    protocol = opts.protocol or "coco"
+    protocol = opts.protocol or DEFAULT_PROTOCOL
     return validate(backend, loader, data["names"], conf_thres=opts.conf_thres, iou_thres=opts.iou_thres,
                     max_det=opts.max_det, save_dir=save_dir, plots=not opts.noplots, verbose=opts.verbose,
                     protocol=protocol, augment=opts.augment, half=opts.half, single_cls=opts.single_cls,

@@ -1,7 +1,8 @@
 """Turn collected detections and ground truths into ValResults figures under one protocol.
 
 Used by utils/eval/validator.py (a model over a loader) and by val.py's ``--pred/--gt`` mode (saved files).
-Both protocols share one matching (utils.eval.metrics.greedy_match); P and R come from its IoU-.5 states.
+``yolov5`` (the default) is YOLOv5 v7.0's val.py metric; ``coco`` and ``visdrone`` share one greedy matching
+(utils.eval.metrics.greedy_match). P and R are always YOLOv5's operating point on the protocol's IoU-.5 matches.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from utils.data.visdrone import annotation_path
 from utils.eval import coco as coco_eval
 from utils.eval import plots as metric_plots
 from utils.eval import visdrone as visdrone_eval
+from utils.eval import yolov5 as yolov5_eval
 from utils.eval.metrics import BoxSet, ConfusionMatrix, PRCurves, pr_curves
 from utils.log import log_once
 
@@ -23,13 +25,18 @@ logger = logging.getLogger(__name__)
 
 
 def _class_rows(names: list[str], gts: BoxSet, counted_gt: np.ndarray, curves: PRCurves, ap50: np.ndarray,
-                ap: np.ndarray) -> list[dict[str, Any]]:
-    """Per-class table rows for classes with counted GTs (class ids index ``names``, ap rows follow them)."""
+                ap: np.ndarray, images: Optional[int] = None) -> list[dict[str, Any]]:
+    """Per-class table rows for classes with counted GTs (class ids index ``names``, ap rows follow them).
+
+    ``images``: the Images column of every row (YOLOv5 v7.0 prints all images seen); None = the images
+    holding the class.
+    """
     rows = []
     for row, cls in enumerate(curves.classes):
         mask = counted_gt & (gts.category == cls)
+        seen = len(np.unique(gts.image[mask])) if images is None else images
         rows.append({"class": int(cls), "name": names[cls] if cls < len(names) else str(cls),
-                     "images": int(len(np.unique(gts.image[mask]))), "instances": int(mask.sum()),
+                     "images": int(seen), "instances": int(mask.sum()),
                      "P": float(curves.precision[row]), "R": float(curves.recall[row]),
                      "AP50": float(ap50[cls]), "AP": float(ap[cls])})
     return rows
@@ -47,6 +54,23 @@ def _uncertainty(state50: np.ndarray, det_extra: np.ndarray) -> Optional[dict[st
 def _operating_point(dets: BoxSet, state50: np.ndarray, gt_count: dict[int, int]) -> PRCurves:
     counted = state50 >= 0
     return pr_curves(state50[counted] == 1, dets.score[counted], dets.category[counted], gt_count)
+
+
+def score_yolov5(dets: BoxSet, gts: BoxSet, names: list[str], image_ids: np.ndarray,
+                 det_extra: Optional[np.ndarray] = None) -> tuple[dict[str, Any], PRCurves]:
+    """YOLOv5 v7.0's val.py figures -> ValResults fields and the PR curves (no area ranges: those stay -1)."""
+    result = yolov5_eval.evaluate(dets, gts, image_ids)
+    curves, counted_gt = result.curves, ~gts.ignore
+    state50 = result.correct[:, 0].astype(np.int8)
+    class_ap = np.zeros((max(len(names), int(curves.classes.max(initial=-1)) + 1), result.ap.shape[1]))
+    class_ap[curves.classes] = result.ap  # (nc, T): _class_rows indexes by class id
+    rows = _class_rows(names, gts, counted_gt, curves, class_ap[:, 0], class_ap.mean(1), len(image_ids))
+    fields = {"precision": float(curves.precision.mean()) if result.has_tp else 0.0,
+              "recall": float(curves.recall.mean()) if result.has_tp else 0.0,
+              "map50": result.map50, "map50_95": result.map50_95, "map75": result.map75,
+              "per_class": rows if result.has_tp else [],
+              "uncertainty": _uncertainty(state50, det_extra if det_extra is not None else np.zeros((len(dets), 0)))}
+    return fields, curves
 
 
 def score_coco(dets: BoxSet, gts: BoxSet, names: list[str], image_ids: np.ndarray,
@@ -108,8 +132,10 @@ def score_detections(collected: Any, names: list[str], protocol: str) -> tuple[d
         gts = visdrone_ground_truth(collected.gts, collected.image_paths)
         sizes = {i: tuple(int(v) for v in hw) for i, hw in enumerate(collected.image_shapes)}
         fields, curves = score_visdrone(dets, gts, names, image_ids, sizes, collected.det_extra)
-    else:
+    elif protocol == "coco":
         fields, curves = score_coco(collected.dets, collected.gts, names, image_ids, collected.det_extra)
+    else:
+        fields, curves = score_yolov5(collected.dets, collected.gts, names, image_ids, collected.det_extra)
     return fields, curves
 
 

@@ -1,9 +1,10 @@
 """The library side of validation: run a detector over a loader and score it (val.py and train.py).
 
 ``validate`` collects per-image detections and ground truths in ORIGINAL image pixels (the letterbox
-undone), then scores them with one protocol: ``coco`` (utils/eval/coco.py, pycocotools' rules) or
-``visdrone`` (utils/eval/visdrone.py, the official toolkit's rules). P and R are YOLOv5's: at the
-confidence of the best mean F1, from the protocol's own IoU-.5 matching.
+undone), then scores them with one protocol: ``yolov5`` (utils/eval/yolov5.py, YOLOv5 v7.0's val.py metric,
+the default), ``coco`` (utils/eval/coco.py, pycocotools' rules) or ``visdrone`` (utils/eval/visdrone.py, the
+official toolkit's rules). P and R are YOLOv5's: at the confidence of the best mean F1, from the protocol's
+own IoU-.5 matching.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride, time_sync
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("coco", "visdrone")
-# Detections kept per image when max_det is not given: COCO's 100 is too few for drone frames.
-DEFAULT_MAX_DET = {"coco": 300, "visdrone": 500}
+PROTOCOLS = ("yolov5", "coco", "visdrone")
+DEFAULT_PROTOCOL = "yolov5"  # the table YOLOv5/TPH-YOLOv5 users compare against
+# Detections kept per image when max_det is not given: YOLOv5's 300 (COCO's 100 is too few for drone
+# frames), the VisDrone toolkit's 500.
+DEFAULT_MAX_DET = {"yolov5": 300, "coco": 300, "visdrone": 500}
+PROTOCOL_TITLES = {"yolov5": "YOLOv5 v7.0 metric (ap_per_class)", "coco": "COCO protocol (pycocotools rules)",
+                   "visdrone": "VisDrone protocol (official toolkit rules)"}
 NUM_PLOTTED_BATCHES = 3  # val_batch0..2_{labels,pred}.jpg
 
 
@@ -55,7 +60,7 @@ class ValResults:
     losses: Optional[dict[str, float]] = None  # mean box/obj/cls loss per batch
     speed_ms: dict[str, float] = field(default_factory=dict)  # preprocess/inference/nms per image
     uncertainty: Optional[dict[str, float]] = None  # mean C-BBL localization uncertainty of TPs and FPs
-    protocol: str = "coco"
+    protocol: str = DEFAULT_PROTOCOL
     extra: dict[str, float] = field(default_factory=dict)  # protocol figures beyond the above (AR...)
 
     @property
@@ -221,15 +226,16 @@ def _collected(det_rows: list, gt_rows: list, paths: list[str], shapes: list, co
 
 def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres: float = 0.001,
              iou_thres: float = 0.6, max_det: Optional[int] = None, compute_loss: Optional[Callable] = None,
-             save_dir: Optional[Path] = None, plots: bool = False, verbose: bool = False, protocol: str = "coco",
+             save_dir: Optional[Path] = None, plots: bool = False, verbose: bool = False,
+             protocol: str = DEFAULT_PROTOCOL,
              augment: bool = False, half: bool = False, single_cls: bool = False, save_txt: bool = False,
              save_conf: bool = False, save_json: bool = False, save_hybrid: bool = False,
              merge: str = "nms", weights_stem: str = "") -> ValResults:
     """Validate a model (eval-mode ``Model`` or ``DetectBackend``) on a loader of the data contract.
 
     Args:
-        names: class names (length nc); ``protocol``: ``coco`` or ``visdrone``.
-        max_det: detections kept per image after NMS (None: 300 under COCO, 500 under VisDrone).
+        names: class names (length nc); ``protocol``: one of PROTOCOLS.
+        max_det: detections kept per image after NMS (None: DEFAULT_MAX_DET of the protocol).
         compute_loss: ``ComputeLoss`` to also report the mean val losses (needs a ``Model``).
         save_dir: where results.json and, when asked, plots, txt and JSON predictions go.
         merge: how an ensemble backend's members are merged: ``nms`` (one NMS over all) or ``wbf``.
@@ -270,13 +276,14 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
 
 
 def log_results(results: ValResults, num_images: int, num_instances: int, per_class: bool) -> None:
-    """The YOLOv5-style table: totals, then one row per class with GTs."""
-    header = f"{'Class':>20}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
+    """YOLOv5's table (its column widths), titled with the protocol: totals, then one row per class with GTs."""
+    logger.info("%s", PROTOCOL_TITLES[results.protocol])
+    header = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
     logger.info(header)
-    logger.info("%20s%11i%11i%11.3g%11.3g%11.3g%11.3g", "all", num_images, num_instances, results.precision,
+    logger.info("%22s%11i%11i%11.3g%11.3g%11.3g%11.3g", "all", num_images, num_instances, results.precision,
                 results.recall, results.map50, results.map50_95)
     for row in results.per_class if per_class else []:
-        logger.info("%20s%11i%11i%11.3g%11.3g%11.3g%11.3g", row["name"], row["images"], row["instances"], row["P"],
+        logger.info("%22s%11i%11i%11.3g%11.3g%11.3g%11.3g", row["name"], row["images"], row["instances"], row["P"],
                     row["R"], row["AP50"], row["AP"])
     if results.protocol == "coco":
         logger.info("AP75 %.3f  AP_small %.3f  AP_medium %.3f  AP_large %.3f", results.map75, results.ap_small,

@@ -1,0 +1,312 @@
+"""C-BBL against CIoU on real VisDrone frames, fine-tuned from the real COCO yolov5n release (issue 20).
+
+    python benchmarks/visdrone_real.py                         # 4 configs x 3 seeds at 640 px, 2 at a time
+    python benchmarks/visdrone_real.py --img 1024 --configs ciou cbbl --out benchmarks/results/visdrone_real_1024
+    python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv and the plots
+
+What a YOLOv5 user does: train.py from ``yolov5n-coco-v6.1.pt`` on the real frames in ../shared (a working
+copy under datasets/, labels by data/scripts/visdrone2yolo.py), YOLOv5's recipe (hyp.scratch-low SGD, nominal
+batch 64), whole frames. Each (config, seed) is one train.py process (1 thread); a killed study continues where
+it stopped: a run with a last.pt resumes from it, a finished run is only evaluated, and every evaluated run
+appends its row to runs.csv at once. best.pt is then scored on the 73 val frames under YOLOv5's metric, the COCO
+protocol and the official VisDrone protocol (ignored regions), from one inference pass; for C-BBL runs also the
+Spearman correlation between each true positive's uncertainty and 1 - IoU with its ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    RESULTS_DIR,
+    append_csv_row,
+    header_lines,
+    quiet_start,
+    read_csv,
+    welch_t,
+    write_csv,
+    write_json,
+)
+
+logger = logging.getLogger("benchmarks.visdrone_real")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FRAMES = SHARED / "data" / "visdrone-real"
+COCO_WEIGHTS = SHARED / "weights" / "yolov5n-coco-v6.1.pt"
+SPLITS = ("VisDrone2019-DET-train", "VisDrone2019-DET-val")
+# name -> train.py flags: the regression baseline, C-BBL at its default grid, with the CIoU term, the paper's grid.
+CONFIGS = {
+    "ciou": [],
+    "cbbl": ["--box-loss", "cbbl"],
+    "cbbl_ciou": ["--box-loss", "cbbl", "--cbbl-ciou", "1.0"],
+    "cbbl_paper": ["--box-loss", "cbbl", "--cbbl-grid", "in"],
+}
+# summary column -> (protocol, ValResults field or extra key)
+METRICS = {
+    "yolov5_map50": ("yolov5", "map50"), "yolov5_map50_95": ("yolov5", "map50_95"),
+    "coco_ap": ("coco", "map50_95"), "coco_ap50": ("coco", "map50"), "coco_ap75": ("coco", "map75"),
+    "coco_ap_small": ("coco", "ap_small"),
+    "visdrone_ap": ("visdrone", "map50_95"), "visdrone_ap50": ("visdrone", "map50"),
+    "visdrone_ap75": ("visdrone", "map75"), "visdrone_ar100": ("visdrone", "AR100"),
+}
+MAX_DET = {"yolov5": 300, "coco": 300, "visdrone": 500}  # each protocol's own default
+CSV_LOCK = threading.Lock()
+
+
+def prepare_data(work: Path) -> Path:
+    """A working copy of the real frames under ``work`` (images linked, annotations copied, YOLO labels made by
+    the project's converter) and its dataset YAML; ../shared is only read."""
+    for split in SPLITS:
+        source, target = FRAMES / split, work / split
+        target.mkdir(parents=True, exist_ok=True)
+        if not (target / "images").exists():
+            (target / "images").symlink_to(source / "images", target_is_directory=True)
+        if not (target / "annotations").is_dir():
+            shutil.copytree(source / "annotations", target / "annotations")
+        if not (target / "labels").is_dir():
+            subprocess.run([sys.executable, str(ROOT / "data" / "scripts" / "visdrone2yolo.py"), "--src", str(target)],
+                           check=True, cwd=ROOT)
+    data = work / "visdrone-real.yaml"
+    names = "[pedestrian, people, bicycle, car, van, truck, tricycle, awning-tricycle, bus, motor]"
+    data.write_text(f"path: {work}\ntrain: {SPLITS[0]}/images\nval: {SPLITS[1]}/images\nnc: 10\nnames: {names}\n",
+                    encoding="utf-8")
+    return data
+
+
+def train_command(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> list[str]:
+    """train.py's command line for one run, or its --resume when the run already has a last.pt."""
+    last = run_dir / "weights" / "last.pt"
+    if last.is_file():
+        return [sys.executable, str(ROOT / "train.py"), "--resume", str(last)]
+    return [sys.executable, str(ROOT / "train.py"), "--weights", str(COCO_WEIGHTS), "--data", str(data),
+            "--img", str(args.img), "--epochs", str(args.epochs), "--batch", str(args.batch),
+            "--hyp", "hyp.scratch-low.yaml", "--nbs", "64", "--seed", str(seed), "--workers", "1", "--noplots",
+            "--device", "cpu", "--project", str(run_dir.parent), "--name", run_dir.name, "--exist-ok",
+            *CONFIGS[config]]
+
+
+def trained_epochs(run_dir: Path) -> int:
+    return len(read_csv(run_dir / "results.csv"))
+
+
+def run_training(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> None:
+    """Train (or resume) one run in its own 1-thread process; its wall time accumulates in <run>.time.json."""
+    timer_file = run_dir.parent / f"{run_dir.name}.time.json"
+    spent = json.loads(timer_file.read_text())["wall_s"] if timer_file.is_file() else 0.0
+    if trained_epochs(run_dir) >= args.epochs and (run_dir / "weights" / "best.pt").is_file():
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = train_command(args, data, config, seed, run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(run_dir.parent / f"{run_dir.name}.log", "a", encoding="utf-8") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        while True:
+            try:
+                code = process.wait(timeout=60)
+                break
+            except subprocess.TimeoutExpired:  # keep the wall time of a run that a session end may kill
+                write_json(timer_file, {"wall_s": round(spent + time.perf_counter() - start, 1)})
+    write_json(timer_file, {"wall_s": round(spent + time.perf_counter() - start, 1)})
+    if code != 0:
+        raise RuntimeError(f"train.py exited {code}: see {run_dir.parent / (run_dir.name + '.log')}")
+
+
+def tp_uncertainty(collected, correct50: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(uncertainty, 1 - IoU with the best same-class ground truth) of the true positives at IoU .5."""
+    from utils.eval.yolov5 import pairwise_iou
+
+    dets, gts = collected.dets, collected.gts
+    rows = np.flatnonzero(correct50)
+    best_iou = np.zeros(len(rows))
+    for out, row in enumerate(rows):
+        same = (gts.image == dets.image[row]) & (gts.category == dets.category[row])
+        best_iou[out] = pairwise_iou(dets.boxes[row:row + 1], gts.boxes[same]).max(initial=0.0)
+    return collected.det_extra[rows, 0], 1.0 - best_iou
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan below 3 points."""
+    import pandas as pd
+
+    if len(a) < 3:
+        return float("nan")
+    return float(np.corrcoef(pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy())[0, 1])
+
+
+def first_per_image(collected, limit: int):
+    """The collection with each image's first ``limit`` detections (NMS order = a smaller --max-det)."""
+    image = collected.dets.image
+    starts = np.r_[0, np.flatnonzero(image[1:] != image[:-1]) + 1]
+    position = np.arange(len(image)) - np.repeat(starts, np.diff(np.r_[starts, len(image)]))
+    keep = position < limit
+    return replace(collected, dets=collected.dets.subset(keep), det_extra=collected.det_extra[keep])
+
+
+def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> dict:
+    """best.pt on the val frames under the three protocols (one inference pass) and the uncertainty check."""
+    import torch
+
+    from utils.data.config import load_data_config
+    from utils.data.dataset import create_dataloader
+    from utils.eval.scoring import score_detections
+    from utils.eval.validator import collect
+    from utils.eval.yolov5 import evaluate as yolov5_evaluate
+    from utils.infer.predictor import load_backend
+
+    config_dict = load_data_config(str(data), splits=("val",))
+    backend = load_backend([str(run_dir / "weights" / "best.pt")], torch.device("cpu"))
+    loader, _ = create_dataloader(config_dict["val"], args.img, 16, backend.stride, rect=True, pad=0.5, workers=0)
+    collected = collect(backend, loader, config_dict["nc"], conf_thres=0.001, iou_thres=0.6,
+                        max_det=max(MAX_DET.values()))
+    scored = {protocol: score_detections(first_per_image(collected, limit), config_dict["names"], protocol)[0]
+              for protocol, limit in MAX_DET.items()}
+    row = {name: round(float(scored[protocol].get(key, scored[protocol].get("extra", {}).get(key, float("nan")))), 5)
+           for name, (protocol, key) in METRICS.items()}
+    if collected.det_extra.shape[1]:
+        yolo = first_per_image(collected, MAX_DET["yolov5"])
+        correct = yolov5_evaluate(yolo.dets, yolo.gts, np.arange(len(yolo.image_paths))).correct[:, 0]
+        uncertainty, error = tp_uncertainty(yolo, correct)
+        row["spearman_unc_vs_1-iou"] = round(spearman(uncertainty, error), 4)
+        write_csv(args.out / "tp_uncertainty" / f"{config}_s{seed}.csv",
+                  [{"uncertainty": round(float(u), 5), "one_minus_iou": round(float(e), 5)}
+                   for u, e in zip(uncertainty, error)])
+    return row
+
+
+def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> None:
+    """Train, evaluate and record one (config, seed); a failure is recorded, not raised."""
+    run_dir = args.project / f"{config}_s{seed}"
+    row = {"config": config, "seed": seed, "img": args.img, "epochs": args.epochs}
+    try:
+        run_training(args, data, config, seed, run_dir)
+        figures = evaluate(args, data, config, seed, run_dir)
+        status, error = "ok", ""
+    except (RuntimeError, ValueError, OSError) as err:
+        figures, status, error = {}, "failed", str(err).splitlines()[0][:200]
+        logger.error("%s seed %d failed: %s", config, seed, error)
+    timer_file = run_dir.parent / f"{run_dir.name}.time.json"
+    wall = json.loads(timer_file.read_text())["wall_s"] if timer_file.is_file() else ""
+    with CSV_LOCK:
+        if (run_dir / "results.csv").is_file():
+            write_csv(args.out / "curves" / f"{config}_s{seed}.csv", read_csv(run_dir / "results.csv"))
+        append_csv_row(args.out / "runs.csv", {**row, "status": status, "error": error, **figures,
+                                               "epochs_done": trained_epochs(run_dir), "train_wall_s": wall})
+    logger.info("%s seed %d: %s %s", config, seed, status, figures)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per config: seeds, mean and sample std of every metric, Welch's t against ciou."""
+    ok = [row for row in rows if row["status"] == "ok"]
+    columns = [*METRICS, "spearman_unc_vs_1-iou"]
+    summary = []
+    for config in CONFIGS:
+        done = [row for row in ok if row["config"] == config]
+        entry = {"config": config, "seeds_ok": len(done)}
+        for name in columns:
+            values = [float(row[name]) for row in done if row.get(name, "") not in ("", "nan")]
+            baseline = [float(row[name]) for row in ok if row["config"] == "ciou" and row.get(name, "") != ""]
+            entry[f"{name}_mean"] = round(statistics.mean(values), 5) if values else ""
+            entry[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else ""
+            entry[f"{name}_t_vs_ciou"] = (round(welch_t(values, baseline), 2)
+                                          if config != "ciou" and name in METRICS else "")
+        summary.append(entry)
+    return summary
+
+
+def plot_results(out_dir: Path) -> None:
+    """curves.png: val mAP50-95 (YOLOv5's metric) per epoch, mean over seeds; uncertainty.png: TP scatter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(7, 4.5))
+    for config in CONFIGS:
+        curves = [c for c in (read_csv(p) for p in sorted((out_dir / "curves").glob(f"{config}_s*.csv"))) if c]
+        if curves:
+            length = min(len(c) for c in curves)
+            mean = [statistics.mean(float(c[i]["metrics/mAP_0.5:0.95"]) for c in curves) for i in range(length)]
+            axis.plot(range(length), mean, marker="o", markersize=3, label=f"{config} (n={len(curves)})")
+    axis.set(xlabel="epoch", ylabel="val mAP50-95 (YOLOv5 metric)", title="real VisDrone val, mean over seeds")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "curves.png", dpi=110)
+    plt.close(fig)
+    points = sorted((out_dir / "tp_uncertainty").glob("*_s0.csv"))
+    if points:
+        fig, axes = plt.subplots(1, len(points), figsize=(4.5 * len(points), 4), squeeze=False)
+        for axis, path in zip(axes[0], points):
+            rows = read_csv(path)
+            axis.scatter([float(r["one_minus_iou"]) for r in rows], [float(r["uncertainty"]) for r in rows], s=2,
+                         alpha=0.3)
+            axis.set(xlabel="1 - IoU with ground truth", ylabel="C-BBL uncertainty (nats)", title=path.stem)
+        fig.tight_layout()
+        fig.savefig(out_dir / "uncertainty.png", dpi=110)
+        plt.close(fig)
+
+
+def pending_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(config, seed) pairs without an 'ok' row, seed-major so a cut-short study has every config at equal seeds."""
+    done = {(row["config"], int(row["seed"])) for row in read_csv(args.out / "runs.csv") if row["status"] == "ok"}
+    return [(config, seed) for seed in args.seeds for config in args.configs if (config, seed) not in done]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="C-BBL vs CIoU on real VisDrone frames (resumable)")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--img", type=int, default=640)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at once (1 thread each)")
+    parser.add_argument("--summary-only", action="store_true", help="train nothing: rewrite summary and plots")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "visdrone_real")
+    parser.add_argument("--work", type=Path, default=ROOT / "datasets" / "visdrone-real",
+                        help="working copy of the frames (git-ignored)")
+    parser.add_argument("--project", type=Path, default=None, help="run folders (default runs/visdrone_real/<out>)")
+    args = parser.parse_args(argv)
+    args.project = args.project or ROOT / "runs" / "visdrone_real" / args.out.name
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_start(logger, 1)
+    if not FRAMES.is_dir() or not COCO_WEIGHTS.is_file():
+        logger.error("needs the real frames and weights in %s (not shipped with the project)", SHARED)
+        return 2
+    if not args.summary_only:
+        write_json(args.out / "settings.json", {"header": header_lines({k: str(v) for k, v in vars(args).items()})})
+        data = prepare_data(args.work)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for future in [pool.submit(study_one, args, data, config, seed) for config, seed in pending_runs(args)]:
+                future.result()
+    summary = summarize(read_csv(args.out / "runs.csv"))
+    write_csv(args.out / "summary.csv", summary)
+    plot_results(args.out)
+    for entry in summary:
+        logger.info("%-11s n=%d  yolov5 mAP50-95 %s +- %s (t %s)  coco AP %s  visdrone AP %s", entry["config"],
+                    entry["seeds_ok"], entry["yolov5_map50_95_mean"], entry["yolov5_map50_95_std"],
+                    entry["yolov5_map50_95_t_vs_ciou"], entry["coco_ap_mean"], entry["visdrone_ap_mean"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

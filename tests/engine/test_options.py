@@ -11,14 +11,23 @@ from utils.engine.options import DEFAULT_CFG, RESUME_LATEST, TrainOptions, build
 from utils.hyp import Hyp, load_hyp
 
 
-def test_defaults_make_a_small_run():
+def test_defaults_make_a_small_run_with_the_demo_datas_recommended_recipe():
     opts = parse_options([])
     assert opts.cfg == DEFAULT_CFG and opts.data == "data/synthetic.yaml" and opts.weights == ""
     assert opts.optimizer is None and opts.hyp.optimizer == "AdamW"  # the demo hyp file names its optimizer
-    assert (opts.batch_size, opts.nbs, opts.imgsz) == (8, 0, 320)
+    assert (opts.batch_size, opts.nbs, opts.imgsz, opts.recommended) == (8, 8, 320, ("hyp", "nbs"))
     assert opts.hyp_path.endswith("data/hyps/hyp.demo.yaml") and opts.hyp.lr0 == load_hyp(opts.hyp_path).lr0
     assert opts.hyp.box_loss == "ciou" and opts.freeze == (0,)
-    assert parse_options(["--hyp", ""]).hyp == Hyp()
+    explicit = parse_options(["--hyp", "hyp.scratch-low.yaml", "--nbs", "64"])
+    assert explicit.hyp == Hyp() and explicit.nbs == 64 and explicit.recommended == ()
+
+
+def test_a_users_dataset_gets_yolov5s_recipe(tmp_path):
+    data = tmp_path / "mine.yaml"
+    data.write_text("path: .\ntrain: images\nval: images\nnames: [a]\n")
+    opts = parse_options(["--data", str(data)])
+    assert opts.hyp_path.endswith("hyp.scratch-low.yaml") and opts.hyp == Hyp() and opts.hyp.optimizer == "SGD"
+    assert opts.nbs == 64 and opts.recommended == ()
 
 
 def test_yolov5_flag_names_and_aliases():

@@ -51,7 +51,7 @@ def test_perfect_detections_score_one_and_boxes_go_back_to_original_pixels(tmp_p
     targets = [[0, 0, 0.25, 0.25, 0.2, 0.2], [0, 1, 0.7, 0.6, 0.3, 0.4]]
     pred = _prediction([[16, 16, 12.8, 12.8], [44.8, 38.4, 19.2, 25.6]], [0, 1], [0.9, 0.8], extra=[0.2, 0.4])
     results = validate(ScriptedDetector([pred]), [_batch(targets, original=(128, 128))], NAMES, save_dir=tmp_path,
-                       plots=True, save_json=True, save_txt=True)
+                       plots=True, save_json=True, save_txt=True, protocol="coco")
     assert results.map50 == pytest.approx(1.0) and results.map50_95 == pytest.approx(1.0)
     assert results.precision == pytest.approx(1.0) and results.recall == pytest.approx(1.0)
     assert results.ap_small == pytest.approx(1.0)  # 25.6 px and 38.4x51.2 px in the 128 px original
@@ -96,9 +96,21 @@ def test_false_positive_lowers_precision_and_losses_are_averaged():
     assert results.loss is results.losses
 
 
-def test_no_ground_truth_is_undefined_not_zero():
+def test_perfect_detections_score_yolov5s_0995_under_its_metric():
+    """YOLOv5's trapezoid over 101 recall points gives a perfect class 0.995, as its val.py prints."""
+    targets = [[0, 0, 0.25, 0.25, 0.2, 0.2], [0, 1, 0.7, 0.6, 0.3, 0.4]]
+    pred = _prediction([[16, 16, 12.8, 12.8], [44.8, 38.4, 19.2, 25.6]], [0, 1], [0.9, 0.8])
+    results = validate(ScriptedDetector([pred]), [_batch(targets)], NAMES)
+    assert results.protocol == "yolov5" and results.map50 == pytest.approx(0.995)
+    assert results.map50_95 == pytest.approx(0.995) and results.precision == pytest.approx(1.0)
+    assert [row["images"] for row in results.per_class] == [1, 1] and results.ap_small == -1.0
+
+
+def test_no_ground_truth_is_zero_under_yolov5_and_undefined_under_coco():
     pred = _prediction([[16, 16, 10, 10]], [0], [0.9])
     results = validate(ScriptedDetector([pred]), [_batch([])], NAMES)
+    assert results.map50 == 0.0 and results.per_class == [] and results.fitness() == 0.0  # YOLOv5 prints zeros
+    results = validate(ScriptedDetector([pred]), [_batch([])], NAMES, protocol="coco")
     assert results.map50 == -1.0 and results.per_class == [] and results.fitness() == 0.0
 
 
@@ -108,7 +120,7 @@ def test_visdrone_protocol_and_single_cls():
     visdrone = validate(ScriptedDetector([pred]), [_batch(targets)], NAMES, protocol="visdrone")
     assert visdrone.map50 == 0.0 and visdrone.protocol == "visdrone" and "AR500" in visdrone.extra
     single = validate(ScriptedDetector([pred]), [_batch(targets)], NAMES, single_cls=True)
-    assert single.map50 == pytest.approx(1.0)
+    assert single.map50 == pytest.approx(0.995)
 
 
 def test_bad_protocol_is_an_error():

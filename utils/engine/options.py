@@ -135,7 +135,7 @@ class TrainOptions:
         return load_hyp(self.hyp_path or None if isinstance(self.hyp, (str, Path)) else self.hyp, **overrides)
 
     def _validate(self) -> None:
-        if self.nbs is None or self.nbs < 0:
+        if self.nbs is not None and self.nbs < 0:
             raise ValueError(f"--nbs must be >= 0 (0 = auto), got {self.nbs}")
         for name in ("epochs", "batch_size", "imgsz"):
             if getattr(self, name) < 1:

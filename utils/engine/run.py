@@ -36,6 +36,7 @@ from utils.engine.optim import (
     choose_optimizer,
     nominal_batch,
     scaled_weight_decay,
+    schedule_rules,
     use_cosine_lr,
 )
 from utils.engine.options import RESUME_LATEST, TrainOptions
@@ -173,10 +174,11 @@ def build_optimization(opts: TrainOptions, model: torch.nn.Module, num_images: i
     name, lr = choose_optimizer(hyp, opts.optimizer, opts.adam, opts.hyp_path or "the built-in hyp (scratch-low)")
     optimizer = build_optimizer(model, name, lr, hyp.momentum, weight_decay)
     cosine = use_cosine_lr(hyp, opts.cos_lr, opts.linear_lr)
-    logger.info("LR schedule: %s, %g -> %g over %d epochs", "cosine" if cosine else "linear", lr, lr * hyp.lrf,
-                opts.epochs)
+    rules = schedule_rules(opts.adam, opts.linear_lr)
+    logger.info("LR schedule: %s, %g -> %g over %d epochs (%s's rules)", "cosine" if cosine else "linear", lr,
+                lr * hyp.lrf, opts.epochs, rules.source)
     schedule = LRScheduleHook(hyp.lrf, opts.epochs, cosine, hyp.momentum, hyp.warmup_epochs, hyp.warmup_momentum,
-                              hyp.warmup_bias_lr, num_batches, full_accumulate=nbs / opts.batch_size)
+                              hyp.warmup_bias_lr, num_batches, full_accumulate=nbs / opts.batch_size, rules=rules)
     return optimizer, accumulate, schedule
 
 

@@ -50,6 +50,8 @@ def test_warmup_ramps_lr_momentum_and_accumulation():
     hook.before_step(trainer)
     lrs = [g["lr"] for g in trainer.optimizer.param_groups]
     assert lrs == [0.1, 0.0, 0.0] and math.isclose(trainer.optimizer.param_groups[0]["momentum"], 0.8)  # biases first
+    hook.after_epoch(trainer)
+    assert [trainer.metrics[f"x/lr{i}"] for i in range(3)] == lrs  # results.csv columns in v7.0's group order
     assert trainer.accumulate == 1
     trainer.iteration = hook.warmup_iterations // 2
     hook.before_step(trainer)

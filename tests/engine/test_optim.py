@@ -169,3 +169,25 @@ def test_groups_of_yolov5n_equal_the_references_groups():
     ours = dict(zip(("bias", "weight", "norm"), map(len, split_param_groups(Model(cfg)))))
     for case in json.loads(str(traces["about"]))["cases"].values():
         assert dict(zip(case["roles"], case["group_sizes"])) == ours
+
+
+def test_checkpoints_saved_in_the_legacy_group_order_resume_into_v7s_order():
+    """Checkpoints written before the groups followed v7.0 held them as [norm, weights, biases]."""
+    import torch
+
+    from utils.engine.optim import GROUP_ORDER, LEGACY_GROUP_ORDER, reorder_saved_groups
+
+    net = tiny_net()
+    biases, weights, norms = split_param_groups(net)
+    legacy = torch.optim.SGD(norms, lr=0.01, momentum=0.9)
+    legacy.add_param_group({"params": weights, "weight_decay": 0.1})
+    legacy.add_param_group({"params": biases})
+    for param in net.parameters():
+        param.grad = torch.randn_like(param)
+    legacy.step()
+    optimizer = build_optimizer(net, "SGD", weight_decay=0.1)
+    optimizer.load_state_dict(reorder_saved_groups(legacy.state_dict(), LEGACY_GROUP_ORDER))
+    for param in net.parameters():
+        assert torch.equal(optimizer.state[param]["momentum_buffer"], legacy.state[param]["momentum_buffer"])
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.0, 0.1, 0.0]
+    assert reorder_saved_groups(optimizer.state_dict(), GROUP_ORDER)["param_groups"][0]["weight_decay"] == 0.0

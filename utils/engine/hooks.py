@@ -19,6 +19,7 @@ from utils.checkpoint import save_checkpoint, strip_checkpoint_file
 from utils.distributed import DistContext, broadcast_object
 from utils.engine.optim import (
     BIAS_GROUP,
+    GROUP_ORDER,
     YOLOV5_RULES,
     ScheduleRules,
     lr_lambda,
@@ -82,7 +83,7 @@ class LRScheduleHook(Hook):
             trainer.metrics[f"x/lr{index}"] = group["lr"]  # YOLOv5's results.csv names
 
     def state_dict(self) -> dict[str, Any]:
-        return {"warmup_iterations": self.warmup_iterations}
+        return {"warmup_iterations": self.warmup_iterations, "group_order": GROUP_ORDER}
 
 
 class CloseMosaicHook(Hook):

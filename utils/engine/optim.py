@@ -39,6 +39,10 @@ MIN_STEPS_PER_EPOCH = 12
 WEIGHT_DECAY_IMAGES = 64
 # Adam's second-moment decay; the hyp's momentum is its beta1.
 ADAM_BETA2 = 0.999
+# The roles of build_optimizer's groups, in order; stored with the LR hook's state, so a resume can tell
+# checkpoints written before the groups followed v7.0 (TPH-YOLOv5's order) and reorder them.
+GROUP_ORDER = "bias,weight,norm"
+LEGACY_GROUP_ORDER = "norm,weight,bias"
 # SGD below this lr0 barely moves: it is Adam/AdamW's scale (YOLOv5 suggests 1e-3 for Adam, 1e-2 for SGD;
 # its SGD fine-tuning hyps go down to 0.0026).
 SGD_MIN_LR0 = 0.002
@@ -105,6 +109,15 @@ def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momen
                 "%d norm weights (no decay)", name, lr, len(biases), len(decayed_weights), weight_decay,
                 len(norm_weights))
     return optimizer
+
+
+def reorder_saved_groups(optimizer_state: dict, saved_order: str) -> dict:
+    """A saved optimizer state_dict with its groups in GROUP_ORDER (torch pairs saved and current groups, and
+    their parameters' state, by position). ``saved_order``: the roles of its groups, comma-separated."""
+    if saved_order == GROUP_ORDER:
+        return optimizer_state
+    saved_roles, groups = saved_order.split(","), optimizer_state["param_groups"]
+    return {**optimizer_state, "param_groups": [groups[saved_roles.index(role)] for role in GROUP_ORDER.split(",")]}
 
 
 def lr_lambda(epochs: int, lrf: float, cosine: bool = False,

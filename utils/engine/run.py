@@ -31,10 +31,13 @@ from utils.engine.hooks import (
     ValidationHook,
 )
 from utils.engine.optim import (
+    GROUP_ORDER,
+    LEGACY_GROUP_ORDER,
     accumulate_steps,
     build_optimizer,
     choose_optimizer,
     nominal_batch,
+    reorder_saved_groups,
     scaled_weight_decay,
     schedule_rules,
     use_cosine_lr,
@@ -184,10 +187,12 @@ def build_optimization(opts: TrainOptions, model: torch.nn.Module, num_images: i
 
 def restore_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     """Optimizer, scaler, epoch, EMA and every hook's state from a last.pt."""
-    trainer.load_state_dict(checkpoint)
+    hook_states = checkpoint.get("hooks") or {}
+    # ours before the groups followed v7.0 lack "group_order"; files without our hooks are YOLOv5's
+    saved_order = hook_states["lr"].get("group_order", LEGACY_GROUP_ORDER) if "lr" in hook_states else GROUP_ORDER
+    trainer.load_state_dict({**checkpoint, "optimizer": reorder_saved_groups(checkpoint["optimizer"], saved_order)})
     if trainer.ema is not None and checkpoint.get("ema") is not None:
         trainer.ema.load_state_dict({"ema": checkpoint["ema"], "updates": checkpoint["ema_updates"]})
-    hook_states = checkpoint.get("hooks") or {}
     for hook in trainer.hooks:
         hook.load_state_dict(hook_states.get(hook.name, {}))
 

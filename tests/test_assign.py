@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -52,3 +56,31 @@ def test_batched_assignment_equals_per_image(seed: int, num_first: int, num_seco
 def test_level_names_follow_the_stride() -> None:
     assert [level_name(s, i) for i, s in enumerate([4.0, 8.0, 16.0, 32.0])] == ["p2", "p3", "p4", "p5"]
     assert level_name(12.0, 1) == "l1"
+
+
+ASSIGN_REFERENCE = Path(__file__).resolve().parent / "fixtures" / "assign_targets.npz"
+
+
+def test_assignment_equals_yolov5_v7_build_targets() -> None:
+    """Positives, their order, boxes, anchors and classes equal v7.0's ComputeLoss.build_targets on targets
+    with centres on grid lines, middle lines and the borders of every level (tests/fixtures/make_assign_targets.py)."""
+    reference = np.load(ASSIGN_REFERENCE, allow_pickle=False)
+    targets = torch.from_numpy(reference["targets"])
+    anchor_t = json.loads(str(reference["about"]))["anchor_t"]
+    for level in range(3):
+        expected = {key: reference[f"{level}/{key}"] for key in
+                    ("image", "anchor", "cell_y", "cell_x", "box", "anchor_wh", "cls")}
+        assigned = assign_level(targets, torch.from_numpy(reference[f"{level}/anchors"]),
+                                tuple(int(v) for v in reference[f"{level}/grid_hw"]), anchor_t)
+        got = {"image": assigned.batch, "anchor": assigned.anchor, "cell_y": assigned.cell_y,
+               "cell_x": assigned.cell_x, "box": assigned.box, "anchor_wh": assigned.anchor_wh, "cls": assigned.cls}
+        for key, value in got.items():
+            np.testing.assert_array_equal(value.numpy(), expected[key], err_msg=f"level {level} {key}")
+
+
+def test_centre_on_a_grid_line_takes_both_neighbours_as_yolov5() -> None:
+    anchors = torch.tensor([[1.0, 1.0]])
+    assigned = assign_level(torch.tensor([[0, 0, 3 / 8, 4.2 / 8, 1 / 8, 1 / 8]]), anchors, (8, 8), 4.0)
+    cells = list(zip(assigned.cell_x.tolist(), assigned.cell_y.tolist()))
+    assert cells == [(3, 4), (2, 4), (3, 3), (3, 4)]  # own, left, upper (y frac .2), own again (v7.0's right)
+    assert assigned.box[:, 0].tolist() == [0.0, 1.0, 0.0, 0.0]

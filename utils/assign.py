@@ -12,6 +12,10 @@ from typing import NamedTuple
 
 import torch
 
+# A neighbour cell is a positive when the centre lies within this many cells of their shared edge (v7.0's g).
+NEIGHBOUR_MARGIN = 0.5
+# Where each candidate cell lies from the centre, in units of NEIGHBOUR_MARGIN: own, left, upper, right, lower.
+CELL_SHIFTS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
 
 class LevelTargets(NamedTuple):
     """Positives of one level, P rows. Boxes in grid units, centre relative to the cell's top-left corner."""
@@ -28,7 +32,8 @@ class LevelTargets(NamedTuple):
 
 def assign_level(targets: torch.Tensor, anchors: torch.Tensor, grid_hw: tuple[int, int],
                  anchor_t: float) -> LevelTargets:
-    """YOLOv5 assignment on one level: anchor ratio test, then the GT's own cell + its 2 nearest neighbours.
+    """YOLOv5 v7.0's assignment on one level: anchor ratio test, then the GT's own cell and the neighbour
+    cells across the cell edges within NEIGHBOUR_MARGIN of its centre.
 
     Args:
         targets: (M, 6) float ``[img_idx, cls, cx, cy, w, h]``, cxcywh normalised.
@@ -36,9 +41,12 @@ def assign_level(targets: torch.Tensor, anchors: torch.Tensor, grid_hw: tuple[in
         grid_hw: (H, W) of the level's feature map.
         anchor_t: a GT goes to an anchor when max(w/a_w, a_w/w, h/a_h, a_h/h) < anchor_t.
     Returns:
-        LevelTargets with P <= 3 * A * M positives. A neighbour cell is the one across the nearer cell edge
-        (x and y separately), so dx, dy stay inside the decode's open range (-0.5, 1.5); a centre exactly on
-        a cell's middle line gets no neighbour on that axis (both would sit on the unreachable ends).
+        LevelTargets with P <= 5 * A * M positives, in v7.0's order: own cells, then left, upper, right and
+        lower neighbours, each block in (anchor, GT) order. Per axis a centre c (grid units, G cells) takes
+        the cell before when c % 1 < 0.5 and c > 1, the cell after when (G - c) % 1 < 0.5 and G - c > 1, so
+        a centre on a cell's middle line takes none and one exactly on a grid line takes both: the cell
+        before and its own cell a second time (v7.0's 2 neighbours; the duplicate doubles that GT's box and
+        class weight). Cells are clamped into the grid (a centre on the far border: dx = 1).
     """
     grid_h, grid_w = grid_hw
     grid_size = targets.new_tensor([grid_w, grid_h])
@@ -48,19 +56,16 @@ def assign_level(targets: torch.Tensor, anchors: torch.Tensor, grid_hw: tuple[in
     worst_ratio = torch.max(ratio, 1 / ratio).amax(-1)  # (A, M); nan-free: inf for zero sizes
     anchor_idx, gt_idx = (worst_ratio < anchor_t).nonzero(as_tuple=True)  # (Q,)
     gt_centre = centre[gt_idx]  # (Q, 2)
-    own = gt_centre.floor().clamp(min=torch.zeros_like(grid_size), max=grid_size - 1)  # (Q, 2)
-    frac = gt_centre - own  # (Q, 2)
-    neighbour = own + torch.where(frac < 0.5, -1.0, 1.0)  # (Q, 2), across the nearer edge
-    has_neighbour = (frac != 0.5) & (neighbour >= 0) & (neighbour < grid_size)  # (Q, 2)
-    x_side = torch.stack([neighbour[:, 0], own[:, 1]], -1)  # (Q, 2)
-    y_side = torch.stack([own[:, 0], neighbour[:, 1]], -1)  # (Q, 2)
-    cells = torch.stack([own, x_side, y_side])  # (3, Q, 2)
-    keep = torch.stack([torch.ones_like(has_neighbour[:, 0]), has_neighbour[:, 0], has_neighbour[:, 1]])  # (3, Q)
-    cells = cells[keep]  # (P, 2)
-    anchor_idx = anchor_idx.expand(3, -1)[keep]  # (P,)
-    gt_idx = gt_idx.expand(3, -1)[keep]  # (P,)
+    from_far_edge = grid_size - gt_centre  # (Q, 2)
+    before = (gt_centre % 1 < NEIGHBOUR_MARGIN) & (gt_centre > 1)  # (Q, 2) left (x), upper (y)
+    after = (from_far_edge % 1 < NEIGHBOUR_MARGIN) & (from_far_edge > 1)  # (Q, 2) right (x), lower (y)
+    keep = torch.stack([torch.ones_like(before[:, 0]), before[:, 0], before[:, 1], after[:, 0], after[:, 1]])  # (5, Q)
+    shifts = targets.new_tensor(CELL_SHIFTS) * NEIGHBOUR_MARGIN  # (5, 2)
+    cells = (gt_centre[None] + shifts[:, None])[keep].long()  # (P, 2) x, y; truncated as v7.0 does
+    cells = torch.stack([cells[:, 0].clamp(0, grid_w - 1), cells[:, 1].clamp(0, grid_h - 1)], -1)  # (P, 2)
+    anchor_idx = anchor_idx.expand(5, -1)[keep]  # (P,)
+    gt_idx = gt_idx.expand(5, -1)[keep]  # (P,)
     box = torch.cat([centre[gt_idx] - cells, size[gt_idx]], -1)  # (P, 4)
-    cells = cells.long()
     return LevelTargets(batch=targets[gt_idx, 0].long(), anchor=anchor_idx, cell_y=cells[:, 1], cell_x=cells[:, 0],
                         box=box, anchor_wh=anchors[anchor_idx], cls=targets[gt_idx, 1].long(), gt=gt_idx)
 

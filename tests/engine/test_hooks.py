@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -18,8 +20,10 @@ from models.yolo import Model, model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.engine.hooks import BestModelHook, CheckpointHook, LRScheduleHook, ValidationHook, metrics_row
 from utils.engine.optim import build_optimizer
+from utils.engine.trainer import Hook, Trainer
 from utils.engine.writers import YOLOV5_COLUMNS, ResultsCsvHook, TensorBoardHook, read_results, truncate_results
 from utils.files import OutputWriteError
+from utils.hyp import load_hyp
 from utils.torch_utils import ModelEMA
 
 
@@ -45,7 +49,9 @@ def test_warmup_ramps_lr_momentum_and_accumulation():
     hook.before_epoch(trainer)
     hook.before_step(trainer)
     lrs = [g["lr"] for g in trainer.optimizer.param_groups]
-    assert lrs == [0.0, 0.0, 0.1] and math.isclose(trainer.optimizer.param_groups[0]["momentum"], 0.8)
+    assert lrs == [0.1, 0.0, 0.0] and math.isclose(trainer.optimizer.param_groups[0]["momentum"], 0.8)  # biases first
+    hook.after_epoch(trainer)
+    assert [trainer.metrics[f"x/lr{i}"] for i in range(3)] == lrs  # results.csv columns in v7.0's group order
     assert trainer.accumulate == 1
     trainer.iteration = hook.warmup_iterations // 2
     hook.before_step(trainer)
@@ -62,17 +68,20 @@ def test_warmup_lr_comes_from_each_group_and_leaves_adam_beta1():
     trainer.iteration = hook.warmup_iterations // 2
     hook.before_step(trainer)
     lrs = [g["lr"] for g in trainer.optimizer.param_groups]
-    assert lrs == pytest.approx([1.5e-4, 1.5e-4, (0.1 + 3e-4) / 2])
+    assert lrs == pytest.approx([(0.1 + 3e-4) / 2, 1.5e-4, 1.5e-4])
     assert all(g["betas"] == (0.843, 0.999) for g in trainer.optimizer.param_groups)
 
 
-def test_lr_after_warmup_follows_the_schedule():
+def test_lr_after_warmup_lags_one_epoch_as_yolov5s_scheduler():
+    """YOLOv5/TPH step their scheduler after each epoch: epoch 5 (past warmup) trains at lf(4)."""
     trainer, hook = fake_trainer(epoch=5), lr_hook()
-    trainer.iteration = 1000
+    trainer.iteration = 5 * 50
     hook.before_epoch(trainer)
     hook.before_step(trainer)
     hook.after_epoch(trainer)
-    assert math.isclose(trainer.metrics["x/lr1"], 0.01 * ((1 - 5 / 10) * 0.9 + 0.1))
+    assert math.isclose(trainer.metrics["x/lr1"], 0.01 * ((1 - 4 / 10) * 0.9 + 0.1))
+    assert hook.epoch_factor(3) == hook.lf(3) and hook.epoch_factor(4) == hook.lf(3)  # warmup ends at 150 = 3 * 50
+    assert lr_hook(warmup_epochs=0.0).epoch_factor(0) == 1.0  # epoch 0 trains at lf(0) either way
 
 
 def test_validation_skipped_with_noval_until_last_epoch():
@@ -256,3 +265,70 @@ def test_image_weights_favour_rare_classes():
     dataset = FakeDataset()
     ImageWeightsHook(dataset, nc=2).before_epoch(fake_trainer())
     assert dataset.weights[1] == pytest.approx(9 * dataset.weights[0]) and dataset.weights.sum() == pytest.approx(1)
+
+
+# Traces of YOLOv5 v7.0's and TPH-YOLOv5's own train.py schedules (tests/fixtures/make_lr_traces.py).
+LR_TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "lr_traces.npz"
+HYPS = Path(__file__).resolve().parents[2] / "data" / "hyps"
+OUR_GROUP_ROLES = ["bias", "weight", "norm"]  # YOLOv5 v7.0's order (utils/engine/optim.py)
+SCHEDULE_KEYS = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr")
+
+
+def reference_traces() -> tuple[dict, dict]:
+    traces = np.load(LR_TRACES, allow_pickle=False)
+    return json.loads(str(traces["about"]))["cases"], {key: traces[key] for key in traces.files if key != "about"}
+
+
+class ScheduleRecorder(Hook):
+    """What the reference generator records, read after each of our trainer's steps."""
+
+    def __init__(self):
+        self.rows = {"lr": [], "momentum": [], "accumulate": [], "stepped": []}
+
+    def after_step(self, trainer):
+        groups = trainer.optimizer.param_groups
+        self.rows["lr"].append([group["lr"] for group in groups])
+        self.rows["momentum"].append([group.get("momentum", group.get("betas", (None,))[0]) for group in groups])
+        self.rows["accumulate"].append(trainer.accumulate)
+        self.rows["stepped"].append(trainer.last_optimizer_step == trainer.iteration)
+
+
+def schedule_loss(preds, targets):
+    loss = preds.float().pow(2).mean()
+    return loss, {"box": loss.detach()}
+
+
+@pytest.mark.parametrize("case", list(reference_traces()[0]))
+def test_schedule_equals_the_references_at_every_iteration(case):
+    """LR of each group, momentum/beta1, accumulate and optimizer steps of our trainer (optimizer builder, LR
+    hook, step rule) equal YOLOv5 v7.0's or TPH-YOLOv5's own train.py over 2,000+ iterations within 1e-9."""
+    from utils.engine.options import TrainOptions
+    from utils.engine.run import build_optimization
+
+    cases, arrays = reference_traces()
+    ref = cases[case]
+    hyp_path = HYPS / ref["hyp_file"]
+    ours = load_hyp(hyp_path)
+    assert {key: getattr(ours, key) for key in SCHEDULE_KEYS} == ref["hyp"]  # our copy of their hyp file
+    opts = TrainOptions(hyp=str(hyp_path), batch_size=ref["batch_size"], epochs=ref["epochs"], nbs=ref["nbs"],
+                        **ref["flags"])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    num_batches = ref["batches_per_epoch"]
+    optimizer, accumulate, schedule = build_optimization(opts, model, num_batches * opts.batch_size, num_batches)
+    assert schedule.warmup_iterations == ref["warmup_iterations"]
+    to_ours = [ref["roles"].index(role) for role in OUR_GROUP_ROLES]  # TPH orders its groups [norm, weight, bias]
+    assert [group["weight_decay"] for group in optimizer.param_groups] == pytest.approx(
+        [ref["weight_decay"][i] for i in to_ours], rel=1e-12)
+    recorder = ScheduleRecorder()
+    batch = (torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.zeros(0, 6), ["a.jpg"], None)
+    trainer = Trainer(model=model, loss_fn=schedule_loss, optimizer=optimizer, train_loader=[batch] * num_batches,
+                      device=torch.device("cpu"), epochs=opts.epochs, hooks=[schedule, recorder], accumulate=accumulate)
+    trainer.fit()
+    expected_lr = arrays[f"{case}/lr"][:, to_ours]
+    assert len(recorder.rows["lr"]) == len(expected_lr) >= 2000
+    np.testing.assert_allclose(np.array(recorder.rows["lr"]), expected_lr, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.array(recorder.rows["momentum"]), arrays[f"{case}/momentum"][:, to_ours],
+                               rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(np.array(recorder.rows["accumulate"]), arrays[f"{case}/accumulate"])
+    np.testing.assert_array_equal(np.array(recorder.rows["stepped"]), arrays[f"{case}/stepped"])

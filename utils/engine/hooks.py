@@ -17,35 +17,53 @@ import numpy as np
 
 from utils.checkpoint import save_checkpoint, strip_checkpoint_file
 from utils.distributed import DistContext, broadcast_object
-from utils.engine.optim import BIAS_GROUP, lr_lambda, warmup_accumulate, warmup_iterations
+from utils.engine.optim import (
+    BIAS_GROUP,
+    GROUP_ORDER,
+    YOLOV5_RULES,
+    ScheduleRules,
+    lr_lambda,
+    warmup_accumulate,
+    warmup_iterations,
+)
 from utils.engine.trainer import Hook, Trainer
 
 logger = logging.getLogger(__name__)
 
 
 class LRScheduleHook(Hook):
-    """Linear or cosine LR per epoch, after YOLOv5's warmup (as in its and TPH-YOLOv5's train.py).
+    """Linear or cosine LR per epoch after warmup, iteration for iteration as YOLOv5 v7.0's and TPH-YOLOv5's
+    train.py set it (``rules``: utils/engine/optim.py ScheduleRules).
 
-    Each group's LR is its ``initial_lr`` (utils/engine/optim.py) times the curve. During warmup, by batch
-    index: the bias group (pg2) falls from warmup_bias_lr and the others rise from 0 to the scheduled LR, SGD
-    momentum rises from warmup_momentum (Adam's beta1 stays: YOLOv5 warms only a ``momentum`` key), and
-    gradient accumulation ramps from 1 to ``full_accumulate`` = nominal batch / batch size. Everything is a
-    pure function of (epoch, iteration), so a resume needs no scheduler state beyond the epoch.
+    Each group's LR is its ``initial_lr`` (utils/engine/optim.py) times the curve lf. Their LambdaLR steps after
+    each epoch from ``last_epoch = start_epoch - 1``, so epoch e >= 1 trains at lf(e - 1) (:meth:`epoch_factor`).
+    During warmup, by batch index: the bias group falls from warmup_bias_lr and the others rise from 0 to
+    initial_lr * lf(e), SGD momentum rises from warmup_momentum (Adam's beta1 stays: they warm only a
+    ``momentum`` key), and gradient accumulation ramps from 1 to ``full_accumulate`` = nominal batch / batch
+    size. Everything is a pure function of (epoch, iteration), so a resume needs no scheduler state.
     """
 
     name = "lr"
 
     def __init__(self, lrf: float, epochs: int, cosine: bool, momentum: float, warmup_epochs: float,
-                 warmup_momentum: float, warmup_bias_lr: float, num_batches: int, full_accumulate: float = 1.0):
+                 warmup_momentum: float, warmup_bias_lr: float, num_batches: int, full_accumulate: float = 1.0,
+                 rules: ScheduleRules = YOLOV5_RULES):
         self.momentum, self.full_accumulate = momentum, full_accumulate
-        self.lf = lr_lambda(epochs, lrf, cosine)
+        self.lf = lr_lambda(epochs, lrf, cosine, rules)
         self.warmup_momentum, self.warmup_bias_lr = warmup_momentum, warmup_bias_lr
-        self.warmup_iterations = warmup_iterations(warmup_epochs, num_batches)
+        self.num_batches = num_batches
+        self.warmup_iterations = warmup_iterations(warmup_epochs, num_batches, rules)
+
+    def epoch_factor(self, epoch: int) -> float:
+        """lf of the scheduler at ``epoch``: lf(epoch - 1), or lf(epoch) for an epoch that began inside the
+        warmup, whose last warmup batch set that value and which no scheduler step follows before its end."""
+        began_in_warmup = epoch * self.num_batches <= self.warmup_iterations
+        return self.lf(epoch if began_in_warmup else epoch - 1)
 
     def before_epoch(self, trainer: Trainer) -> None:
-        """Epoch e >= 1 trains at lf(e - 1), as YOLOv5/TPH step their scheduler (last_epoch = start - 1)."""
+        factor = self.epoch_factor(trainer.epoch)
         for group in trainer.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * self.lf(max(trainer.epoch - 1, 0))
+            group["lr"] = group["initial_lr"] * factor
 
     def before_step(self, trainer: Trainer) -> None:
         """During warmup interpolate accumulation, LR and momentum from their warmup values by the batch index."""
@@ -61,11 +79,11 @@ class LRScheduleHook(Hook):
                 group["momentum"] = float(np.interp(trainer.iteration, ramp, [self.warmup_momentum, self.momentum]))
 
     def after_epoch(self, trainer: Trainer) -> None:
-        for index, group in enumerate(trainer.optimizer.param_groups):
+        for index, group in enumerate(trainer.optimizer.param_groups):  # v7.0's group order: biases first
             trainer.metrics[f"x/lr{index}"] = group["lr"]  # YOLOv5's results.csv names
 
     def state_dict(self) -> dict[str, Any]:
-        return {"warmup_iterations": self.warmup_iterations}
+        return {"warmup_iterations": self.warmup_iterations, "group_order": GROUP_ORDER}
 
 
 class CloseMosaicHook(Hook):

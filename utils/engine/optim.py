@@ -1,18 +1,22 @@
 """Optimizer construction, learning-rate curves and warmup arithmetic for training.
 
-Three parameter groups, in YOLOv5's order so logs read the same (results.csv x/lr0..x/lr2):
-pg0 normalisation weights (no decay), pg1 other weights (decay), pg2 biases (no decay).
-Decay on BN scales or biases only shrinks them towards zero without regularising anything useful.
+Three parameter groups, in YOLOv5 v7.0's order so logs read the same (results.csv x/lr0..x/lr2):
+group 0 biases (no decay, warmed from warmup_bias_lr), group 1 other weights (decay), group 2
+normalisation weights (no decay). Decay on norm scales or biases only shrinks them towards zero without
+regularising anything useful. TPH-YOLOv5 orders its groups [norm, weights, biases]; its schedule treats each
+role the same way, so a TPH recipe runs on v7.0's order and only its column order in results.csv differs.
 
 Which optimizer and LR a run uses (:func:`choose_optimizer`): TPH-YOLOv5's ``--adam`` is Adam at
 TPH_ADAM_LR for every group; YOLOv5's ``--optimizer X`` is X at the hyp's lr0; with neither, the
-hyp file's own ``optimizer`` at its lr0.
+hyp file's own ``optimizer`` at its lr0. Which schedule rules apply (:func:`schedule_rules`): TPH-YOLOv5's
+where the run uses its flags, else YOLOv5 v7.0's.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,10 +29,8 @@ logger = logging.getLogger(__name__)
 
 # TPH-YOLOv5's --adam: Adam at this LR for every parameter group; the hyp's lr0 is not used (its train.py).
 TPH_ADAM_LR = 3e-4
-# Warmup lasts at least this many batches (YOLOv5 v7.0's 100; TPH-YOLOv5 and YOLOv5 v5/v6.0 use 1000).
-MIN_WARMUP_ITERATIONS = 100
-# Index of the bias group (pg2): during warmup its LR falls from warmup_bias_lr while the others rise from 0.
-BIAS_GROUP = 2
+# Index of the bias group: during warmup its LR falls from warmup_bias_lr while the others rise from 0.
+BIAS_GROUP = 0
 # YOLOv5's nominal batch: gradients are accumulated to about this many images per optimizer step.
 YOLOV5_NOMINAL_BATCH = 64
 # With --nbs 0 (auto), small datasets lower the nominal batch to keep at least this many steps per epoch.
@@ -37,58 +39,97 @@ MIN_STEPS_PER_EPOCH = 12
 WEIGHT_DECAY_IMAGES = 64
 # Adam's second-moment decay; the hyp's momentum is its beta1.
 ADAM_BETA2 = 0.999
+# The roles of build_optimizer's groups, in order; stored with the LR hook's state, so a resume can tell
+# checkpoints written before the groups followed v7.0 (TPH-YOLOv5's order) and reorder them.
+GROUP_ORDER = "bias,weight,norm"
+LEGACY_GROUP_ORDER = "norm,weight,bias"
+# SGD below this lr0 barely moves: it is Adam/AdamW's scale (YOLOv5 suggests 1e-3 for Adam, 1e-2 for SGD;
+# its SGD fine-tuning hyps go down to 0.0026).
+SGD_MIN_LR0 = 0.002
+
+
+@dataclass(frozen=True)
+class ScheduleRules:
+    """Where YOLOv5 v7.0's and TPH-YOLOv5's train.py schedules differ; the rest is the same in both."""
+
+    source: str
+    min_warmup_iterations: int  # warmup lasts max(warmup_epochs * batches per epoch, this) batches
+    linear_end_offset: int  # the linear curve reaches lrf at epoch ``epochs - linear_end_offset``
+
+
+YOLOV5_RULES = ScheduleRules("YOLOv5 v7.0", min_warmup_iterations=100, linear_end_offset=0)
+TPH_RULES = ScheduleRules("TPH-YOLOv5", min_warmup_iterations=1000, linear_end_offset=1)
+
+
+def schedule_rules(adam: bool = False, linear_lr: bool = False) -> ScheduleRules:
+    """TPH-YOLOv5's rules when the run uses a flag only TPH-YOLOv5 has (--adam, --linear-lr), else v7.0's."""
+    return TPH_RULES if adam or linear_lr else YOLOV5_RULES
 
 
 def split_param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
-    """(norm_weights, decayed_weights, biases) of the trainable parameters, each parameter exactly once."""
+    """(biases, decayed_weights, norm_weights) of the trainable parameters, each exactly once, by YOLOv5 v7.0's
+    rule: a parameter named ``bias``, the ``weight`` of a normalisation layer, everything else."""
     norm_types = tuple(cls for name, cls in vars(nn).items() if "Norm" in name and isinstance(cls, type))
-    norm_weights, decayed_weights, biases = [], [], []
+    biases, decayed_weights, norm_weights = [], [], []
     for module in model.modules():
         for param_name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
             if param_name == "bias":
                 biases.append(param)
-            elif isinstance(module, norm_types):
+            elif param_name == "weight" and isinstance(module, norm_types):
                 norm_weights.append(param)
             else:
                 decayed_weights.append(param)
-    return norm_weights, decayed_weights, biases
+    return biases, decayed_weights, norm_weights
 
 
 def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momentum: float = 0.937,
                     weight_decay: float = 5e-4) -> torch.optim.Optimizer:
-    """An SGD (Nesterov), Adam or AdamW optimizer with the three groups; only pg1 gets ``weight_decay``.
+    """An SGD (Nesterov), Adam or AdamW optimizer with the three groups (module docstring); only the weights
+    group gets ``weight_decay``.
 
     Every group starts at ``lr``, also stored as its ``initial_lr`` (torch's scheduler key), which the LR
     schedule multiplies. Raises ValueError for an unknown optimizer name.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"--optimizer {name!r} is not one of {OPTIMIZERS}")
-    norm_weights, decayed_weights, biases = split_param_groups(model)
+    biases, decayed_weights, norm_weights = split_param_groups(model)
     if name == "SGD":
-        optimizer = torch.optim.SGD(norm_weights, lr=lr, momentum=momentum, nesterov=True)
+        optimizer = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
     elif name == "Adam":
-        optimizer = torch.optim.Adam(norm_weights, lr=lr, betas=(momentum, ADAM_BETA2))
+        optimizer = torch.optim.Adam(biases, lr=lr, betas=(momentum, ADAM_BETA2))
     else:
-        optimizer = torch.optim.AdamW(norm_weights, lr=lr, betas=(momentum, ADAM_BETA2), weight_decay=0.0)
+        optimizer = torch.optim.AdamW(biases, lr=lr, betas=(momentum, ADAM_BETA2), weight_decay=0.0)
     optimizer.add_param_group({"params": decayed_weights, "weight_decay": weight_decay})
-    optimizer.add_param_group({"params": biases, "weight_decay": 0.0})
+    optimizer.add_param_group({"params": norm_weights, "weight_decay": 0.0})
     for group in optimizer.param_groups:
         group["initial_lr"] = lr
-    logger.info("optimizer: %s(lr=%g) with parameter groups %d norm weights (no decay), %d weights "
-                "(decay=%g), %d biases (no decay)", name, lr, len(norm_weights), len(decayed_weights),
-                weight_decay, len(biases))
+    logger.info("optimizer: %s(lr=%g) with parameter groups %d biases (no decay), %d weights (decay=%g), "
+                "%d norm weights (no decay)", name, lr, len(biases), len(decayed_weights), weight_decay,
+                len(norm_weights))
     return optimizer
 
 
-def lr_lambda(epochs: int, lrf: float, cosine: bool = False) -> Callable[[int], float]:
-    """Multiplier of lr0 at an epoch: 1 at epoch 0, falling to ``lrf`` at ``epochs``, linearly or by a cosine."""
+def reorder_saved_groups(optimizer_state: dict, saved_order: str) -> dict:
+    """A saved optimizer state_dict with its groups in GROUP_ORDER (torch pairs saved and current groups, and
+    their parameters' state, by position). ``saved_order``: the roles of its groups, comma-separated."""
+    if saved_order == GROUP_ORDER:
+        return optimizer_state
+    saved_roles, groups = saved_order.split(","), optimizer_state["param_groups"]
+    return {**optimizer_state, "param_groups": [groups[saved_roles.index(role)] for role in GROUP_ORDER.split(",")]}
+
+
+def lr_lambda(epochs: int, lrf: float, cosine: bool = False,
+              rules: ScheduleRules = YOLOV5_RULES) -> Callable[[int], float]:
+    """Multiplier of lr0 at an epoch: 1 at epoch 0, falling to ``lrf`` by a cosine at ``epochs`` or linearly
+    at ``epochs - rules.linear_end_offset`` (TPH-YOLOv5's linear curve ends one epoch earlier than v7.0's)."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if cosine:
         return lambda epoch: ((1 - math.cos(epoch * math.pi / epochs)) / 2) * (lrf - 1) + 1
-    return lambda epoch: (1 - epoch / epochs) * (1.0 - lrf) + lrf
+    span = max(epochs - rules.linear_end_offset, 1)  # TPH's 1-epoch run divides by zero; only lf(0) = 1 is used
+    return lambda epoch: (1 - epoch / span) * (1.0 - lrf) + lrf
 
 
 def choose_optimizer(hyp: Hyp, optimizer: Optional[str] = None, adam: bool = False,
@@ -96,18 +137,23 @@ def choose_optimizer(hyp: Hyp, optimizer: Optional[str] = None, adam: bool = Fal
     """(optimizer name, learning rate) of a run: ``adam`` (TPH-YOLOv5's --adam) -> Adam at TPH_ADAM_LR;
     ``optimizer`` (YOLOv5's --optimizer) -> it at hyp.lr0; neither -> hyp.optimizer at hyp.lr0.
 
-    Logs one warning when the hyp's lr0 was tuned for SGD and meets Adam/AdamW, or the other way round
-    (an lr0 of 0.01 is ~30x too high for Adam; an Adam lr0 leaves SGD barely moving).
+    Logs one warning when the lr0 does not suit the optimizer: the hyp names SGD and the run uses Adam/AdamW
+    (an lr0 of 0.01 is ~30x too high for Adam), or the run uses SGD at an lr0 tuned for Adam/AdamW (the hyp
+    names one, or lr0 < SGD_MIN_LR0, as in a YOLOv5 hyp without an ``optimizer`` key tuned for Adam).
     """
     if adam:
         logger.info("--adam: TPH-YOLOv5's Adam at lr %g for every group (the hyp's lr0 %g is not used)",
                     TPH_ADAM_LR, hyp.lr0)
         return "Adam", TPH_ADAM_LR
     name = optimizer or hyp.optimizer
-    if (name == "SGD") != (hyp.optimizer == "SGD"):
-        logger.warning("%s is tuned for %s (lr0 %g) but trains with %s at that lr0; pass --optimizer %s, "
-                       "or a hyp file for %s (optimizer: %s)", hyp_name, hyp.optimizer, hyp.lr0, name,
-                       hyp.optimizer, name, name)
+    if name == "SGD" and (hyp.optimizer != "SGD" or hyp.lr0 < SGD_MIN_LR0):
+        tuned_for = hyp.optimizer if hyp.optimizer != "SGD" else "Adam/AdamW"
+        logger.warning("%s: SGD at lr0 %g, an lr0 tuned for %s (SGD's is ~0.01), barely trains; pass "
+                       "--optimizer %s, or a hyp file for SGD (hyp.scratch-low.yaml)", hyp_name, hyp.lr0, tuned_for,
+                       "AdamW" if hyp.optimizer == "SGD" else hyp.optimizer)
+    elif name != "SGD" and hyp.optimizer == "SGD":
+        logger.warning("%s is tuned for SGD (lr0 %g) but trains with %s at that lr0; pass --optimizer SGD, "
+                       "or a hyp file for %s (optimizer: %s)", hyp_name, hyp.lr0, name, name, name)
     return name, hyp.lr0
 
 
@@ -117,11 +163,15 @@ def use_cosine_lr(hyp: Hyp, cos_lr: bool = False, linear_lr: bool = False) -> bo
     return cos_lr or (not linear_lr and hyp.lr_schedule == "cosine")
 
 
-def warmup_iterations(warmup_epochs: float, num_batches: int) -> int:
-    """Warmup length in batches: ``warmup_epochs`` epochs, at least MIN_WARMUP_ITERATIONS; 0 epochs = none."""
+def warmup_iterations(warmup_epochs: float, num_batches: int, rules: ScheduleRules = YOLOV5_RULES) -> int:
+    """Warmup length in batches: ``warmup_epochs`` epochs, at least ``rules.min_warmup_iterations``.
+
+    0 epochs = no warmup (YOLOv5 and TPH-YOLOv5 still warm up for their minimum then, which their users
+    report as a bug: ultralytics/yolov5#12180).
+    """
     if warmup_epochs <= 0:
         return 0
-    return max(round(warmup_epochs * num_batches), MIN_WARMUP_ITERATIONS)
+    return max(round(warmup_epochs * num_batches), rules.min_warmup_iterations)
 
 
 def warmup_accumulate(iteration: int, warmup_length: int, full_accumulate: float) -> int:

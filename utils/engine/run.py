@@ -31,11 +31,15 @@ from utils.engine.hooks import (
     ValidationHook,
 )
 from utils.engine.optim import (
+    GROUP_ORDER,
+    LEGACY_GROUP_ORDER,
     accumulate_steps,
     build_optimizer,
     choose_optimizer,
     nominal_batch,
+    reorder_saved_groups,
     scaled_weight_decay,
+    schedule_rules,
     use_cosine_lr,
 )
 from utils.engine.options import RESUME_LATEST, TrainOptions
@@ -177,19 +181,22 @@ def build_optimization(opts: TrainOptions, model: torch.nn.Module, num_images: i
     name, lr = choose_optimizer(hyp, opts.optimizer, opts.adam, opts.hyp_path or "the built-in hyp (scratch-low)")
     optimizer = build_optimizer(model, name, lr, hyp.momentum, weight_decay)
     cosine = use_cosine_lr(hyp, opts.cos_lr, opts.linear_lr)
-    logger.info("LR schedule: %s, %g -> %g over %d epochs", "cosine" if cosine else "linear", lr, lr * hyp.lrf,
-                opts.epochs)
+    rules = schedule_rules(opts.adam, opts.linear_lr)
+    logger.info("LR schedule: %s, %g -> %g over %d epochs (%s's rules)", "cosine" if cosine else "linear", lr,
+                lr * hyp.lrf, opts.epochs, rules.source)
     schedule = LRScheduleHook(hyp.lrf, opts.epochs, cosine, hyp.momentum, hyp.warmup_epochs, hyp.warmup_momentum,
-                              hyp.warmup_bias_lr, num_batches, full_accumulate=nbs / opts.batch_size)
+                              hyp.warmup_bias_lr, num_batches, full_accumulate=nbs / opts.batch_size, rules=rules)
     return optimizer, accumulate, schedule
 
 
 def restore_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     """Optimizer, scaler, epoch, EMA and every hook's state from a last.pt."""
-    trainer.load_state_dict(checkpoint)
+    hook_states = checkpoint.get("hooks") or {}
+    # ours before the groups followed v7.0 lack "group_order"; files without our hooks are YOLOv5's
+    saved_order = hook_states["lr"].get("group_order", LEGACY_GROUP_ORDER) if "lr" in hook_states else GROUP_ORDER
+    trainer.load_state_dict({**checkpoint, "optimizer": reorder_saved_groups(checkpoint["optimizer"], saved_order)})
     if trainer.ema is not None and checkpoint.get("ema") is not None:
         trainer.ema.load_state_dict({"ema": checkpoint["ema"], "updates": checkpoint["ema_updates"]})
-    hook_states = checkpoint.get("hooks") or {}
     for hook in trainer.hooks:
         hook.load_state_dict(hook_states.get(hook.name, {}))
 

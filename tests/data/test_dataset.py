@@ -134,6 +134,30 @@ def test_single_cls_and_image_weights(images):
     assert has_class2 and set(dataset.indices.tolist()) <= has_class2
 
 
+def test_single_cls_keeps_every_class_as_class_0(images, caplog):
+    """Issue 27: train.py passes nc=1 with --single-cls; labels of classes 1 and 2 must be merged, not dropped."""
+    label_lines = [line for path in sorted((images.parent / "labels").glob("*.txt"))
+                   for line in path.read_text().split("\n") if line]
+    assert {line.split()[0] for line in label_lines} == {"0", "1", "2"}
+    for augment, rect in ((True, False), (False, True)):  # the train and the val loader of train.py
+        caplog.clear()
+        loader, dataset = create_dataloader(images, 64, 4, 32, augmentation=AugmentSettings.from_hyp(NO_AUGMENT),
+                                            augment=augment, rect=rect, single_cls=True, nc=1)
+        assert "dropped" not in caplog.text
+        assert sum(len(labels) for labels in dataset.labels) == len(label_lines)
+        targets = torch.cat([batch[1] for batch in loader])
+        assert len(targets) == len(label_lines) and (targets[:, 1] == 0).all()
+    _, dataset = create_dataloader(images, 64, 4, 32, nc=1)  # without single_cls, nc=1 still drops classes >= 1
+    assert sum(len(labels) for labels in dataset.labels) == sum(line.startswith("0 ") for line in label_lines)
+
+
+@pytest.mark.parametrize("cache", ["disk", "yes"])
+def test_unsupported_cache_mode_is_one_plain_sentence(images, cache):
+    with pytest.raises(ValueError, match=f"--cache {cache} is not") as error:
+        LoadImagesAndLabels(images, img_size=64, cache=cache)
+    assert "(" not in str(error.value).split(":")[0] and "None" not in str(error.value)
+
+
 def test_large_jpegs_decode_at_reduced_size_with_the_same_geometry(tmp_path):
     import cv2
 

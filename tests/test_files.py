@@ -1,14 +1,17 @@
 """Tests for utils/files.py: run folders, and checked atomic writes (a full disk, a kill) and output names."""
 
 import errno
+import logging
 import os
+import resource
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import small_filesystem
+from tests.conftest import small_filesystem, write_image_bomb
 from utils.files import (
+    MAX_IMAGE_PIXELS,
     OutputNames,
     OutputWriteError,
     atomic_write_bytes,
@@ -17,6 +20,7 @@ from utils.files import (
     increment_path,
     is_image_file,
     is_video_file,
+    read_image,
     remove_stale_temps,
 )
 
@@ -95,3 +99,31 @@ def test_output_names_are_unique_and_stable():
 def test_a_read_only_target_says_permission_not_disk(tmp_path):
     error = OutputWriteError(tmp_path / "x.txt", PermissionError(errno.EACCES, "Permission denied"))
     assert str(error) == f"could not write {tmp_path / 'x.txt'}: [Errno 13] Permission denied (no write permission?)"
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_header_claiming_30000x30000_is_refused_before_decoding(tmp_path, caplog, suffix):
+    """Issue 26 B5/B6: a 1 KB file whose header claims 900 MP must not be decoded (2.7 GB as BGR)."""
+    bomb = write_image_bomb(tmp_path / f"bomb{suffix}")
+    assert bomb.stat().st_size < 2000 and 30000 * 30000 > MAX_IMAGE_PIXELS
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with caplog.at_level(logging.WARNING):
+        assert read_image(bomb) is None
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100  # MB (ru_maxrss is KiB)
+    assert f"{bomb}: header claims 900000000 pixels, above the limit of {MAX_IMAGE_PIXELS} pixels" in caplog.text
+
+
+def test_images_up_to_the_limit_are_read(tmp_path):
+    write_image_bomb(tmp_path / "tall.png", width=4, height=MAX_IMAGE_PIXELS // 4 + 1)
+    assert read_image(tmp_path / "tall.png") is None
+    cv2.imwrite(str(tmp_path / "ok.png"), np.full((30, 20, 3), 7, np.uint8))
+    assert read_image(tmp_path / "ok.png").shape == (30, 20, 3)
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_is_not_opened(tmp_path, caplog):
+    """Issue 26 B15: opening a FIFO blocks until a writer comes; the reader must not wait for one."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with caplog.at_level(logging.WARNING):
+        assert read_image(tmp_path / "pipe.jpg") is None
+    assert "pipe.jpg: not a regular file" in caplog.text

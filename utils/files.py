@@ -13,6 +13,7 @@ import errno
 import glob
 import hashlib
 import io
+import logging
 import os
 import re
 import tempfile
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import IO, Any, Optional, Union
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The repository root: where data/, models/ and runs/ live, whatever the current folder."""
@@ -227,6 +230,42 @@ def append_csv_rows(path: Union[str, Path], rows: Sequence[Sequence[Any]]) -> No
 # JPEG decoders scale by 1/2, 1/4 or 1/8 inside the DCT, far cheaper than a full decode and a resize.
 REDUCED_DECODES = ((8, "IMREAD_REDUCED_COLOR_8"), (4, "IMREAD_REDUCED_COLOR_4"), (2, "IMREAD_REDUCED_COLOR_2"))
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+# Largest image decoded, in pixels (about 13400 x 13400; 540 MB as BGR): where Pillow, and so YOLOv5's dataset
+# scan, refuses a "decompression bomb". A tiny file whose header claims more is refused before any decoding.
+MAX_IMAGE_PIXELS = 178_956_970
+
+
+def image_header_size(path: Union[str, Path]) -> tuple[int, int]:
+    """(width, height) as the file's header states it, without decoding pixels (EXIF orientation not applied).
+
+    Raises (messages without the path, which callers add):
+        ValueError: ``path`` is not a regular file (a FIFO or device would block or never end), or the header
+            claims more than MAX_IMAGE_PIXELS pixels.
+        OSError: Pillow cannot read the header (not an image, or a format only OpenCV reads).
+    """
+    import warnings
+
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise ValueError("not a regular file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Image.DecompressionBombError as error:  # Pillow's own ceiling (2x its MAX_IMAGE_PIXELS) passed
+            claimed = re.search(r"\((\d+) pixels\)", str(error))
+            size = f"{claimed.group(1)} pixels" if claimed else "more pixels than Pillow allows"
+            raise _too_large(size) from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_large(f"{width}x{height}")
+    return width, height
+
+
+def _too_large(claimed_size: str) -> ValueError:
+    return ValueError(f"header claims {claimed_size}, above the limit of {MAX_IMAGE_PIXELS} pixels "
+                      "(utils/files.py MAX_IMAGE_PIXELS); not decoded")
 
 
 def read_image(path: Union[str, Path], long_side: int = 0, target: int = 0) -> Optional[np.ndarray]:
@@ -235,10 +274,18 @@ def read_image(path: Union[str, Path], long_side: int = 0, target: int = 0) -> O
     The one reader of scanning, training, val and detect, so labels and boxes share one frame. A JPEG whose
     ``long_side`` (from the scan) is at least 2x ``target`` is decoded at the largest 1/2, 1/4 or 1/8 scale whose
     long side stays >= ``target``, so the later resize only shrinks; normalised labels stay exact. ``target`` 0
-    decodes at full size.
+    decodes at full size. The header is checked first (:func:`image_header_size`): a non-regular file or one
+    claiming more than MAX_IMAGE_PIXELS gives None and one warning saying why, with memory left bounded.
     """
     import cv2
 
+    try:
+        image_header_size(path)
+    except ValueError as error:
+        logger.warning("%s: %s", path, error)
+        return None
+    except OSError:
+        pass  # a format Pillow does not read: OpenCV decides (its own pixel limit applies)
     flags = cv2.IMREAD_COLOR
     if target > 0 and str(path).lower().endswith(JPEG_SUFFIXES):
         reduced = next((name for factor, name in REDUCED_DECODES if long_side // factor >= target), None)

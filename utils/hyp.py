@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, UM_MODES
+from utils.files import load_yaml_file
 from utils.head import BOX_LOSSES, GRID_MODES
-from utils.safe_yaml import load_yaml_file
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 LR_SCHEDULES = ("linear", "cosine")

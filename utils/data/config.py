@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from utils.data.synthetic import generate_dataset
-from utils.files import REPO_ROOT, resolve_path
-from utils.safe_yaml import load_yaml_file
+from utils.files import REPO_ROOT, load_yaml_file, resolve_path
 
 logger = logging.getLogger(__name__)
 

@@ -64,7 +64,7 @@ class LoadImagesAndLabels(Dataset):
         self.mosaic = augment and not self.rect
         self.image_weights = image_weights
         if augment and self.augmentation.copy_paste > 0:
-            logger.warning("%scopy_paste=%s ignored: it needs segment labels, which this loader does not read",
+            logger.warning("%scopy_paste=%s ignored: it needs segment labels, which this loader reads as boxes only",
                            prefix, self.augmentation.copy_paste)
         # single_cls merges every class into class 0 (YOLOv5 v7.0): no class id is out of range then.
         scan = scan_dataset(list_image_files(path, prefix), nc=None if single_cls else nc, workers=workers,

@@ -240,8 +240,8 @@ def image_header_size(path: Union[str, Path]) -> tuple[int, int]:
     """(width, height) as the file's header states it, without decoding pixels (EXIF orientation not applied).
 
     Raises (messages without the path, which callers add):
-        ValueError: ``path`` is not a regular file (a FIFO or device would block or never end), or the header
-            claims more than MAX_IMAGE_PIXELS pixels.
+        ValueError: ``path`` is missing or not a regular file (a FIFO or device would block or never end), or
+            the header claims more than MAX_IMAGE_PIXELS pixels.
         OSError: Pillow cannot read the header (not an image, or a format only OpenCV reads).
     """
     import warnings
@@ -249,7 +249,7 @@ def image_header_size(path: Union[str, Path]) -> tuple[int, int]:
     from PIL import Image
 
     if not os.path.isfile(path):
-        raise ValueError("not a regular file")
+        raise ValueError("not a regular file (a FIFO, device or folder)" if os.path.exists(path) else "not found")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:

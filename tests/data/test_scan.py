@@ -243,7 +243,7 @@ def test_a_fifo_named_in_an_image_list_is_skipped_not_waited_for(tmp_path, caplo
     with caplog.at_level(logging.WARNING):
         result = scan_dataset(list_image_files(tmp_path / "data" / "list.txt"), workers=1)
     assert [Path(f).name for f in result.im_files] == ["im0.png"] and result.corrupt == 1
-    assert "pipe.jpg: corrupt image skipped (not a regular file)" in caplog.text
+    assert "pipe.jpg: corrupt image skipped (not a regular file (a FIFO, device or folder))" in caplog.text
     assert [Path(f).name for f in list_image_files(images)] == ["im0.png", "im1.png"]  # a folder walk skips it
     with pytest.raises(ValueError, match="pipe.jpg is neither a folder nor a regular file"):
         list_image_files(images / "pipe.jpg")

@@ -133,6 +133,29 @@ def make_yolo_dataset(root: Path, num_images: int = 6, size: tuple[int, int] = (
     return root / "images"
 
 
+def write_image_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """A ~1 KB JPEG (.jpg) or PNG (.png) whose header claims ``width`` x ``height`` (a decompression bomb)."""
+    import struct
+    import zlib
+
+    import cv2
+    import numpy as np
+
+    if path.suffix == ".png":
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        rows = zlib.compress(b"\0" * (1 + 3 * width) * 4, 9)  # a few black rows; the rest is missing
+        header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    else:
+        data = bytearray(cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+        start = data.index(b"\xff\xc0") + 5  # baseline frame header: length (2), precision (1), height, width
+        data[start:start + 4] = struct.pack(">HH", height, width)
+        path.write_bytes(bytes(data))
+    return path
+
+
 @contextmanager
 def small_filesystem(path: Path, size: str = "256k") -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``path`` (a real full disk); skips the test where mounting is not allowed."""

@@ -1,14 +1,20 @@
-"""Tests for utils/files.py: run folders, and checked atomic writes (a full disk, a kill) and output names."""
+"""Tests for utils/files.py: run folders, checked atomic writes (a full disk, a kill), output names, and bounded
+reads of images (decompression bombs, FIFOs) and YAML files (alias bombs, binary files)."""
 
 import errno
+import logging
 import os
+import resource
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import small_filesystem
+from tests.conftest import small_filesystem, write_image_bomb
 from utils.files import (
+    MAX_IMAGE_PIXELS,
+    MAX_YAML_BYTES,
+    MAX_YAML_NODES,
     OutputNames,
     OutputWriteError,
     atomic_write_bytes,
@@ -17,6 +23,8 @@ from utils.files import (
     increment_path,
     is_image_file,
     is_video_file,
+    load_yaml_file,
+    read_image,
     remove_stale_temps,
 )
 
@@ -95,3 +103,78 @@ def test_output_names_are_unique_and_stable():
 def test_a_read_only_target_says_permission_not_disk(tmp_path):
     error = OutputWriteError(tmp_path / "x.txt", PermissionError(errno.EACCES, "Permission denied"))
     assert str(error) == f"could not write {tmp_path / 'x.txt'}: [Errno 13] Permission denied (no write permission?)"
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_header_claiming_30000x30000_is_refused_before_decoding(tmp_path, caplog, suffix):
+    """Issue 26 B5/B6: a 1 KB file whose header claims 900 MP must not be decoded (2.7 GB as BGR)."""
+    bomb = write_image_bomb(tmp_path / f"bomb{suffix}")
+    assert bomb.stat().st_size < 2000 and 30000 * 30000 > MAX_IMAGE_PIXELS
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with caplog.at_level(logging.WARNING):
+        assert read_image(bomb) is None
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100  # MB (ru_maxrss is KiB)
+    assert f"{bomb}: header claims 900000000 pixels, above the limit of {MAX_IMAGE_PIXELS} pixels" in caplog.text
+
+
+def test_images_up_to_the_limit_are_read(tmp_path):
+    write_image_bomb(tmp_path / "tall.png", width=4, height=MAX_IMAGE_PIXELS // 4 + 1)
+    assert read_image(tmp_path / "tall.png") is None
+    cv2.imwrite(str(tmp_path / "ok.png"), np.full((30, 20, 3), 7, np.uint8))
+    assert read_image(tmp_path / "ok.png").shape == (30, 20, 3)
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_is_not_opened(tmp_path, caplog):
+    """Issue 26 B15: opening a FIFO blocks until a writer comes; the reader must not wait for one."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with caplog.at_level(logging.WARNING):
+        assert read_image(tmp_path / "pipe.jpg") is None
+    assert "pipe.jpg: not a regular file" in caplog.text
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """``width ** levels`` items once expanded, in a few hundred bytes."""
+    lines = [f"l0: &l0 [{', '.join(['x'] * width)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nnames: *l{levels - 1}\n"
+
+
+def test_ordinary_files_and_a_few_aliases_load(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: &b {lr0: 0.01}\nother: *b\nnames: [a, b]\n")
+    assert load_yaml_file(tmp_path / "a.yaml") == {"base": {"lr0": 0.01}, "other": {"lr0": 0.01}, "names": ["a", "b"]}
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    assert load_yaml_file(tmp_path / "empty.yaml") is None
+
+
+@pytest.mark.timeout(60)
+def test_an_alias_bomb_is_refused_with_bounded_memory(tmp_path):
+    (tmp_path / "bomb.yaml").write_text(alias_bomb())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=f"bomb.yaml: more than {MAX_YAML_NODES} values"):
+        load_yaml_file(tmp_path / "bomb.yaml")
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100  # MB (KiB from getrusage)
+    (tmp_path / "small.yaml").write_text(alias_bomb(levels=3, width=9))  # 729 items: a legitimate size
+    assert len(load_yaml_file(tmp_path / "small.yaml")["names"]) == 9
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"a: &a [1, *a]\n", "containing itself"),
+    (b"[" * 5000 + b"]" * 5000, "nested too deeply|more than"),
+    (b"a: [1, 2\nb: 3\n", r"bad.yaml:\d+: not valid YAML"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a UTF-8 text file"),
+    (b"a: 1\x00\x00", "not a text file"),
+])
+def test_bad_files_are_one_line_naming_the_file(tmp_path, content, message):
+    (tmp_path / "bad.yaml").write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_yaml_file(tmp_path / "bad.yaml")
+    assert str(error.value).startswith(str(tmp_path / "bad.yaml")) and "\n" not in str(error.value)
+
+
+def test_size_limit_and_missing_file(tmp_path):
+    (tmp_path / "big.yaml").write_bytes(b"#" * (MAX_YAML_BYTES + 1))
+    with pytest.raises(ValueError, match="too large"):
+        load_yaml_file(tmp_path / "big.yaml")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_yaml_file(tmp_path / "missing.yaml")

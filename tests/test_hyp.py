@@ -72,3 +72,33 @@ def test_older_files_cbbl_in_maps_to_the_grid_once():
     assert load_hyp({}).cbbl_grid == "auto"
     with pytest.raises(ValueError, match="cbbl_grid"):
         load_hyp(cbbl_grid="equal")
+
+
+@pytest.mark.parametrize("line,message", [
+    ("lr0: .nan", "lr0 must be a finite number, got nan"),
+    ("momentum: .inf", "momentum must be a finite number, got inf"),
+    ("anchor_t: -.inf", "anchor_t must be a finite number"),
+    ("lr0: abc", "lr0 must be a number, got 'abc'"),
+    ("lr0: nan", "lr0 must be a finite number"),
+    ("cbbl_bins: 11.5", "cbbl_bins must be a whole number"),
+    ("box: [1, 2]", "box must be a number"),
+    ("fliplr: true", "fliplr must be a number"),
+    ("optimizer: 3", "optimizer must be a name"),
+])
+def test_non_finite_or_non_numeric_values_are_refused_naming_file_and_key(tmp_path, line, message):
+    """Issue 26 A7/B12: NaN passed the range checks and trained to NaN weights; 'abc' was a TypeError."""
+    path = tmp_path / "hyp.bad.yaml"
+    path.write_text(f"{line}\n")
+    with pytest.raises(ValueError, match=message) as error:
+        load_hyp(path)
+    assert str(error.value).startswith(f"{path}: ")
+
+
+def test_numeric_strings_and_whole_floats_take_the_field_type(tmp_path):
+    path = tmp_path / "hyp.yaml"
+    path.write_text("lr0: 1e-3\ncbbl_bins: 9.0\nwarmup_epochs: 2\n")  # YAML 1.1 reads 1e-3 as a string
+    hyp = load_hyp(path)
+    assert hyp.lr0 == 0.001 and hyp.cbbl_bins == 9 and isinstance(hyp.cbbl_bins, int)
+    assert isinstance(hyp.warmup_epochs, float)
+    with pytest.raises(ValueError, match="lr0 must be a finite number"):
+        Hyp().replace(lr0=float("inf"))

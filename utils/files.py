@@ -1,5 +1,5 @@
-"""File-system helpers: the repository root and bare-name look-ups, media suffixes, run folders, and
-checked, atomic output writes.
+"""File-system helpers: the repository root and bare-name look-ups, media suffixes, run folders,
+checked, atomic output writes, and bounded reads of user images and YAML files.
 
 Every output (images, labels, JSON, CSV, plots, caches, checkpoints) goes through :func:`atomic_open` or a
 helper built on it: a failed write raises :class:`OutputWriteError`, whose one-line message names the file,
@@ -13,6 +13,7 @@ import errno
 import glob
 import hashlib
 import io
+import logging
 import os
 import re
 import tempfile
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import IO, Any, Optional, Union
 
 import numpy as np
+import yaml
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The repository root: where data/, models/ and runs/ live, whatever the current folder."""
@@ -227,6 +231,42 @@ def append_csv_rows(path: Union[str, Path], rows: Sequence[Sequence[Any]]) -> No
 # JPEG decoders scale by 1/2, 1/4 or 1/8 inside the DCT, far cheaper than a full decode and a resize.
 REDUCED_DECODES = ((8, "IMREAD_REDUCED_COLOR_8"), (4, "IMREAD_REDUCED_COLOR_4"), (2, "IMREAD_REDUCED_COLOR_2"))
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+# Largest image decoded, in pixels (about 13400 x 13400; 540 MB as BGR): where Pillow, and so YOLOv5's dataset
+# scan, refuses a "decompression bomb". A tiny file whose header claims more is refused before any decoding.
+MAX_IMAGE_PIXELS = 178_956_970
+
+
+def image_header_size(path: Union[str, Path]) -> tuple[int, int]:
+    """(width, height) as the file's header states it, without decoding pixels (EXIF orientation not applied).
+
+    Raises (messages without the path, which callers add):
+        ValueError: ``path`` is missing or not a regular file (a FIFO or device would block or never end), or
+            the header claims more than MAX_IMAGE_PIXELS pixels.
+        OSError: Pillow cannot read the header (not an image, or a format only OpenCV reads).
+    """
+    import warnings
+
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise ValueError("not a regular file (a FIFO, device or folder)" if os.path.exists(path) else "not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Image.DecompressionBombError as error:  # Pillow's own ceiling (2x its MAX_IMAGE_PIXELS) passed
+            claimed = re.search(r"\((\d+) pixels\)", str(error))
+            size = f"{claimed.group(1)} pixels" if claimed else "more pixels than Pillow allows"
+            raise _too_large(size) from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_large(f"{width}x{height}")
+    return width, height
+
+
+def _too_large(claimed_size: str) -> ValueError:
+    return ValueError(f"header claims {claimed_size}, above the limit of {MAX_IMAGE_PIXELS} pixels "
+                      "(utils/files.py MAX_IMAGE_PIXELS); not decoded")
 
 
 def read_image(path: Union[str, Path], long_side: int = 0, target: int = 0) -> Optional[np.ndarray]:
@@ -235,12 +275,102 @@ def read_image(path: Union[str, Path], long_side: int = 0, target: int = 0) -> O
     The one reader of scanning, training, val and detect, so labels and boxes share one frame. A JPEG whose
     ``long_side`` (from the scan) is at least 2x ``target`` is decoded at the largest 1/2, 1/4 or 1/8 scale whose
     long side stays >= ``target``, so the later resize only shrinks; normalised labels stay exact. ``target`` 0
-    decodes at full size.
+    decodes at full size. The header is checked first (:func:`image_header_size`): a non-regular file or one
+    claiming more than MAX_IMAGE_PIXELS gives None and one warning saying why, with memory left bounded.
     """
     import cv2
 
+    try:
+        image_header_size(path)
+    except ValueError as error:
+        logger.warning("%s: %s", path, error)
+        return None
+    except OSError:
+        pass  # a format Pillow does not read: OpenCV decides (its own pixel limit applies)
     flags = cv2.IMREAD_COLOR
     if target > 0 and str(path).lower().endswith(JPEG_SUFFIXES):
         reduced = next((name for factor, name in REDUCED_DECODES if long_side // factor >= target), None)
         flags = getattr(cv2, reduced) if reduced else flags
     return cv2.imread(str(path), flags)
+
+
+# Reading a user's YAML file (data, hyp) with bounded cost, and errors that name the file.
+# ``yaml.safe_load`` never runs code, but an alias bomb (``a: &a [x, x]``, ``b: &b [*a, *a]``, ...) is a few
+# lines that stand for billions of items: printing or walking the result hangs and eats memory. So the
+# composed document is measured as it would be expanded (aliases counted each time they are used) and
+# refused past a bound that no data or hyp file comes near; the file size is capped too.
+
+# Largest YAML we read: data YAMLs with a download script are a few KB, the biggest names list (Objects365) ~10 KB.
+MAX_YAML_BYTES = 1 << 20
+# Most values (scalars, lists, mappings) a document may hold once aliases are expanded.
+MAX_YAML_NODES = 100_000
+
+
+def expanded_size(root: yaml.Node, limit: int) -> int:
+    """Number of nodes of ``root`` with every alias expanded, counted up to ``limit`` (+1 past it) without
+    expanding anything: each distinct node's size is computed once. A node containing itself counts as
+    past the limit."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes and sizes[id(node)] >= 0:
+            continue
+        children = _children(node)
+        if children_done:
+            sizes[id(node)] = min(limit + 1, 1 + sum(sizes[id(child)] for child in children))
+            continue
+        if sizes.get(id(node)) == -1:  # reached again while its children are pending: a cycle
+            return limit + 1
+        sizes[id(node)] = -1
+        stack.append((node, True))
+        stack += [(child, False) for child in children if sizes.get(id(child), -1) < 0]
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
+def load_yaml_file(path: Union[str, Path]) -> Any:
+    """The content of a YAML file (safe types only).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file: too large, not UTF-8 text (e.g. a binary file), not valid YAML
+            (with the line), or an alias bomb.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (or not a regular file)")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes is too large for a YAML settings file "
+                         f"(limit {MAX_YAML_BYTES})")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file (a YAML file was expected)") from None
+    if "\x00" in text:
+        raise ValueError(f"{path}: not a text file (it holds NUL bytes; a YAML file was expected)")
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()  # aliases are shared nodes here: composing a bomb is cheap
+        if root is None:
+            return None
+        if expanded_size(root, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise ValueError(f"{path}: more than {MAX_YAML_NODES} values once its aliases (*name) are expanded, "
+                             "or a value containing itself: refused (a settings file needs far fewer)")
+        return loader.construct_document(root)
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a settings file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        reason = " ".join(str(getattr(error, "problem", None) or error).split())
+        raise ValueError(f"{path}{where}: not valid YAML ({reason})") from None
+    finally:
+        loader.dispose()

@@ -7,13 +7,14 @@ An unknown key or an out-of-range value is an error at load time, never later.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
-
 from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, UM_MODES
+from utils.files import load_yaml_file
 from utils.head import BOX_LOSSES, GRID_MODES
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
@@ -79,6 +80,8 @@ class Hyp:
     anchors: Optional[float] = None  # YOLOv5's optional anchors-per-level override
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _typed_value(field.name, getattr(self, field.name), field.type))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("box_loss", self.box_loss, BOX_LOSSES)
@@ -110,6 +113,32 @@ class Hyp:
         return dataclasses.asdict(self)
 
 
+def _typed_value(name: str, value: Any, annotation: str) -> Any:
+    """``value`` as the field's type: a number must be finite (NaN or inf would train to NaN weights), a numeric
+    string such as YAML's ``1e-3`` (a string in YAML 1.1) becomes a float; anything else is a ValueError."""
+    if value is None and annotation.startswith("Optional"):
+        return None
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"hyperparameter {name} must be a name (text), got {value!r}")
+        return value
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"hyperparameter {name} must be a number, got {value!r}") from None
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        raise ValueError(f"hyperparameter {name} must be a number, got {value!r}")
+    if not math.isfinite(number):
+        raise ValueError(f"hyperparameter {name} must be a finite number, got {value!r}")
+    if annotation == "int":
+        if number != int(number):
+            raise ValueError(f"hyperparameter {name} must be a whole number, got {value!r}")
+        return int(number)
+    return float(number)
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"hyperparameter {name}={value!r} is not one of {choices}")
@@ -118,14 +147,14 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def load_hyp(source: Union[str, Path, dict, None] = None, **overrides: Any) -> Hyp:
     """A Hyp from a YAML file or dict (missing keys take defaults), then keyword overrides (None skipped).
 
-    Raises ValueError naming the file and any key that Hyp does not know.
+    Raises ValueError naming the file and the key that Hyp does not know or whose value is wrong (not a
+    number, NaN or inf, out of range).
     """
     values: dict[str, Any] = {}
     origin = "hyperparameters"
     if isinstance(source, (str, Path)):
         origin = str(source)
-        with open(source, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
+        values = load_yaml_file(source) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{origin}: expected a mapping of hyperparameters, got {type(values).__name__}")
     elif isinstance(source, dict):
@@ -140,7 +169,10 @@ def load_hyp(source: Union[str, Path, dict, None] = None, **overrides: Any) -> H
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown hyperparameter override(s) {unknown}")
-    return Hyp(**values)
+    try:
+        return Hyp(**values)
+    except ValueError as error:
+        raise ValueError(f"{origin}: {error}") from None
 
 
 def _map_legacy_keys(values: dict[str, Any]) -> None:

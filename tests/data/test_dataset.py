@@ -134,6 +134,46 @@ def test_single_cls_and_image_weights(images):
     assert has_class2 and set(dataset.indices.tolist()) <= has_class2
 
 
+def test_single_cls_keeps_every_class_as_class_0(images, caplog):
+    """Issue 27: train.py passes nc=1 with --single-cls; labels of classes 1 and 2 must be merged, not dropped."""
+    label_lines = [line for path in sorted((images.parent / "labels").glob("*.txt"))
+                   for line in path.read_text().split("\n") if line]
+    assert {line.split()[0] for line in label_lines} == {"0", "1", "2"}
+    for augment, rect in ((True, False), (False, True)):  # the train and the val loader of train.py
+        caplog.clear()
+        loader, dataset = create_dataloader(images, 64, 4, 32, augmentation=AugmentSettings.from_hyp(NO_AUGMENT),
+                                            augment=augment, rect=rect, single_cls=True, nc=1)
+        assert "dropped" not in caplog.text
+        assert sum(len(labels) for labels in dataset.labels) == len(label_lines)
+        targets = torch.cat([batch[1] for batch in loader])
+        assert len(targets) == len(label_lines) and (targets[:, 1] == 0).all()
+    _, dataset = create_dataloader(images, 64, 4, 32, nc=1)  # without single_cls, nc=1 still drops classes >= 1
+    assert sum(len(labels) for labels in dataset.labels) == sum(line.startswith("0 ") for line in label_lines)
+
+
+def test_train_py_single_cls_loaders_see_every_instance(images, tmp_path, caplog):
+    """The loaders train.py builds with --single-cls (nc=1): training and validation keep all classes as 0."""
+    from utils.distributed import DistContext
+    from utils.engine.options import parse_options
+    from utils.engine.setup import build_loaders
+
+    num_labels = sum(len(p.read_text().split()) // 5 for p in (images.parent / "labels").glob("*.txt"))
+    (tmp_path / "three.yaml").write_text(f"path: {images.parent}\ntrain: images\nval: images\nnames: [a, b, c]\n")
+    opts = parse_options(["--data", str(tmp_path / "three.yaml"), "--img", "64", "--single-cls", "--workers", "0"])
+    data = {"train": str(images), "val": str(images), "nc": 3}
+    _, dataset, val_loader = build_loaders(opts, data, 64, 32, DistContext(), batch_size=4)
+    targets = torch.cat([batch[1] for batch in val_loader])
+    assert "dropped" not in caplog.text and len(targets) == num_labels and (targets[:, 1] == 0).all()
+    assert sum(len(labels) for labels in dataset.labels) == num_labels
+
+
+@pytest.mark.parametrize("cache", ["disk", "yes"])
+def test_unsupported_cache_mode_is_one_plain_sentence(images, cache):
+    with pytest.raises(ValueError, match=f"--cache {cache} is not") as error:
+        LoadImagesAndLabels(images, img_size=64, cache=cache)
+    assert "(" not in str(error.value).split(":")[0] and "None" not in str(error.value)
+
+
 def test_large_jpegs_decode_at_reduced_size_with_the_same_geometry(tmp_path):
     import cv2
 

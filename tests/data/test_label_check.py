@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,6 +16,9 @@ from utils.data.label_check import EDGE_TOLERANCE, parse_label_line, parse_label
 @pytest.mark.parametrize("line,reason", [
     ("0 0.5 0.5 0.1", "expected 5 columns"),
     ("0 0.5 0.5 0.1 0.1 0.3", "expected 5 columns"),
+    ("0 0.1 0.1 0.2 0.1 0.2 0.2 0.3", "polygon with an odd number of coordinates"),
+    ("0 0.1 0.1 0.2 0.1 0.2 nan", "non-finite"),
+    ("0 0.1 0.1 1.5 0.1 0.2 0.2", "lies outside the image"),
     ("car 0.5 0.5 0.1 0.1", "non-number"),
     ("0 nan 0.5 0.1 0.1", "non-finite"),
     ("1.5 0.5 0.5 0.1 0.1", "not a non-negative integer"),
@@ -60,3 +66,18 @@ def test_overshoot_beyond_tolerance_is_dropped():
     outside = 1 - width / 2 + EDGE_TOLERANCE * 2
     assert parse_label_line(f"0 {inside} 0.5 {width} 0.1", nc=1)[0] is not None
     assert parse_label_line(f"0 {outside} 0.5 {width} 0.1", nc=1)[0] is None
+
+
+def test_polygon_lines_become_yolov5s_boxes():
+    """Issue 26 C5: YOLOv5 segment labels were all dropped; YOLOv5 v7.0 reads them as the boxes of their points.
+    The reference is YOLOv5's own verify_image_label (fixtures/make_polygon_reference.py)."""
+    reference = json.loads((Path(__file__).parent / "fixtures" / "polygon_labels_yolov5.json").read_text())
+    labels, messages = parse_label_text("\n".join(reference["lines"]), "im.txt", nc=3)
+    assert messages == []
+    np.testing.assert_array_equal(labels, np.array(reference["labels"], np.float32))  # the same float32 numbers
+
+
+def test_a_polygon_and_a_box_line_in_one_file_are_each_read_by_their_columns():
+    labels, messages = parse_label_text("0 0.1 0.2 0.3 0.2 0.2 0.4\n1 0.5 0.5 0.2 0.2\n", "mixed.txt", nc=2)
+    assert messages == []
+    np.testing.assert_allclose(labels, [[0, 0.2, 0.3, 0.2, 0.2], [1, 0.5, 0.5, 0.2, 0.2]], atol=1e-7)

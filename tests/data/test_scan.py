@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import make_yolo_dataset
+from tests.conftest import make_yolo_dataset, write_image_bomb
 from utils.data.scan import image_to_label_path, list_image_files, scan_dataset
 
 GOOD = "0 0.5 0.5 0.2 0.2\n"
@@ -212,3 +213,52 @@ def test_exif_orientation_is_applied_in_scan_training_and_detect(tmp_path):
     dataset = LoadImagesAndLabels(images, img_size=60)
     assert dataset.load_image(0)[0].shape[:2] == (60, 40)
     assert next(iterate_frames(images)).image.shape[:2] == (60, 40)
+
+
+def test_decompression_bombs_are_skipped_in_training_and_detect(tmp_path, caplog):
+    """Issue 26 B5/B6: training died with DecompressionBombError; detect decoded 900 MP (6 GB RSS)."""
+    from utils.data.dataset import LoadImagesAndLabels
+    from utils.infer.sources import iterate_frames
+
+    images = make_yolo_dataset(tmp_path / "data", num_images=2)
+    for suffix in (".jpg", ".png"):
+        write_image_bomb(images / f"bomb{suffix}")
+        (images.parent / "labels" / f"bomb{suffix[1:]}.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with caplog.at_level(logging.WARNING):
+        dataset = LoadImagesAndLabels(images, img_size=64, augment=True)
+        frames = [frame.path for frame in iterate_frames(images)]
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200  # MB
+    assert [Path(f).name for f in dataset.im_files] == ["im0.png", "im1.png"] and dataset[0][0].shape[0] == 3
+    assert [Path(f).name for f in frames] == ["im0.png", "im1.png"]
+    for name in ("bomb.jpg", "bomb.png"):
+        assert f"{images / name}: corrupt image skipped (header claims 900000000 pixels" in caplog.text
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_named_in_an_image_list_is_skipped_not_waited_for(tmp_path, caplog):
+    images = make_yolo_dataset(tmp_path / "data", num_images=2)
+    os.mkfifo(images / "pipe.jpg")
+    (tmp_path / "data" / "list.txt").write_text("images/im0.png\nimages/pipe.jpg\n")
+    with caplog.at_level(logging.WARNING):
+        result = scan_dataset(list_image_files(tmp_path / "data" / "list.txt"), workers=1)
+    assert [Path(f).name for f in result.im_files] == ["im0.png"] and result.corrupt == 1
+    assert "pipe.jpg: corrupt image skipped (not a regular file (a FIFO, device or folder))" in caplog.text
+    assert [Path(f).name for f in list_image_files(images)] == ["im0.png", "im1.png"]  # a folder walk skips it
+    with pytest.raises(ValueError, match="pipe.jpg is neither a folder nor a regular file"):
+        list_image_files(images / "pipe.jpg")
+
+
+@pytest.mark.timeout(30)
+def test_symlinked_sub_folders_are_followed_once_and_loops_end(tmp_path):
+    """Issue 26 C4: YOLOv5 follows links to folders; a loop must not make the walk endless."""
+    images = make_yolo_dataset(tmp_path / "data", num_images=2)
+    outside = make_yolo_dataset(tmp_path / "elsewhere", num_images=3)
+    (images / "linked").symlink_to(outside, target_is_directory=True)
+    (images / "again").symlink_to(outside, target_is_directory=True)  # the same real folder twice
+    (outside / "loop").symlink_to(tmp_path / "data", target_is_directory=True)  # back up: a cycle
+    (images / "sub").mkdir()
+    (images / "im0.png").rename(images / "sub" / "im0.png")
+    (images / "a_link_to_sub").symlink_to(images / "sub", target_is_directory=True)  # listed by its real path
+    files = [str(Path(f).relative_to(images)) for f in list_image_files(images)]
+    assert files == ["again/im0.png", "again/im1.png", "again/im2.png", "im1.png", "sub/im0.png"]

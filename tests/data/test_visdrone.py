@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
-from utils.data.visdrone import annotation_path, convert_split, read_annotation, split_dirs, to_yolo_labels
+from utils.data.visdrone import (
+    LABELS_MARKER,
+    annotation_path,
+    convert_split,
+    read_annotation,
+    split_dirs,
+    to_yolo_labels,
+)
 
 # SOURCE.md of the sample: 6267 object boxes (categories 1-10), 182 ignored regions, 24 "others".
 SAMPLE_OBJECTS, SAMPLE_IGNORED_REGIONS, SAMPLE_OTHERS = 6267, 182, 24
@@ -92,3 +100,98 @@ def test_cli(sample_copy):
     assert result.returncode == 0, result.stderr
     assert f"objects {SAMPLE_OBJECTS}" in result.stdout
     assert len(list((sample_copy / "labels").glob("*.txt"))) == 76
+
+
+def make_split(root: Path, num_images: int = 3) -> Path:
+    """A tiny VisDrone split: 64x48 JPEGs with two-line annotation files."""
+    import cv2
+
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for index in range(num_images):
+        cv2.imwrite(str(root / "images" / f"im{index}.jpg"), np.zeros((48, 64, 3), np.uint8))
+        (root / "annotations" / f"im{index}.txt").write_text(f"{index},2,10,8,1,4,0,0,\n0,0,5,5,0,0,0,0,\n")
+    return root
+
+
+def sha256_tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_converter(src: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "data" / "scripts" / "visdrone2yolo.py"), "--src",
+                           str(src)], capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *parts: str) -> None:
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("visdrone2yolo.py: error: ") and all(part in line for part in parts), result.stderr
+
+
+def test_labels_linked_to_annotations_is_refused_and_annotations_kept(tmp_path):
+    """Issue 26 A3: with labels -> annotations the converter overwrote the official annotation files."""
+    split = make_split(tmp_path / "VisDrone2019-DET-val")
+    (split / "labels").symlink_to(split / "annotations", target_is_directory=True)
+    before = sha256_tree(split / "annotations")
+    assert_one_line_error(run_converter(tmp_path), str(split / "labels"), "link to the annotations folder")
+    assert sha256_tree(split / "annotations") == before and (split / "labels").is_symlink()
+    assert not list(split.glob(".labels*"))
+
+
+def test_a_labels_folder_with_files_not_ours_is_refused_byte_for_byte(tmp_path):
+    """Issue 26 A2: existing labels were overwritten without a word."""
+    split = make_split(tmp_path / "val")
+    (split / "labels").mkdir()
+    (split / "labels" / "im0.txt").write_text("3 0.5 0.5 0.1 0.1\n")  # the user's own, hand-made label
+    before = sha256_tree(split)
+    with pytest.raises(ValueError, match=r"holds 1 file\(s\) the converter did not write .* im0.txt"):
+        convert_split(split)
+    assert sha256_tree(split) == before
+
+
+def test_our_own_output_is_replaced_but_an_edited_file_is_not(tmp_path):
+    split = make_split(tmp_path / "val")
+    convert_split(split)
+    first = sha256_tree(split / "labels")
+    assert len(first) == 4 and (split / "labels" / LABELS_MARKER).is_file()
+    (split / "annotations" / "im1.txt").write_text("1,1,20,20,1,1,0,0\n")
+    assert convert_split(split)["objects"] == 3  # a rerun over our own output replaces it
+    assert (split / "labels" / "im1.txt").read_text().startswith("0 ") and not list(split.glob(".labels*"))
+    (split / "labels" / "im2.txt").write_text("edited by hand\n")
+    before = sha256_tree(split)
+    with pytest.raises(ValueError, match="did not write .*changed since.* im2.txt"):
+        convert_split(split)
+    assert sha256_tree(split) == before
+
+
+@pytest.mark.parametrize("earlier_output", [False, True])
+def test_a_bad_line_converts_nothing(tmp_path, earlier_output):
+    """Issue 26 B7: a bad line was a traceback and left the earlier images' labels written."""
+    split = make_split(tmp_path / "val", num_images=4)
+    if earlier_output:
+        convert_split(split)
+    before = sha256_tree(split)
+    (split / "annotations" / "im2.txt").write_text("1,1,20,20,1,1,0,0\n1,1,20\n")
+    message = f"{split / 'annotations' / 'im2.txt'}:2: expected 8"
+    if earlier_output:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            convert_split(split)
+    else:
+        assert_one_line_error(run_converter(split), message)
+    assert {k: v for k, v in sha256_tree(split).items() if not k.startswith("annotations")} == \
+        {k: v for k, v in before.items() if not k.startswith("annotations")}
+    assert not list(split.glob(".labels*"))
+
+
+def test_an_unreadable_image_or_annotation_is_one_line_naming_it(tmp_path):
+    split = make_split(tmp_path / "val")
+    (split / "images" / "im1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=re.escape(f"{split / 'images' / 'im1.jpg'}: unreadable image")):
+        convert_split(split)
+    (split / "images" / "im1.jpg").unlink()
+    (split / "annotations" / "im2.txt").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=re.escape(f"{split / 'annotations' / 'im2.txt'}: not a UTF-8")):
+        convert_split(split)
+    assert not (split / "labels").exists()

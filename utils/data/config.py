@@ -10,13 +10,12 @@ missing data raises FileNotFoundError saying which paths are missing and how to 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
-
 from utils.data.synthetic import generate_dataset
-from utils.files import REPO_ROOT, resolve_path
+from utils.files import REPO_ROOT, load_yaml_file, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +23,10 @@ SPLITS = ("train", "val", "test")
 GENERATE_KEYS = {"images", "val_images", "size", "seed"}
 # train.py options a dataset YAML may recommend under ``recommended:``; used only where the command gives none.
 RECOMMENDABLE = {"hyp": str, "nbs": int}
+REQUIRED_GENERATE_KEYS = {"images", "val_images"}
 
+# Most classes a data YAML may declare (LVIS has 1203): a typo such as nc: 1000000000 is refused, not allocated.
+MAX_CLASSES = 10_000
 
 # The one class of --single-cls runs, named as YOLOv5 names it.
 SINGLE_CLASS_NAME = "item"
@@ -38,19 +40,34 @@ def find_data_file(path: Union[str, Path]) -> Path:
 def _read_names(config: dict, origin: str) -> list[str]:
     """``names`` as a list, from a list or an ``{id: name}`` dict with ids 0..n-1; checked against ``nc``."""
     names = config.get("names")
+    nc = _read_nc(config, origin)
     if names is None:
-        if "nc" not in config:
+        if nc is None:
             raise ValueError(f"{origin}: needs 'names' or 'nc'")
-        names = [f"class{i}" for i in range(int(config["nc"]))]
+        names = [f"class{i}" for i in range(nc)]
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise ValueError(f"{origin}: 'names' ids must be 0..{len(names) - 1}, got {sorted(names)}")
+        if set(names) != set(range(len(names))):
+            raise ValueError(f"{origin}: 'names' ids must be 0..{len(names) - 1}, got {list(names)}")
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
         raise ValueError(f"{origin}: 'names' must be a non-empty list or {{id: name}} mapping, got {names!r}")
-    if "nc" in config and int(config["nc"]) != len(names):
-        raise ValueError(f"{origin}: nc={config['nc']} but {len(names)} names are given")
+    if nc is not None and nc != len(names):
+        raise ValueError(f"{origin}: nc={nc} but {len(names)} names are given")
+    nested = [name for name in names if isinstance(name, (list, dict))]
+    if nested:
+        raise ValueError(f"{origin}: each of 'names' must be one name (text), got a {type(nested[0]).__name__}")
     return [str(name) for name in names]
+
+
+def _read_nc(config: dict, origin: str) -> Optional[int]:
+    """``nc`` as a positive whole number (``2.0`` is 2; ``2.5``, ``three`` and ``true`` are refused), or None."""
+    nc = config.get("nc")
+    if nc is None:
+        return None
+    if (isinstance(nc, bool) or not isinstance(nc, (int, float)) or not math.isfinite(nc) or nc != int(nc)
+            or not 1 <= nc <= MAX_CLASSES):
+        raise ValueError(f"{origin}: nc must be a whole number of classes from 1 to {MAX_CLASSES}, got {nc!r}")
+    return int(nc)
 
 
 def _resolve_root(config: dict, yaml_path: Path) -> Path:
@@ -87,8 +104,7 @@ def load_data_config(path: Union[str, Path], splits: tuple[str, ...] = ("train",
         ValueError: malformed YAML content (names/nc mismatch, unknown split name, bad ``generate``).
     """
     yaml_path = find_data_file(path)
-    with open(yaml_path, encoding="utf-8") as f:
-        config = yaml.safe_load(f)
+    config = load_yaml_file(yaml_path)
     if not isinstance(config, dict):
         raise ValueError(f"{yaml_path}: expected a mapping with train/val/names, got {type(config).__name__}")
     unknown_splits = sorted(set(splits) - set(SPLITS))
@@ -109,7 +125,13 @@ def _generate(settings: Any, root: Path, yaml_path: Path) -> None:
     if not isinstance(settings, dict) or set(settings) - GENERATE_KEYS:
         raise ValueError(f"{yaml_path}: 'generate' must be a mapping with keys among {sorted(GENERATE_KEYS)}, "
                          f"got {settings!r}")
-    generate_dataset(root, **settings)
+    missing = sorted(REQUIRED_GENERATE_KEYS - set(settings))
+    if missing:
+        raise ValueError(f"{yaml_path}: 'generate' needs {' and '.join(missing)} (numbers of images), got {settings!r}")
+    try:
+        generate_dataset(root, **settings)
+    except ValueError as error:
+        raise ValueError(f"{yaml_path}: {error}") from None
 
 
 def _check_present(config: dict, splits: tuple[str, ...], yaml_path: Path) -> None:
@@ -129,8 +151,7 @@ def recommended_training(path: Union[str, Path]) -> dict[str, Any]:
     """The ``recommended:`` training options of a dataset YAML (e.g. the embedded demo's fast CPU recipe), {}
     when it has none. Only the YAML is read: no data is generated or checked."""
     yaml_path = find_data_file(path)
-    with open(yaml_path, encoding="utf-8") as f:
-        config = yaml.safe_load(f)
+    config = load_yaml_file(yaml_path)
     recommended = config.get("recommended") if isinstance(config, dict) else None
     if recommended is None:
         return {}

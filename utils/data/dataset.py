@@ -31,6 +31,20 @@ logger = logging.getLogger(__name__)
 CACHE_MODES = (None, False, True, "ram")
 
 
+def check_cache_mode(cache: Union[None, bool, str]) -> None:
+    """Refuse a cache mode this loader does not have, in one plain sentence.
+
+    ``disk`` is YOLOv5's ``.npy`` written beside every image, i.e. into the user's dataset folders; we never
+    write there, so it is refused rather than silently taken as ``ram``.
+    """
+    if cache == "disk":
+        raise ValueError("--cache disk is not supported: YOLOv5 writes a decoded .npy beside every image, and this "
+                         "project never writes into your image folders; use --cache ram, or no --cache")
+    if cache not in CACHE_MODES:
+        raise ValueError(f"--cache {cache} is not a cache mode: use --cache ram (decoded images kept in memory), "
+                         "or no --cache")
+
+
 class LoadImagesAndLabels(Dataset):
     """Images + YOLO labels with letterbox (val, optionally rectangular batches) or mosaic/mixup/affine/HSV/flip
     augmentation (train). ``labels[i]`` (n, 5) ``[class, cx, cy, w, h]`` normalised, ``shapes`` (N, 2) ``[w, h]``.
@@ -43,18 +57,18 @@ class LoadImagesAndLabels(Dataset):
         stride: int = 32, pad: float = 0.0, image_weights: bool = False, seed: int = 0, prefix: str = "",
         nc: Optional[int] = None, workers: int = 8,
     ) -> None:
-        if cache not in CACHE_MODES:
-            raise ValueError(f"cache={cache!r} not supported: use None or 'ram' (a disk cache would write into "
-                             "the dataset)")
+        check_cache_mode(cache)
         self.img_size, self.augment, self.stride = img_size, augment, stride
         self.augmentation = augmentation or AugmentSettings.from_hyp()
         self.rect = rect and not image_weights
         self.mosaic = augment and not self.rect
         self.image_weights = image_weights
         if augment and self.augmentation.copy_paste > 0:
-            logger.warning("%scopy_paste=%s ignored: it needs segment labels, which this loader does not read",
+            logger.warning("%scopy_paste=%s ignored: it needs segment labels, which this loader reads as boxes only",
                            prefix, self.augmentation.copy_paste)
-        scan = scan_dataset(list_image_files(path, prefix), nc=nc, workers=workers, prefix=prefix)
+        # single_cls merges every class into class 0 (YOLOv5 v7.0): no class id is out of range then.
+        scan = scan_dataset(list_image_files(path, prefix), nc=None if single_cls else nc, workers=workers,
+                            prefix=prefix)
         self.im_files, self.shapes = scan.im_files, scan.shapes
         self.labels = [labels.copy() for labels in scan.labels]
         if single_cls:
@@ -241,7 +255,8 @@ def create_dataloader(
 ) -> tuple[DataLoader, LoadImagesAndLabels]:
     """The loader and its dataset; see the module docstring for the batch format.
 
-    ``rank`` >= 0 shards the data with a DistributedSampler; ``nc`` (optional) drops labels with class >= nc.
+    ``rank`` >= 0 shards the data with a DistributedSampler; ``nc`` (optional) drops labels with class >= nc,
+    except under ``single_cls``, where every label is kept as class 0.
     """
     if rect and shuffle:
         logger.warning("%srect=True is incompatible with shuffle; shuffle disabled", prefix)

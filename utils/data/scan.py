@@ -14,6 +14,7 @@ import glob
 import hashlib
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,12 @@ from typing import Optional, Union
 import numpy as np
 
 from utils.data.label_check import parse_label_text
-from utils.files import OutputWriteError, atomic_open, is_image_file, read_image
+from utils.files import OutputWriteError, atomic_open, image_header_size, is_image_file
 
 logger = logging.getLogger(__name__)
 
 # Bump when the cache layout or the checks change, so old caches are rebuilt.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: polygon lines read as boxes, boxes inside the image kept exact
 CACHE_SUFFIX = ".npz.cache"  # not YOLOv5's ".cache", which a user's dataset may hold
 # Smallest usable image side in pixels.
 MIN_IMAGE_SIDE = 2
@@ -58,27 +59,48 @@ class ScanResult:
 
 
 def list_image_files(source: Union[PathLike, list[PathLike]], prefix: str = "") -> list[str]:
-    """Image paths from a directory (recursive), a ``.txt`` list file (relative lines are relative to the
-    file's folder), an image file, a glob pattern, or a list of these; sorted, without duplicates."""
+    """Image paths from a directory (recursive, following links to folders), a ``.txt`` list file (relative lines
+    are relative to the file's folder), an image file, a glob pattern, or a list of these; sorted, without
+    duplicates. Files named in a list are checked later by the scan (a FIFO or device there is skipped then)."""
     sources = source if isinstance(source, (list, tuple)) else [source]
     files: list[str] = []
     for item in sources:
         item = Path(item)
         if item.is_dir():
-            files += [str(p) for p in item.rglob("*") if p.is_file() and is_image_file(p)]
+            files += walk_image_files(item)
         elif item.is_file() and item.suffix.lower() == ".txt":
             lines = item.read_text(encoding="utf-8").splitlines()
             files += [str(item.parent / line.strip()) for line in lines if line.strip()]
         elif item.is_file():
             files.append(str(item))
+        elif item.exists():
+            raise ValueError(f"{prefix}{item} is neither a folder nor a regular file (a FIFO or device?)")
         elif glob.has_magic(str(item)):
-            files += [p for p in glob.glob(str(item), recursive=True) if is_image_file(p)]
+            files += [p for p in glob.glob(str(item), recursive=True) if is_image_file(p) and os.path.isfile(p)]
         else:
             raise FileNotFoundError(f"{prefix}{item} does not exist (expected a directory, a .txt list of "
                                     "images, an image or a glob pattern)")
     files = sorted({os.path.abspath(f) for f in files if is_image_file(f)})
     if not files:
         raise FileNotFoundError(f"{prefix}no images found in {[str(s) for s in sources]}")
+    return files
+
+
+def walk_image_files(folder: Path) -> list[str]:
+    """Regular image files under ``folder``. Links to folders are followed, as YOLOv5's recursive glob follows
+    them, but each real folder is listed once, under its own path when it lies in ``folder`` (where its labels
+    are): a link loop (``a/loop -> a``) ends, and no image is listed twice."""
+    in_tree = {os.path.realpath(root) for root, _, _ in os.walk(folder)}  # the folders reached without links
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        links = {d for d in dirs if os.path.islink(os.path.join(root, d))}
+        dirs[:] = sorted(d for d in dirs if d not in links or os.path.realpath(os.path.join(root, d)) not in in_tree)
+        files += [path for name in names if is_image_file(name) and os.path.isfile(path := os.path.join(root, name))]
     return files
 
 
@@ -95,20 +117,15 @@ def check_image(path: str) -> tuple[int, int]:
     """(width, height) of an image as displayed (EXIF orientation applied, as :func:`read_image` reads it)
     after making sure it decodes; raises ValueError or OSError saying why.
 
-    Uses Pillow's header read and verify when installed (fast), else a full OpenCV decode. A JPEG that does
-    not end with its end-of-image marker is decoded in full: bytes after the marker are harmless, a cut
-    file is not.
+    The header is checked first (a non-regular file or a decompression bomb is refused before any decoding),
+    then Pillow's verify (fast). A JPEG that does not end with its end-of-image marker is decoded in full:
+    bytes after the marker are harmless, a cut file is not.
     """
-    try:
-        from PIL import Image
-    except ImportError:
-        Image = None
-    if Image is None:
-        image = read_image(path)
-        if image is None:
-            raise ValueError("OpenCV cannot decode it")
-        height, width = image.shape[:2]
-    else:
+    from PIL import Image
+
+    image_header_size(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size was checked just above
         with Image.open(path) as image:
             image.verify()
             width, height = image.size

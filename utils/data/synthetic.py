@@ -8,8 +8,9 @@ a split depends only on ``(seed, split, i)``, so the same settings always give t
 Layout: ``DIR/images/{train,val}/*.jpg`` and ``DIR/labels/{train,val}/*.txt`` (YOLO), and a marker
 ``DIR/complete.json`` written last: a set without it (or made with other settings) is regenerated.
 The generator only writes into a folder it owns: a new or empty one, which it marks with
-``DIR/GENERATED.txt`` before writing anything; a folder holding files without that mark is refused, and
-a regeneration deletes only files with the generator's own names.
+``DIR/GENERATED.txt`` (the generator's own text) before writing anything. Only that mark proves ownership:
+a folder holding other files, even a ``complete.json`` of its own, is refused; a regeneration deletes only
+files with the generator's own names.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ JPEG_QUALITY = 92
 OBJECTS_PER_IMAGE = (12, 36)
 LARGE_OBJECT_PROB = 0.05
 SPLIT_IDS = {"train": 0, "val": 1}
+# Accepted settings: (smallest, largest) of each; the bounds keep a typo from filling a disk or hanging a run.
+SETTING_RANGES = {"images": (1, 100_000), "val_images": (1, 100_000), "size": (32, 4096), "seed": (0, 2**63 - 1)}
 
 # BGR palettes, chosen so that each class has its own look.
 VEHICLE_COLOURS = np.array([[40, 40, 200], [200, 60, 30], [230, 230, 230], [30, 30, 30], [60, 160, 220],
@@ -168,24 +171,45 @@ def write_sample(image: np.ndarray, labels: np.ndarray, image_path: Path, label_
     atomic_write_text(label_path, "\n".join(lines) + ("\n" if lines else ""))
 
 
+def check_settings(settings: dict) -> None:
+    """Refuse (ValueError, one line) a setting that is not a whole number within SETTING_RANGES."""
+    for key, (low, high) in SETTING_RANGES.items():
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"synthetic dataset setting {key} must be a whole number from {low} to {high}, "
+                             f"got {value!r}")
+
+
+def is_owned(out: Path) -> bool:
+    """True when ``out`` holds the generator's own mark (its exact text: a file a user or another tool wrote
+    under that name does not count)."""
+    try:
+        return (out / OWNER_MARKER).read_text(encoding="utf-8") == OWNER_TEXT
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def claim_folder(out: Path) -> None:
     """Make ``out`` the generator's own folder, or refuse (ValueError) when it holds files not made here."""
-    owned = (out / OWNER_MARKER).is_file() or (out / MARKER).is_file()
-    if not owned and out.is_dir() and any(out.iterdir()):
+    if is_owned(out):
+        return
+    if out.is_dir() and any(out.iterdir()):
         raise ValueError(f"'generate' would write synthetic images into {out}, which already holds files it did "
-                         f"not make; point 'path' at a new or empty folder (or remove the 'generate' key)")
-    if not (out / OWNER_MARKER).is_file():
-        atomic_write_text(out / OWNER_MARKER, OWNER_TEXT)
+                         f"not make (no {OWNER_MARKER} of the generator); point 'path' at a new or empty folder "
+                         "(or remove the 'generate' key)")
+    atomic_write_text(out / OWNER_MARKER, OWNER_TEXT)
 
 
 def generate_dataset(out: Union[str, Path], images: int, val_images: int, size: int = 384, seed: int = 0) -> Path:
     """Write the train/val splits under ``out`` (skipped if a matching marker says they are complete).
 
-    Raises ValueError when ``out`` is not the generator's own folder (see :func:`claim_folder`).
+    Raises ValueError when a setting is out of range (:func:`check_settings`) or ``out`` is not the
+    generator's own folder (see :func:`claim_folder`).
     """
     out = Path(out)
     settings = {"images": images, "val_images": val_images, "size": size, "seed": seed,
                 "names": list(CLASS_NAMES)}
+    check_settings(settings)
     if dataset_is_complete(out, settings):
         return out
     claim_folder(out)
@@ -208,8 +232,11 @@ def generate_dataset(out: Union[str, Path], images: int, val_images: int, size: 
 
 
 def dataset_is_complete(out: Union[str, Path], settings: dict) -> bool:
-    """True when ``out`` holds a finished generation made with exactly these settings."""
+    """True when ``out`` is the generator's own folder and holds a finished generation made with exactly these
+    settings."""
     marker = Path(out) / MARKER
+    if not is_owned(Path(out)):
+        return False
     try:
         return json.loads(marker.read_text(encoding="utf-8")) == settings
     except (OSError, ValueError):

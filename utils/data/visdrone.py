@@ -5,11 +5,21 @@ files end lines with a comma). ``score`` 0 marks boxes the evaluation ignores; c
 "ignored region" and 11 "others". Training labels keep categories 1..10 with score 1 (YOLO class =
 category - 1); the annotation files are never modified, so evaluation reads the ignore information
 from them through :func:`read_annotation`.
+
+The converter writes a split's ``labels/`` all or nothing: into a temporary folder beside it, renamed into
+place once every file converted. It only ever replaces its own earlier output, which it knows by the
+marker it leaves inside (LABELS_MARKER, with the sha256 of each file it wrote); a ``labels`` that is a
+link (e.g. to ``annotations``) or holds any other file is refused before anything is written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -17,7 +27,7 @@ from typing import Union
 import numpy as np
 
 from utils.data.scan import check_image
-from utils.files import atomic_write_text, is_image_file
+from utils.files import OutputWriteError, atomic_write_text, is_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +35,8 @@ CATEGORY_NAMES = ("ignored-region", "pedestrian", "people", "bicycle", "car", "v
                   "awning-tricycle", "bus", "motor", "others")
 IGNORED_REGION, OTHERS = 0, 11
 ANNOTATION_COLUMNS = 8
+# Written inside labels/ by the converter: the names and sha256 of the files it wrote there.
+LABELS_MARKER = ".visdrone2yolo.json"
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,11 @@ class VisDroneAnnotation:
 def read_annotation(path: Union[str, Path]) -> VisDroneAnnotation:
     """Parse one official annotation txt. Raises ValueError naming ``path:line`` for a malformed line."""
     rows = []
-    for line_number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text annotation file") from None
+    for line_number, line in enumerate(text.splitlines(), 1):
         fields = line.strip().rstrip(",").split(",")
         if fields == [""]:
             continue
@@ -108,12 +124,66 @@ def split_dirs(src: Union[str, Path]) -> list[Path]:
     return found[:1] if found[0] == src else found
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _written_by_us(labels_dir: Path) -> dict[str, str]:
+    """The files our marker in ``labels_dir`` lists (name -> sha256); {} without a readable marker."""
+    try:
+        files = json.loads((labels_dir / LABELS_MARKER).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def check_labels_folder(split_dir: Union[str, Path]) -> None:
+    """Refuse (ValueError, one line) to write ``split_dir/labels`` unless it is absent, empty or wholly our own
+    earlier output: a link (e.g. to ``annotations``, whose official files it would overwrite) or a folder
+    holding any file the converter did not write, unchanged, is left alone."""
+    labels_dir = Path(split_dir) / "labels"
+    if labels_dir.is_symlink():
+        target = os.path.realpath(labels_dir)
+        same = [name for name in ("annotations", "images") if target == os.path.realpath(Path(split_dir) / name)]
+        what = f"the {same[0]} folder" if same else target
+        raise ValueError(f"{labels_dir} is a link to {what}; the converter writes a real labels folder and never "
+                         "writes through a link: remove the link (rm, not rm -r) and run it again")
+    if not labels_dir.exists():
+        return
+    if not labels_dir.is_dir():
+        raise ValueError(f"{labels_dir} exists and is not a folder; move it away and run the converter again")
+    ours = _written_by_us(labels_dir)
+    foreign = [path.name for path in sorted(labels_dir.iterdir()) if path.name != LABELS_MARKER and
+               not (path.is_file() and not path.is_symlink() and ours.get(path.name) == _sha256(path))]
+    if foreign:
+        raise ValueError(f"{labels_dir} holds {len(foreign)} file(s) the converter did not write (or that changed "
+                         f"since), e.g. {foreign[0]}; it overwrites only its own output: move them away first")
+
+
 def convert_split(split_dir: Union[str, Path]) -> dict[str, int]:
-    """Write ``labels/*.txt`` for every image of one split from its annotations; returns counts
-    (images, objects written, ignored boxes, images without annotation file)."""
+    """Write ``labels/*.txt`` for every image of one split from its annotations, all or nothing; returns counts
+    (images, objects written, ignored boxes, images without annotation file).
+
+    Raises:
+        ValueError: ``labels`` is not ours to write (:func:`check_labels_folder`), or an annotation line or an
+            image is bad (naming the file and line); ``labels`` is then left as it was.
+    """
     split_dir = Path(split_dir)
-    (split_dir / "labels").mkdir(exist_ok=True)
+    check_labels_folder(split_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".labels.", suffix=".tmp", dir=split_dir))
+    try:
+        counts = _convert_into(split_dir, staging)
+        _replace_labels(split_dir / "labels", staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # our own temporary folder; already gone after a success
+    logger.info("%s: %s", split_dir, ", ".join(f"{key} {value}" for key, value in counts.items()))
+    return counts
+
+
+def _convert_into(split_dir: Path, out: Path) -> dict[str, int]:
+    """Write the labels of every image of ``split_dir`` into ``out``, plus our marker listing them."""
     counts = {"images": 0, "objects": 0, "ignored": 0, "no_annotation": 0}
+    written: dict[str, str] = {}
     for image_path in sorted(p for p in (split_dir / "images").iterdir() if is_image_file(p)):
         source = annotation_path(image_path)
         if not source.is_file():
@@ -121,11 +191,40 @@ def convert_split(split_dir: Union[str, Path]) -> dict[str, int]:
             counts["no_annotation"] += 1
             continue
         annotation = read_annotation(source)
-        width, height = check_image(str(image_path))
+        try:
+            width, height = check_image(str(image_path))
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ValueError(f"{image_path}: unreadable image ({error}); fix or remove it and run again") from None
         labels = to_yolo_labels(annotation, width, height)
-        atomic_write_text(split_dir / "labels" / f"{image_path.stem}.txt", format_labels(labels))
+        name = f"{image_path.stem}.txt"
+        written[name] = _sha256(atomic_write_text(out / name, format_labels(labels)))
         counts["images"] += 1
         counts["objects"] += len(labels)
         counts["ignored"] += int(annotation.ignore_mask.sum())
-    logger.info("%s: %s", split_dir, ", ".join(f"{key} {value}" for key, value in counts.items()))
+    atomic_write_text(out / LABELS_MARKER, json.dumps({"written_by": "data/scripts/visdrone2yolo.py",
+                                                       "files": written}, indent=0))
     return counts
+
+
+def _replace_labels(labels_dir: Path, staging: Path) -> None:
+    """Rename ``staging`` to ``labels_dir``; an existing ``labels_dir`` (checked to be ours) is set aside first and
+    its files, all ours, deleted after."""
+    if not labels_dir.exists():
+        staging.rename(labels_dir)
+        return
+    check_labels_folder(labels_dir.parent)  # again, right before touching it
+    old = Path(tempfile.mkdtemp(prefix=".labels.", suffix=".old", dir=labels_dir.parent))
+    try:
+        os.replace(labels_dir, old / "labels")
+        try:
+            staging.rename(labels_dir)
+        except OSError:
+            os.replace(old / "labels", labels_dir)  # put the previous labels back
+            raise
+    except OSError as error:
+        old.rmdir()
+        raise OutputWriteError(labels_dir, error) from error
+    for path in (old / "labels").iterdir():  # every one was listed in our marker, with its hash
+        path.unlink()
+    (old / "labels").rmdir()
+    old.rmdir()

@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 
 from utils.cbbl import OFFSET_SPACES, RESTORE_MODES
 from utils.data.config import recommended_training
-from utils.data.dataset import CACHE_MODES
+from utils.data.dataset import check_cache_mode
 from utils.engine.optim import OPTIMIZERS, YOLOV5_NOMINAL_BATCH
 from utils.files import REPO_ROOT, resolve_path
 from utils.head import GRID_MODES
@@ -149,8 +149,8 @@ class TrainOptions:
             raise ValueError(f"--adam (TPH-YOLOv5's Adam at 3e-4) contradicts --optimizer {self.optimizer}; give one")
         if self.cos_lr and self.linear_lr:
             raise ValueError("--cos-lr and --linear-lr contradict each other; give one")
-        if self.cache is not None and self.cache not in CACHE_MODES:
-            raise ValueError(f"--cache {self.cache!r} is not one of {CACHE_MODES}")
+        if self.cache is not None:
+            check_cache_mode(self.cache)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (hyp as the merged dict, tuples as lists) for opt.yaml and checkpoints."""

@@ -132,7 +132,7 @@ CALLED = {"os.system": "posix.system", "eval": "builtins.eval", "builtins.exec":
 def test_hostile_torch_files_are_refused_without_running(tmp_path, kind):
     marker = tmp_path / "payload-ran"
     path = make_hostile_checkpoint(tmp_path / "hostile.pt", kind, marker)
-    with pytest.raises(ValueError, match=rf"hostile\.pt: refused to load .*{CALLED[kind]}, which would run code"):
+    with pytest.raises(ValueError, match=rf"hostile\.pt: contains code we do not run: {CALLED[kind]} "):
         load_checkpoint(path)
     assert not marker.exists()
 
@@ -168,7 +168,7 @@ def test_compressed_pickle_larger_than_its_file_is_refused(tmp_path):
     path = tmp_path / "bomb.pt"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("bomb/data.pkl", b"\x80\x02" + b"(" * 2_000_000)
-    with pytest.raises(ValueError, match=r"bomb\.pt: refused to load .*unpacks to more than the file's size"):
+    with pytest.raises(ValueError, match=r"bomb\.pt: refused: its entries unpack to [\d,]+ bytes, more than the file's"):
         load_checkpoint(path)
 
 

@@ -131,6 +131,13 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """How protocol-2 pickles store ``b''``: ``bytes()``; ``bytes(n)`` would allocate n bytes, so it is refused."""
+    if args:
+        raise ForbiddenCode(f"builtins.bytes({args[0]!r:.20})")
+    return b""
+
+
 def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Inert:
     """copyreg._reconstructor (protocol 0/1 objects), allowed for inert classes only."""
     if not (isinstance(cls, type) and issubclass(cls, Inert) and base is object and state is None):
@@ -176,6 +183,7 @@ SAFE_CALLABLES = {("collections", "OrderedDict"): collections.OrderedDict, ("bui
                   ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
                   ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
                   ("torch", "Size"): torch.Size, ("_codecs", "encode"): _codecs_encode,
+                  ("builtins", "bytes"): _empty_bytes,
                   ("numpy", "dtype"): DtypeRecord, ("numpy", "ndarray"): ArrayFromBytes}
 # numpy moved its pickle helpers from numpy.core to numpy._core in 2.0: files name either.
 for _package in ("numpy.core.multiarray", "numpy._core.multiarray"):

@@ -3,12 +3,30 @@
 import errno
 import os
 import pickle
+import random
+import re
+import resource
+import shutil
 import stat
+import struct
+import subprocess
+import sys
+import time
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 
-from tests.conftest import FOREIGN_FILES, HOSTILE_KINDS, foreign_checkpoint, make_hostile_checkpoint, small_filesystem
+from tests.conftest import (
+    FOREIGN_FILES,
+    HOSTILE_KINDS,
+    REPO_ROOT,
+    YOLOV5_FIXTURES,
+    foreign_checkpoint,
+    make_hostile_checkpoint,
+    small_filesystem,
+)
 from utils.checkpoint import checkpoint_weights, is_stripped, load_checkpoint, save_checkpoint, strip_checkpoint_file
 from utils.files import OutputWriteError
 
@@ -163,12 +181,10 @@ def test_foreign_files_translate_to_our_format(name):
 
 def test_compressed_pickle_larger_than_its_file_is_refused(tmp_path):
     """torch stores entries uncompressed; a small file that would inflate into a huge pickle is refused unread."""
-    import zipfile
-
     path = tmp_path / "bomb.pt"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("bomb/data.pkl", b"\x80\x02" + b"(" * 2_000_000)
-    with pytest.raises(ValueError, match=r"bomb\.pt: refused: its entries unpack to [\d,]+ bytes, more than the file's"):
+    with pytest.raises(ValueError, match=r"bomb\.pt: refused: its entries unpack to [\d,]+ bytes, more than the file"):
         load_checkpoint(path)
 
 
@@ -183,3 +199,161 @@ def test_one_save_writes_the_same_bytes_to_every_path(tmp_path):
     save_checkpoint(_checkpoint(), tmp_path / "best.pt", tmp_path / "last.pt")
     assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
     assert load_checkpoint(tmp_path / "last.pt")["names"] == _checkpoint()["names"]
+
+
+# --- damaged, bomb and unreadable files (issue 26 A6, B1-B4, C7): each refused in one line, before allocating ---
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _yolov5_shaped(tree: torch.nn.Module) -> dict:
+    """A dict shaped like a YOLOv5 file: a pickled model object with a ``yaml`` graph whose layers are ``tree``."""
+    model = torch.nn.Module()
+    model.yaml = {"nc": 1, "backbone": [], "head": []}
+    model.model = tree
+    return {"epoch": 0, "model": model}
+
+
+def _storage_byte_offset(path) -> int:
+    """Offset of a byte in the middle of the file's largest storage entry (after its zip local header)."""
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "rb") as file:
+        file.seek(info.header_offset)
+        name_length, extra_length = struct.unpack("<HH", file.read(30)[26:30])
+    return info.header_offset + 30 + name_length + extra_length + info.file_size // 2
+
+
+@pytest.mark.parametrize("source", ["this project", "YOLOv5 v7.0"])
+def test_a_flipped_byte_in_a_storage_fails_the_crc_check(tmp_path, source):
+    path = tmp_path / "damaged.pt"
+    if source == "this project":
+        save_checkpoint({**_checkpoint(), "model": {"w": torch.arange(1000.0)}}, path)
+    else:
+        shutil.copyfile(YOLOV5_FIXTURES / "yolov5-v7.0-last.pt", path)
+    data = bytearray(path.read_bytes())
+    data[_storage_byte_offset(path)] ^= 0x01
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=r"damaged\.pt: not a complete checkpoint: BadZipFile: entry \S+/data/\d+ "
+                                         r"fails its CRC check"):
+        load_checkpoint(path)
+
+
+def test_a_module_tree_of_shared_children_is_refused_quickly(tmp_path):
+    """60 levels, each holding the next twice: 2**60 paths in a few kB (B1)."""
+    levels = [torch.nn.Module() for _ in range(60)]
+    for parent, child in zip(levels, levels[1:]):
+        parent.left, parent.right = child, child
+    levels[-1].weight = torch.nn.Parameter(torch.zeros(1))
+    path = tmp_path / "dag.pt"
+    torch.save(_yolov5_shaped(levels[0]), path)
+    assert path.stat().st_size < 50_000
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"dag\.pt: refused: its module tree needs more than 50,000 visits"):
+        load_checkpoint(path)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(("shape", "message"), [("loop", r"contains itself \(at model\.a\.again\)"),
+                                                 ("chain", r"is deeper than 64 levels")])
+def test_self_containing_or_endless_module_trees_are_refused(tmp_path, shape, message):
+    """B2: a tree holding itself (RecursionError before) and an 80-level chain: one line each."""
+    if shape == "loop":
+        tree = torch.nn.Module()
+        tree.a = torch.nn.Module()
+        tree.a.again = tree
+    else:
+        tree = link = torch.nn.Module()
+        for _ in range(80):
+            link.next = torch.nn.Module()
+            link = link.next
+    path = tmp_path / "tree.pt"
+    torch.save(_yolov5_shaped(tree), path)
+    with pytest.raises(ValueError, match=rf"tree\.pt: refused: its module tree {message}"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("layout", ["this project", "YOLOv5"])
+def test_a_zero_stride_shape_bomb_is_refused_unallocated(tmp_path, layout):
+    """B3: a 1-element storage viewed as (1e6, 1e6): 4 TB if anything materialised it."""
+    bomb = torch.zeros(1).expand(1_000_000, 1_000_000)
+    path = tmp_path / "bomb.pt"
+    if layout == "this project":
+        torch.save({"model": {"w": bomb}, "model_yaml": {}}, path)
+        message = r"refused: a tensor of shape \(1000000, 1000000\) claims 1,000,000,000,000 elements"
+    else:
+        tree = torch.nn.Module()
+        tree.register_buffer("grid", bomb)
+        torch.save(_yolov5_shaped(tree), path)
+        message = r"refused: model\.grid is a tensor of shape \(1000000, 1000000\) that claims 1,000,000,000,000"
+    assert path.stat().st_size < 4000
+    before = _peak_rss_mb()
+    with pytest.raises(ValueError, match=rf"bomb\.pt: {message}"):
+        load_checkpoint(path)
+    assert _peak_rss_mb() - before < 100
+
+
+def test_the_total_unpacked_size_is_capped_not_only_each_entry(tmp_path):
+    """B4: 1,000 deflated entries of 100 kB, each smaller than the file, 100 MB together: refused unread."""
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data.pkl", pickle.dumps({"model": {}, "model_yaml": {}}, protocol=2))
+        for index in range(1000):
+            archive.writestr(f"bomb/data/{index}", bytes(100_000))
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        assert max(info.file_size for info in archive.infolist()) < size  # a cap per entry would let it through
+    before, started = _peak_rss_mb(), time.perf_counter()
+    with pytest.raises(ValueError, match=rf"bomb\.pt: refused: its entries unpack to 100,000,\d+ bytes, more than "
+                                         rf"the file's {size:,} \(PyTorch stores them uncompressed\)"):
+        load_checkpoint(path)
+    assert _peak_rss_mb() - before < 50 and time.perf_counter() - started < 1.0
+
+
+UNREADABLE = {"folder": r"is a folder, not a weights file \(name the \.pt file",
+              "empty": r"not a complete checkpoint: the file is empty \(0 bytes\)",
+              "truncated": r"not a complete checkpoint: no zip directory at its end \(a truncated download",
+              "random": r"not a complete checkpoint: no zip directory at its end",
+              "random pickle-like": r"not a complete checkpoint: no zip directory at its end"}
+
+
+def _unreadable(path, kind):
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "truncated":
+        save_checkpoint(_checkpoint(), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        noise = random.Random(0).randbytes(4096)
+        path.write_bytes({"empty": b"", "random": b"\x00" + noise, "random pickle-like": b"\x80\x02" + noise}[kind])
+    return path
+
+
+@pytest.mark.parametrize("kind", UNREADABLE)
+def test_unreadable_weights_are_one_clear_line(tmp_path, kind):
+    """C7: never torch's advice to retry with weights_only=False."""
+    with pytest.raises(ValueError) as refused:
+        load_checkpoint(_unreadable(tmp_path / "w.pt", kind))
+    message = str(refused.value)
+    assert re.match(rf"{re.escape(str(tmp_path / 'w.pt'))}: {UNREADABLE[kind]}", message), message
+    assert "\n" not in message and "weights_only" not in message
+
+
+def test_the_cli_prints_one_line_and_exits_2_for_random_bytes(tmp_path):
+    path = _unreadable(tmp_path / "w.pt", "random pickle-like")
+    done = subprocess.run([sys.executable, "val.py", "--weights", str(path), "--project", str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr[-2000:]
+    assert f"{path}: not a complete checkpoint" in done.stderr
+
+
+def test_numpy_functions_in_a_yolov5_shaped_file_are_code_we_do_not_run(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return np.load, (str(tmp_path / "x.npy"),)
+
+    path = tmp_path / "numpy.pt"
+    torch.save({"epoch": 3, "best_fitness": Payload(), "model": torch.nn.Module()}, path)
+    with pytest.raises(ValueError, match=r"numpy\.pt: contains code we do not run: numpy\.load "):
+        load_checkpoint(path)

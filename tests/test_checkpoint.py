@@ -80,7 +80,7 @@ def test_refuses_pickled_code(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"model": _Payload(), "model_yaml": {}}, f)
-    with pytest.raises(ValueError, match="evil.pt"):
+    with pytest.raises(ValueError, match=r"evil\.pt: contains code we do not run: builtins\.print "):
         load_checkpoint(path)
 
 
@@ -261,7 +261,7 @@ def test_a_module_tree_of_shared_children_is_refused_quickly(tmp_path):
     torch.save(_yolov5_shaped(levels[0]), path)
     assert path.stat().st_size < 50_000
     started = time.perf_counter()
-    with pytest.raises(ValueError, match=r"dag\.pt: refused: its module tree needs more than 50,000 visits"):
+    with pytest.raises(ValueError, match=r"dag\.pt: refused: its module tree needs more than 20,000 visits"):
         load_checkpoint(path)
     assert time.perf_counter() - started < 1.0
 
@@ -306,17 +306,17 @@ def test_a_zero_stride_shape_bomb_is_refused_unallocated(tmp_path, layout):
 
 
 def test_the_total_unpacked_size_is_capped_not_only_each_entry(tmp_path):
-    """B4: 1,000 deflated entries of 100 kB, each smaller than the file, 100 MB together: refused unread."""
+    """B4: 500 deflated entries of 50 kB, each smaller than the file, 25 MB together: refused unread."""
     path = tmp_path / "bomb.pt"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("bomb/data.pkl", pickle.dumps({"model": {}, "model_yaml": {}}, protocol=2))
-        for index in range(1000):
-            archive.writestr(f"bomb/data/{index}", bytes(100_000))
+        for index in range(500):
+            archive.writestr(f"bomb/data/{index}", bytes(50_000))
     size = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
         assert max(info.file_size for info in archive.infolist()) < size  # a cap per entry would let it through
     before, started = _peak_rss_mb(), time.perf_counter()
-    with pytest.raises(ValueError, match=rf"bomb\.pt: refused: its entries unpack to 100,000,\d+ bytes, more than "
+    with pytest.raises(ValueError, match=rf"bomb\.pt: refused: its entries unpack to 25,000,\d+ bytes, more than "
                                          rf"the file's {size:,} \(PyTorch stores them uncompressed\)"):
         load_checkpoint(path)
     assert _peak_rss_mb() - before < 50 and time.perf_counter() - started < 1.0
@@ -326,7 +326,7 @@ UNREADABLE = {"folder": r"is a folder, not a weights file \(name the \.pt file",
               "empty": r"not a complete checkpoint: the file is empty \(0 bytes\)",
               "truncated": r"not a complete checkpoint: no zip directory at its end \(a truncated download",
               "random": r"not a complete checkpoint: no zip directory at its end",
-              "random pickle-like": r"not a complete checkpoint: no zip directory at its end"}
+              "random pickle-like": r"not a complete checkpoint: UnpicklingError: "}
 
 
 def _unreadable(path, kind):

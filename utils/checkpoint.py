@@ -52,9 +52,9 @@ STRIPPED_KEYS = ("model", "model_yaml", "names", "hyp", "opt", "epoch", "best_fi
 
 # The box head of YOLOv5/TPH-YOLOv5 files: 4 regressed offsets per anchor.
 FOREIGN_HEAD = HeadConfig().to_dict()  # YOLOv5's regression head (CIoU)
-# Bounds on walking a pickled module tree (YOLOv5/TPH trees are about 8 levels and 2,000 modules).
+# Bounds on walking a pickled module tree (YOLOv5/TPH trees: 7 levels, 300 to 600 modules in the fixtures).
 MAX_MODULE_DEPTH = 64
-MAX_MODULE_VISITS = 50_000
+MAX_MODULE_VISITS = 20_000
 # Modules whose classes a YOLOv5 pickle names for its model objects: they become inert records, never imported.
 # ``yolov5.*`` is the PyPI package's name for the same modules.
 INERT_NAMESPACES = ("models.", "utils.", "yolov5.models.", "yolov5.utils.", "torch.nn.", "pathlib.", "argparse.",
@@ -112,17 +112,18 @@ def read_checkpoint(path: Path, map_location: Union[str, torch.device] = "cpu") 
     and its own messages (which suggest ``weights_only=False``) never reach the user.
     """
     if not zipfile.is_zipfile(path):
-        return read_bare_pickle(path, map_location)
-    verify_archive(path)
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:  # anything but plain data (a YOLOv5 model object, or code): read it ourselves
-        raw = read_inert_pickle(path)
+        checkpoint = read_bare_pickle(path, map_location)
+    else:
+        verify_archive(path)
         try:
-            return from_yolov5(raw, path)
-        except (KeyError, TypeError, AttributeError, RuntimeError, RecursionError) as err:
-            raise ValueError(f"{path}: not a YOLOv5/TPH-YOLOv5 checkpoint we can read ({type(err).__name__}: "
-                             f"{err})") from err
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception:  # anything but plain data (a YOLOv5 model object, or code): read it ourselves
+            raw = read_inert_pickle(path)
+            try:
+                return from_yolov5(raw, path)
+            except (KeyError, TypeError, AttributeError, RuntimeError, RecursionError) as err:
+                raise ValueError(f"{path}: not a YOLOv5/TPH-YOLOv5 checkpoint we can read ({type(err).__name__}: "
+                                 f"{err})") from err
     check_tensor_claims(checkpoint, path)
     return checkpoint
 
@@ -164,19 +165,19 @@ def read_bare_pickle(path: Path, map_location: Union[str, torch.device]) -> Any:
         start = file.read(1)
     if not start:
         raise ValueError(f"{path}: not a complete checkpoint: the file is empty (0 bytes)")
-    if start == pickle.PROTO:  # a bare pickle, or torch's format before 1.6
+    if start != pickle.PROTO:
+        raise ValueError(f"{path}: not a complete checkpoint: no zip directory at its end (a truncated download "
+                         f"or copy, or not a PyTorch file)")
+    try:  # a bare pickle, or torch's format before 1.6
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # say which code it would run, or where it is damaged
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except Exception:  # name the code it would run when it is code; else it is damaged
-            try:
-                with open(path, "rb") as file:
-                    InertUnpickler(file).load()
-            except ForbiddenCode as err:
-                raise refusal(path, err) from err
-            except Exception:
-                pass
-    raise ValueError(f"{path}: not a complete checkpoint: no zip directory at its end (a truncated download or "
-                     f"copy, or not a PyTorch file)")
+            with open(path, "rb") as file:
+                InertUnpickler(file).load()
+        except Exception as err:
+            raise refusal(path, err) from err
+    raise ValueError(f"{path}: not a checkpoint we can read: a pickle outside a zip archive that holds more than "
+                     f"plain data (PyTorch before 1.6 wrote these: re-save it with a current torch.save)")
 
 
 def check_tensor_claims(obj: Any, path: Path) -> None:
@@ -229,7 +230,8 @@ def from_yolov5(raw: Any, path: Path) -> dict[str, Any]:
     Takes ``ema`` when present, else ``model``; the graph is the file's own ``yaml`` with the stored
     anchors (pixels, from the Detect buffer and stride) and the regression head; weights float32.
     """
-    model = raw.get("ema") or raw.get("model") if isinstance(raw, dict) else None
+    models = [raw.get("ema"), raw.get("model")] if isinstance(raw, dict) else []
+    model = next((model for model in models if isinstance(model, Inert)), None)  # the EMA when there is one
     if not isinstance(model, Inert) or not isinstance(model.attribute("yaml"), dict):
         raise ValueError(f"{path}: not a checkpoint of this project, nor a YOLOv5/TPH-YOLOv5 one (no pickled "
                          f"model with a 'yaml' graph); train one with train.py or see weights/README.md")

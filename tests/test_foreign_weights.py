@@ -204,3 +204,19 @@ def test_detect_and_export_run_on_a_pypi_training_file(tmp_path):
     assert (tmp_path / "det" / "frame.png").is_file()
     exported = export_run(path, include=("torchscript",), imgsz=(64, 64), project=str(tmp_path))
     assert all(Path(file).is_file() for file in exported)
+
+
+def test_val_and_train_start_from_a_v7_training_file(tmp_path, caplog):
+    """val.py scores a mid-training v7.0 last.pt on its 3 classes; train.py --weights transfers every tensor."""
+    path = Path(shutil.copy(_training_file("yolov5-v7.0-last.pt")[0], tmp_path))
+    make_yolo_dataset(tmp_path / "data", num_images=2, size=(64, 64))
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path / "data"), "train": "images", "val": "images",
+                                    "names": ["car", "person", "van"]}))
+    results = val.run(weights=str(path), data=str(data), imgsz=64, batch_size=2, project=str(tmp_path), name="val")
+    assert 0.0 <= results.map50 <= 1.0
+    with caplog.at_level(logging.INFO):
+        train_run(parse_options(["--img", "64", "--batch", "2", "--epochs", "1", "--workers", "0", "--data", str(data),
+                                 "--weights", str(path), "--noplots", "--noval", "--project", str(tmp_path)]))
+    loaded, total = map(int, re.search(r"transferred (\d+)/(\d+) items", caplog.text).groups())
+    assert total - loaded == 2  # all but the anchors and strides, which belong to the new model's yaml

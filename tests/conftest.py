@@ -16,6 +16,9 @@ VISDRONE_SAMPLE = SHARED_DATA / "visdrone-sample"
 AERIAL_COCO_SAMPLE = SHARED_DATA / "aerial-coco-sample"
 # YOLOv5 v7.0 / TPH-YOLOv5 checkpoints with the outputs their own code gives (see its SOURCE.md).
 FOREIGN_CHECKPOINTS = REPO_ROOT.parent / "shared" / "fixtures" / "foreign-checkpoints"
+# Training checkpoints made by YOLOv5 v7.0 (GitHub, PyPI 7.0.14) and TPH-YOLOv5's own code
+# (tests/fixtures/make_yolov5_checkpoints.py).
+YOLOV5_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "yolov5"
 FOREIGN_FILES = ("yolov5s-v7.0-tiny.pt", "tph-yolov5l-xs-tph-s.pt", "tph-yolov5l-xs-tr-cbam-spp-bifpn-s.pt",
                  "tph-yolov5l-tph-plus-s.pt")
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,12 +26,13 @@ from tests.conftest import (
     FOREIGN_FILES,
     HOSTILE_KINDS,
     REPO_ROOT,
+    YOLOV5_FIXTURES,
     assert_parity,
     foreign_checkpoint,
     make_hostile_checkpoint,
     make_yolo_dataset,
 )
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, read_inert_pickle
 from utils.engine.options import parse_options
 from utils.engine.run import run as train_run
 from utils.infer.export import run as export_run
@@ -68,7 +72,7 @@ def test_every_entry_point_refuses_hostile_files(tmp_path, tiny_data, entry, kin
     data, image = tiny_data
     marker = tmp_path / "payload-ran"
     weights = make_hostile_checkpoint(tmp_path / "hostile.pt", kind, marker)
-    with pytest.raises(ValueError, match=r"hostile\.pt: refused to load .*which would run code"):
+    with pytest.raises(ValueError, match=r"hostile\.pt: contains code we do not run: "):
         ENTRY_POINTS[entry](weights, data, image, tmp_path)
     assert not marker.exists()
 
@@ -148,3 +152,71 @@ def test_train_starts_from_a_yolov5_file(tmp_path, tiny_data, caplog):
     # which belong to the new model's yaml.
     assert total - loaded == 3 * 2 + 2
     assert (outcome.save_dir / "weights" / "last.pt").is_file()
+
+
+# Training files written by YOLOv5 v7.0 (GitHub and PyPI) and TPH-YOLOv5 (issue 21 item 2), with the class their
+# pickled model names.
+TRAINING_FILES = {"yolov5-v7.0-last.pt": "models.yolo.DetectionModel",
+                  "yolov5-pypi-7.0.14-last.pt": "yolov5.models.yolo.DetectionModel",
+                  "yolov5-v7.0-best.pt": "models.yolo.DetectionModel", "tph-yolov5-best.pt": "models.yolo.Model"}
+
+
+def _training_file(name: str) -> tuple:
+    path = YOLOV5_FIXTURES / name
+    return path, torch.load(path.with_name(path.stem + ".expected.pt"), weights_only=True)
+
+
+@pytest.mark.parametrize("name", TRAINING_FILES)
+def test_training_checkpoints_give_their_makers_output(name):
+    """Loaded as train/val/detect/export do and through torch.hub: the eval output of the maker's attempt_load."""
+    path, expected = _training_file(name)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["foreign"] == TRAINING_FILES[name] and checkpoint["names"] == expected["names"]
+    hub = hubconf.custom(str(path), autoshape=False)
+    with torch.no_grad():
+        assert_parity(model_from_checkpoint(checkpoint)(expected["input"])[0], expected["output"])
+        assert_parity(hub(expected["input"])[0], expected["output"])
+
+
+def test_training_fixtures_hold_what_made_real_files_fail():
+    """numpy best_fitness (via _codecs.encode), empty Detect grids, yolov5.* names: each refused before."""
+    last = read_inert_pickle(YOLOV5_FIXTURES / "yolov5-v7.0-last.pt")
+    assert isinstance(last["best_fitness"], np.ndarray) and last["best_fitness"].shape == (1,)
+    assert float(last["best_fitness"][0]) == pytest.approx(0.1 * 0.25 + 0.9 * 0.12)  # v7.0 fitness of P, R, mAPs
+    assert last["epoch"] == 0 and last["optimizer"]["state"] and set(last["git"]) == {"remote", "branch", "commit"}
+    grids = last["model"].attribute("_modules")["model"].attribute("_modules")["24"].attribute("grid")
+    assert [grid.numel() for grid in grids] == [0, 0, 0]  # the training model's Detect never ran in eval mode
+    with zipfile.ZipFile(YOLOV5_FIXTURES / "yolov5-v7.0-last.pt") as archive:
+        assert any(info.file_size == 0 for info in archive.infolist() if "/data/" in info.filename)
+    pypi = read_inert_pickle(YOLOV5_FIXTURES / "yolov5-pypi-7.0.14-last.pt")
+    assert pypi["yolov5pip_version"] == "7.0.14" and pypi["ema"].source == "yolov5.models.yolo.DetectionModel"
+    assert read_inert_pickle(YOLOV5_FIXTURES / "yolov5-v7.0-best.pt")["best_fitness"] is None  # v7.0 strips it
+    tph = read_inert_pickle(YOLOV5_FIXTURES / "tph-yolov5-best.pt")  # TPH's strip_optimizer keeps it
+    assert tph["epoch"] == -1 and tph["optimizer"] is None and isinstance(tph["best_fitness"], np.ndarray)
+
+
+def test_detect_and_export_run_on_a_pypi_training_file(tmp_path):
+    path = Path(shutil.copy(_training_file("yolov5-pypi-7.0.14-last.pt")[0], tmp_path))  # nothing lands in tests/
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.full((48, 64, 3), 127, np.uint8))
+    detect.main(["--weights", str(path), "--source", str(image), "--imgsz", "64", "--project", str(tmp_path),
+                 "--name", "det"])
+    assert (tmp_path / "det" / "frame.png").is_file()
+    exported = export_run(path, include=("torchscript",), imgsz=(64, 64), project=str(tmp_path))
+    assert all(Path(file).is_file() for file in exported)
+
+
+def test_val_and_train_start_from_a_v7_training_file(tmp_path, caplog):
+    """val.py scores a mid-training v7.0 last.pt on its 3 classes; train.py --weights transfers every tensor."""
+    path = Path(shutil.copy(_training_file("yolov5-v7.0-last.pt")[0], tmp_path))
+    make_yolo_dataset(tmp_path / "data", num_images=2, size=(64, 64))
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path / "data"), "train": "images", "val": "images",
+                                    "names": ["car", "person", "van"]}))
+    results = val.run(weights=str(path), data=str(data), imgsz=64, batch_size=2, project=str(tmp_path), name="val")
+    assert 0.0 <= results.map50 <= 1.0
+    with caplog.at_level(logging.INFO):
+        train_run(parse_options(["--img", "64", "--batch", "2", "--epochs", "1", "--workers", "0", "--data", str(data),
+                                 "--weights", str(path), "--noplots", "--noval", "--project", str(tmp_path)]))
+    loaded, total = map(int, re.search(r"transferred (\d+)/(\d+) items", caplog.text).groups())
+    assert total - loaded == 2  # all but the anchors and strides, which belong to the new model's yaml

@@ -229,7 +229,7 @@ def tph_recipe():
     from models.yolo import Model
     from utils.engine.run import build_optimization
 
-    opts = parse_options(tph_readme_argv(data="data/synthetic.yaml", img="256", weights=""))
+    opts = parse_options(tph_readme_argv(data="data/VisDrone.yaml", img="256", weights=""))  # no data read
     model = Model(opts.cfg, nc=10)
     images = 6471  # VisDrone2019-DET train: --batch 4 gives 1618 batches and YOLOv5's nominal batch of 64
     return opts, *build_optimization(opts, model, images, math.ceil(images / opts.batch_size))

@@ -168,8 +168,9 @@ class Model(nn.Module):
         return model_info(self, imgsz)
 
 
-def transfer_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """Load the entries of ``state_dict`` whose name and shape match ``model``'s; returns (loaded, total).
+def transfer_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[int, int, list[str]]:
+    """Load the entries of ``state_dict`` whose name and shape match ``model``'s; returns (loaded, total, the
+    names of the model's entries left at their init).
 
     For pretrained weights from a model with another nc, head mode or depth: the rest keeps its init.
     Detect's anchors and strides are never taken: they belong to ``model.yaml``, which must keep describing
@@ -179,7 +180,7 @@ def transfer_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -
     matching = {name: value for name, value in state_dict.items()
                 if name in own and own[name].shape == value.shape and not name.endswith(YAML_BUFFERS)}
     model.load_state_dict(matching, strict=False)
-    return len(matching), len(own)
+    return len(matching), len(own), [name for name in own if name not in matching]
 
 
 def model_from_checkpoint(checkpoint: dict, use_ema: bool = True, source: Union[str, Path] = "checkpoint") -> Model:

@@ -71,8 +71,10 @@ def transfer_weights(model: nn.Module, checkpoint: dict[str, Any], source: str) 
         logger.warning("%s: its head differs from the requested one (%s%s); the Detect layer starts afresh, "
                        "every other layer is transferred", source, difference,
                        "" if stored_head else "; no head settings stored, taken as YOLOv5 regression")
-    loaded, total = transfer_state_dict(model, state)
-    logger.info("transferred %d/%d items from %s", loaded, total, source)
+    loaded, total, kept_init = transfer_state_dict(model, state)
+    logger.info("transferred %d/%d items from %s%s", loaded, total, source,
+                f"; not transferred (another shape, or the YAML's anchors/strides): {', '.join(kept_init)}"
+                if kept_init else "")
     return loaded, total
 
 

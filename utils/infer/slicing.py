@@ -137,6 +137,8 @@ def sliced_detect(detect_fn: DetectFn, image_bgr: np.ndarray, tile_hw: tuple[int
     owners = torch.cat([torch.full((len(d),), i, dtype=torch.int64) for i, d in enumerate(tile_dets)])
     dets = torch.cat(tile_dets)
     dets = dets[~cut_box_mask(dets[:, :4], owners, tiles, (height, width))]
+    if len(tiles) == 1 and not full_pass:  # one tile is the whole frame: its own NMS output is the result
+        return dets[:max_det]
     if full_pass:
         dets = torch.cat([dets, detect_fn([image_bgr])[0]])
     logger.debug("%d tiles of %s, %d candidate boxes", len(tiles), tuple(tile_hw), len(dets))

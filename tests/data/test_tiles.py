@@ -115,3 +115,13 @@ def test_real_frames_tile_at_native_resolution(tmp_path):
     assert max(height, width) == 640
     x1, y1, x2, y2 = dataset.plan.windows[-1]
     np.testing.assert_array_equal(tile, read_image(dataset.frame_files[int(dataset.plan.frames[-1])])[y1:y2, x1:x2])
+
+
+def test_ram_cache_keeps_the_tiles(tmp_path):
+    images = make_yolo_dataset(tmp_path / "data", num_images=2, size=(96, 128))
+    tile = TileSettings(64, 0.25)
+    cached = TiledImagesAndLabels(images, 64, tile, cache="ram", augment=True, nc=3, workers=1)
+    plain = TiledImagesAndLabels(images, 64, tile, augment=True, nc=3, workers=1)
+    assert len(cached.ims) == len(cached) and all(image is not None for image in cached.ims)
+    for index in range(len(plain)):
+        np.testing.assert_array_equal(cached.load_image(index)[0], plain.load_image(index)[0])

@@ -231,7 +231,9 @@ class TiledImagesAndLabels(LoadImagesAndLabels):
 
     ``im_files``/``shapes``/``labels`` describe the tiles (a tile's shape is its window in native pixels), so
     everything reading a dataset (mosaic, image weights, autoanchor, the C-BBL grid fit, the label plots)
-    works on tiles; ``frame_files``/``frame_shapes`` keep the frames.
+    works on tiles; ``frame_files`` and ``plan`` (:class:`utils.data.tiles.TilePlan`) say where each tile comes
+    from. A tile, like a frame, is resized to ``img_size`` (long side): --img equal to --tile keeps the native
+    scale times --tile-scale.
     """
 
     def __init__(self, path: Union[str, list], img_size: int, tile: TileSettings, cache: Any = None,
@@ -239,10 +241,8 @@ class TiledImagesAndLabels(LoadImagesAndLabels):
         if kwargs.get("rect"):
             raise ValueError("--tile trains on square tiles with mosaic: drop --rect")
         super().__init__(path, img_size, cache=None, **kwargs)
-        self.tile = tile
         plan = plan_tiles(self.shapes, self.labels, tile, self.augmentation.box_min_area_frac)
-        self.plan = plan
-        self.frame_files, self.frame_shapes = self.im_files, self.shapes
+        self.plan, self.frame_files = plan, self.im_files
         self.im_files = [self.frame_files[i] for i in plan.frames]
         self.shapes = np.stack([plan.windows[:, 2] - plan.windows[:, 0], plan.windows[:, 3] - plan.windows[:, 1]],
                                1).reshape(-1, 2)

@@ -82,9 +82,10 @@ class TrainOptions:
                                       "auto: 64, lowered on tiny datasets to keep >= 12 steps/epoch (weight decay "
                                       "stays normalised to 64)")
     tile: int = option(0, "train on tiles of this many pixels cut from the frames at native resolution x "
-                          "--tile-scale (0 = whole frames; utils/data/tiles.py)")
+                          "--tile-scale, each resized to --img (0 = whole frames; utils/data/tiles.py)")
     tile_overlap: float = option(0.25, "overlap ratio of neighbouring --tile windows")
-    tile_scale: float = option(1.0, "frame scale the --tile windows are cut at (0.5: each tile covers 2x the frame)")
+    tile_scale: float = option(1.0, "frame scale the --tile windows are cut at (0.5: windows of 2x --tile "
+                                      "frame pixels, halved)")
     # Single keys of the hyp file (None = keep the file's value).
     box_loss: Optional[str] = option(None, "box loss (cbbl = C-BBL head)", choices=BOX_LOSSES)
     label_smoothing: Optional[float] = option(None, "class label smoothing epsilon")

@@ -129,3 +129,14 @@ def test_img_is_rounded_to_the_stride_like_train_and_detect(tiny_checkpoint: Pat
     val.run(weights=str(tiny_checkpoint), data=str(data), imgsz=100, workers=0, project=str(tmp_path / "runs"),
             noplots=True)
     assert sizes == [128] and images.is_dir()
+
+
+def test_val_py_slice_scores_the_full_frames(tiny_checkpoint: Path, tmp_path: Path):
+    val.main(["--weights", str(tiny_checkpoint), "--data", "data/synthetic.yaml", "--img", "64", "--workers", "0",
+              "--slice", "96", "96", "--overlap", "0.2", "--slice-full-pass", "--project", str(tmp_path),
+              "--name", "sliced", "--noplots"])
+    options = json.loads((tmp_path / "sliced" / "options.json").read_text())
+    assert options["slice"] == [96, 96] and options["slice_full_pass"] is True
+    assert json.loads((tmp_path / "sliced" / "results.json").read_text())["map50"] >= 0
+    with pytest.raises(ValueError, match="--slice takes two positive"):
+        eval_run.ValOptions(weights=("w.pt",), slice=(0, 64))

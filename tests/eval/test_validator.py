@@ -132,3 +132,27 @@ def test_as_dict_has_every_figure():
     row = ValResults(map50=0.5, map50_95=0.25).as_dict()
     assert row["fitness"] == pytest.approx(0.1 * 0.5 + 0.9 * 0.25)
     assert {"precision", "recall", "map75", "ap_small", "per_class", "speed_ms"} <= set(row)
+
+
+@pytest.mark.parametrize("box", ["regress", "cbbl"])
+def test_sliced_validation_equals_whole_frame_when_one_slice_covers_the_frame(tmp_path: Path, box: str):
+    """64 px frames at --img 64, one 64 x 64 slice: the same pixels reach the model, so every protocol scores the
+    same; smaller slices run too and score on the same full-frame ground truth."""
+    from tests.conftest import make_tiny_checkpoint, make_yolo_dataset
+    from utils.data.dataset import create_dataloader
+    from utils.eval.validator import PROTOCOLS, Slicing
+    from utils.infer.predictor import load_backend
+
+    images = make_yolo_dataset(tmp_path / "data", num_images=4, size=(64, 64))
+    backend = load_backend([str(make_tiny_checkpoint(tmp_path / "tiny.pt", box=box))], torch.device("cpu"))
+    loader, _ = create_dataloader(images, 64, 4, backend.stride, rect=True, pad=0.0, nc=3)
+    names = ["car", "pedestrian", "van"]
+    for protocol in PROTOCOLS:
+        args = {"conf_thres": 0.2, "protocol": protocol, "max_det": 100}
+        whole = validate(backend, loader, names, **args)
+        sliced = validate(backend, loader, names, **args, slicing=Slicing((64, 64), 0.2, 64))
+        assert whole.map50 > 0, "the check needs detections that match"
+        for name in ("precision", "recall", "map50", "map50_95"):
+            assert getattr(sliced, name) == pytest.approx(getattr(whole, name), abs=1e-6), (protocol, name)
+    small = validate(backend, loader, names, conf_thres=0.2, slicing=Slicing((32, 32), 0.25, 64, full_pass=True))
+    assert 0 <= small.map50 <= 1 and small.speed_ms["inference"] > 0

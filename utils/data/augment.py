@@ -176,12 +176,13 @@ def mosaic4(
         shifted = tile_labels.astype(np.float32, copy=True)
         shifted[:, [1, 3]] += offset_x
         shifted[:, [2, 4]] += offset_y
-        kept.append(_clip_and_filter(shifted, (x1, y1, x2, y2), min_area_frac))
+        kept.append(clip_to_window(shifted, (x1, y1, x2, y2), min_area_frac))
     return canvas, np.concatenate(kept, 0)
 
 
-def _clip_and_filter(labels: np.ndarray, window: tuple[int, int, int, int], min_area_frac: float) -> np.ndarray:
-    """Clip (n, 5) pixel labels to a visible window (x1, y1, x2, y2); drop those with too little left."""
+def clip_to_window(labels: np.ndarray, window: tuple[int, int, int, int], min_area_frac: float) -> np.ndarray:
+    """Clip (n, 5) pixel labels, in place, to a visible window (x1, y1, x2, y2) and return those keeping
+    at least ``min_area_frac`` of their area (and some area): mosaic's and tile training's rule for cut boxes."""
     area_before = (labels[:, 3] - labels[:, 1]) * (labels[:, 4] - labels[:, 2])
     labels[:, [1, 3]] = labels[:, [1, 3]].clip(window[0], window[2])
     labels[:, [2, 4]] = labels[:, [2, 4]].clip(window[1], window[3])

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, distributed
 from utils.boxes import cxcywhn_to_xyxy, xyxy_to_cxcywhn
 from utils.data.augment import AugmentSettings, augment_hsv, letterbox, mixup, mosaic4, random_affine, random_flip
 from utils.data.scan import list_image_files, scan_dataset
+from utils.data.tiles import TileSettings, plan_tiles
 from utils.files import read_image
 
 logger = logging.getLogger(__name__)
@@ -117,16 +118,22 @@ class LoadImagesAndLabels(Dataset):
         height0, width0 = int(self.shapes[index][1]), int(self.shapes[index][0])
         image = self.ims[index]
         if image is None:
-            # Training decodes large JPEGs at a reduced size; val keeps YOLOv5's full decode + INTER_AREA.
-            image = read_image(self.im_files[index], max(height0, width0), self.img_size if self.augment else 0)
-            if image is None:
-                raise FileNotFoundError(f"image {self.im_files[index]} could not be read (changed since the scan?)")
+            image = self.decode(index)
             gain = self.img_size / max(image.shape[:2])
             if gain != 1:
                 interpolation = cv2.INTER_LINEAR if (self.augment or gain > 1) else cv2.INTER_AREA
                 size = (max(1, round(image.shape[1] * gain)), max(1, round(image.shape[0] * gain)))
                 image = cv2.resize(image, size, interpolation=interpolation)
         return image, (height0, width0), image.shape[:2]
+
+    def decode(self, index: int) -> np.ndarray:
+        """Image ``index`` as decoded, (h, w, 3) BGR, before the resize to ``img_size``."""
+        # Training decodes large JPEGs at a reduced size; val keeps YOLOv5's full decode + INTER_AREA.
+        height0, width0 = int(self.shapes[index][1]), int(self.shapes[index][0])
+        image = read_image(self.im_files[index], max(height0, width0), self.img_size if self.augment else 0)
+        if image is None:
+            raise FileNotFoundError(f"image {self.im_files[index]} could not be read (changed since the scan?)")
+        return image
 
     def _pixel_labels(self, index: int, width: float, height: float, pad: tuple[float, float] = (0, 0)) -> np.ndarray:
         """Labels of image ``index`` as (n, 5) ``[class, x1, y1, x2, y2]`` pixels of a (height, width) image."""
@@ -219,6 +226,46 @@ class LoadImagesAndLabels(Dataset):
         return tiled.contiguous(), targets, paths[:groups * 4:4], (None,) * groups
 
 
+class TiledImagesAndLabels(LoadImagesAndLabels):
+    """The training dataset of ``--tile``: the frames are scanned as usual, then each item is one tile.
+
+    ``im_files``/``shapes``/``labels`` describe the tiles (a tile's shape is its window in native pixels), so
+    everything reading a dataset (mosaic, image weights, autoanchor, the C-BBL grid fit, the label plots)
+    works on tiles; ``frame_files`` and ``plan`` (:class:`utils.data.tiles.TilePlan`) say where each tile comes
+    from. A tile, like a frame, is resized to ``img_size`` (long side): --img equal to --tile keeps the native
+    scale times --tile-scale.
+    """
+
+    def __init__(self, path: Union[str, list], img_size: int, tile: TileSettings, cache: Any = None,
+                 **kwargs: Any) -> None:
+        if kwargs.get("rect"):
+            raise ValueError("--tile trains on square tiles with mosaic: drop --rect")
+        super().__init__(path, img_size, cache=None, **kwargs)
+        plan = plan_tiles(self.shapes, self.labels, tile, self.augmentation.box_min_area_frac)
+        self.plan, self.frame_files = plan, self.im_files
+        self.im_files = [self.frame_files[i] for i in plan.frames]
+        self.shapes = np.stack([plan.windows[:, 2] - plan.windows[:, 0], plan.windows[:, 3] - plan.windows[:, 1]],
+                               1).reshape(-1, 2)
+        self.labels = plan.labels
+        self.indices = np.arange(len(self.im_files))
+        self.batch_index = np.zeros(len(self.im_files), np.int64)
+        self.ims = [None] * len(self.im_files)
+        prefix = kwargs.get("prefix", "")
+        if len(self.im_files) == 0:
+            raise ValueError(f"{prefix}--tile {tile.size}: no tiles (no frames with labels)")
+        if cache in (True, "ram"):
+            self._cache_images(kwargs.get("workers", 8), prefix)
+
+    def decode(self, index: int) -> np.ndarray:
+        """Tile ``index`` cut from its full-size frame (native resolution), (h, w, 3) BGR."""
+        frame = int(self.plan.frames[index])
+        image = read_image(self.frame_files[frame])
+        if image is None:
+            raise FileNotFoundError(f"image {self.frame_files[frame]} could not be read (changed since the scan?)")
+        x1, y1, x2, y2 = (int(v) for v in self.plan.windows[index])
+        return image[y1:y2, x1:x2]
+
+
 def _seed_worker(worker_id: int) -> None:
     """Give each loader worker its own augmentation stream, derived from the loader's seed.
 
@@ -251,19 +298,25 @@ def create_dataloader(
     augmentation: Optional[AugmentSettings] = None, augment: bool = False, rect: bool = False,
     cache: Union[None, bool, str] = None, workers: int = 0,
     shuffle: bool = False, single_cls: bool = False, pad: float = 0.0, rank: int = -1, image_weights: bool = False,
-    quad: bool = False, seed: int = 0, prefix: str = "", nc: Optional[int] = None,
+    quad: bool = False, seed: int = 0, prefix: str = "", nc: Optional[int] = None, tile: Optional[TileSettings] = None,
 ) -> tuple[DataLoader, LoadImagesAndLabels]:
     """The loader and its dataset; see the module docstring for the batch format.
 
     ``rank`` >= 0 shards the data with a DistributedSampler; ``nc`` (optional) drops labels with class >= nc,
-    except under ``single_cls``, where every label is kept as class 0.
+    except under ``single_cls``, where every label is kept as class 0; ``tile`` makes the items tiles of the
+    frames (:class:`TiledImagesAndLabels`).
     """
     if rect and shuffle:
         logger.warning("%srect=True is incompatible with shuffle; shuffle disabled", prefix)
         shuffle = False
-    dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, augmentation=augmentation, rect=rect,
-                                  cache=cache, single_cls=single_cls, stride=int(stride), pad=pad,
-                                  image_weights=image_weights, seed=seed, prefix=prefix, nc=nc, workers=max(1, workers))
+    dataset_args = {"batch_size": batch_size, "augment": augment, "augmentation": augmentation, "rect": rect,
+                    "cache": cache, "single_cls": single_cls, "stride": int(stride), "pad": pad,
+                    "image_weights": image_weights, "seed": seed, "prefix": prefix, "nc": nc,
+                    "workers": max(1, workers)}
+    if tile is None:
+        dataset = LoadImagesAndLabels(path, imgsz, **dataset_args)
+    else:
+        dataset = TiledImagesAndLabels(path, imgsz, tile, **dataset_args)
     batch_size = min(batch_size, len(dataset))
     num_workers = min(os.cpu_count() or 1, workers, batch_size)
     sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)

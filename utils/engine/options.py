@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 from utils.cbbl import OFFSET_SPACES, RESTORE_MODES
 from utils.data.config import recommended_training
 from utils.data.dataset import check_cache_mode
+from utils.data.tiles import TileSettings
 from utils.engine.optim import OPTIMIZERS, YOLOV5_NOMINAL_BATCH
 from utils.files import REPO_ROOT, resolve_path
 from utils.head import GRID_MODES
@@ -80,6 +81,11 @@ class TrainOptions:
                                       f"--data YAML's recommended nbs, else YOLOv5's {YOLOV5_NOMINAL_BATCH}); 0 = "
                                       "auto: 64, lowered on tiny datasets to keep >= 12 steps/epoch (weight decay "
                                       "stays normalised to 64)")
+    tile: int = option(0, "train on tiles of this many pixels cut from the frames at native resolution x "
+                          "--tile-scale, each resized to --img (0 = whole frames; utils/data/tiles.py)")
+    tile_overlap: float = option(0.25, "overlap ratio of neighbouring --tile windows")
+    tile_scale: float = option(1.0, "frame scale the --tile windows are cut at (0.5: windows of 2x --tile "
+                                      "frame pixels, halved)")
     # Single keys of the hyp file (None = keep the file's value).
     box_loss: Optional[str] = option(None, "box loss (cbbl = C-BBL head)", choices=BOX_LOSSES)
     label_smoothing: Optional[float] = option(None, "class label smoothing epsilon")
@@ -151,6 +157,12 @@ class TrainOptions:
             raise ValueError("--cos-lr and --linear-lr contradict each other; give one")
         if self.cache is not None:
             check_cache_mode(self.cache)
+        if self.tile < 0:
+            raise ValueError(f"--tile must be >= 0 (0 = whole frames), got {self.tile}")
+        if self.tile:
+            TileSettings(self.tile, self.tile_overlap, self.tile_scale)  # raises on a bad overlap or scale
+            if self.rect:
+                raise ValueError("--tile trains on square tiles with mosaic: drop --rect")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (hyp as the merged dict, tuples as lists) for opt.yaml and checkpoints."""

@@ -23,6 +23,7 @@ from utils.checkpoint import checkpoint_weights, load_checkpoint
 from utils.data.augment import AugmentSettings
 from utils.data.config import SINGLE_CLASS_NAME
 from utils.data.dataset import create_dataloader
+from utils.data.tiles import TileSettings
 from utils.distributed import DistContext, barrier
 from utils.engine.options import TrainOptions
 from utils.engine.transfer import transfer_weights
@@ -129,7 +130,8 @@ def build_loaders(opts: TrainOptions, data: dict[str, Any], imgsz: int, stride: 
             data["train"], imgsz, batch_size, stride, augmentation=AugmentSettings.from_hyp(opts.hyp), augment=True,
             rect=opts.rect, cache=opts.cache,
             workers=opts.workers, shuffle=not opts.rect, single_cls=opts.single_cls, rank=context.rank,
-            image_weights=opts.image_weights, quad=opts.quad, seed=opts.seed, prefix="train: ", nc=nc)
+            image_weights=opts.image_weights, quad=opts.quad, seed=opts.seed, prefix="train: ", nc=nc,
+            tile=TileSettings(opts.tile, opts.tile_overlap, opts.tile_scale) if opts.tile else None)
     val_loader = None
     if context.is_main:
         val_loader, _ = create_dataloader(

@@ -52,6 +52,11 @@ class ValOptions:
     gt: Optional[str] = option(None, "ground truth: COCO JSON file or VisDrone annotations folder")
     images: Optional[str] = option(None, "VisDrone images folder (sizes for ignored regions)")
     noplots: bool = option(False, "save no plot files")
+    slice: Optional[tuple[int, ...]] = option(None, "sliced validation: detect on tiles of H x W frame pixels (each at "
+                                                    "--img), merged and scored on the full frames", nargs=2,
+                                              metavar=("H", "W"))
+    overlap: float = option(0.2, "tile overlap ratio for --slice")
+    slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame at --img")
     runtime: str = option("torch", "what runs a .pt: torch, or onnxruntime after an in-memory ONNX export (faster "
                                    "on CPU)", choices=RUNTIMES)
 
@@ -69,5 +74,11 @@ class ValOptions:
             raise ValueError("give --weights (a model to run) or --pred/--gt (saved predictions to score)")
         if not (0 <= self.conf_thres <= 1 and 0 <= self.iou_thres <= 1):
             raise ValueError(f"--conf-thres {self.conf_thres} and --iou-thres {self.iou_thres} must lie in [0, 1]")
+        if self.slice is not None:
+            object.__setattr__(self, "slice", tuple(int(side) for side in self.slice))
+            if len(self.slice) != 2 or min(self.slice) < 1:
+                raise ValueError(f"--slice takes two positive tile sides H W, got {self.slice}")
+            if not 0 <= self.overlap < 1:
+                raise ValueError(f"--overlap must lie in [0, 1), got {self.overlap}")
         if self.batch_size < 1 or self.imgsz < 32:
             raise ValueError(f"--batch-size {self.batch_size} must be >= 1 and --imgsz {self.imgsz} >= 32")

@@ -21,7 +21,7 @@ from utils.eval.metrics import BoxSet
 from utils.eval.options import ValOptions
 from utils.eval.plots import plot_study
 from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
-from utils.eval.validator import DEFAULT_PROTOCOL, ValResults, log_results, validate
+from utils.eval.validator import DEFAULT_PROTOCOL, Slicing, ValResults, log_results, validate
 from utils.files import atomic_write_text, increment_path
 from utils.infer.backend import DetectBackend
 from utils.infer.predictor import load_backend
@@ -73,11 +73,23 @@ def run_model(opts: ValOptions, save_dir: Path, backend: Optional[DetectBackend]
                                   rect=not exported, pad=0.5, workers=opts.workers, single_cls=opts.single_cls,
                                   prefix=f"{split}: ")
     protocol = opts.protocol or DEFAULT_PROTOCOL
+    slicing = _slicing(opts, imgsz, exported)
     return validate(backend, loader, data["names"], conf_thres=opts.conf_thres, iou_thres=opts.iou_thres,
                     max_det=opts.max_det, save_dir=save_dir, plots=not opts.noplots, verbose=opts.verbose,
                     protocol=protocol, augment=opts.augment, half=opts.half, single_cls=opts.single_cls,
                     save_txt=opts.save_txt, save_conf=opts.save_conf, save_json=opts.save_json,
-                    save_hybrid=opts.save_hybrid, merge=opts.merge, weights_stem=Path(opts.weights[0]).stem)
+                    save_hybrid=opts.save_hybrid, merge=opts.merge, weights_stem=Path(opts.weights[0]).stem,
+                    slicing=slicing, batch_size=opts.batch_size)
+
+
+def _slicing(opts: ValOptions, imgsz: int, exported: bool) -> Optional[Slicing]:
+    """--slice: tiles of the full-size frames, each at the network size; None for whole-frame validation."""
+    if opts.slice is None:
+        return None
+    if exported:
+        raise ValueError(f"--slice needs a model that takes any batch of tiles; {opts.weights[0]} was exported "
+                         "with a fixed input shape: validate the .pt, or drop --slice")
+    return Slicing((opts.slice[0], opts.slice[1]), opts.overlap, imgsz, opts.slice_full_pass)
 
 
 def _backend(opts: ValOptions) -> DetectBackend:

@@ -26,7 +26,9 @@ from utils.eval.metrics import BoxSet, ConfusionMatrix
 from utils.eval.outputs import save_outputs
 from utils.eval.plots import plot_batch
 from utils.eval.scoring import plot_metrics, score_detections
-from utils.files import atomic_write_text
+from utils.files import atomic_write_text, read_image
+from utils.infer.predictor import network_batch
+from utils.infer.slicing import sliced_detect
 from utils.infer.tta import tta_forward
 from utils.infer.wbf import weighted_box_fusion
 from utils.nms import non_max_suppression
@@ -42,6 +44,16 @@ DEFAULT_MAX_DET = {"yolov5": 300, "coco": 300, "visdrone": 500}
 PROTOCOL_TITLES = {"yolov5": "YOLOv5 v7.0 metric (ap_per_class)", "coco": "COCO protocol (pycocotools rules)",
                    "visdrone": "VisDrone protocol (official toolkit rules)"}
 NUM_PLOTTED_BATCHES = 3  # val_batch0..2_{labels,pred}.jpg
+
+
+@dataclass(frozen=True)
+class Slicing:
+    """``val.py --slice H W --overlap F [--slice-full-pass]``: tiles of (H, W) frame pixels, each run at ``imgsz``."""
+
+    tile_hw: tuple[int, int]
+    overlap: float
+    imgsz: int
+    full_pass: bool = False
 
 
 @dataclass
@@ -182,8 +194,7 @@ def collect(model: nn.Module, dataloader: Any, nc: int, *, conf_thres: float, io
     device = _device_of(model)
     nms_args = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": True, "agnostic": single_cls,
                 "max_det": max_det}
-    det_rows, gt_rows, paths_all, shapes_all = [], [], [], []
-    confusion, loss_sums, num_batches = ConfusionMatrix(1 if single_cls else nc), {}, 0
+    rows, loss_sums, num_batches = _Rows(ConfusionMatrix(1 if single_cls else nc)), {}, 0
     timings = np.zeros(3)
     for batch_index, (images_uint8, targets, paths, shapes) in enumerate(tqdm(dataloader, desc=desc, leave=False)):
         start = time_sync()
@@ -201,27 +212,78 @@ def collect(model: nn.Module, dataloader: Any, nc: int, *, conf_thres: float, io
         for index, det in enumerate(dets):
             shape = shapes[index] if shapes is not None else None
             det_np, gt_np = _original_dets(det, net_hw, shape), _original_gt(targets.cpu(), index, net_hw, shape)
-            if single_cls:
-                det_np[:, 5], gt_np[:, 0] = 0, 0
-            confusion.update(det_np[:, :4], det_np[:, 4], det_np[:, 5].astype(int), gt_np[:, 1:], gt_np[:, 0])
-            det_rows.append(np.c_[np.full(len(det_np), len(paths_all)), det_np])
-            gt_rows.append(np.c_[np.full(len(gt_np), len(paths_all)), gt_np])
-            paths_all.append(str(paths[index]))
-            shapes_all.append(tuple(shape[0]) if shape is not None else net_hw)
+            rows.add(det_np, gt_np, str(paths[index]), tuple(shape[0]) if shape is not None else net_hw, single_cls)
         num_batches += 1
     losses = {k: v / max(num_batches, 1) for k, v in loss_sums.items()} if compute_loss is not None else None
-    return _collected(det_rows, gt_rows, paths_all, shapes_all, confusion, losses, timings)
+    return rows.collected(losses, timings)
 
 
-def _collected(det_rows: list, gt_rows: list, paths: list[str], shapes: list, confusion: ConfusionMatrix,
-               losses: Optional[dict[str, float]], timings: np.ndarray) -> Collected:
-    """Stack per-image rows ``[image, x1, y1, x2, y2, conf, cls, extra..]`` / ``[image, cls, x1..y2]``."""
-    det_all = np.concatenate(det_rows) if det_rows else np.zeros((0, 7))
-    gt_all = np.concatenate(gt_rows) if gt_rows else np.zeros((0, 6))
-    dets = BoxSet(det_all[:, 0], det_all[:, 1:5], det_all[:, 6], score=det_all[:, 5])
-    gts = BoxSet(gt_all[:, 0], gt_all[:, 2:6], gt_all[:, 1])
-    speed = dict(zip(("preprocess", "inference", "nms"), (timings * 1e3 / max(len(paths), 1)).tolist()))
-    return Collected(dets, det_all[:, 7:], gts, paths, shapes, confusion, losses, speed)
+def collect_sliced(model: nn.Module, dataset: Any, nc: int, slicing: Slicing, *, conf_thres: float,
+                   iou_thres: float, max_det: int, augment: bool = False, half: bool = False,
+                   single_cls: bool = False, merge: str = "nms", batch_size: int = 8, desc: str = "val") -> Collected:
+    """:func:`collect` for ``val.py --slice``: each frame of ``dataset`` is read at full size and detected by
+    detect.py's sliced inference (utils/infer/slicing.py: tiles at ``slicing.imgsz``, cut boxes dropped,
+    class-aware merge), against its labels in frame pixels. Timings: preprocess = reading the frame,
+    inference = the whole sliced detection (tile NMS and merging included), nms = 0.
+    """
+    device, stride = _device_of(model), _stride_of(model)
+    nms_args = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": True, "agnostic": single_cls,
+                "max_det": max_det}
+
+    def detect_tiles(crops: list[np.ndarray]) -> list[torch.Tensor]:
+        batch, undo = network_batch(crops, (slicing.imgsz, slicing.imgsz), stride)
+        with torch.no_grad(), torch.autocast("cuda", enabled=half and device.type == "cuda"):
+            dets = _detect(model, batch.to(device), nc, nms_args, augment, merge)[0]
+        dets = [det.detach().float().cpu() for det in dets]
+        for det, (boxed_shape, ratio_pad), crop in zip(dets, undo, crops):
+            det[:, :4] = scale_boxes_to_original(det[:, :4], boxed_shape, crop.shape[:2], ratio_pad)
+        return dets
+
+    rows, timings = _Rows(ConfusionMatrix(1 if single_cls else nc)), np.zeros(3)
+    for index in tqdm(range(len(dataset.im_files)), desc=f"{desc} (sliced)", leave=False):
+        start = time_sync()
+        image = read_image(dataset.im_files[index])
+        if image is None:
+            raise FileNotFoundError(f"image {dataset.im_files[index]} could not be read (changed since the scan?)")
+        read = time_sync()
+        det = sliced_detect(detect_tiles, image, slicing.tile_hw, slicing.overlap, iou_thres, single_cls,
+                            slicing.full_pass, max_det, batch_size)
+        timings += (read - start, time_sync() - read, 0.0)
+        height, width = image.shape[:2]
+        labels = dataset.labels[index].astype(np.float64)
+        gt_np = np.c_[labels[:, :1], cxcywhn_to_xyxy(labels[:, 1:5], width, height)]
+        rows.add(det.double().numpy(), gt_np, str(dataset.im_files[index]), (height, width), single_cls)
+    return rows.collected(None, timings)
+
+
+@dataclass
+class _Rows:
+    """Per-image detections and ground truths in original pixels, gathered into a :class:`Collected`."""
+
+    confusion: ConfusionMatrix
+    det_rows: list[np.ndarray] = field(default_factory=list)  # [image, x1, y1, x2, y2, conf, cls, extra..]
+    gt_rows: list[np.ndarray] = field(default_factory=list)  # [image, cls, x1, y1, x2, y2]
+    paths: list[str] = field(default_factory=list)
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+
+    def add(self, det_np: np.ndarray, gt_np: np.ndarray, path: str, shape_hw: tuple[int, int],
+            single_cls: bool) -> None:
+        """One image: (n, 6 + E) detections and (m, 5) ``[class, x1, y1, x2, y2]`` ground truths."""
+        if single_cls:
+            det_np[:, 5], gt_np[:, 0] = 0, 0
+        self.confusion.update(det_np[:, :4], det_np[:, 4], det_np[:, 5].astype(int), gt_np[:, 1:], gt_np[:, 0])
+        self.det_rows.append(np.c_[np.full(len(det_np), len(self.paths)), det_np])
+        self.gt_rows.append(np.c_[np.full(len(gt_np), len(self.paths)), gt_np])
+        self.paths.append(path)
+        self.shapes.append(shape_hw)
+
+    def collected(self, losses: Optional[dict[str, float]], timings: np.ndarray) -> Collected:
+        det_all = np.concatenate(self.det_rows) if self.det_rows else np.zeros((0, 7))
+        gt_all = np.concatenate(self.gt_rows) if self.gt_rows else np.zeros((0, 6))
+        dets = BoxSet(det_all[:, 0], det_all[:, 1:5], det_all[:, 6], score=det_all[:, 5])
+        gts = BoxSet(gt_all[:, 0], gt_all[:, 2:6], gt_all[:, 1])
+        speed = dict(zip(("preprocess", "inference", "nms"), (timings * 1e3 / max(len(self.paths), 1)).tolist()))
+        return Collected(dets, det_all[:, 7:], gts, self.paths, self.shapes, self.confusion, losses, speed)
 
 
 def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres: float = 0.001,
@@ -230,7 +292,8 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
              protocol: str = DEFAULT_PROTOCOL,
              augment: bool = False, half: bool = False, single_cls: bool = False, save_txt: bool = False,
              save_conf: bool = False, save_json: bool = False, save_hybrid: bool = False,
-             merge: str = "nms", weights_stem: str = "") -> ValResults:
+             merge: str = "nms", weights_stem: str = "", slicing: Optional[Slicing] = None,
+             batch_size: int = 8) -> ValResults:
     """Validate a model (eval-mode ``Model`` or ``DetectBackend``) on a loader of the data contract.
 
     Args:
@@ -240,6 +303,8 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
         save_dir: where results.json and, when asked, plots, txt and JSON predictions go.
         merge: how an ensemble backend's members are merged: ``nms`` (one NMS over all) or ``wbf``.
         weights_stem: names the JSON predictions ``<weights_stem>_predictions.json``, as YOLOv5 does.
+        slicing: detect on tiles of each full-size frame of ``dataloader.dataset`` (:func:`collect_sliced`,
+            ``batch_size`` tiles per forward pass) instead of on the loader's letterboxed batches.
     Returns:
         ValResults (also logged as a table).
     """
@@ -255,9 +320,14 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
         plot_dir = Path(save_dir) if plots and save_dir is not None else None
         if plot_dir is not None:
             plot_dir.mkdir(parents=True, exist_ok=True)
-        collected = collect(model, dataloader, len(names), conf_thres=conf_thres, iou_thres=iou_thres,
-                            max_det=max_det, compute_loss=compute_loss, augment=augment, half=half,
-                            single_cls=single_cls, merge=merge, plot_dir=plot_dir, names=list(names))
+        if slicing is not None:
+            collected = collect_sliced(model, dataloader.dataset, len(names), slicing, conf_thres=conf_thres,
+                                       iou_thres=iou_thres, max_det=max_det, augment=augment, half=half,
+                                       single_cls=single_cls, merge=merge, batch_size=batch_size)
+        else:
+            collected = collect(model, dataloader, len(names), conf_thres=conf_thres, iou_thres=iou_thres,
+                                max_det=max_det, compute_loss=compute_loss, augment=augment, half=half,
+                                single_cls=single_cls, merge=merge, plot_dir=plot_dir, names=list(names))
     finally:
         model.train(was_training)
     class_names = [SINGLE_CLASS_NAME] if single_cls else list(names)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from utils.boxes import box_iou
+from utils.data.tiles import tile_grid
 from utils.nms import batched_nms
 
 logger = logging.getLogger(__name__)
@@ -29,31 +30,6 @@ CERTAIN_CONF_RATIO = 0.8
 _MERGE_BLOCK_ROWS = 2048
 
 DetectFn = Callable[[list[np.ndarray]], list[torch.Tensor]]
-
-
-def tile_grid(height: int, width: int, tile_h: int, tile_w: int, overlap: float) -> np.ndarray:
-    """Tiles covering an image, overlapping by ``overlap`` of a tile; the last row/column ends at the border.
-
-    Returns (T, 4) int64 xyxy pixel tiles, row-major; one tile (clipped) for an image smaller than a tile.
-    """
-    if tile_h < 1 or tile_w < 1:
-        raise ValueError(f"--slice needs positive tile sizes, got {tile_h} x {tile_w}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"--overlap must lie in [0, 1), got {overlap}")
-    starts_y = _axis_starts(height, tile_h, overlap)
-    starts_x = _axis_starts(width, tile_w, overlap)
-    grid_y, grid_x = np.meshgrid(starts_y, starts_x, indexing="ij")  # (rows, cols)
-    top_left = np.stack([grid_x.ravel(), grid_y.ravel()], 1)  # (T, 2)
-    bottom_right = np.minimum(top_left + [tile_w, tile_h], [width, height])
-    return np.concatenate([top_left, bottom_right], 1).astype(np.int64)
-
-
-def _axis_starts(length: int, tile: int, overlap: float) -> np.ndarray:
-    if length <= tile:
-        return np.zeros(1, dtype=np.int64)
-    step = max(int(tile * (1 - overlap)), 1)
-    count = int(np.ceil((length - tile) / step)) + 1
-    return np.minimum(np.arange(count) * step, length - tile).astype(np.int64)
 
 
 def cut_box_mask(boxes: torch.Tensor, owner_tiles: torch.Tensor, tiles: torch.Tensor,
@@ -161,6 +137,8 @@ def sliced_detect(detect_fn: DetectFn, image_bgr: np.ndarray, tile_hw: tuple[int
     owners = torch.cat([torch.full((len(d),), i, dtype=torch.int64) for i, d in enumerate(tile_dets)])
     dets = torch.cat(tile_dets)
     dets = dets[~cut_box_mask(dets[:, :4], owners, tiles, (height, width))]
+    if len(tiles) == 1 and not full_pass:  # one tile is the whole frame: its own NMS output is the result
+        return dets[:max_det]
     if full_pass:
         dets = torch.cat([dets, detect_fn([image_bgr])[0]])
     logger.debug("%d tiles of %s, %d candidate boxes", len(tiles), tuple(tile_hw), len(dets))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,33 @@ FOREIGN_CHECKPOINTS = REPO_ROOT.parent / "shared" / "fixtures" / "foreign-checkp
 YOLOV5_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "yolov5"
 FOREIGN_FILES = ("yolov5s-v7.0-tiny.pt", "tph-yolov5l-xs-tph-s.pt", "tph-yolov5l-xs-tr-cbam-spp-bifpn-s.pt",
                  "tph-yolov5l-tph-plus-s.pt")
+
+
+REPO_RUNS = REPO_ROOT / "runs"  # the CLIs' default --project root: tests never write there
+
+
+def _runs_state() -> dict[Path, int]:
+    """Every path under <repo>/runs -> its mtime (ns); empty when the folder does not exist."""
+    return {path: path.lstat().st_mtime_ns for path in [REPO_RUNS, *REPO_RUNS.rglob("*")] if path.exists()} \
+        if REPO_RUNS.exists() else {}
+
+
+@pytest.fixture(autouse=True)
+def _no_writes_into_repo_runs() -> Iterator[None]:
+    """Fail a test that writes into <repo>/runs (a CLI left at its default --project): tests write only into
+    tmp_path, so a user's first ``python train.py`` is runs/train/exp. What the test created there is removed."""
+    before = _runs_state()
+    yield
+    after = _runs_state()
+    changed = sorted(path for path, mtime in after.items() if before.get(path) != mtime)
+    if changed:
+        for path in sorted((p for p in changed if p not in before), key=lambda p: len(p.parts)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        pytest.fail(f"this test wrote into {REPO_RUNS} ({', '.join(str(p) for p in changed[:5])}); pass "
+                    "project=tmp_path (--project) to the CLI it runs", pytrace=False)
 
 
 def random_boxes(num: int, size: float = 100.0, seed: int = 0) -> torch.Tensor:
@@ -171,6 +199,29 @@ def small_filesystem(path: Path, size: str = "256k") -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextmanager
+def read_only_folder(path: Path) -> Iterator[Path]:
+    """An empty folder at ``path`` on a read-only file system (a read-only tmpfs; without root, a folder without
+    write permission); skips the test where neither can be made."""
+    import os
+
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                      capture_output=True).returncode == 0:
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("cannot mount a read-only tmpfs here, and root ignores folder permissions")
+    path.chmod(0o555)
+    try:
+        yield path
+    finally:
+        path.chmod(0o755)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

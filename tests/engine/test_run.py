@@ -29,7 +29,7 @@ from models.yolo import model_from_checkpoint
 from tests.conftest import REPO_ROOT, TINY_MODEL_YAML, tree_bytes
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.engine.hooks import CheckpointHook
-from utils.engine.options import parse_options
+from utils.engine.options import TrainOptions, parse_options
 from utils.engine.run import run
 from utils.engine.writers import read_results
 from utils.infer.backend import DetectBackend
@@ -191,20 +191,18 @@ def test_train_run_kwargs_trains_like_the_cli(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["repo", "elsewhere"])
-def test_bare_names_train_from_any_folder_into_the_repo_runs(tmp_path, where):
-    name = f"test-any-folder-{os.getpid()}-{where}"
-    run_dir = REPO_ROOT / "runs" / "train" / name
+def test_bare_names_train_from_any_folder(tmp_path, where):
+    """Bare --cfg/--hyp/--data names resolve from any working folder; the default --project is the repository's
+    runs/train whatever the folder (this run writes into tmp_path: tests never write into the repository)."""
+    assert TrainOptions().project == str(REPO_ROOT / "runs" / "train")
     argv = [sys.executable, str(REPO_ROOT / "train.py"), "--cfg", "yolov5s.yaml", "--hyp", "hyp.VisDrone.yaml",
             "--data", "synthetic.yaml", "--epochs", "1", "--img", "64", "--batch", "32", "--workers", "0",
-            "--noplots", "--noval", "--name", name]
-    try:
-        done = subprocess.run(argv, cwd=REPO_ROOT if where == "repo" else tmp_path, capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert (run_dir / "weights" / "last.pt").is_file() and not (tmp_path / "runs").exists()
-    finally:
-        if run_dir.is_dir():
-            shutil.rmtree(run_dir)  # the folder this test's run created
+            "--noplots", "--noval", "--project", str(tmp_path / "project")]
+    cwd = REPO_ROOT if where == "repo" else tmp_path / "elsewhere"
+    cwd.mkdir(exist_ok=True)
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "project" / "exp" / "weights" / "last.pt").is_file() and not (cwd / "runs").exists()
 
 
 # TPH-YOLOv5's README training command, verbatim (`--hy` is an argparse prefix of --hyp).

@@ -1,16 +1,26 @@
-"""Tests for utils/files.py: run folders, checked atomic writes (a full disk, a kill), output names, and bounded
-reads of images (decompression bombs, FIFOs) and YAML files (alias bombs, binary files)."""
+"""Tests for utils/files.py: run folders (a read-only file system, the run lock), checked atomic writes (a full
+disk, a kill), output names, and bounded reads of images (decompression bombs, FIFOs) and YAML files (alias bombs,
+binary files)."""
 
 import errno
 import logging
 import os
 import resource
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import small_filesystem, write_image_bomb
+from tests.conftest import (
+    REPO_ROOT,
+    make_tiny_checkpoint,
+    make_yolo_dataset,
+    read_only_folder,
+    small_filesystem,
+    write_image_bomb,
+)
 from utils.files import (
     MAX_IMAGE_PIXELS,
     MAX_YAML_BYTES,
@@ -20,10 +30,12 @@ from utils.files import (
     atomic_write_bytes,
     atomic_write_text,
     checked_imwrite,
+    folder_lock,
     increment_path,
     is_image_file,
     is_video_file,
     load_yaml_file,
+    make_dirs,
     read_image,
     remove_stale_temps,
 )
@@ -178,3 +190,46 @@ def test_size_limit_and_missing_file(tmp_path):
         load_yaml_file(tmp_path / "big.yaml")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_yaml_file(tmp_path / "missing.yaml")
+
+
+def test_a_run_folder_on_a_read_only_file_system_is_one_line(tmp_path):
+    with read_only_folder(tmp_path / "ro") as folder:
+        with pytest.raises(OutputWriteError, match=f"could not write {folder / 'exp'}: .*(Read-only|Permission)"):
+            increment_path(folder / "exp", mkdir=True)
+        with pytest.raises(OutputWriteError, match="weights"):
+            make_dirs(folder / "exp" / "weights")
+
+
+def test_every_cli_on_a_read_only_project_prints_one_line_and_exits_2(tmp_path):
+    weights = make_tiny_checkpoint(tmp_path / "w.pt")
+    images = make_yolo_dataset(tmp_path / "data", num_images=2)
+    data = tmp_path / "data.yaml"
+    data.write_text(f"path: {tmp_path / 'data'}\ntrain: images\nval: images\nnames: [a, b, c]\n")
+    with read_only_folder(tmp_path / "ro") as folder:
+        for cli, argv in (("train.py", ["--data", str(data), "--img", "64", "--epochs", "1", "--workers", "0"]),
+                          ("val.py", ["--weights", str(weights), "--data", str(data), "--img", "64"]),
+                          ("detect.py", ["--weights", str(weights), "--source", str(images), "--img", "64"]),
+                          ("export.py", ["--weights", str(weights), "--include", "onnx", "--img", "64"])):
+            done = subprocess.run([sys.executable, str(REPO_ROOT / cli), *argv, "--project", str(folder)],
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=300)
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+            assert lines[0].startswith(f"{cli}: error: could not write {folder}"), lines[0]
+
+
+def test_a_locked_folder_is_refused_at_once_and_freed_with_its_holder(tmp_path):
+    with folder_lock(tmp_path, "training"):
+        holder = subprocess.run([sys.executable, "-c", f"from utils.files import folder_lock\n"
+                                 f"with folder_lock({str(tmp_path)!r}, 'training'): pass"],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert holder.returncode == 1 and f"ValueError: {tmp_path} is in use by another training" in holder.stderr
+    with folder_lock(tmp_path, "training"):  # released when the block ended
+        pass
+    killed = subprocess.Popen([sys.executable, "-c", f"import time\nfrom utils.files import folder_lock\n"
+                               f"with folder_lock({str(tmp_path)!r}, 'training'): print('held', flush=True); "
+                               "time.sleep(60)"], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "held"
+    killed.kill()
+    killed.wait()
+    with folder_lock(tmp_path, "training"):  # a killed holder never leaves the folder locked
+        pass

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from utils.engine.options import TrainOptions, parse_options
-from utils.options import build_parser, option, options_from_kwargs
+from utils.options import INTERRUPTED_EXIT, build_parser, cli_main, option, options_from_kwargs
 
 
 @dataclass(frozen=True)
@@ -102,3 +102,18 @@ def _tiny_weights(tmp_path):
     path = tmp_path / "w.pt"
     make_tiny_checkpoint(path)
     return path
+
+
+@pytest.mark.parametrize(("interrupt", "line"), [(KeyboardInterrupt(), "prog.py: interrupted"),
+                                                 (KeyboardInterrupt("saved in x/last.pt:\n resume it"),
+                                                  "prog.py: saved in x/last.pt: resume it")])
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch, interrupt, line):
+    monkeypatch.delenv("CBBL_TRACEBACK", raising=False)
+
+    def main():
+        raise interrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(main, "prog.py")
+    assert exit_info.value.code == INTERRUPTED_EXIT == 130
+    assert capsys.readouterr().err.splitlines() == [line]

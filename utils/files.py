@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import glob
 import hashlib
 import io
@@ -52,8 +53,47 @@ def increment_path(path: Union[str, Path], exist_ok: bool = False, mkdir: bool =
         numbers = [int(m.group(1)) for name in siblings if (m := re.fullmatch(rf"{re.escape(stem)}(\d+)", name))]
         path = path.with_name(f"{stem}{max(numbers + [1]) + 1}")
     if mkdir:
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
     return path
+
+
+def make_dirs(path: Union[str, Path]) -> Path:
+    """``mkdir -p``; a failure (read-only file system, no permission, a file in the way) raises OutputWriteError,
+    whose one-line message names the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputWriteError(path, error) from error
+    return path
+
+
+# The file a run folder's lock is taken on (utils/engine/run.py: one training per run folder at a time).
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def folder_lock(folder: Union[str, Path], holder: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (an flock on its .lock file) while the block runs.
+
+    A second process asking for the same folder gets ValueError at once (no waiting): two trainings with
+    the same ``--name --exist-ok`` would interleave their results.csv rows and checkpoints. The lock dies
+    with its process, so a killed run never leaves the folder locked.
+    """
+    path = Path(folder) / LOCK_NAME
+    try:
+        handle = open(path, "a+b")
+    except OSError as error:
+        raise OutputWriteError(path, error) from error
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{folder} is in use by another {holder} (it holds {path}); wait for that one to "
+                             "finish, or give this one another --name") from None
+        yield Path(folder)
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def resolve_path(path: Union[str, Path], flag: str, search_dir: str = "") -> Path:

@@ -27,6 +27,8 @@ T = TypeVar("T")
 TRACEBACK_ENV = "CBBL_TRACEBACK"
 # Exit status of a user error (argparse uses 2 for bad flags too).
 USER_ERROR_EXIT = 2
+# Exit status after ctrl-C: 128 + SIGINT, as shells report an interrupted command.
+INTERRUPTED_EXIT = 130
 
 
 def option(default: Any, help: str = "", *, flags: Sequence[str] = (), cli: bool = True,
@@ -101,9 +103,16 @@ def options_from_kwargs(options_cls: type[T], kwargs: dict[str, Any]) -> T:
 
 def cli_main(main: Callable[[], Any], prog: str) -> None:
     """Run a CLI's ``main``: user errors (bad value, missing file, unreadable YAML, a failed write such as a full
-    disk) print one line ``prog: error: ...`` and exit 2; ``CBBL_TRACEBACK=1`` shows the traceback instead."""
+    disk or a read-only folder) print one line ``prog: error: ...`` and exit 2; ctrl-C prints one line (what the
+    interrupted work left, when it says) and exits 130; ``CBBL_TRACEBACK=1`` shows the traceback instead."""
     try:
         main()
+    except KeyboardInterrupt as interrupt:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        logging.shutdown()
+        print(f"{prog}: {' '.join(str(interrupt).split()) or 'interrupted'}", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OutputWriteError,
             yaml.YAMLError) as err:
         if os.environ.get(TRACEBACK_ENV) == "1":

@@ -29,6 +29,7 @@ from models.parse import MODULES, parse_model, row_lines, run_layers  # noqa: E4
 from models.verify import check_graph  # noqa: E402
 from utils.anchors import check_anchor_order, default_anchors  # noqa: E402
 from utils.checkpoint import checkpoint_weights  # noqa: E402
+from utils.files import resolve_path  # noqa: E402
 from utils.head import BOX_LOSSES, HeadConfig  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 from utils.options import cli_main  # noqa: E402
@@ -168,6 +169,19 @@ class Model(nn.Module):
         return model_info(self, imgsz)
 
 
+def layers_on_meta(cfg: Union[str, Path, dict], nc: int, head: HeadConfig) -> nn.Sequential:
+    """The layers ``Model(cfg, nc=nc, head=head)`` builds, on the meta device (shapes, no memory): sizes a model
+    before it is allocated, so an absurd ``width_multiple`` is refused instead of exhausting memory."""
+    model_dict = load_model_yaml(cfg)
+    source = model_dict.pop("_source", "model config")
+    model_dict.pop("_lines", None)
+    model_dict.update(nc=int(nc), detect=head.to_dict())
+    _, build_dict = Model._placeholder_anchors(model_dict, source)
+    with torch.device("meta"):
+        layers, *_ = parse_model({**build_dict, "_source": source})
+    return layers
+
+
 def transfer_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[int, int, list[str]]:
     """Load the entries of ``state_dict`` whose name and shape match ``model``'s; returns (loaded, total, the
     names of the model's entries left at their init).
@@ -220,10 +234,11 @@ def main(argv: Optional[list[str]] = None) -> Model:
     ValueError naming its row (one line and exit 2 through cli_main)."""
     opts = parse_args(argv)
     setup_logging()
-    model = Model(opts.cfg, nc=opts.nc, head={"box_loss": opts.box_loss, "bins": opts.bins})
+    cfg = resolve_path(opts.cfg, "--cfg", "models")  # bare names look in models/, as in train.py
+    model = Model(cfg, nc=opts.nc, head={"box_loss": opts.box_loss, "bins": opts.bins})
     info = model.info(opts.img)
     logger.info("%s\n%s: %d layers, %s parameters, %.1f GFLOPs at %d px, strides %s, head %s", format_table(model),
-                Path(opts.cfg).stem, info["layers"], f"{info['params']:,}", info["gflops"], opts.img,
+                cfg.stem, info["layers"], f"{info['params']:,}", info["gflops"], opts.img,
                 model.stride.tolist(), model.detect.head)
     return model
 

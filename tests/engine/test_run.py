@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -30,8 +29,9 @@ from tests.conftest import REPO_ROOT, TINY_MODEL_YAML, tree_bytes
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.engine.hooks import CheckpointHook
 from utils.engine.options import TrainOptions, parse_options
-from utils.engine.run import run
+from utils.engine.run import FinalValidation, run
 from utils.engine.writers import read_results
+from utils.files import folder_lock
 from utils.infer.backend import DetectBackend
 
 FAST = ["--img", "64", "--batch", "8", "--nbs", "8", "--workers", "0", "--cfg", "models/yolov5n.yaml", "--seed", "0"]
@@ -341,3 +341,99 @@ def test_resume_of_a_checkpoint_from_elsewhere_starts_a_new_run_folder(exact_dat
     outcome = run(parse_options(["--resume", str(unrelated / "models" / "model.pt")]))
     assert tree_bytes(unrelated) == before
     assert outcome.save_dir == tmp_path / "runs" / "exp2" and results_epochs(outcome.save_dir) == [1]
+
+
+def test_missing_data_or_absurd_sizes_make_no_run_folder(tmp_path):
+    """The inputs are checked before project/name is made (README: the first run is runs/train/exp)."""
+    project = tmp_path / "project"
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        run(parse_options(["--data", str(tmp_path / "missing.yaml"), "--project", str(project)]))
+    with pytest.raises(ValueError, match="--img 100000 --batch-size 8 .*training needs more than .* GB"):
+        run(parse_options(["--img", "100000", "--project", str(project)]))
+    assert not project.exists()
+
+
+def exact_data_copy(exact_data: Path, folder: Path) -> Path:
+    """The generated exact set under a YAML of its own (no generate key), which a test may then change."""
+    config = yaml.safe_load(exact_data.read_text())
+    config.pop("generate")
+    path = folder / "data.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_resume_of_a_copy_from_an_exist_ok_run_leaves_the_original_alone(exact_data, tmp_path):
+    """The stored --exist-ok is the original run's: a copy continues in a new folder, never in the original."""
+    last = killed_after_first_epoch([*tiny_argv(exact_data, tmp_path), "--project", str(tmp_path / "runs"),
+                                     "--exist-ok"])
+    original = last.parent.parent
+    copy = tmp_path / "copies" / "last.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(last.read_bytes())
+    before = tree_bytes(original)
+    outcome = run(parse_options(["--resume", str(copy)]))
+    assert tree_bytes(original) == before
+    assert outcome.save_dir == tmp_path / "runs" / "exp2" and results_epochs(outcome.save_dir) == [1]
+
+
+def test_resume_after_the_data_gained_a_class_is_refused_before_training(exact_data, tmp_path):
+    data = exact_data_copy(exact_data, tmp_path)
+    argv = [*tiny_argv(exact_data, tmp_path), "--data", str(data), "--project", str(tmp_path / "runs")]
+    last = killed_after_first_epoch(argv)
+    config = yaml.safe_load(data.read_text())
+    data.write_text(yaml.safe_dump({**config, "nc": 6, "names": [*config["names"], "tram"]}))
+    before = tree_bytes(last.parent.parent)
+    with pytest.raises(ValueError, match=f"trained on 5 classes but {data} now has 6"):
+        run(parse_options(["--resume", str(last)]))
+    assert tree_bytes(last.parent.parent) == before
+
+
+def test_a_second_training_into_a_locked_run_folder_is_refused(exact_data, tmp_path):
+    """Two trainings with the same --name --exist-ok: the second is refused before it writes anything."""
+    folder = tmp_path / "runs" / "shared"
+    folder.mkdir(parents=True)
+    (folder / "opt.yaml").write_text("the running training's options\n")
+    argv = [*tiny_argv(exact_data, tmp_path), "--project", str(tmp_path / "runs"), "--name", "shared", "--exist-ok"]
+    with folder_lock(folder, "training"):  # what the first training holds while it runs
+        with pytest.raises(ValueError, match=f"{folder} is in use by another training"):
+            run(parse_options(argv))
+    assert (folder / "opt.yaml").read_text() == "the running training's options\n"
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "opt.yaml", "weights"]
+
+
+def test_a_kill_during_the_final_validation_is_finished_by_resume(exact_data, tmp_path, caplog):
+    """The epochs are done but the final step (best.pt validation, plots, stripping) is not: --resume runs it."""
+    argv = [*tiny_argv(exact_data, tmp_path), "--project", str(tmp_path / "runs")]
+    with mock.patch.object(FinalValidation, "__call__", side_effect=KeyboardInterrupt("killed")), \
+            pytest.raises(KeyboardInterrupt):
+        run(parse_options(argv))
+    last = tmp_path / "runs" / "exp" / "weights" / "last.pt"
+    assert load_checkpoint(last)["optimizer"] is not None, "the kill left the full checkpoint"
+    caplog.set_level(logging.INFO)
+    outcome = run(parse_options(["--resume", str(last)]))
+    assert "running the final step" in caplog.text and f"Results saved to {outcome.save_dir}" in caplog.messages
+    assert outcome.save_dir == last.parent.parent and outcome.final is not None
+    assert results_epochs(outcome.save_dir) == [0, 1], "no epoch trained again"
+    assert "optimizer" not in torch.load(last, weights_only=True), "last.pt stripped at the end"
+    with pytest.raises(ValueError, match="already finished"):
+        run(parse_options(["--resume", str(last)]))
+
+
+def test_ctrl_c_prints_where_last_pt_is_and_how_to_resume(exact_data, tmp_path):
+    """A real SIGINT to `python train.py`: one line naming last.pt and the resume command, exit 130."""
+    argv = [*tiny_argv(exact_data, tmp_path), "--epochs", "300", "--project", str(tmp_path / "runs")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("CBBL_TRACEBACK", None)
+    process = subprocess.Popen([sys.executable, "train.py", *argv], cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "runs" / "exp" / "weights" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"train.py: training interrupted; the last complete epoch is saved "
+                                               f"in {last}: continue with python train.py --resume {last}")
+    assert "optimizer" in torch.load(last, weights_only=True), "an interrupted run keeps its full last.pt"

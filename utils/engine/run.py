@@ -7,6 +7,7 @@ Wires the parts (utils/engine/setup.py) into a Trainer with hooks in a fixed ord
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -46,6 +47,7 @@ from utils.engine.options import RESUME_LATEST, TrainOptions
 from utils.engine.trainer import Trainer
 from utils.engine.writers import PlotsHook, ResultsCsvHook, TensorBoardHook
 from utils.eval.validator import validate
+from utils.files import folder_lock
 from utils.torch_utils import TRAIN_GRID_FLOOR, ModelEMA, init_seeds, max_stride, select_device
 
 logger = logging.getLogger(__name__)
@@ -75,18 +77,36 @@ def find_resume_checkpoint(opts: TrainOptions) -> Path:
 
 
 def resume_options(opts: TrainOptions) -> tuple[TrainOptions, dict[str, Any], Path]:
-    """The options stored in the checkpoint (the run continues exactly as started), its dict and path."""
+    """The options stored in the checkpoint (the run continues exactly as started), its dict and path.
+
+    A full (unstripped) last.pt whose epochs are all done was killed during the final step (validation of
+    best.pt, plots, stripping): resuming it runs that step alone. A stripped one is a finished run.
+    """
     path = find_resume_checkpoint(opts)
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint.get("opt"), dict) or "epoch" not in checkpoint:
         raise ValueError(f"--resume {path}: not a training checkpoint of this project (no options stored); "
                          "start a new run from it with --weights")
     stored = TrainOptions.from_dict(checkpoint["opt"], resume=str(path), local_rank=opts.local_rank)
-    if int(checkpoint["epoch"]) + 1 >= stored.epochs or is_stripped(checkpoint):
-        raise ValueError(f"--resume {path}: training already finished (after epoch {int(checkpoint['epoch']) + 1} of "
+    epochs_done = int(checkpoint["epoch"]) + 1
+    if is_stripped(checkpoint):
+        raise ValueError(f"--resume {path}: training already finished (after epoch {epochs_done} of "
                          f"{stored.epochs}); nothing to resume (start a new run with --weights to train further)")
-    logger.info("resuming %s from epoch %d of %d", path, int(checkpoint["epoch"]) + 1, stored.epochs)
+    if epochs_done >= stored.epochs or checkpoint.get("stop"):
+        logger.info("resuming %s: its %d epochs are done; running the final step it was stopped in (validation "
+                    "of best.pt, plots, stripping the checkpoints)", path, epochs_done)
+    else:
+        logger.info("resuming %s from epoch %d of %d", path, epochs_done, stored.epochs)
     return stored, checkpoint, path
+
+
+def check_resume_classes(checkpoint: dict[str, Any], names: list[str], path: Path, data: str) -> None:
+    """Refuse a resume whose dataset no longer has the checkpoint's classes (before any epoch runs: the model's
+    head and the labels would disagree)."""
+    stored = [str(name) for name in checkpoint.get("names") or []]
+    if stored and len(stored) != len(names):
+        raise ValueError(f"--resume {path}: the model was trained on {len(stored)} classes but {data} now has "
+                         f"{len(names)}; restore that YAML, or start a new run from it with --weights {path}")
 
 
 def recorded_run_dir(checkpoint: dict[str, Any], path: Path) -> Optional[Path]:
@@ -112,9 +132,13 @@ def run(opts: TrainOptions) -> TrainOutcome:
 
 
 def train(opts: TrainOptions) -> TrainOutcome:
-    """One training run; DDP when launched by torchrun (WORLD_SIZE > 1)."""
+    """One training run; DDP when launched by torchrun (WORLD_SIZE > 1).
+
+    The inputs (options, --resume checkpoint, dataset YAML, the memory the run needs) are checked before the
+    run folder is made; the folder is locked for the run (one training per folder).
+    """
     context = DistContext.from_env(local_rank=opts.local_rank)
-    checkpoint, save_dir = None, None
+    checkpoint, save_dir, resume_path = None, None, None
     if opts.resume:
         opts, checkpoint, resume_path = resume_options(opts)
         save_dir = recorded_run_dir(checkpoint, resume_path)
@@ -123,23 +147,45 @@ def train(opts: TrainOptions) -> TrainOutcome:
         device = torch.device("cuda", context.local_rank)
     init_distributed(context, device)
     try:
-        if save_dir is None and context.is_main:
-            save_dir = train_setup.make_run_dir(opts)
-        return _train(opts, context, device, save_dir, checkpoint)
+        if opts.recommended:
+            logger.info("%s recommends %s: used, since the command gives none", opts.data,
+                        ", ".join(f"--{name} {getattr(opts, name + '_path' if name == 'hyp' else name)}"
+                                  for name in opts.recommended))
+        with train_setup.main_process_first(context):
+            data = load_data_config(opts.data)
+        names = train_setup.class_names(data, opts.single_cls)
+        if checkpoint is not None:
+            check_resume_classes(checkpoint, names, resume_path, opts.data)
+        else:
+            train_setup.check_memory(opts, names, device)
+        with ExitStack() as stack:
+            if context.is_main:
+                new_folder = save_dir is None
+                # a copy of last.pt continues in a new folder even when its run was --exist-ok (never the original)
+                save_dir = save_dir or train_setup.new_run_dir(opts, exist_ok=opts.exist_ok and checkpoint is None)
+                stack.enter_context(folder_lock(save_dir, "training"))
+                if new_folder:
+                    train_setup.write_run_yamls(opts, save_dir)
+            return _train(opts, context, device, save_dir, checkpoint, data, names)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_message(save_dir)) from None
     finally:
         cleanup(context)
 
 
+def interrupted_message(save_dir: Optional[Path]) -> str:
+    """What ctrl-C leaves: where the last complete epoch is saved and the command that continues from it."""
+    last = Path(save_dir) / "weights" / "last.pt" if save_dir is not None else None
+    if last is None or not last.is_file():
+        where = f" (run folder {save_dir})" if save_dir is not None else ""
+        return f"training interrupted before its first epoch was saved; nothing to resume{where}"
+    return (f"training interrupted; the last complete epoch is saved in {last}: continue with "
+            f"python train.py --resume {last}")
+
+
 def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_dir: Optional[Path],
-           checkpoint: Optional[dict]) -> TrainOutcome:
+           checkpoint: Optional[dict], data: dict[str, Any], names: list[str]) -> TrainOutcome:
     init_seeds(opts.seed + 1 + max(context.rank, 0), deterministic=True)
-    if opts.recommended:
-        logger.info("%s recommends %s: used, since the command gives none", opts.data,
-                    ", ".join(f"--{name} {getattr(opts, name + '_path' if name == 'hyp' else name)}"
-                              for name in opts.recommended))
-    with train_setup.main_process_first(context):
-        data = load_data_config(opts.data)
-    names = train_setup.class_names(data, opts.single_cls)
     model, loss_fn, imgsz = train_setup.build(opts, names, device, checkpoint)
     stride = max_stride(model.stride, TRAIN_GRID_FLOOR)
     batch_size = opts.batch_size // context.world_size
@@ -162,6 +208,8 @@ def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_
     logger.info("training %d epochs at --img %d, batch %d (x%d accumulated), results to %s",
                 opts.epochs, imgsz, opts.batch_size, accumulate, save_dir)
     trainer.fit()
+    if context.is_main:
+        logger.info("Results saved to %s", save_dir)
     return TrainOutcome(save_dir=save_dir, epochs_done=trainer.epoch + 1, metrics=dict(trainer.metrics),
                         final=final and final.results)
 

@@ -8,6 +8,8 @@ wires them into a Trainer with its hooks.
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch.nn as nn
 import yaml
 
 from models.verify import check_graph
-from models.yolo import Model, model_from_checkpoint
+from models.yolo import Model, layers_on_meta, model_from_checkpoint
 from utils.checkpoint import checkpoint_weights, load_checkpoint
 from utils.data.augment import AugmentSettings
 from utils.data.config import SINGLE_CLASS_NAME
@@ -27,7 +29,7 @@ from utils.data.tiles import TileSettings
 from utils.distributed import DistContext, barrier
 from utils.engine.options import TrainOptions
 from utils.engine.transfer import transfer_weights
-from utils.files import atomic_write_text, increment_path
+from utils.files import atomic_write_text, increment_path, make_dirs
 from utils.head import HeadConfig
 from utils.loss import ComputeLoss, LossSettings
 from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride, round_to_stride
@@ -50,11 +52,11 @@ def main_process_first(context: DistContext) -> Iterator[None]:
         barrier(context)
 
 
-def make_run_dir(opts: TrainOptions) -> Path:
-    """runs/train/<name> (incremented unless --exist-ok) with weights/, plus opt.yaml and hyp.yaml."""
-    save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok, mkdir=True)
-    (save_dir / "weights").mkdir(parents=True, exist_ok=True)
-    write_run_yamls(opts, save_dir)
+def new_run_dir(opts: TrainOptions, exist_ok: bool) -> Path:
+    """runs/train/<name> (incremented unless ``exist_ok``) with weights/; its opt.yaml and hyp.yaml are written
+    once the folder is locked (:func:`write_run_yamls`)."""
+    save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=exist_ok, mkdir=True)
+    make_dirs(save_dir / "weights")
     return save_dir
 
 
@@ -63,6 +65,45 @@ def write_run_yamls(opts: TrainOptions, save_dir: Path) -> None:
     hyp = options.pop("hyp")
     atomic_write_text(save_dir / "hyp.yaml", yaml.safe_dump(hyp, sort_keys=False))
     atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(options, sort_keys=False))
+
+
+# Bytes training keeps per parameter: fp32 weights, gradients, optimizer momentum and the EMA copy.
+TRAIN_BYTES_PER_PARAMETER = 16
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory a run on ``device`` can use at most: the GPU's total memory, or the machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def training_memory_floor(opts: TrainOptions, nc: int) -> tuple[int, int]:
+    """(a lower bound of the bytes training needs, the model's parameter count; 0 when --weights sets the model).
+
+    The bound is the parameters' training state plus one activation of the first layer for the whole batch
+    (every layer's is kept for the backward pass, so the true need is several times larger).
+    """
+    channels, stride, params = 3, 1, 0  # without --cfg the model is the (loaded, real) --weights one: the input
+    if opts.cfg:
+        layers = layers_on_meta(opts.cfg, nc, HeadConfig.from_hyp(opts.hyp, opts.imgsz))
+        params = sum(p.numel() for p in layers.parameters())
+        first = next((m for m in layers.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None:
+            channels, stride = first.out_channels, first.stride[0]
+    activations = opts.batch_size * channels * math.ceil(opts.imgsz / stride) ** 2 * 4  # float32
+    return params * TRAIN_BYTES_PER_PARAMETER + activations, params
+
+
+def check_memory(opts: TrainOptions, names: list[str], device: torch.device) -> None:
+    """Refuse, before anything is allocated, a run that cannot fit: --img 100000, or width_multiple: 100."""
+    needed, params = training_memory_floor(opts, len(names))
+    available = device_memory(device)
+    if needed > available:
+        model = f" and {opts.cfg} ({params / 1e6:,.0f}M parameters)" if params else ""
+        raise ValueError(f"--img {opts.imgsz} --batch-size {opts.batch_size}{model}: training needs more than "
+                         f"{needed / 1e9:,.0f} GB, and {device} has {available / 1e9:,.0f} GB; lower --img, "
+                         "--batch-size or the model YAML's width_multiple")
 
 
 def class_names(data: dict[str, Any], single_cls: bool) -> list[str]:

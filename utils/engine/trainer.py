@@ -195,10 +195,11 @@ class Trainer:
         random state the next epoch draws from, so a resumed run repeats the uninterrupted one exactly."""
         return {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "last_optimizer_step": self.last_optimizer_step,
-                "rng": self.rng_state()}
+                "rng": self.rng_state(), "stop": self.stop}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue after the saved (complete) epoch."""
+        """Continue after the saved (complete) epoch; after the last one (or an early stop) no epoch runs, only
+        the final step (validation of best.pt, plots, stripping) that a kill interrupted."""
         initial_lrs = [group.get("initial_lr") for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         for group, initial_lr in zip(self.optimizer.param_groups, initial_lrs):
@@ -206,7 +207,8 @@ class Trainer:
                 group.setdefault("initial_lr", initial_lr)
         if state.get("scaler"):  # empty when saved with AMP off (CPU)
             self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch = int(state["epoch"]) + 1
+        self.epoch = int(state["epoch"])
+        self.start_epoch = self.epochs if state.get("stop") else self.epoch + 1
         self.last_optimizer_step = int(state.get("last_optimizer_step", -1))
         if state.get("rng"):  # absent in checkpoints of older versions: the resume is then not bit-exact
             self.set_rng_state(state["rng"])

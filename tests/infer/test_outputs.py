@@ -1,14 +1,23 @@
-"""Tests for utils/infer/outputs.py: one output per source whatever the names, checked writes, honest endings."""
+"""Tests for utils/infer/outputs.py: one output per source whatever the names, checked writes, honest endings,
+never over the inputs, and YOLOv5 v7.0's txt rows."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import detect
-from tests.conftest import small_filesystem
+from tests.conftest import small_filesystem, tree_bytes
 from utils.files import OutputWriteError
+from utils.infer.options import DetectOptions, ImageResult
+from utils.infer.outputs import OutputWriter
+
+V7_TXT_ROWS = Path(__file__).parents[1] / "fixtures" / "detect_txt_v7.json"  # tests/fixtures/make_detect_txt_rows.py
 
 COMMON = ["--imgsz", "64", "--conf-thres", "0.1", "--max-det", "5", "--save-txt"]
 
@@ -65,3 +74,29 @@ def test_a_failed_run_leaves_no_empty_folder(tmp_path, tiny_checkpoint, monkeypa
         detect.main(["--weights", str(tiny_checkpoint()), "--source", str(tmp_path / "in"), "--imgsz", "64",
                      "--project", str(tmp_path), "--name", "run"])
     assert not (tmp_path / "run").exists() and "Results saved" not in caplog.text
+
+
+@pytest.mark.parametrize("save_conf", [False, True])
+def test_txt_rows_equal_yolov5_v7s(tmp_path, save_conf):
+    """Boxes rounded to whole pixels (half to even) before normalising, as v7.0's detect.py writes them."""
+    writer = OutputWriter(DetectOptions(project=str(tmp_path), save_conf=save_conf, nosave=True), ["x"] * 10, False)
+    for index, case in enumerate(json.loads(V7_TXT_ROWS.read_text())["cases"]):
+        det = torch.tensor(case["det"])
+        result = ImageResult.from_detections(det, "x.jpg", 0, case["shape"], has_uncertainty=False)
+        writer.write_txt(tmp_path / f"{index}.txt", result)
+        assert (tmp_path / f"{index}.txt").read_text().splitlines() == case["rows_conf" if save_conf else "rows"]
+
+
+@pytest.mark.parametrize("layout", ["same folder", "inside the output"])
+def test_detect_never_writes_over_its_input_images(tmp_path, tiny_checkpoint, layout):
+    """`--source photos --project . --name photos --exist-ok` would replace the photos with annotated copies."""
+    project = tmp_path if layout == "same folder" else tmp_path / "out"
+    source = tmp_path / "photos" if layout == "same folder" else project / "photos" / "raw"
+    write_images(source, ["a.jpg", "b.png"])
+    before = tree_bytes(tmp_path)
+    name = "photos" if layout == "same folder" else "."
+    with pytest.raises(ValueError, match=f"holds the source images \\({source}\\); results would be written over"):
+        detect.main(["--weights", str(tiny_checkpoint()), "--source", str(source), *COMMON, "--project", str(project),
+                     "--name", name, "--exist-ok"])
+    after = tree_bytes(tmp_path)
+    assert {k: v for k, v in after.items() if not k.endswith(".pt")} == before

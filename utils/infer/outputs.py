@@ -12,7 +12,14 @@ import numpy as np
 
 from utils.annotate import crop_box, draw_detections
 from utils.boxes import xyxy_to_cxcywhn
-from utils.files import OutputNames, OutputWriteError, atomic_write_text, checked_imwrite, increment_path
+from utils.files import (
+    OutputNames,
+    OutputWriteError,
+    atomic_write_text,
+    checked_imwrite,
+    increment_path,
+    make_dirs,
+)
 from utils.infer.options import DetectOptions, ImageResult
 from utils.infer.sources import Frame, is_stream
 from utils.log import log_once
@@ -23,13 +30,15 @@ logger = logging.getLogger(__name__)
 class OutputWriter:
     """Files of one run under ``project/name``: annotated images and videos, YOLO txt labels, crops."""
 
-    def __init__(self, opts: DetectOptions, names: Sequence[str], has_uncertainty: bool):
+    def __init__(self, opts: DetectOptions, names: Sequence[str], has_uncertainty: bool,
+                 source_files: Sequence[Path] = ()):
         self.opts, self.names, self.has_uncertainty = opts, list(names), has_uncertainty
         self.save_images = not opts.nosave
         self.save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok)
         self.created_dir = not self.save_dir.exists()
         if self.save_images or opts.save_txt or opts.save_crop:
-            (self.save_dir / "labels" if opts.save_txt else self.save_dir).mkdir(parents=True, exist_ok=True)
+            check_not_over_inputs(self.save_dir, source_files)
+            make_dirs(self.save_dir / "labels" if opts.save_txt else self.save_dir)
         self.video_writers: dict[str, tuple[cv2.VideoWriter, Path]] = {}
         self.names_out = OutputNames()  # one output stem per source file (collisions get a stable suffix)
 
@@ -61,9 +70,13 @@ class OutputWriter:
         return f"{stem}_{frame.index + 1}" if frame.is_video else stem
 
     def write_txt(self, path: Path, result: ImageResult) -> None:
-        """YOLO rows ``cls cx cy w h`` normalised, + ``conf`` (+ ``uncertainty`` for C-BBL) with --save-conf."""
+        """YOLO rows ``cls cx cy w h`` normalised, + ``conf`` (+ ``uncertainty`` for C-BBL) with --save-conf.
+
+        As YOLOv5 v7.0's detect.py writes them: the box rounded to whole pixels (half to even, torch.round's
+        rule), then normalised in float32, printed with ``%g``.
+        """
         height, width = result.shape
-        boxes = xyxy_to_cxcywhn(result.xyxy.astype(np.float64), width, height)
+        boxes = xyxy_to_cxcywhn(np.round(result.xyxy.astype(np.float32)), np.float32(width), np.float32(height))
         lines = []
         for i, box in enumerate(boxes):
             values = [f"{v:.6g}" for v in box]
@@ -109,6 +122,16 @@ class OutputWriter:
                 shutil.rmtree(self.save_dir)
         elif self.save_dir.exists():
             logger.info("Results saved to %s", self.save_dir)
+
+
+def check_not_over_inputs(save_dir: Path, source_files: Sequence[Path]) -> None:
+    """Refuse an output folder that is a source folder or holds one (``--project . --name photos --exist-ok`` on
+    ``--source photos``): annotated images and labels would be written over the inputs."""
+    out = save_dir.resolve()
+    for folder in sorted({Path(path).resolve().parent for path in source_files}):
+        if folder == out or out in folder.parents:
+            raise ValueError(f"the output folder {save_dir} holds the source images ({folder}); results would be "
+                             "written over them: choose another --project/--name")
 
 
 def _safe_stem(path: str) -> str:

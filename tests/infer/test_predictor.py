@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from utils.infer.outputs import OutputWriter
-from utils.infer.predictor import DetectOptions, ImageResult, check_imgsz, detect_images, load_backend, load_names, run
+from utils.infer.predictor import (
+    DetectOptions,
+    ImageResult,
+    check_imgsz,
+    detect_images,
+    inference_size,
+    load_backend,
+    load_names,
+    run,
+)
 
 
 def test_options_normalise_and_validate():
@@ -65,9 +77,45 @@ def test_load_names(tmp_path):
     (tmp_path / "list.yaml").write_text("names: [car, van]\n")
     (tmp_path / "map.yaml").write_text("names:\n  1: van\n  0: car\n")
     (tmp_path / "bad.yaml").write_text("nc: 2\n")
-    assert load_names(tmp_path / "list.yaml") == load_names(tmp_path / "map.yaml") == ["car", "van"]
+    assert load_names(tmp_path / "list.yaml", 2) == load_names(tmp_path / "map.yaml", 2) == ["car", "van"]
     with pytest.raises(ValueError, match="bad.yaml"):
-        load_names(tmp_path / "bad.yaml")
+        load_names(tmp_path / "bad.yaml", 2)
+    assert len(load_names("VisDrone.yaml", 10)) == 10, "a bare name looks in data/, as train.py and val.py do"
+
+
+def test_data_names_must_match_the_models_classes(tmp_path, tiny_checkpoint):
+    """An 80-class model relabelled with 10 names would call cars 'bicycle': refused in one line."""
+    (tmp_path / "ten.yaml").write_text(f"names: {[f'c{i}' for i in range(10)]}\n")
+    with pytest.raises(ValueError, match="names 10 classes but the model predicts 3"):
+        run(weights=str(tiny_checkpoint()), source=str(tmp_path), data=str(tmp_path / "ten.yaml"),
+            project=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_or_unreadable_sources_leave_no_run_folder(tmp_path, tiny_checkpoint, caplog):
+    """Every source unreadable is an error, not exit 0 with 'Results saved' and an empty folder."""
+    weights = str(tiny_checkpoint())
+    with pytest.raises(FileNotFoundError, match="missing"):
+        run(weights=weights, source=str(tmp_path / "missing"), project=str(tmp_path / "runs"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"not a jpeg")
+    (broken / "b.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="not one frame could be read"):
+        run(weights=weights, source=str(broken), project=str(tmp_path / "runs"), save_txt=True)
+    assert not (tmp_path / "runs").exists() and "Results saved" not in caplog.text
+
+
+def test_a_fixed_size_export_says_it_ignores_imgsz(caplog):
+    backend = SimpleNamespace(fixed_imgsz=(64, 64), stride=16, weights_name="fixed.onnx")
+    with caplog.at_level(logging.WARNING):
+        assert inference_size(backend, (64, 64)) == (64, 64)
+    assert not caplog.text
+    with caplog.at_level(logging.WARNING):
+        assert inference_size(backend, (1280, 1280)) == (64, 64)
+    assert caplog.messages == ["fixed.onnx was exported for fixed 64x64 inputs: --imgsz 1280 1280 is ignored (export "
+                               "with --dynamic to choose the size here)"]
+    assert inference_size(SimpleNamespace(fixed_imgsz=None, stride=32), (100, 64)) == (128, 64)
 
 
 @pytest.mark.parametrize("box", ["regress", "cbbl"])
@@ -90,7 +138,8 @@ def test_run_returns_arrays_matching_the_txt_files(tmp_path, tiny_checkpoint, bo
         np.testing.assert_array_equal(rows[:, 0], result.cls)
         np.testing.assert_allclose(rows[:, 5], result.conf, rtol=1e-5)
         height, width = result.shape
-        np.testing.assert_allclose(rows[:, 1] * width, (result.xyxy[:, 0] + result.xyxy[:, 2]) / 2, rtol=1e-4)
+        rounded = np.round(result.xyxy)  # YOLOv5 v7.0 rounds the boxes to whole pixels in the txt files
+        np.testing.assert_allclose(rows[:, 1] * width, (rounded[:, 0] + rounded[:, 2]) / 2, rtol=1e-4)
         if box == "cbbl":
             np.testing.assert_allclose(rows[:, 6], result.uncertainty, rtol=1e-5)
     assert (out / "a.jpg").is_file() and (out / "b.png").is_file()

@@ -6,6 +6,7 @@ import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -35,7 +36,7 @@ class OutputWriter:
         self.opts, self.names, self.has_uncertainty = opts, list(names), has_uncertainty
         self.save_images = not opts.nosave
         self.save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok)
-        self.created_dir = not self.save_dir.exists()
+        self.created_root = outermost_missing(self.save_dir)  # what a failed run removes again, if still empty
         if self.save_images or opts.save_txt or opts.save_crop:
             check_not_over_inputs(self.save_dir, source_files)
             make_dirs(self.save_dir / "labels" if opts.save_txt else self.save_dir)
@@ -112,16 +113,28 @@ class OutputWriter:
 
     def close(self, completed: bool = True) -> None:
         """Finish video files; after a complete run say where the results went, after a failed one remove
-        the run folder if this run created it and left it empty."""
+        the folders this run created (the run folder, and its project folder if that was new) if they hold no file."""
         for writer, path in self.video_writers.values():
             writer.release()
             if completed and not (path.is_file() and path.stat().st_size):  # VideoWriter reports no errors
                 raise OutputWriteError(path, "the video file is missing or empty after writing")
         if not completed:
-            if self.created_dir and self.save_dir.is_dir() and not any(p.is_file() for p in self.save_dir.rglob("*")):
-                shutil.rmtree(self.save_dir)
+            root = self.created_root
+            if root is not None and root.is_dir() and not any(p.is_file() for p in root.rglob("*")):
+                shutil.rmtree(root)
         elif self.save_dir.exists():
             logger.info("Results saved to %s", self.save_dir)
+
+
+def outermost_missing(folder: Path) -> Optional[Path]:
+    """The outermost of ``folder`` and its parents that does not exist yet (None if ``folder`` exists): the
+    folder a run creates with ``mkdir -p``, so a failed run can remove all it made (runs/detect/exp, or runs/)."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
 
 
 def check_not_over_inputs(save_dir: Path, source_files: Sequence[Path]) -> None:

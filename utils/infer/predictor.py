@@ -20,12 +20,13 @@ import yaml
 from utils.annotate import save_feature_maps
 from utils.boxes import scale_boxes_to_original
 from utils.data.augment import letterbox
+from utils.files import resolve_path
 from utils.infer.backend import DetectBackend
 from utils.infer.export import run as export_model
 from utils.infer.options import RUNTIMES, DetectOptions, ImageResult
 from utils.infer.outputs import OutputWriter
 from utils.infer.slicing import sliced_detect
-from utils.infer.sources import Frame, iterate_frames
+from utils.infer.sources import Frame, is_stream, iterate_frames, list_files
 from utils.infer.tta import tta_forward
 from utils.log import log_once
 from utils.nms import non_max_suppression
@@ -74,15 +75,20 @@ def check_imgsz(imgsz: Sequence[int], stride: int) -> tuple[int, int]:
     return height, width
 
 
-def load_names(data: Union[str, Path]) -> list[str]:
-    """Class names from a dataset YAML (``names`` as a list or an {id: name} mapping)."""
-    with open(data, encoding="utf-8") as f:
+def load_names(data: Union[str, Path], nc: int) -> list[str]:
+    """Class names from a dataset YAML (``names`` as a list or an {id: name} mapping) for a model of ``nc``
+    classes: a list of another length would relabel the model's classes, so it is refused."""
+    path = resolve_path(data, "--data", "data")
+    with open(path, encoding="utf-8") as f:
         config = yaml.safe_load(f) or {}
     names = config.get("names") if isinstance(config, dict) else None
     if isinstance(names, dict):
         names = [names[key] for key in sorted(names)]
     if not isinstance(names, list):
-        raise ValueError(f"{data}: expected a 'names' list or mapping of class names")
+        raise ValueError(f"{path}: expected a 'names' list or mapping of class names")
+    if len(names) != nc:
+        raise ValueError(f"--data {path} names {len(names)} classes but the model predicts {nc}; give the dataset "
+                         "YAML the model was trained on (or leave --data out to use the model's own names)")
     return [str(name) for name in names]
 
 
@@ -116,12 +122,16 @@ def build_forward(backend: DetectBackend, augment: bool) -> ForwardFn:
 def run(**options) -> list[ImageResult]:
     """Detect on every frame of ``source``; see :class:`DetectOptions` for the options.
 
-    Returns one :class:`ImageResult` per frame read (after --vid-stride), in source order.
+    Returns one :class:`ImageResult` per frame read (after --vid-stride), in source order. The inputs (weights,
+    --data names, the source) are checked before the run folder is made; a source none of whose frames can be
+    read is an error.
     """
     opts = options_from_kwargs(DetectOptions, options)
     backend = load_backend(opts.weights, select_device(opts.device), opts.half, opts.runtime)
     backend.decode_only_above(opts.conf_thres)
-    imgsz = backend.fixed_imgsz or check_imgsz(opts.imgsz, backend.stride)
+    names = load_names(opts.data, backend.nc) if opts.data else backend.names
+    files = None if is_stream(opts.source) else list_files(opts.source)
+    imgsz = inference_size(backend, opts.imgsz)
     if backend.device.type != "cpu":
         backend.warmup(imgsz)
     forward = build_forward(backend, opts.augment)
@@ -129,19 +139,32 @@ def run(**options) -> list[ImageResult]:
     def detect_fn(images: list[np.ndarray]) -> list[torch.Tensor]:
         return detect_images(images, forward, imgsz, backend.stride, backend.nc, opts, backend.fixed_imgsz is not None)
 
-    names = load_names(opts.data) if opts.data else backend.names
-    writer = OutputWriter(opts, names, backend.num_extra > 0)
+    writer = OutputWriter(opts, names, backend.num_extra > 0, files or ())
     results, completed = [], False
     try:
-        for frame in iterate_frames(opts.source, opts.vid_stride):
+        for frame in iterate_frames(opts.source, opts.vid_stride, files):
             results.append(detect_frame(frame, detect_fn, opts, backend.num_extra > 0, names))
             if opts.visualize:
                 visualize(backend, frame, imgsz, writer.save_dir / "features" / writer.frame_stem(frame))
             writer.write(frame, results[-1])
+        if not results:
+            raise ValueError(f"--source {opts.source}: not one frame could be read (every file unreadable, or "
+                             "empty videos); nothing detected")
         completed = True
     finally:
         writer.close(completed)  # finish video files even when a later frame fails
     return results
+
+
+def inference_size(backend: DetectBackend, imgsz: Sequence[int]) -> tuple[int, int]:
+    """--imgsz rounded to the stride; an export frozen to one input size runs at that size, and says so."""
+    if backend.fixed_imgsz is None:
+        return check_imgsz(imgsz, backend.stride)
+    if tuple(imgsz) != backend.fixed_imgsz:
+        logger.warning("%s was exported for fixed %dx%d inputs: --imgsz %s is ignored (export with --dynamic to "
+                       "choose the size here)", backend.weights_name, *backend.fixed_imgsz,
+                       " ".join(str(size) for size in imgsz))
+    return backend.fixed_imgsz
 
 
 def detect_frame(frame: Frame, detect_fn: Callable[[list[np.ndarray]], list[torch.Tensor]], opts: DetectOptions,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -119,8 +119,11 @@ def _list_file_entries(list_file: Path) -> list[Path]:
     return entries
 
 
-def iterate_frames(source: Union[str, Path], vid_stride: int = 1) -> Iterator[Frame]:
+def iterate_frames(source: Union[str, Path], vid_stride: int = 1, files: Optional[Sequence[Path]] = None
+                   ) -> Iterator[Frame]:
     """Frames of any source, in order; a video or stream yields every ``vid_stride``-th frame.
+
+    ``files``: the source's :func:`list_files`, when the caller has listed it already.
 
     Raises ValueError for a stream or webcam that cannot be opened, or vid_stride < 1.
     """
@@ -130,7 +133,7 @@ def iterate_frames(source: Union[str, Path], vid_stride: int = 1) -> Iterator[Fr
     if is_stream(text):
         yield from _read_video(text, vid_stride, stream=True)
         return
-    for path in list_files(text):
+    for path in list_files(text) if files is None else files:
         if is_video_file(path):
             yield from _read_video(str(path), vid_stride, stream=False)
             continue

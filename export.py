@@ -1,7 +1,9 @@
-"""Export a checkpoint to ONNX and/or TorchScript, in a new run folder (best.pt -> runs/export/exp/best.onnx).
+"""Export a checkpoint to ONNX and/or TorchScript, beside the weights as YOLOv5 does (best.pt -> best.onnx).
 
     python export.py --weights runs/train/exp/weights/best.pt --include onnx torchscript --imgsz 640 --dynamic
+    python export.py --weights best.pt --include onnx --project runs/export --name v1   # into a run folder instead
 
+A file of the same name beside the weights is replaced only when this project's export wrote it.
 The ONNX file is checked against PyTorch with ONNX Runtime; detect.py and val.py take either file as --weights.
 Thin CLI: flags -> ExportOptions (utils/infer/export.py, which this parser is generated from) -> ``export``.
 """

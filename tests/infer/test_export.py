@@ -1,5 +1,5 @@
-"""Tests for utils/infer/export.py and export.py: files in a new run folder, never beside the weights, ONNX
-Runtime and TorchScript outputs equal PyTorch's, the C-BBL decode inside the graph, dynamic and fixed shapes,
+"""Tests for utils/infer/export.py and export.py: files beside the weights as YOLOv5 writes them (or in a run
+folder when asked; never over a file we did not write), ONNX Runtime and TorchScript outputs equal PyTorch's, the C-BBL decode inside the graph, dynamic and fixed shapes,
 and detect.py on the exported files."""
 
 from __future__ import annotations
@@ -160,11 +160,43 @@ def test_export_bad_inputs(tmp_path, tiny_checkpoint):
         DetectBackend(plain)
 
 
-def test_export_never_writes_beside_the_weights(tiny_checkpoint):
+def test_export_writes_beside_the_weights_like_yolov5(tiny_checkpoint, caplog):
+    """best.pt -> best.onnx and best.torchscript in the same folder; a later export replaces its own files."""
     weights = tiny_checkpoint("regress", name="best.pt")
-    theirs = weights.with_name("best.onnx")  # e.g. YOLOv5's own export of the same run
-    theirs.write_bytes(b"the user's file")
-    first = export_run(weights, include=["onnx"], imgsz=64)[0]
-    second = export_run(weights, include=["onnx"], imgsz=64)[0]
-    assert theirs.read_bytes() == b"the user's file"
-    assert (first.parent.name, second.parent.name) == ("exp", "exp2") and first.name == second.name == "best.onnx"
+    written = export.main(["--weights", str(weights), "--include", "onnx", "torchscript", "--imgsz", "64"])
+    assert written == [weights.with_suffix(".onnx"), weights.with_suffix(".torchscript")]
+    before = weights.with_suffix(".onnx").read_bytes()
+    again = run_export(weights, include=["onnx"], imgsz=64, dynamic=True)
+    assert again == [weights.with_suffix(".onnx")] and weights.with_suffix(".onnx").read_bytes() != before
+    assert DetectBackend(again[0]).fixed_imgsz is None, "the dynamic export replaced the fixed one"
+    assert sorted(p.name for p in weights.parent.iterdir()) == ["best.onnx", "best.pt", "best.torchscript"], \
+        "no temporary files left"
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".torchscript"])
+def test_export_never_replaces_a_file_it_did_not_write(tiny_checkpoint, suffix):
+    weights = tiny_checkpoint("regress", name="best.pt")
+    theirs = weights.with_suffix(suffix)  # e.g. YOLOv5's own export of the same run
+    plain = torch.nn.Conv2d(3, 3, 1)
+    if suffix == ".onnx":
+        torch.onnx.export(plain, (torch.rand(1, 3, 8, 8),), str(theirs), dynamo=False)
+    else:
+        torch.jit.save(torch.jit.trace(plain, torch.rand(1, 3, 8, 8)), str(theirs))
+    original = theirs.read_bytes()
+    with pytest.raises(ValueError, match=f"best{suffix} already exists and was not written by this project.*"
+                                         "--project/--name"):
+        run_export(weights, include=[suffix[1:]], imgsz=64)
+    assert theirs.read_bytes() == original
+    first = export_run(weights, include=[suffix[1:]], imgsz=64)[0]
+    second = export_run(weights, include=[suffix[1:]], imgsz=64)[0]
+    assert theirs.read_bytes() == original
+    assert (first.parent.name, second.parent.name) == ("exp", "exp2") and first.name == second.name == theirs.name
+
+
+def test_export_into_a_named_run_folder(tiny_checkpoint, tmp_path, monkeypatch):
+    weights = tiny_checkpoint("regress", name="best.pt")
+    (path,) = run_export(weights, include=["onnx"], imgsz=64, project=str(tmp_path / "p"), name="v1")
+    assert path == tmp_path / "p" / "v1" / "best.onnx"
+    monkeypatch.setattr("utils.infer.export.DEFAULT_PROJECT", tmp_path / "default")
+    assert run_export(weights, include=["onnx"], imgsz=64, name="v2")[0] == tmp_path / "default" / "v2" / "best.onnx"
+    assert not weights.with_suffix(".onnx").exists()

@@ -1,5 +1,6 @@
-"""Export a trained checkpoint to ONNX and TorchScript, written to a new ``runs/export/exp*`` folder
-(best.pt -> runs/export/exp/best.onnx): never beside the weights, where a file of the same name may be the user's.
+"""Export a trained checkpoint to ONNX and TorchScript, written beside the weights as YOLOv5 writes them
+(best.pt -> best.onnx), or into ``--project/--name`` when asked. A file of that name beside the weights is replaced
+only when it is an earlier export of this project (it carries our metadata): anything else is the user's.
 
 The exported graph returns YOLOv5's eval-mode layout as its first output ``output0`` (B, N, 5 + nc):
 ``cx, cy, w, h`` pixels, objectness, class scores, so YOLOv5-style post-processors read it unchanged. A
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -39,6 +41,8 @@ YOLOV5_FORMATS = ("torchscript", "onnx", "openvino", "engine", "coreml", "saved_
 OUTPUT_NAME = "output0"  # YOLOv5's name of the detection output
 # Largest allowed |onnxruntime - torch| difference, relative to max(1, |torch value|) (box pixels reach ~1e3).
 ONNX_TOLERANCE = 1e-4
+# Where --project/--name put the files when only one of them is given.
+DEFAULT_PROJECT, DEFAULT_NAME = REPO_ROOT / "runs" / "export", "exp"
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,10 @@ class ExportOptions:
     simplify: bool = option(False, "ONNX: simplify with onnxsim (pip install onnxsim)")
     opset: int = option(17, "ONNX opset version")
     check: bool = option(True, "compare ONNX Runtime with PyTorch on a random batch (--no-check skips it)")
-    project: str = option(str(REPO_ROOT / "runs" / "export"), "save the files to project/name")
-    name: str = option("exp", "save the files to project/name")
+    project: str = option("", f"write into project/name (incremented) instead of beside the weights (default "
+                              f"project with --name: {DEFAULT_PROJECT})")
+    name: str = option("", f"write into project/name instead of beside the weights (default name with --project: "
+                           f"{DEFAULT_NAME})")
     exist_ok: bool = option(False, "reuse an existing project/name")
 
     def __post_init__(self) -> None:
@@ -177,7 +183,7 @@ def onnx_max_error(path: Path, model: nn.Module, images: torch.Tensor) -> float:
 def export(opts: ExportOptions) -> list[Path]:
     """Export ``opts.weights`` (EMA weights when present) to each format in ``opts.include``.
 
-    Returns the paths written, ONNX first, e.g. [runs/export/exp/best.onnx, .../best.torchscript]. ValueError
+    Returns the paths written, ONNX first, e.g. [weights/best.onnx, weights/best.torchscript]. ValueError
     for a bad option (the message names the flag), FileNotFoundError for missing weights.
     """
     if opts.simplify and "onnx" in opts.include:
@@ -186,6 +192,9 @@ def export(opts: ExportOptions) -> list[Path]:
     if opts.half and device.type != "cuda":
         raise ValueError(f"--half exports float16 and needs a CUDA --device (e.g. --device 0), got {device}")
     weights = Path(opts.weights)
+    if not (opts.project or opts.name):
+        for file_format in opts.include:
+            check_replaceable(weights.with_suffix(f".{file_format}"))
     model = model_from_checkpoint(load_checkpoint(weights), use_ema=True, source=weights).fuse().eval().to(device)
     stride = max_stride(model.stride)
     if any(size % stride for size in opts.imgsz):
@@ -194,7 +203,7 @@ def export(opts: ExportOptions) -> list[Path]:
     if opts.half:
         model, example = model.half(), example.half()
     metadata = model_metadata(model, opts.imgsz, opts.batch_size, opts.dynamic)
-    base = increment_path(Path(opts.project) / opts.name, opts.exist_ok, mkdir=True) / weights.name
+    base = output_folder(opts) / weights.name
     written = []
     if "onnx" in opts.include:
         written.append(export_onnx(model, example, base.with_suffix(".onnx"), metadata, opts.opset, opts.dynamic,
@@ -210,6 +219,36 @@ def export(opts: ExportOptions) -> list[Path]:
     for path in written:
         logger.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return written
+
+
+def output_folder(opts: ExportOptions) -> Path:
+    """Beside the weights (YOLOv5's place), or project/name (incremented unless --exist-ok) when either is given."""
+    if not (opts.project or opts.name):
+        return Path(opts.weights).parent
+    return increment_path(Path(opts.project or DEFAULT_PROJECT) / (opts.name or DEFAULT_NAME), opts.exist_ok,
+                          mkdir=True)
+
+
+def is_our_export(path: Path) -> bool:
+    """True for an ONNX or TorchScript file that this project's export wrote (it carries our metadata). Only the
+    file's structure is read: nothing in it runs."""
+    import onnx
+
+    try:
+        if path.suffix == ".onnx":
+            props = onnx.load_model(str(path), load_external_data=False).metadata_props
+            return any(entry.key == METADATA_KEY for entry in props)
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(f"/extra/{METADATA_KEY}.json") for name in archive.namelist())
+    except Exception:  # whatever fails to parse (protobuf, zip or OS errors) is not an export of ours
+        return False
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace ``path`` beside the weights unless an earlier export of ours wrote it."""
+    if (path.exists() or path.is_symlink()) and not (path.is_file() and is_our_export(path)):
+        raise ValueError(f"{path} already exists and was not written by this project's export; remove it, or pass "
+                         "--project/--name to export into a run folder")
 
 
 def run(weights: Union[str, Path], **options: Any) -> list[Path]:

@@ -140,3 +140,29 @@ def test_val_py_slice_scores_the_full_frames(tiny_checkpoint: Path, tmp_path: Pa
     assert json.loads((tmp_path / "sliced" / "results.json").read_text())["map50"] >= 0
     with pytest.raises(ValueError, match="--slice takes two positive"):
         eval_run.ValOptions(weights=("w.pt",), slice=(0, 64))
+
+
+def test_missing_weights_or_data_make_no_run_folder(tiny_checkpoint: Path, tmp_path: Path):
+    """The inputs are checked before project/name is made, so the README's next command finds runs/val/exp."""
+    with pytest.raises(FileNotFoundError, match="--weights .*missing.pt not found"):
+        val.run(weights=str(tmp_path / "missing.pt"), project=str(tmp_path / "runs"))
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        val.run(weights=str(tiny_checkpoint), data=str(tmp_path / "missing.yaml"), project=str(tmp_path / "runs"))
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        val.run(pred=str(tmp_path / "nope.json"), gt=str(tmp_path / "gt.json"), project=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_fixed_size_export_says_it_ignores_imgsz(tiny_checkpoint: Path, tmp_path: Path, caplog):
+    from utils.infer.export import run as run_export
+
+    make_yolo_dataset(tmp_path / "data", num_images=2)
+    data = tmp_path / "data.yaml"
+    data.write_text(json.dumps({"path": str(tmp_path / "data"), "train": "images", "val": "images",
+                                "names": ["car", "truck", "pedestrian", "bicycle", "bus"]}))
+    (onnx_path,) = run_export(tiny_checkpoint, include=["onnx"], imgsz=64, check=False, project=str(tmp_path),
+                              name="export")
+    with caplog.at_level(logging.WARNING):
+        val.run(weights=str(onnx_path), data=str(data), imgsz=128, workers=0, project=str(tmp_path / "runs"),
+                noplots=True)
+    assert f"{onnx_path} was exported for fixed 64x64 inputs: --imgsz 128 is ignored" in caplog.text

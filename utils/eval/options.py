@@ -80,5 +80,7 @@ class ValOptions:
                 raise ValueError(f"--slice takes two positive tile sides H W, got {self.slice}")
             if not 0 <= self.overlap < 1:
                 raise ValueError(f"--overlap must lie in [0, 1), got {self.overlap}")
+        if self.max_det is not None and self.max_det < 1:
+            raise ValueError(f"--max-det {self.max_det}: keep at least 1 detection per image (default: the protocol's)")
         if self.batch_size < 1 or self.imgsz < 32:
             raise ValueError(f"--batch-size {self.batch_size} must be >= 1 and --imgsz {self.imgsz} >= 32")

@@ -39,14 +39,32 @@ STUDY_COLUMNS = ("imgsz", "P", "R", "mAP50", "mAP50-95", "t_preprocess_ms", "t_i
 def run(**kwargs: Any) -> ValResults | list[ValResults]:
     """``val.run(weights=..., data=..., imgsz=...)`` as in YOLOv5: ValOptions fields as keyword arguments.
 
-    Makes the run folder (project/name, incremented), records the options in it and runs them.
+    Checks the inputs, then makes the run folder (project/name, incremented), records the options in it and runs
+    them.
     """
     opts = options_from_kwargs(ValOptions, kwargs)
+    check_inputs(opts)
     save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok, mkdir=True)
     atomic_write_text(save_dir / "options.json", json.dumps(asdict(opts), indent=2))
     results = run_options(opts, save_dir)
     logger.info("results saved to %s", save_dir)
     return results
+
+
+def check_inputs(opts: ValOptions) -> None:
+    """Raise for a missing --weights file, --data YAML or split, or --pred/--gt, before a run folder is made."""
+    if opts.pred is not None:
+        _pred_format(opts)
+        return
+    for weights in opts.weights:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"--weights {weights} not found")
+    load_data_config(opts.data, splits=(_split(opts),))
+
+
+def _split(opts: ValOptions) -> str:
+    """The dataset split a model run reads: --task's, or val for speed and study."""
+    return "val" if opts.task in ("speed", "study") else opts.task
 
 
 def run_options(opts: ValOptions, save_dir: Path) -> ValResults | list[ValResults]:
@@ -62,12 +80,15 @@ def run_options(opts: ValOptions, save_dir: Path) -> ValResults | list[ValResult
 
 def run_model(opts: ValOptions, save_dir: Path, backend: Optional[DetectBackend] = None) -> ValResults:
     """Load the weights (DetectBackend, unless given: a study reuses one), build the split's loader and validate."""
-    split = "val" if opts.task in ("speed", "study") else opts.task
+    split = _split(opts)
     data = load_data_config(opts.data, splits=(split,))
     backend = backend or _backend(opts)
     if backend.nc != data["nc"] and not opts.single_cls:
         raise ValueError(f"{opts.weights[0]} predicts {backend.nc} classes but {opts.data} has {data['nc']}")
     exported = backend.fixed_imgsz is not None
+    if exported and opts.imgsz != backend.fixed_imgsz[0]:
+        logger.warning("%s was exported for fixed %dx%d inputs: --imgsz %d is ignored (export with --dynamic to "
+                       "choose the size here)", opts.weights[0], *backend.fixed_imgsz, opts.imgsz)
     imgsz = backend.fixed_imgsz[0] if exported else round_to_stride(opts.imgsz, backend.stride)  # as train/detect
     loader, _ = create_dataloader(data[split], imgsz, backend.fixed_batch or opts.batch_size, backend.stride,
                                   rect=not exported, pad=0.5, workers=opts.workers, single_cls=opts.single_cls,

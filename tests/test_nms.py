@@ -115,7 +115,8 @@ def test_non_max_suppression_contract_with_extra_column():
     assert only_class_1[:, 5].tolist() == [1.0]
 
 
-def test_non_max_suppression_max_det_and_candidates_warning(caplog):
+def test_non_max_suppression_max_det_and_candidates_warning(caplog, monkeypatch):
+    monkeypatch.setattr("utils.nms._CAPS_LOGGED", set())  # a fresh process: nothing logged yet
     generator = torch.Generator().manual_seed(0)
     centres = torch.rand(1, 600, 2, generator=generator) * 2000
     pred = torch.cat([centres, torch.full((1, 600, 2), 8.0), torch.rand(1, 600, 3, generator=generator) * 0.5 + 0.5],
@@ -124,8 +125,10 @@ def test_non_max_suppression_max_det_and_candidates_warning(caplog):
     assert len(dets) == 500
     assert (dets[:-1, 4] >= dets[1:, 4]).all()
     with caplog.at_level(logging.WARNING):
-        non_max_suppression(pred, 0.01, 0.5, max_candidates=100)
-    assert any("candidates" in r.message for r in caplog.records)
+        for _batch in range(3):  # every image of every batch is over the cap: one line for the run, not one per batch
+            non_max_suppression(pred.repeat(2, 1, 1), 0.01, 0.5, max_candidates=100)
+    assert [r.message for r in caplog.records] == ["NMS: 600 candidates above conf 0.01 in an image, keeping the top "
+                                                   "100 (further images over the cap are not logged)"]
 
 
 def test_non_max_suppression_empty_and_bad_thresholds():

@@ -122,6 +122,19 @@ def _nms_class_by_class(boxes: torch.Tensor, scores: torch.Tensor, classes: torc
     return kept[scores[kept].argsort(descending=True, stable=True)]
 
 
+# (conf_thres, max_candidates) settings whose cap has been logged: once per process, not once per batch.
+_CAPS_LOGGED: set[tuple[float, int]] = set()
+
+
+def warn_capped(count: int, conf_thres: float, max_candidates: int) -> None:
+    """Say (once per setting and process) that an image had more boxes above conf than NMS takes."""
+    if (conf_thres, max_candidates) in _CAPS_LOGGED:
+        return
+    _CAPS_LOGGED.add((conf_thres, max_candidates))
+    logger.warning("NMS: %d candidates above conf %.3g in an image, keeping the top %d (further images over the "
+                   "cap are not logged)", count, conf_thres, max_candidates)
+
+
 def non_max_suppression(
     prediction: torch.Tensor,
     conf_thres: float = 0.25,
@@ -140,8 +153,8 @@ def non_max_suppression(
         prediction: (B, N, 5 + nc + E) rows ``cx, cy, w, h, obj, cls_0..cls_{nc-1}, extra_0..`` in
             pixels; the E extra columns (e.g. the C-BBL localization uncertainty) ride along.
         nc: number of classes; defaults to all columns after objectness (E = 0).
-        max_candidates: boxes above ``conf_thres`` kept for NMS per image, highest first; a warning is
-            logged whenever more are present (never a silent cut).
+        max_candidates: boxes above ``conf_thres`` kept for NMS per image, highest first; the first image with
+            more is logged once per process (never a silent cut, never one line per batch).
     Returns:
         B tensors of (n, 6 + E): ``x1, y1, x2, y2, conf, cls, extra..``, by decreasing conf, n <= max_det.
     """
@@ -166,8 +179,7 @@ def non_max_suppression(
         if classes is not None:
             dets = dets[(dets[:, 5:6] == torch.tensor(classes, device=dets.device)).any(1)]
         if dets.shape[0] > max_candidates:
-            logger.warning("NMS: %d candidates above conf %.3g, keeping the top %d", len(dets), conf_thres,
-                           max_candidates)
+            warn_capped(len(dets), conf_thres, max_candidates)
         dets = dets[dets[:, 4].argsort(descending=True)[:max_candidates]]  # one sort: cap, and the kernel's order
         class_ids = torch.zeros_like(dets[:, 5]) if agnostic else dets[:, 5]
         keep = batched_nms(dets[:, :4], dets[:, 4], class_ids, iou_thres, backend, presorted=True)[:max_det]

@@ -33,7 +33,12 @@ def _finish(model: Model, autoshape: bool, device: Optional[str]) -> nn.Module:
 
 def custom(path: Union[str, Path], autoshape: bool = True, _verbose: bool = True, device: Optional[str] = None
            ) -> nn.Module:
-    """A trained checkpoint (ours or YOLOv5/TPH-YOLOv5), EMA weights when present, in eval mode."""
+    """A trained checkpoint (ours or YOLOv5/TPH-YOLOv5), EMA weights when present, in eval mode.
+
+    Exported files (.onnx, .torchscript) are refused by name: detect.py and val.py run them."""
+    if Path(path).suffix != ".pt":
+        raise ValueError(f"{path}: torch.hub 'custom' loads .pt checkpoints (this project's or YOLOv5/TPH-YOLOv5's); "
+                         f"run an exported file with detect.py or val.py --weights {path}")
     return _finish(model_from_checkpoint(load_checkpoint(path), use_ema=True, source=path), autoshape, device)
 
 

@@ -1,5 +1,6 @@
 """YOLOv5's torch.hub inference interface: :class:`AutoShape` (any images in, NMS'd boxes out) and
-:class:`Detections` (``.xyxy``, ``.xywhn``, ``.pandas()``, ``.save()``, ``.print()`` as YOLOv5 users expect).
+:class:`Detections` (``.xyxy``, ``.xywhn``, ``.pandas()``, ``.save()``, ``.crop()``, ``.show()``, ``.tolist()``,
+``.print()`` as YOLOv5 users expect).
 
 Images may be file paths, ``pathlib.Path``, HWC uint8 RGB numpy arrays or PIL images (YOLOv5's convention:
 arrays are RGB). Preprocessing and NMS are detect.py's (utils/infer/predictor.py), so hub results equal
@@ -9,6 +10,8 @@ detect.py's for the same settings.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.annotate import draw_detections
+from utils.annotate import crop_box, draw_detections
 from utils.boxes import xyxy_to_cxcywh
 from utils.files import checked_imwrite, increment_path, read_image
 from utils.infer.options import DetectOptions
@@ -122,6 +125,50 @@ class Detections:
             checked_imwrite(path, np.ascontiguousarray(image[:, :, ::-1]))
         logger.info("Saved %d image%s to %s", self.n, "s" * (self.n > 1), folder)
         return folder
+
+    def crop(self, save: bool = True, save_dir: Union[str, Path] = "runs/detect/exp", exist_ok: bool = False
+             ) -> list[dict[str, Any]]:
+        """YOLOv5's ``results.crop()``: one dict per box, ``box`` (xyxy), ``conf``, ``cls``, ``label`` and ``im``
+        (the region, enlarged as detect.py's --save-crop enlarges it, BGR as YOLOv5 returns it); with ``save``
+        also written to <save_dir>/crops/<class>/<image stem>_<box>.jpg in a new folder."""
+        folder = increment_path(save_dir, exist_ok=exist_ok, mkdir=True) if save else None
+        crops = []
+        for image, pred, file in zip(self.ims, self.pred, self.files):
+            bgr = np.ascontiguousarray(image[:, :, ::-1])
+            for index, (*box, conf, cls) in enumerate(pred.tolist()):
+                name = self.names[int(cls)]
+                crop = crop_box(bgr, box)
+                if folder is not None:
+                    checked_imwrite(folder / "crops" / name / f"{Path(file).stem}_{index}.jpg", crop)
+                crops.append({"box": box, "conf": conf, "cls": int(cls), "label": f"{name} {conf:.2f}", "im": crop})
+        if folder is not None:
+            logger.info("Saved %d crop%s to %s", len(crops), "s" * (len(crops) != 1), folder / "crops")
+        return crops
+
+    def show(self, labels: bool = True) -> None:
+        """Display the annotated images: inline in Jupyter, else in the system's image viewer. Where there is no
+        display (a server, a container) one warning says so and points to ``save()``/``render()``."""
+        from PIL import Image, ImageShow  # Pillow comes with matplotlib; only showing needs it
+
+        images = [Image.fromarray(image) for image in self.render(labels)]
+        if "ipykernel" in sys.modules:
+            from IPython.display import display
+
+            for image in images:
+                display(image)
+            return
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            logger.warning("results.show(): no display here (DISPLAY is not set); use results.save() to write the "
+                           "images or results.render() to get them as arrays")
+            return
+        for image, file in zip(images, self.files):
+            if not ImageShow.show(image, title=file):
+                logger.warning("results.show(): no image viewer found; use results.save() or results.render()")
+                return
+
+    def tolist(self) -> list[Detections]:
+        """One :class:`Detections` per image, as YOLOv5's ``results.tolist()`` (``for r in results.tolist()``)."""
+        return [Detections([im], [pred], [file], self.names) for im, pred, file in zip(self.ims, self.pred, self.files)]
 
     def pandas(self) -> Any:
         """An object whose ``.xyxy``, ``.xyxyn``, ``.xywh``, ``.xywhn`` are lists of DataFrames (YOLOv5's columns)."""

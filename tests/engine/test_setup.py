@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import resource
+
 import pytest
 import torch
 import yaml
 
 from models.yolo import Model
 from utils.engine.options import parse_options
-from utils.engine.setup import build
+from utils.engine.setup import build, check_memory, training_memory_floor
 from utils.loss import ComputeLoss
 
 
@@ -59,3 +61,22 @@ def test_tile_options_are_validated():
         parse_options(["--tile", "640", "--tile-overlap", "1"])
     with pytest.raises(ValueError, match="--tile must be >= 0"):
         parse_options(["--tile", "-1"])
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path, monkeypatch):
+    """--img 100000 or width_multiple: 100 would die in the allocator (or swap for hours): refused in one line."""
+    monkeypatch.setattr("utils.engine.setup.device_memory", lambda device: 128e9)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    wide = tmp_path / "wide.yaml"
+    wide.write_text(yaml.safe_dump({**yaml.safe_load(open("models/yolov5n.yaml")), "width_multiple": 100}))
+    opts = parse_options(["--img", "64", "--cfg", str(wide)])
+    needed, params = training_memory_floor(opts, 2)
+    assert params > 1e11 and needed > params * 16, "counted on the meta device, nothing allocated"
+    with pytest.raises(ValueError, match=f"and {wide} \\([0-9,]+M parameters\\): training needs more than"):
+        check_memory(opts, ["a", "b"], torch.device("cpu"))
+    with pytest.raises(ValueError, match="--img 100000 --batch-size 8 and .* training needs more than 1,2"):
+        check_memory(parse_options(["--img", "100000", "--cfg", "yolov5n.yaml"]), ["a"], torch.device("cpu"))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 1024**2, "under 1 GB more at peak"
+    check_memory(parse_options(["--img", "1536", "--cfg", "yolov5l-xs-tph.yaml"]), ["a"] * 10, torch.device("cpu"))
+    small, small_params = training_memory_floor(parse_options(["--img", "640", "--cfg", "yolov5s.yaml"]), 80)
+    assert 7.0e6 < small_params < 7.3e6, "yolov5s: 7.2M parameters, as YOLOv5 reports"

@@ -115,3 +115,16 @@ def test_resume_from_optimizer_groups_without_initial_lr_keeps_the_schedule_base
         group["initial_lr"] = 0.1  # as build_optimizer sets it
     fresh.load_state_dict(state)
     assert [group["initial_lr"] for group in fresh.optimizer.param_groups] == [0.1]
+
+
+def test_an_early_stopped_state_resumes_into_the_final_step_only():
+    """A kill after early stopping (during the final validation) must not train further epochs on --resume."""
+    trainer = make_trainer(toy_batches(), epochs=1)
+    trainer.fit()
+    trainer.stop = True
+    recorder = Recorder()
+    fresh = make_trainer(toy_batches(), hooks=[recorder], epochs=5)
+    fresh.load_state_dict(trainer.state_dict())
+    assert (fresh.start_epoch, fresh.epoch) == (5, 0)
+    fresh.fit()
+    assert recorder.events == ["before_train", "after_train completed=True"]

@@ -7,8 +7,9 @@ import logging
 import pytest
 import torch
 
-from models.yolo import Model, load_model_yaml, main, transfer_state_dict
+from models.yolo import Model, layers_on_meta, load_model_yaml, main, transfer_state_dict
 from tests.conftest import REPO_ROOT
+from utils.head import HeadConfig
 
 MODELS = REPO_ROOT / "models"
 CBBL = {"box_loss": "cbbl", "bins": 11, "alpha": 4, "beta": 5, "space": "logit", "restore": "expectation"}
@@ -121,6 +122,20 @@ def test_cli_prints_the_table(caplog):
         model = main(["--cfg", str(MODELS / "yolov5n.yaml"), "--img", "320", "--box-loss", "cbbl"])
     assert model.detect.box_mode == "cbbl"
     assert "SPPF" in caplog.text and "GFLOPs at 320 px" in caplog.text and "box_loss='cbbl'" in caplog.text
+
+
+def test_cli_finds_bare_cfg_names_in_models_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--cfg", "yolov5n.yaml", "--img", "64"]).yaml["nc"] == 80
+    with pytest.raises(FileNotFoundError, match="--cfg nope.yaml not found"):
+        main(["--cfg", "nope.yaml"])
+
+
+def test_layers_on_meta_count_what_model_builds():
+    built = Model(MODELS / "yolov5n.yaml", nc=3)
+    layers = layers_on_meta(MODELS / "yolov5n.yaml", 3, HeadConfig.from_dict(built.yaml["detect"]))
+    assert sum(p.numel() for p in layers.parameters()) == sum(p.numel() for p in built.parameters())
+    assert all(p.device.type == "meta" for p in layers.parameters())
 
 
 def test_cli_names_the_bad_row(tmp_path):

@@ -1,6 +1,6 @@
 """Tests for utils/infer/export.py and export.py: files beside the weights as YOLOv5 writes them (or in a run
-folder when asked; never over a file we did not write), ONNX Runtime and TorchScript outputs equal PyTorch's, the C-BBL decode inside the graph, dynamic and fixed shapes,
-and detect.py on the exported files."""
+folder when asked; never over a file we did not write), ONNX Runtime and TorchScript outputs equal PyTorch's,
+the C-BBL decode inside the graph, dynamic and fixed shapes, and detect.py on the exported files."""
 
 from __future__ import annotations
 

@@ -424,14 +424,18 @@ def test_ctrl_c_prints_where_last_pt_is_and_how_to_resume(exact_data, tmp_path):
     argv = [*tiny_argv(exact_data, tmp_path), "--epochs", "300", "--project", str(tmp_path / "runs")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("CBBL_TRACEBACK", None)
-    process = subprocess.Popen([sys.executable, "train.py", *argv], cwd=REPO_ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-X", "faulthandler", "train.py", *argv], cwd=REPO_ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "runs" / "exp" / "weights" / "last.pt"
     deadline = time.time() + 240
     while not last.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    stderr = process.communicate(timeout=120)[1]
+    try:
+        stderr = process.communicate(timeout=120)[1]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack: where it hangs
+        pytest.fail(f"train.py still running 120 s after ctrl-C:\n{process.communicate(timeout=60)[1][-6000:]}")
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (f"train.py: training interrupted; the last complete epoch is saved "

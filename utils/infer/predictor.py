@@ -15,12 +15,11 @@ from typing import Callable, Union
 
 import numpy as np
 import torch
-import yaml
 
 from utils.annotate import save_feature_maps
 from utils.boxes import scale_boxes_to_original
 from utils.data.augment import letterbox
-from utils.files import resolve_path
+from utils.files import load_yaml_file, resolve_path
 from utils.infer.backend import DetectBackend
 from utils.infer.export import run as export_model
 from utils.infer.options import RUNTIMES, DetectOptions, ImageResult
@@ -79,8 +78,7 @@ def load_names(data: Union[str, Path], nc: int) -> list[str]:
     """Class names from a dataset YAML (``names`` as a list or an {id: name} mapping) for a model of ``nc``
     classes: a list of another length would relabel the model's classes, so it is refused."""
     path = resolve_path(data, "--data", "data")
-    with open(path, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
+    config = load_yaml_file(path) or {}
     names = config.get("names") if isinstance(config, dict) else None
     if isinstance(names, dict):
         names = [names[key] for key in sorted(names)]

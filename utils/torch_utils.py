@@ -36,6 +36,14 @@ def round_to_stride(size: int, stride: int, flag: str = "--img") -> int:
     return rounded
 
 
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory a run on ``device`` can use at most: the GPU's total memory, or the machine's RAM. Sizes that
+    cannot fit are refused before anything is allocated (train's model and batch, val's and detect's input)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def select_device(device: str = "", batch_size: int = 0) -> torch.device:
     """'' (auto: first CUDA device, else CPU), 'cpu', '0' or '0,1' (CUDA ids) -> torch.device.
 

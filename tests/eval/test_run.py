@@ -166,3 +166,13 @@ def test_a_fixed_size_export_says_it_ignores_imgsz(tiny_checkpoint: Path, tmp_pa
         val.run(weights=str(onnx_path), data=str(data), imgsz=128, workers=0, project=str(tmp_path / "runs"),
                 noplots=True)
     assert f"{onnx_path} was exported for fixed 64x64 inputs: --imgsz 128 is ignored" in caplog.text
+
+
+def test_an_absurd_imgsz_is_refused_in_one_line(tiny_checkpoint: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("utils.infer.predictor.device_memory", lambda device: 128e9)
+    make_yolo_dataset(tmp_path / "data", num_images=2)
+    data = tmp_path / "data.yaml"
+    data.write_text(json.dumps({"path": str(tmp_path / "data"), "train": "images", "val": "images",
+                                "names": ["car", "truck", "pedestrian", "bicycle", "bus"]}))
+    with pytest.raises(ValueError, match="--imgsz 100000 100000: a batch of 32 needs more than"):
+        val.run(weights=str(tiny_checkpoint), data=str(data), imgsz=100000, workers=0, project=str(tmp_path / "runs"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 from types import SimpleNamespace
 
 import cv2
@@ -15,6 +16,7 @@ from utils.infer.predictor import (
     DetectOptions,
     ImageResult,
     check_imgsz,
+    check_input_memory,
     detect_images,
     inference_size,
     load_backend,
@@ -159,3 +161,16 @@ def test_onnxruntime_runtime_matches_torch_and_writes_nothing_beside_the_weights
     assert sorted(weights.parent.iterdir()) == before
     with pytest.raises(ValueError, match="runtime"):
         load_backend([str(weights)], torch.device("cpu"), runtime="tensorrt")
+
+
+def test_an_absurd_imgsz_is_refused_before_anything_is_allocated(tmp_path, tiny_checkpoint, monkeypatch):
+    """--imgsz 100000 would letterbox a 30 GB image: refused in one line, under 1 GB of memory, no run folder."""
+    monkeypatch.setattr("utils.infer.predictor.device_memory", lambda device: 128e9)
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(ValueError, match="--imgsz 100000 100000: a batch of 1 needs more than 230 GB .* has 128 GB"):
+        run(weights=str(tiny_checkpoint()), source=str(tmp_path / "a.png"), imgsz=100000, project=str(tmp_path / "r"))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 1024**2
+    assert not (tmp_path / "r").exists()
+    backend = load_backend([str(tiny_checkpoint())], torch.device("cpu"))
+    check_input_memory(backend, (1536, 1536), 8)  # a real size passes

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ from utils.engine.transfer import transfer_weights
 from utils.files import atomic_write_text, increment_path, make_dirs
 from utils.head import HeadConfig
 from utils.loss import ComputeLoss, LossSettings
-from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride, round_to_stride
+from utils.torch_utils import TRAIN_GRID_FLOOR, device_memory, max_stride, round_to_stride
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +68,6 @@ def write_run_yamls(opts: TrainOptions, save_dir: Path) -> None:
 
 # Bytes training keeps per parameter: fp32 weights, gradients, optimizer momentum and the EMA copy.
 TRAIN_BYTES_PER_PARAMETER = 16
-
-
-def device_memory(device: torch.device) -> int:
-    """Bytes of memory a run on ``device`` can use at most: the GPU's total memory, or the machine's RAM."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def training_memory_floor(opts: TrainOptions, nc: int) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
 from utils.eval.validator import DEFAULT_PROTOCOL, Slicing, ValResults, log_results, validate
 from utils.files import atomic_write_text, increment_path
 from utils.infer.backend import DetectBackend
-from utils.infer.predictor import load_backend
+from utils.infer.predictor import check_input_memory, load_backend
 from utils.options import options_from_kwargs
 from utils.torch_utils import round_to_stride, select_device
 
@@ -90,6 +90,7 @@ def run_model(opts: ValOptions, save_dir: Path, backend: Optional[DetectBackend]
         logger.warning("%s was exported for fixed %dx%d inputs: --imgsz %d is ignored (export with --dynamic to "
                        "choose the size here)", opts.weights[0], *backend.fixed_imgsz, opts.imgsz)
     imgsz = backend.fixed_imgsz[0] if exported else round_to_stride(opts.imgsz, backend.stride)  # as train/detect
+    check_input_memory(backend, (imgsz, imgsz), backend.fixed_batch or opts.batch_size)
     loader, _ = create_dataloader(data[split], imgsz, backend.fixed_batch or opts.batch_size, backend.stride,
                                   rect=not exported, pad=0.5, workers=opts.workers, single_cls=opts.single_cls,
                                   prefix=f"{split}: ")

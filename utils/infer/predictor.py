@@ -7,6 +7,7 @@ touching the disk; :class:`OutputWriter` writes annotated images/videos, YOLO tx
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from typing import Callable, Union
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from utils.annotate import save_feature_maps
 from utils.boxes import scale_boxes_to_original
@@ -30,7 +32,7 @@ from utils.infer.tta import tta_forward
 from utils.log import log_once
 from utils.nms import non_max_suppression
 from utils.options import options_from_kwargs
-from utils.torch_utils import max_stride, round_to_stride, select_device
+from utils.torch_utils import device_memory, max_stride, round_to_stride, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,7 @@ def run(**options) -> list[ImageResult]:
     names = load_names(opts.data, backend.nc) if opts.data else backend.names
     files = None if is_stream(opts.source) else list_files(opts.source)
     imgsz = inference_size(backend, opts.imgsz)
+    check_input_memory(backend, imgsz, opts.slice_batch if opts.slice is not None else 1)
     if backend.device.type != "cpu":
         backend.warmup(imgsz)
     forward = build_forward(backend, opts.augment)
@@ -152,6 +155,22 @@ def run(**options) -> list[ImageResult]:
     finally:
         writer.close(completed)  # finish video files even when a later frame fails
     return results
+
+
+def check_input_memory(backend: DetectBackend, imgsz: Sequence[int], batch_size: int) -> None:
+    """Refuse an inference size whose first tensors cannot fit on the device (``--imgsz 100000``), before anything
+    is allocated: a lower bound, the letterboxed uint8 batch, its float copy and the first layer's float output."""
+    height, width = imgsz
+    first = next((m for m in backend.models[0].modules() if isinstance(m, nn.Conv2d)), None) \
+        if hasattr(backend, "models") else None
+    channels, stride = (first.out_channels, first.stride[0]) if first is not None else (3, 1)
+    needed = batch_size * (height * width * 3 * (1 + 4) + channels * math.ceil(height / stride)
+                           * math.ceil(width / stride) * 4)
+    available = device_memory(backend.device)
+    if needed > available:
+        raise ValueError(f"--imgsz {height} {width}: a batch of {batch_size} needs more than {needed / 1e9:,.0f} GB "
+                         f"for the input and the first layer, and {backend.device} has {available / 1e9:,.0f} GB; "
+                         "lower --imgsz (detect.py --slice H W runs a large frame in tiles)")
 
 
 def inference_size(backend: DetectBackend, imgsz: Sequence[int]) -> tuple[int, int]:

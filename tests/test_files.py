@@ -36,7 +36,9 @@ from utils.files import (
     is_video_file,
     load_yaml_file,
     make_dirs,
+    outermost_missing,
     read_image,
+    remove_created_folder,
     remove_stale_temps,
 )
 
@@ -233,3 +235,16 @@ def test_a_locked_folder_is_refused_at_once_and_freed_with_its_holder(tmp_path):
     killed.wait()
     with folder_lock(tmp_path, "training"):  # a killed holder never leaves the folder locked
         pass
+
+
+def test_a_failed_run_removes_only_the_folders_it_made(tmp_path):
+    target = tmp_path / "runs" / "val" / "exp"
+    assert outermost_missing(target) == tmp_path / "runs" and outermost_missing(tmp_path) is None
+    make_dirs(target)
+    own = atomic_write_text(target / "options.json", "{}")
+    remove_created_folder(tmp_path / "runs", [own])
+    assert not (tmp_path / "runs").exists()
+    make_dirs(target)
+    (target / "theirs.txt").write_text("not ours")
+    remove_created_folder(tmp_path / "runs", [own])
+    assert (target / "theirs.txt").read_text() == "not ours"

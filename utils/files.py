@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -66,6 +67,27 @@ def make_dirs(path: Union[str, Path]) -> Path:
     except OSError as error:
         raise OutputWriteError(path, error) from error
     return path
+
+
+def outermost_missing(folder: Path) -> Optional[Path]:
+    """The outermost of ``folder`` and its parents that does not exist yet (None if ``folder`` exists): the
+    folder a run creates with ``mkdir -p``, so a failed run can remove all it made (runs/detect/exp, or runs/)."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
+
+
+def remove_created_folder(root: Optional[Path], own_files: Sequence[Path] = ()) -> None:
+    """After a failed run, remove ``root`` (what :func:`outermost_missing` said the run would create) when it holds
+    no file but ``own_files`` (e.g. the run's options record): a user's next run is then exp again, not exp2."""
+    if root is None or not root.is_dir():
+        return
+    own = {Path(path) for path in own_files}
+    if all(path.is_dir() or path in own for path in root.rglob("*")):
+        shutil.rmtree(root)
 
 
 # The file a run folder's lock is taken on (utils/engine/run.py: one training per run folder at a time).

@@ -176,3 +176,10 @@ def test_an_absurd_imgsz_is_refused_in_one_line(tiny_checkpoint: Path, tmp_path:
                                 "names": ["car", "truck", "pedestrian", "bicycle", "bus"]}))
     with pytest.raises(ValueError, match="--imgsz 100000 100000: a batch of 32 needs more than"):
         val.run(weights=str(tiny_checkpoint), data=str(data), imgsz=100000, workers=0, project=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists(), "a failed run removes the folders it made"
+    (tmp_path / "runs" / "exp").mkdir(parents=True)
+    (tmp_path / "runs" / "exp" / "mine.txt").write_text("a user's file")
+    with pytest.raises(ValueError, match="needs more than"):
+        val.run(weights=str(tiny_checkpoint), data=str(data), imgsz=100000, workers=0, project=str(tmp_path / "runs"),
+                exist_ok=True)
+    assert sorted(p.name for p in (tmp_path / "runs" / "exp").iterdir()) == ["mine.txt", "options.json"]

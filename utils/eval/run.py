@@ -22,7 +22,7 @@ from utils.eval.options import ValOptions
 from utils.eval.plots import plot_study
 from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
 from utils.eval.validator import DEFAULT_PROTOCOL, Slicing, ValResults, log_results, validate
-from utils.files import atomic_write_text, increment_path
+from utils.files import atomic_write_text, increment_path, make_dirs, outermost_missing, remove_created_folder
 from utils.infer.backend import DetectBackend
 from utils.infer.predictor import check_input_memory, load_backend
 from utils.options import options_from_kwargs
@@ -40,13 +40,19 @@ def run(**kwargs: Any) -> ValResults | list[ValResults]:
     """``val.run(weights=..., data=..., imgsz=...)`` as in YOLOv5: ValOptions fields as keyword arguments.
 
     Checks the inputs, then makes the run folder (project/name, incremented), records the options in it and runs
-    them.
+    them. A run that fails removes the folders it made if they hold nothing but its options.json.
     """
     opts = options_from_kwargs(ValOptions, kwargs)
     check_inputs(opts)
-    save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok, mkdir=True)
-    atomic_write_text(save_dir / "options.json", json.dumps(asdict(opts), indent=2))
-    results = run_options(opts, save_dir)
+    save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok)
+    created = outermost_missing(save_dir)
+    make_dirs(save_dir)
+    options_file = atomic_write_text(save_dir / "options.json", json.dumps(asdict(opts), indent=2))
+    try:
+        results = run_options(opts, save_dir)
+    except BaseException:
+        remove_created_folder(created, [options_file])
+        raise
     logger.info("results saved to %s", save_dir)
     return results
 

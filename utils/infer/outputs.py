@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -20,6 +18,8 @@ from utils.files import (
     checked_imwrite,
     increment_path,
     make_dirs,
+    outermost_missing,
+    remove_created_folder,
 )
 from utils.infer.options import DetectOptions, ImageResult
 from utils.infer.sources import Frame, is_stream
@@ -119,22 +119,9 @@ class OutputWriter:
             if completed and not (path.is_file() and path.stat().st_size):  # VideoWriter reports no errors
                 raise OutputWriteError(path, "the video file is missing or empty after writing")
         if not completed:
-            root = self.created_root
-            if root is not None and root.is_dir() and not any(p.is_file() for p in root.rglob("*")):
-                shutil.rmtree(root)
+            remove_created_folder(self.created_root)
         elif self.save_dir.exists():
             logger.info("Results saved to %s", self.save_dir)
-
-
-def outermost_missing(folder: Path) -> Optional[Path]:
-    """The outermost of ``folder`` and its parents that does not exist yet (None if ``folder`` exists): the
-    folder a run creates with ``mkdir -p``, so a failed run can remove all it made (runs/detect/exp, or runs/)."""
-    missing = None
-    for path in (folder, *folder.parents):
-        if path.exists():
-            break
-        missing = path
-    return missing
 
 
 def check_not_over_inputs(save_dir: Path, source_files: Sequence[Path]) -> None:

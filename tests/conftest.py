@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,31 +23,28 @@ FOREIGN_FILES = ("yolov5s-v7.0-tiny.pt", "tph-yolov5l-xs-tph-s.pt", "tph-yolov5l
                  "tph-yolov5l-tph-plus-s.pt")
 
 
-REPO_RUNS = REPO_ROOT / "runs"  # the CLIs' default --project root: tests never write there
+# The CLIs' default --project folders (train, val, detect, export, convert): tests never write there. Other
+# folders under runs/ are left out, so a long training of the user's (e.g. runs/study) cannot fail a test.
+DEFAULT_PROJECTS = tuple(REPO_ROOT / "runs" / name for name in ("train", "val", "detect", "export", "convert"))
 
 
-def _runs_state() -> dict[Path, int]:
-    """Every path under <repo>/runs -> its mtime (ns); empty when the folder does not exist."""
-    return {path: path.lstat().st_mtime_ns for path in [REPO_RUNS, *REPO_RUNS.rglob("*")] if path.exists()} \
-        if REPO_RUNS.exists() else {}
+def _default_projects_state() -> dict[Path, int]:
+    """Every path under the default project folders -> its mtime (ns)."""
+    return {path: path.lstat().st_mtime_ns for project in DEFAULT_PROJECTS if project.exists()
+            for path in [project, *project.rglob("*")]}
 
 
 @pytest.fixture(autouse=True)
 def _no_writes_into_repo_runs() -> Iterator[None]:
-    """Fail a test that writes into <repo>/runs (a CLI left at its default --project): tests write only into
-    tmp_path, so a user's first ``python train.py`` is runs/train/exp. What the test created there is removed."""
-    before = _runs_state()
+    """Fail a test that writes into <repo>/runs/{train,val,detect,export,convert} (a CLI left at its default
+    --project): tests write only into tmp_path, so a user's first ``python train.py`` is runs/train/exp. Nothing
+    is deleted here (the files might be a concurrent run's); the message names them."""
+    before = _default_projects_state()
     yield
-    after = _runs_state()
-    changed = sorted(path for path, mtime in after.items() if before.get(path) != mtime)
+    changed = sorted(path for path, mtime in _default_projects_state().items() if before.get(path) != mtime)
     if changed:
-        for path in sorted((p for p in changed if p not in before), key=lambda p: len(p.parts)):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
-        pytest.fail(f"this test wrote into {REPO_RUNS} ({', '.join(str(p) for p in changed[:5])}); pass "
-                    "project=tmp_path (--project) to the CLI it runs", pytrace=False)
+        pytest.fail(f"this test wrote into the repository's runs/ ({', '.join(str(p) for p in changed[:5])}); pass "
+                    "project=tmp_path (--project) to the CLI it runs, and remove those files", pytrace=False)
 
 
 def random_boxes(num: int, size: float = 100.0, seed: int = 0) -> torch.Tensor:

@@ -202,7 +202,8 @@ def test_bare_names_train_from_any_folder(tmp_path, where):
     cwd.mkdir(exist_ok=True)
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "project" / "exp" / "weights" / "last.pt").is_file() and not (cwd / "runs").exists()
+    assert (tmp_path / "project" / "exp" / "weights" / "last.pt").is_file()
+    assert where == "repo" or not (cwd / "runs").exists()  # in the repository, the autouse guard watches runs/
 
 
 # TPH-YOLOv5's README training command, verbatim (`--hy` is an argparse prefix of --hyp).

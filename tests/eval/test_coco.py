@@ -128,3 +128,15 @@ def _random_scene(seed: int, tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_agrees_with_pycocotools_on_random_crowded_scenes(seed: int, tmp_path: Path):
     _compare_with_reference(*_random_scene(seed, tmp_path))
+
+
+def test_deeply_nested_or_binary_json_is_one_line(tmp_path: Path):
+    """Issue 26 B14: a hostile --pred/--gt file is refused naming it, never a RecursionError."""
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"nested.json: JSON nested too deeply"):
+        load_coco_gt(nested)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00\x01" * 10)
+    with pytest.raises(ValueError, match=r"binary.json: not a UTF-8 text file"):
+        load_coco_gt(binary)

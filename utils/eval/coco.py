@@ -154,9 +154,13 @@ def _read_json(path: str | Path) -> object:
     if not path.is_file():
         raise FileNotFoundError(f"COCO JSON file {path} not found")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from err
+    except RecursionError as err:  # a hostile file nested thousands deep: COCO files are 4 levels deep
+        raise ValueError(f"{path}: JSON nested too deeply to be a COCO file") from err
 
 
 def _xywh_boxes(entries: list, path: Path, what: str) -> np.ndarray:

@@ -333,7 +333,8 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
     class_names = [SINGLE_CLASS_NAME] if single_cls else list(names)
     scored, curves = score_detections(collected, class_names, protocol)
     results = ValResults(**scored, losses=collected.losses, speed_ms=collected.speed_ms, protocol=protocol)
-    log_results(results, len(collected.image_paths), len(collected.gts), verbose or nc < 50)
+    per_class = (verbose or (nc < 50 and compute_loss is None)) and nc > 1  # YOLOv5: not per epoch of training
+    log_results(results, len(collected.image_paths), len(collected.gts), per_class)
     if save_dir is not None:  # after the table: a full disk cannot cost the metrics already computed
         save_dir = Path(save_dir)
         if plots:

@@ -184,3 +184,21 @@ def test_nms_with_fusion_refines_the_kept_boxes_and_drops_the_variance_columns()
     assert fused[0, 0] > plain[0, 0] and torch.equal(fused[1, :4], plain[1, :4])  # the lone box stays as it was
     with pytest.raises(ValueError, match="variance columns"):
         non_max_suppression(rows[None, :, :8], nc=2, cbbl_fusion=True)
+
+
+def test_variance_voting_equals_a_box_by_box_loop():
+    boxes = random_boxes(60, size=60.0, seed=3)
+    classes = torch.randint(0, 3, (60,), generator=torch.Generator().manual_seed(3)).float()
+    relative = torch.rand(60, 4, generator=torch.Generator().manual_seed(4)) * 0.1 + 1e-3
+    keep = torch.tensor([5, 0, 17, 42, 33])
+    fused = variance_voting(boxes, relative, classes, keep, 0.3)
+    size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    for index, kept in enumerate(keep.tolist()):
+        numerator, denominator = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+        for other in range(60):
+            iou = box_iou(boxes[kept : kept + 1], boxes[other : other + 1])[0, 0].double()
+            if classes[other] == classes[kept] and (iou > 0.3 or other == kept):
+                weight = torch.exp(-(1 - iou) ** 2 / FUSION_SIGMA_T) / (relative[other] * size[other] ** 2).double()
+                numerator += weight * boxes[other].double()
+                denominator += weight
+        torch.testing.assert_close(fused[index].double(), numerator / denominator, rtol=1e-5, atol=1e-4)

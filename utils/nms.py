@@ -31,7 +31,7 @@ CLASS_OFFSET_PX = 7680.0
 # columns that hold the per-side variances (models.detect.SIDE_VARIANCE_COLUMNS; relative to the squared box side).
 FUSION_SIGMA_T = 0.02
 FUSION_COLUMNS = 4
-# Kept boxes per block of the kept x candidates overlap matrix in variance voting (bounds its memory).
+# Kept boxes per block of the kept x same-class candidates overlap matrix in variance voting (bounds memory).
 _FUSION_BLOCK_ROWS = 256
 # Smallest relative variance a vote uses: a side decoded with all its mass on one bin would otherwise weigh infinity.
 _MIN_RELATIVE_VARIANCE = 1e-12
@@ -148,17 +148,21 @@ def variance_voting(boxes: torch.Tensor, relative_variance: torch.Tensor, classe
     """
     size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)  # (N, 4): w, h, w, h
     inverse_variance = 1 / (relative_variance * size ** 2).clamp(min=_MIN_RELATIVE_VARIANCE)  # (N, 4) 1 / px^2
-    refined = []
-    for start in range(0, len(keep), _FUSION_BLOCK_ROWS):
-        kept = keep[start : start + _FUSION_BLOCK_ROWS]  # (b,)
-        iou = box_iou(boxes[kept], boxes)  # (b, N)
-        near = (iou > iou_thres) & (classes[kept][:, None] == classes[None])
-        near[torch.arange(len(kept), device=boxes.device), kept] = True  # a box always votes for itself
-        row, column = near.nonzero(as_tuple=True)
-        vote = torch.exp(-(1 - iou[row, column]) ** 2 / sigma_t)[:, None] * inverse_variance[column]  # (pairs, 4)
-        total = boxes.new_zeros(len(kept), 4).index_add_(0, row, vote * boxes[column])
-        refined.append(total / boxes.new_zeros(len(kept), 4).index_add_(0, row, vote))
-    return torch.cat(refined) if refined else boxes.new_zeros(0, 4)
+    refined = boxes[keep].clone()  # (k, 4)
+    kept_classes = classes[keep]
+    for value in kept_classes.unique():  # overlaps within a class only: the sum of k_c x n_c, not k x N
+        members = (classes == value).nonzero().flatten()  # (n_c,) ascending
+        positions = (kept_classes == value).nonzero().flatten()  # rows of ``refined``
+        for start in range(0, len(positions), _FUSION_BLOCK_ROWS):
+            rows = positions[start : start + _FUSION_BLOCK_ROWS]  # (b,)
+            iou = box_iou(boxes[keep[rows]], boxes[members])  # (b, n_c)
+            near = iou > iou_thres
+            near[torch.arange(len(rows), device=boxes.device), torch.searchsorted(members, keep[rows])] = True  # self
+            row, column = near.nonzero(as_tuple=True)
+            vote = torch.exp(-(1 - iou[row, column]) ** 2 / sigma_t)[:, None] * inverse_variance[members[column]]
+            total = boxes.new_zeros(len(rows), 4).index_add_(0, row, vote * boxes[members[column]])
+            refined[rows] = total / boxes.new_zeros(len(rows), 4).index_add_(0, row, vote)
+    return refined
 
 
 # (conf_thres, max_candidates) settings whose cap has been logged: once per process, not once per batch.

@@ -14,13 +14,17 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from utils.cbbl import BoxGrids, decode_offsets, expectation_and_entropy
+from utils.cbbl import BoxGrids, SideStats, decode_offsets, decoded_points, expectation_and_entropy, side_statistics
 from utils.head import DetectOutput, HeadConfig, as_head_config
 
 # YOLOv5 priors: about 8 objects per 640x640 image, and 0.6 of the class mass spread over nc classes.
 OBJECTS_PER_640_IMAGE = 8.0
 CLASS_PRIOR = 0.6
 PRIOR_IMAGE_SIZE = 640.0
+# Columns appended by a C-BBL decode with ``side_variance`` on: the variances of x1, y1, x2, y2.
+SIDE_VARIANCE_COLUMNS = 4
+# Floor of a box side (pixels) when its variance is made relative to the side's squared length.
+_MIN_SIDE_PX = 1e-3
 
 
 def _exporting() -> bool:
@@ -40,6 +44,10 @@ class Detect(nn.Module):
 
     ``decode_conf``: when set (inference, see :meth:`sparse_box_offsets`), C-BBL boxes are decoded only where
     objectness x class can pass that confidence; None (the default, training, export) decodes every anchor.
+    ``side_variance``: when True (inference, C-BBL, not while exporting), the decode appends
+    SIDE_VARIANCE_COLUMNS columns after the uncertainty: each side's (x1, y1, x2, y2) variance under the predicted
+    distributions, divided by the squared box width (x) or height (y), so that it survives the rescaling of test-time
+    augmentation and the letterbox undo; computed only for the rows the sparse decode decodes.
     """
 
     extra_inputs = 0  # input feature maps beyond one per output level (CLLADetect: 1)
@@ -57,6 +65,7 @@ class Detect(nn.Module):
         self.num_extra = 1 if self.grid is not None else 0
         self.no = self.box_channels + 1 + self.nc
         self.decode_conf: Optional[float] = None
+        self.side_variance = False
         points = self.grid.points if self.grid is not None else torch.zeros(4, 1)
         self.register_buffer("grid_points", points.clone(), persistent=False)  # (4, K): x, y on centre, w, h on size
         self.register_buffer("stride", torch.ones(self.nl))
@@ -125,41 +134,79 @@ class Detect(nn.Module):
             return box_raw, None
         logits = box_raw.unflatten(-1, (4, self.bins))  # (..., 4, K)
         offsets, coord_entropy = expectation_and_entropy(logits, self.grid_points)  # (..., 4) each
-        if self.restore == "top2":
-            offsets = self.grid.decode(logits, "top2")  # (..., 4)
-        uncertainty = coord_entropy.mean(-1, keepdim=True)  # (..., 1)
-        return offsets.to(box_raw.dtype), uncertainty.to(box_raw.dtype)
+        return self._restored(logits, offsets, coord_entropy, box_raw.dtype)
 
-    def sparse_box_offsets(self, box_raw: torch.Tensor, scores: torch.Tensor,
-                           conf_thres: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _restored(self, logits: torch.Tensor, expectation: torch.Tensor, coord_entropy: torch.Tensor,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(offsets (..., 4), uncertainty (..., 1)): the expectation, or the top-2 restore; the mean entropy."""
+        offsets = self.grid.decode(logits, "top2") if self.restore == "top2" else expectation  # (..., 4)
+        return offsets.to(dtype), coord_entropy.mean(-1, keepdim=True).to(dtype)
+
+    def box_statistics(self, box_raw: torch.Tensor) -> SideStats:
+        """Raw C-BBL box channels (..., box_channels) -> per-coordinate (x, y, w, h) statistics of the distributions
+        (utils.cbbl.SideStats: mean, variance, top-k, entropy, and the variance of the decoded cells / size ratios)."""
+        logits = box_raw.unflatten(-1, (4, self.bins))  # (..., 4, K)
+        return side_statistics(logits, self.grid_points, decoded_points(self.grid_points, self.space))
+
+    def sparse_box_offsets(self, box_raw: torch.Tensor, scores: torch.Tensor, conf_thres: Optional[float],
+                           with_variance: bool = False
+                           ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """:meth:`box_offsets` for the anchors NMS can keep, zeros elsewhere.
 
-        box_raw (..., box_channels), scores (..., 1 + nc) sigmoid -> (offsets (..., 4), uncertainty (..., 1)).
+        box_raw (..., box_channels), scores (..., 1 + nc) sigmoid -> (offsets (..., 4), uncertainty (..., 1),
+        decoded variance (..., 4) of x, y (cells) and w, h (size ratios), or None unless ``with_variance``).
 
         A row can pass NMS only if objectness > conf_thres and some objectness x class > conf_thres
         (utils.nms.non_max_suppression, the same float32 products), so the K-bin softmax runs for those rows
-        alone; each kept row's decode is the dense one's, bit for bit.
+        alone; each kept row's decode is the dense one's, bit for bit. ``conf_thres`` None decodes every row.
+        The statistics come from the same single softmax as the offsets, for the same rows.
         """
-        # Objectness first: few rows pass it, and only those need the nc class products (taken over every
-        # anchor, those cost as much as the decode this saves).
-        candidates = scores[..., 0] > conf_thres  # (...)
-        passing = scores[candidates]  # (n, 1 + nc)
-        candidates[candidates.clone()] = (passing[:, 1:] * passing[:, :1]).amax(-1) > conf_thres
+        if conf_thres is None:
+            candidates = torch.ones(scores.shape[:-1], dtype=torch.bool, device=scores.device)
+        else:
+            # Objectness first: few rows pass it, and only those need the nc class products (taken over every
+            # anchor, those cost as much as the decode this saves).
+            candidates = scores[..., 0] > conf_thres  # (...)
+            passing = scores[candidates]  # (n, 1 + nc)
+            candidates[candidates.clone()] = (passing[:, 1:] * passing[:, :1]).amax(-1) > conf_thres
         offsets = box_raw.new_zeros(*box_raw.shape[:-1], 4)
         uncertainty = box_raw.new_zeros(*box_raw.shape[:-1], 1)
-        offsets[candidates], uncertainty[candidates] = self.box_offsets(box_raw[candidates])
-        return offsets, uncertainty
+        rows = box_raw[candidates]  # (n, box_channels)
+        if not with_variance:
+            offsets[candidates], uncertainty[candidates] = self.box_offsets(rows)
+            return offsets, uncertainty, None
+        variance = box_raw.new_zeros(*box_raw.shape[:-1], 4)
+        stats = self.box_statistics(rows)
+        offsets[candidates], uncertainty[candidates] = self._restored(rows.unflatten(-1, (4, self.bins)), stats.mean,
+                                                                      stats.entropy, box_raw.dtype)
+        variance[candidates] = stats.value_variance.to(box_raw.dtype)
+        return offsets, uncertainty, variance
+
+    def relative_side_variance(self, variance: torch.Tensor, stride: torch.Tensor, anchor_wh: torch.Tensor,
+                               box_wh: torch.Tensor) -> torch.Tensor:
+        """Decoded variances (..., 4) of x, y (cells) and w, h (size ratios) -> (..., 4) variances of x1, y1, x2, y2
+        over the squared box width / height.
+
+        The four distributions are independent, so var(x1) = var(x2) = var(cx) + var(w) / 4 (and y alike).
+        """
+        centre = variance[..., :2] * stride ** 2  # (..., 2) pixels^2
+        size = variance[..., 2:] * anchor_wh ** 2  # (..., 2) pixels^2
+        relative = (centre + size / 4) / box_wh.clamp(min=_MIN_SIDE_PX) ** 2  # (..., 2): x, y
+        return torch.cat((relative, relative), -1)  # x1, y1, x2, y2
 
     def decode_level(self, raw: torch.Tensor, level: int) -> torch.Tensor:
-        """One level's raw (B, A, H, W, no) -> (B, A*H*W, 5 + nc + num_extra) float32 decoded predictions.
+        """One level's raw (B, A, H, W, no) -> (B, A*H*W, 5 + nc + num_extra [+ 4 side variances]) float32 decoded
+        predictions.
 
         Float32 even for a half-precision model: fp16 spacing is 1 px above 1024 px, too coarse for tiny boxes.
         """
         raw = raw.float()
         batch, _, height, width, _ = raw.shape
         scores = raw[..., self.box_channels:].sigmoid()  # (B, A, H, W, 1 + nc)
-        if self.grid is not None and self.decode_conf is not None and not _exporting():
-            offsets, uncertainty = self.sparse_box_offsets(raw[..., :self.box_channels], scores, self.decode_conf)
+        variance = None
+        if self.grid is not None and (self.decode_conf is not None or self.side_variance) and not _exporting():
+            offsets, uncertainty, variance = self.sparse_box_offsets(
+                raw[..., :self.box_channels], scores, self.decode_conf, self.side_variance)
         else:
             offsets, uncertainty = self.box_offsets(raw[..., :self.box_channels])
         cell_offset, size_ratio = decode_offsets(offsets, self.space)  # (B, A, H, W, 2) each
@@ -172,4 +219,7 @@ class Detect(nn.Module):
         box_xy = (cell_offset + cell_xy) * stride
         box_wh = size_ratio * anchor_wh
         parts = [box_xy, box_wh, scores] + ([uncertainty] if uncertainty is not None else [])
-        return torch.cat(parts, -1).view(batch, -1, 5 + self.nc + self.num_extra)
+        if variance is not None:
+            parts.append(self.relative_side_variance(variance, stride, anchor_wh, box_wh))
+        width_out = 5 + self.nc + self.num_extra + (SIDE_VARIANCE_COLUMNS if variance is not None else 0)
+        return torch.cat(parts, -1).view(batch, -1, width_out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -10,17 +11,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from utils.cbbl import (
+    OFFSET_SPACES,
     BoxGrids,
     CBBLGrid,
     ce_loss,
     decode_offsets,
+    decoded_points,
     distribution_entropy,
     encode_offsets,
     entropy,
+    expectation_and_entropy,
     grid_points,
     in_family_points,
     interval_mass,
     quantile_points,
+    side_statistics,
     two_hot_loss,
     um_loss,
 )
@@ -249,3 +254,39 @@ def test_points_are_copied_to_a_device_once():
     first = grid.points_on(torch.device("cpu"), torch.float64)
     assert grid.points_on("cpu", torch.float64) is first and first.dtype == torch.float64
     assert torch.equal(first.float(), grid.points)
+
+
+def test_side_statistics_equal_a_direct_computation_from_the_softmax():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 7) * 3  # (rows, coordinates, K)
+    points = torch.sort(torch.randn(4, 7), -1).values
+    values = points.sigmoid() * 2  # any per-bin decoded values
+    stats = side_statistics(logits, points, values, k=3)
+    probs = torch.softmax(logits.double(), -1)
+    mean = (probs * points.double()).sum(-1)
+    close = functools.partial(torch.testing.assert_close, rtol=1e-5, atol=1e-6)
+    close(stats.mean.double(), mean)
+    close(stats.variance.double(), (probs * points.double() ** 2).sum(-1) - mean ** 2)
+    value_mean = (probs * values.double()).sum(-1)
+    close(stats.value_variance.double(), (probs * values.double() ** 2).sum(-1) - value_mean ** 2)
+    close(stats.entropy.double(), -(probs * probs.log()).sum(-1))
+    close(stats.topk.double(), probs.sort(-1, descending=True).values[..., :3])
+    # the decode's expectation and entropy, bit for bit (boxes from either path are the same)
+    expectation, coord_entropy = expectation_and_entropy(logits, points)
+    assert torch.equal(stats.mean, expectation) and torch.equal(stats.entropy, coord_entropy)
+    assert side_statistics(logits, points).value_variance is None
+
+
+def test_a_peaked_distribution_has_small_variance_and_full_top_k_mass():
+    points = torch.linspace(-2, 2, 5)
+    peaked = side_statistics(torch.tensor([[0.0, 0.0, 30.0, 0.0, 0.0]]), points)
+    flat = side_statistics(torch.zeros(1, 5), points)
+    assert peaked.variance.item() < 1e-9 < flat.variance.item() and peaked.topk[0, 0].item() == pytest.approx(1.0)
+    assert flat.topk.sum().item() == pytest.approx(4 / 5)  # top-4 mass of 5 equal bins
+
+
+@pytest.mark.parametrize("space", OFFSET_SPACES)
+def test_decoded_points_are_the_decode_of_every_bin(space):
+    points = torch.linspace(-3, 3, 6).repeat(4, 1)  # (4, K)
+    dxy, ratio = decode_offsets(points.T, space)  # (K, 2) each
+    torch.testing.assert_close(decoded_points(points, space), torch.cat((dxy, ratio), -1).T)

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import random_boxes
 from utils import nms as nms_module
-from utils.nms import batched_nms, nms, nms_torch, non_max_suppression
+from utils.boxes import box_iou
+from utils.nms import FUSION_SIGMA_T, batched_nms, nms, nms_torch, non_max_suppression, variance_voting
 
 torchvision_ops = pytest.importorskip("torchvision.ops")
 
@@ -136,3 +137,68 @@ def test_non_max_suppression_empty_and_bad_thresholds():
     assert dets.shape == (0, 6)
     with pytest.raises(ValueError, match="conf_thres"):
         non_max_suppression(torch.zeros(1, 1, 7), conf_thres=1.5)
+
+
+def _vote(boxes, variance, classes=None, keep=(0,), iou_thres=0.5):
+    boxes = torch.tensor(boxes, dtype=torch.float32)
+    classes = torch.zeros(len(boxes)) if classes is None else torch.tensor(classes, dtype=torch.float32)
+    relative = torch.tensor(variance, dtype=torch.float32)
+    return variance_voting(boxes, relative, classes, torch.tensor(keep), iou_thres)
+
+
+def test_variance_voting_of_a_lone_box_is_the_identity():
+    assert torch.equal(_vote([[10.0, 20.0, 50.0, 70.0]], [[0.3, 0.01, 0.3, 0.01]]), torch.tensor([[10.0, 20, 50, 70]]))
+
+
+def test_two_equal_variance_boxes_give_their_iou_weighted_mean():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]])
+    weight = torch.exp(-(1 - box_iou(boxes[:1], boxes[1:])[0, 0]) ** 2 / FUSION_SIGMA_T)  # the kept box weighs 1
+    # equal pixel variances: the relative variance is scaled by the (equal) squared sizes
+    fused = _vote(boxes.tolist(), [[0.01] * 4, [0.01] * 4])
+    torch.testing.assert_close(fused[0], (boxes[0] + weight * boxes[1]) / (1 + weight))
+    assert 0 < fused[0, 0] < 1  # between the two
+
+
+def test_a_box_with_tiny_variance_dominates_the_vote():
+    fused = _vote([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]], [[0.1] * 4, [1e-9] * 4])
+    torch.testing.assert_close(fused[0], torch.tensor([1.0, 1.0, 11.0, 11.0]), atol=1e-4, rtol=0)
+
+
+def test_votes_come_only_from_the_same_class_above_the_iou_threshold():
+    boxes = [[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [6.0, 6.0, 16.0, 16.0]]  # IoU 0.68 and 0.09 with box 0
+    variance = [[0.01] * 4] * 3
+    assert torch.equal(_vote(boxes, variance, classes=[0, 1, 0]), torch.tensor([[0.0, 0, 10, 10]]))
+    assert _vote(boxes, variance, classes=[0, 0, 0])[0, 0] > 0
+    assert torch.equal(_vote(boxes, variance, classes=[0, 0, 0], iou_thres=0.7), torch.tensor([[0.0, 0, 10, 10]]))
+
+
+def test_nms_with_fusion_refines_the_kept_boxes_and_drops_the_variance_columns():
+    # rows cx, cy, w, h, obj, cls0, cls1, uncertainty, 4 relative side variances
+    rows = torch.tensor([[20.0, 20, 10, 10, 0.9, 0.9, 0.1, 1.5, 0.01, 0.01, 0.01, 0.01],
+                         [21.0, 21, 10, 10, 0.8, 0.9, 0.1, 1.6, 0.01, 0.01, 0.01, 0.01],
+                         [60.0, 60, 10, 10, 0.8, 0.1, 0.9, 1.7, 0.01, 0.01, 0.01, 0.01]])
+    plain = non_max_suppression(rows[None, :, :8], conf_thres=0.25, iou_thres=0.5, nc=2)[0]
+    fused = non_max_suppression(rows[None], conf_thres=0.25, iou_thres=0.5, nc=2, cbbl_fusion=True)[0]
+    assert plain.shape == fused.shape == (2, 7)
+    assert torch.equal(fused[:, 4:], plain[:, 4:])  # scores, classes, uncertainty unchanged
+    assert fused[0, 0] > plain[0, 0] and torch.equal(fused[1, :4], plain[1, :4])  # the lone box stays as it was
+    with pytest.raises(ValueError, match="variance columns"):
+        non_max_suppression(rows[None, :, :8], nc=2, cbbl_fusion=True)
+
+
+def test_variance_voting_equals_a_box_by_box_loop():
+    boxes = random_boxes(60, size=60.0, seed=3)
+    classes = torch.randint(0, 3, (60,), generator=torch.Generator().manual_seed(3)).float()
+    relative = torch.rand(60, 4, generator=torch.Generator().manual_seed(4)) * 0.1 + 1e-3
+    keep = torch.tensor([5, 0, 17, 42, 33])
+    fused = variance_voting(boxes, relative, classes, keep, 0.3)
+    size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    for index, kept in enumerate(keep.tolist()):
+        numerator, denominator = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+        for other in range(60):
+            iou = box_iou(boxes[kept : kept + 1], boxes[other : other + 1])[0, 0].double()
+            if classes[other] == classes[kept] and (iou > 0.3 or other == kept):
+                weight = torch.exp(-(1 - iou) ** 2 / FUSION_SIGMA_T) / (relative[other] * size[other] ** 2).double()
+                numerator += weight * boxes[other].double()
+                denominator += weight
+        torch.testing.assert_close(fused[index].double(), numerator / denominator, rtol=1e-5, atol=1e-4)

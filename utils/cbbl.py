@@ -11,7 +11,7 @@ form the training loss uses (same values and gradients, tested against the refer
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,8 @@ _LOGIT_EPS = 1e-6
 # Below this beta the IN transform equals the uniform grid to float32 precision (its deviation is ~alpha*beta/8),
 # and exp(beta) - 1 would underflow the normalisation.
 _UNIFORM_BETA = 1e-7
+# Probabilities per coordinate kept as the distribution's top-k mass (GFLv2's DGQP reads the top 4).
+TOP_K = 4
 
 
 def _is_uniform(beta: float, uniform: bool) -> bool:
@@ -191,6 +193,43 @@ def expectation_and_entropy(logits: torch.Tensor, points: torch.Tensor) -> tuple
     return (probs * points.float()).sum(-1), -(probs * log_probs).sum(-1)
 
 
+class SideStats(NamedTuple):
+    """Per-coordinate statistics of C-BBL distributions, from one log-softmax (see :func:`side_statistics`).
+
+    mean, variance, entropy: (..., C) on the grid's own offset scale (nats for the entropy); topk: (..., C, k) the
+    k largest probabilities, descending (their sum is the top-k mass); value_variance: (..., C) the variance of the
+    decoded values (cells for x, y; size ratios for w, h) when the decoded points were given, else None.
+    """
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    topk: torch.Tensor
+    entropy: torch.Tensor
+    value_variance: Optional[torch.Tensor]
+
+
+def side_statistics(logits: torch.Tensor, points: torch.Tensor, values: Optional[torch.Tensor] = None,
+                    k: int = TOP_K) -> SideStats:
+    """Logits (..., C, K) on grid ``points`` (C, K) or (K,) -> :class:`SideStats`.
+
+    ``values``: the points decoded to box units (same shape as ``points``; :func:`decoded_points`). The variance of
+    the decoded value is exact over the K bins (no linearisation of the sigmoid decode). mean and entropy are
+    computed exactly as :func:`expectation_and_entropy` computes them, so boxes decoded from either agree bit for bit.
+    """
+    log_probs = log_softmax(logits)  # (..., C, K)
+    probs = log_probs.exp()
+    points = points.float()
+    mean = (probs * points).sum(-1)  # (..., C)
+    variance = (probs * (points - mean[..., None]) ** 2).sum(-1)
+    value_variance = None
+    if values is not None:
+        values = values.float()
+        value_mean = (probs * values).sum(-1, keepdim=True)  # (..., C, 1)
+        value_variance = (probs * (values - value_mean) ** 2).sum(-1)
+    topk = probs.topk(min(k, probs.shape[-1]), dim=-1).values  # (..., C, k)
+    return SideStats(mean, variance, topk, -(probs * log_probs).sum(-1), value_variance)
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy H(softmax(l)) in nats over the last axis: (..., K) -> (...); the localization uncertainty."""
     log_probs = log_softmax(logits)
@@ -300,6 +339,13 @@ def decode_offsets(t: torch.Tensor, space: str = "logit") -> tuple[torch.Tensor,
     if space == "linear":
         return t[..., :2] + 0.5, t[..., 2:].exp()
     raise ValueError(f"unknown offset space {space!r}; expected one of {OFFSET_SPACES}")
+
+
+def decoded_points(points: torch.Tensor, space: str = "logit") -> torch.Tensor:
+    """Grid points (4, K) of the offsets x, y, w, h -> the values they decode to (4, K): cells for x, y, size ratios
+    to the anchor for w, h (:func:`decode_offsets` applied to every bin)."""
+    dxy, ratio = decode_offsets(points.float().T, space)  # (K, 2) each
+    return torch.cat((dxy, ratio), -1).T
 
 
 def encode_offsets(dxy: torch.Tensor, ratio: torch.Tensor, space: str = "logit") -> torch.Tensor:

@@ -183,3 +183,27 @@ def test_an_absurd_imgsz_is_refused_in_one_line(tiny_checkpoint: Path, tmp_path:
         val.run(weights=str(tiny_checkpoint), data=str(data), imgsz=100000, workers=0, project=str(tmp_path / "runs"),
                 exist_ok=True)
     assert sorted(p.name for p in (tmp_path / "runs" / "exp").iterdir()) == ["mine.txt", "options.json"]
+
+
+def test_cbbl_fusion_reaches_nms_for_cbbl_models_only(tmp_path: Path, monkeypatch):
+    from tests.conftest import make_tiny_checkpoint
+    from utils.eval import validator
+
+    make_yolo_dataset(tmp_path / "data", num_images=2)
+    data = tmp_path / "data.yaml"
+    data.write_text(json.dumps({"path": str(tmp_path / "data"), "train": "images", "val": "images",
+                                "names": ["car", "pedestrian", "van"]}))
+    calls = []
+    original = validator.non_max_suppression
+
+    def recording(prediction, **kwargs):
+        calls.append((prediction.shape[-1], kwargs["cbbl_fusion"]))
+        return original(prediction, **kwargs)
+
+    monkeypatch.setattr(validator, "non_max_suppression", recording)
+    for box, expected in (("cbbl", (5 + 3 + 1 + 4, True)), ("regress", (5 + 3, False))):
+        calls.clear()
+        weights = make_tiny_checkpoint(tmp_path / f"{box}.pt", box=box)
+        val.main(["--weights", str(weights), "--data", str(data), "--img", "64", "--workers", "0", "--noplots",
+                  "--project", str(tmp_path / "runs"), "--cbbl-fusion"])
+        assert calls and set(calls) == {expected}

@@ -110,3 +110,20 @@ def test_sparse_decode_keeps_the_same_detections(tiny_checkpoint):
     sparse = non_max_suppression(sparse_pred, conf_thres=0.25, iou_thres=0.5, nc=backend.nc)
     assert sum(len(d) for d in dense) > 0 and (sparse_pred != dense_pred).any()  # some rows skipped, ...
     assert all(torch.equal(a, b) for a, b in zip(dense, sparse))  # ... none that NMS keeps
+
+
+def test_side_variance_columns_toggle_for_cbbl_and_never_touch_a_regression_model(tiny_checkpoint, caplog):
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    cbbl = DetectBackend([str(tiny_checkpoint("cbbl"))], device=torch.device("cpu"))
+    plain = cbbl(images)
+    assert cbbl.decode_side_variance(True) and cbbl.num_extra == 5
+    with_variance = cbbl(images)
+    assert with_variance.shape == (*plain.shape[:2], plain.shape[2] + 4)
+    assert torch.equal(with_variance[..., : plain.shape[2]], plain)
+    assert not cbbl.decode_side_variance(False) and cbbl.num_extra == 1 and torch.equal(cbbl(images), plain)
+    regress = DetectBackend([str(tiny_checkpoint("regress"))], device=torch.device("cpu"))
+    before = regress(images)
+    with caplog.at_level(logging.WARNING):
+        assert not regress.decode_side_variance(True)
+    assert "no C-BBL box distributions" in caplog.text
+    assert regress.num_extra == 0 and torch.equal(regress(images), before)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from utils.infer.options import CBBL_FUSION_DEFAULT
 from utils.infer.outputs import OutputWriter
 from utils.infer.predictor import (
     DetectOptions,
@@ -174,3 +175,32 @@ def test_an_absurd_imgsz_is_refused_before_anything_is_allocated(tmp_path, tiny_
     assert not (tmp_path / "r").exists()
     backend = load_backend([str(tiny_checkpoint())], torch.device("cpu"))
     check_input_memory(backend, (1536, 1536), 8)  # a real size passes
+
+
+@pytest.mark.parametrize("box", ["regress", "cbbl"])
+def test_cbbl_fusion_moves_cbbl_boxes_only(tmp_path, tiny_checkpoint, box):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    weights = str(tiny_checkpoint(box))
+    common = dict(weights=weights, source=str(images), imgsz=64, conf_thres=0.1, iou_thres=0.3, nosave=True,
+                  project=str(tmp_path / "runs"))
+    plain = run(**common, name="plain")[0]
+    fused = run(**common, name="fused", cbbl_fusion=True)[0]
+    np.testing.assert_array_equal(fused.conf, plain.conf)
+    np.testing.assert_array_equal(fused.cls, plain.cls)
+    if box == "cbbl":
+        np.testing.assert_array_equal(fused.uncertainty, plain.uncertainty)
+        assert not np.array_equal(fused.xyxy, plain.xyxy)
+    else:
+        np.testing.assert_array_equal(fused.xyxy, plain.xyxy)
+
+
+def test_cbbl_fusion_flag_parses_for_detect_and_val():
+    import detect
+    import val
+
+    assert detect.parse_options(["--cbbl-fusion"]).cbbl_fusion and val.parse_options(["--weights", "x.pt",
+                                                                                      "--cbbl-fusion"]).cbbl_fusion
+    default = CBBL_FUSION_DEFAULT
+    assert detect.parse_options([]).cbbl_fusion == default == val.parse_options(["--weights", "x.pt"]).cbbl_fusion

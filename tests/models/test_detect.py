@@ -132,6 +132,56 @@ def test_sparse_decode_keeps_the_dense_boxes_bit_for_bit(grid):
         assert torch.equal(dense_image, sparse_image)
 
 
+@pytest.mark.parametrize("space", ["logit", "linear"])
+def test_side_variance_columns_come_from_the_candidate_rows_softmax(space, monkeypatch):
+    torch.manual_seed(0)
+    detect = make_detect(box_loss="cbbl", bins=11, space=space)
+    with torch.no_grad():
+        detect.m[0].bias.normal_()
+    features = [torch.randn(2, 4, 12, 10)]
+    detect.decode_conf = 0.3
+    plain, raw = detect(features)
+    statistics_rows = []
+    box_statistics = detect.box_statistics
+    monkeypatch.setattr(detect, "box_statistics",
+                        lambda rows: statistics_rows.append(len(rows)) or box_statistics(rows))
+    detect.side_variance = True
+    with_variance, _ = detect(features)
+    width = 5 + NC + 1
+    assert with_variance.shape == (*plain.shape[:2], width + 4)
+    assert torch.equal(with_variance[..., :width], plain)  # boxes, scores, uncertainty: bit for bit
+    # the statistics ran once, on the rows that can pass NMS only (the sparse decode's cost profile)
+    scores = raw[0][..., detect.box_channels:].sigmoid().reshape(-1, 1 + NC)
+    candidates = (scores[:, 0] > 0.3) & ((scores[:, 1:] * scores[:, :1]).amax(-1) > 0.3)
+    assert statistics_rows == [int(candidates.sum())] and 0 < statistics_rows[0] < len(candidates)
+    variances = with_variance[..., width:].reshape(-1, 4)
+    assert (variances[~candidates] == 0).all() and (variances[candidates] > 0).all()
+    # one candidate row against a direct computation from the softmax
+    row = int(candidates.nonzero()[0])
+    anchor = row % (detect.na * 12 * 10) // (12 * 10)  # rows run batch, anchor, y, x
+    logits = raw[0].reshape(-1, detect.no)[row, :detect.box_channels].view(4, 11).double()
+    probs = logits.softmax(-1)
+    points = detect.grid_points.double()
+    centre = (points[:2].sigmoid() * 2 - 0.5) if space == "logit" else points[:2] + 0.5
+    size = (points[2:].sigmoid() * 2) ** 2 if space == "logit" else points[2:].exp()
+    values = torch.cat((centre, size))  # (4, K): cells, size ratios
+    value_variance = (probs * values ** 2).sum(-1) - (probs * values).sum(-1) ** 2
+    anchor_px = torch.tensor(ANCHORS_PX[0], dtype=torch.float64).view(2, 2)[anchor]
+    side = value_variance[:2] * STRIDE ** 2 + value_variance[2:] * anchor_px ** 2 / 4  # var(c) + var(w) / 4
+    box_wh = with_variance.reshape(-1, width + 4)[row, 2:4].double()
+    expected = (side / box_wh ** 2).repeat(2)
+    torch.testing.assert_close(variances[row].double(), expected, rtol=1e-4, atol=1e-9)
+
+
+def test_side_variance_leaves_a_regression_head_untouched():
+    torch.manual_seed(0)
+    detect = make_detect(box_loss="ciou")
+    features = [torch.randn(1, 4, 6, 5)]
+    plain, _ = detect(features)
+    detect.side_variance, detect.decode_conf = True, 0.3
+    assert torch.equal(detect(features)[0], plain)
+
+
 def test_set_head_swaps_the_grid_but_keeps_the_layout():
     detect = make_detect(box_loss="cbbl", bins=5, grid="auto")
     fitted = detect.head.replace(size_points=(-1.0, -0.5, 0.0, 1.0, 2.0))

@@ -8,7 +8,7 @@ from typing import Optional
 
 from utils.eval.validator import DEFAULT_PROTOCOL, PROTOCOLS
 from utils.files import REPO_ROOT
-from utils.infer.options import RUNTIMES
+from utils.infer.options import CBBL_FUSION_DEFAULT, CBBL_FUSION_HELP, RUNTIMES
 from utils.options import option
 
 TASKS = ("train", "val", "test", "speed", "study")
@@ -59,6 +59,7 @@ class ValOptions:
     slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame at --img")
     runtime: str = option("torch", "what runs a .pt: torch, or onnxruntime after an in-memory ONNX export (faster "
                                    "on CPU)", choices=RUNTIMES)
+    cbbl_fusion: bool = option(CBBL_FUSION_DEFAULT, CBBL_FUSION_HELP)
 
     def __post_init__(self) -> None:
         weights = [self.weights] if isinstance(self.weights, (str, Path)) else self.weights

@@ -102,12 +102,15 @@ def run_model(opts: ValOptions, save_dir: Path, backend: Optional[DetectBackend]
                                   prefix=f"{split}: ")
     protocol = opts.protocol or DEFAULT_PROTOCOL
     slicing = _slicing(opts, imgsz, exported)
+    fusion = backend.decode_side_variance(opts.cbbl_fusion)
+    if fusion:  # the distributions' statistics only for the rows NMS can keep (the same kept boxes as dense)
+        backend.decode_only_above(opts.conf_thres)
     return validate(backend, loader, data["names"], conf_thres=opts.conf_thres, iou_thres=opts.iou_thres,
                     max_det=opts.max_det, save_dir=save_dir, plots=not opts.noplots, verbose=opts.verbose,
                     protocol=protocol, augment=opts.augment, half=opts.half, single_cls=opts.single_cls,
                     save_txt=opts.save_txt, save_conf=opts.save_conf, save_json=opts.save_json,
                     save_hybrid=opts.save_hybrid, merge=opts.merge, weights_stem=Path(opts.weights[0]).stem,
-                    slicing=slicing, batch_size=opts.batch_size)
+                    slicing=slicing, batch_size=opts.batch_size, cbbl_fusion=fusion)
 
 
 def _slicing(opts: ValOptions, imgsz: int, exported: bool) -> Optional[Slicing]:

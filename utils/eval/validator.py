@@ -186,14 +186,14 @@ def plot_val_batch(images: torch.Tensor, targets: torch.Tensor, dets: list[torch
 def collect(model: nn.Module, dataloader: Any, nc: int, *, conf_thres: float, iou_thres: float, max_det: int,
             compute_loss: Optional[Callable] = None, augment: bool = False, half: bool = False,
             single_cls: bool = False, merge: str = "nms", desc: str = "val",
-            plot_dir: Optional[Path] = None, names: Optional[list[str]] = None) -> Collected:
+            plot_dir: Optional[Path] = None, names: Optional[list[str]] = None, cbbl_fusion: bool = False) -> Collected:
     """Run the detector over the loader: NMS'd detections and GTs per image, losses and timings.
 
     With ``plot_dir``, the first NUM_PLOTTED_BATCHES batches are drawn there (labels and predictions).
     """
     device = _device_of(model)
     nms_args = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": True, "agnostic": single_cls,
-                "max_det": max_det}
+                "max_det": max_det, "cbbl_fusion": cbbl_fusion}
     rows, loss_sums, num_batches = _Rows(ConfusionMatrix(1 if single_cls else nc)), {}, 0
     timings = np.zeros(3)
     for batch_index, (images_uint8, targets, paths, shapes) in enumerate(tqdm(dataloader, desc=desc, leave=False)):
@@ -220,7 +220,8 @@ def collect(model: nn.Module, dataloader: Any, nc: int, *, conf_thres: float, io
 
 def collect_sliced(model: nn.Module, dataset: Any, nc: int, slicing: Slicing, *, conf_thres: float,
                    iou_thres: float, max_det: int, augment: bool = False, half: bool = False,
-                   single_cls: bool = False, merge: str = "nms", batch_size: int = 8, desc: str = "val") -> Collected:
+                   single_cls: bool = False, merge: str = "nms", batch_size: int = 8, desc: str = "val",
+                   cbbl_fusion: bool = False) -> Collected:
     """:func:`collect` for ``val.py --slice``: each frame of ``dataset`` is read at full size and detected by
     detect.py's sliced inference (utils/infer/slicing.py: tiles at ``slicing.imgsz``, cut boxes dropped,
     class-aware merge), against its labels in frame pixels. Timings: preprocess = reading the frame,
@@ -228,7 +229,7 @@ def collect_sliced(model: nn.Module, dataset: Any, nc: int, slicing: Slicing, *,
     """
     device, stride = _device_of(model), _stride_of(model)
     nms_args = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": True, "agnostic": single_cls,
-                "max_det": max_det}
+                "max_det": max_det, "cbbl_fusion": cbbl_fusion}
 
     def detect_tiles(crops: list[np.ndarray]) -> list[torch.Tensor]:
         batch, undo = network_batch(crops, (slicing.imgsz, slicing.imgsz), stride)
@@ -293,7 +294,7 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
              augment: bool = False, half: bool = False, single_cls: bool = False, save_txt: bool = False,
              save_conf: bool = False, save_json: bool = False, save_hybrid: bool = False,
              merge: str = "nms", weights_stem: str = "", slicing: Optional[Slicing] = None,
-             batch_size: int = 8) -> ValResults:
+             batch_size: int = 8, cbbl_fusion: bool = False) -> ValResults:
     """Validate a model (eval-mode ``Model`` or ``DetectBackend``) on a loader of the data contract.
 
     Args:
@@ -305,6 +306,8 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
         weights_stem: names the JSON predictions ``<weights_stem>_predictions.json``, as YOLOv5 does.
         slicing: detect on tiles of each full-size frame of ``dataloader.dataset`` (:func:`collect_sliced`,
             ``batch_size`` tiles per forward pass) instead of on the loader's letterboxed batches.
+        cbbl_fusion: the model's predictions end in per-side variance columns (DetectBackend.decode_side_variance):
+            NMS refines each kept box by variance voting (utils.nms.variance_voting).
     Returns:
         ValResults (also logged as a table).
     """
@@ -323,11 +326,13 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
         if slicing is not None:
             collected = collect_sliced(model, dataloader.dataset, len(names), slicing, conf_thres=conf_thres,
                                        iou_thres=iou_thres, max_det=max_det, augment=augment, half=half,
-                                       single_cls=single_cls, merge=merge, batch_size=batch_size)
+                                       single_cls=single_cls, merge=merge, batch_size=batch_size,
+                                       cbbl_fusion=cbbl_fusion)
         else:
             collected = collect(model, dataloader, len(names), conf_thres=conf_thres, iou_thres=iou_thres,
                                 max_det=max_det, compute_loss=compute_loss, augment=augment, half=half,
-                                single_cls=single_cls, merge=merge, plot_dir=plot_dir, names=list(names))
+                                single_cls=single_cls, merge=merge, plot_dir=plot_dir, names=list(names),
+                                cbbl_fusion=cbbl_fusion)
     finally:
         model.train(was_training)
     class_names = [SINGLE_CLASS_NAME] if single_cls else list(names)

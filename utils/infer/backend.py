@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.detect import SIDE_VARIANCE_COLUMNS
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.torch_utils import max_stride
@@ -168,6 +169,20 @@ class DetectBackend(nn.Module):
             return
         for model in self.models:
             model.detect.decode_conf = float(conf_thres)
+
+    def decode_side_variance(self, enabled: bool) -> bool:
+        """Turn the per-side variance columns for --cbbl-fusion on or off (models.detect.Detect.side_variance;
+        appended after the uncertainty). Returns whether the predictions carry them: only PyTorch C-BBL models have
+        distributions to read; other models keep today's output and NMS stays plain (said once)."""
+        able = not (self.is_onnx or self.is_torchscript) and self.box_mode == "cbbl"
+        if enabled and not able:
+            logger.warning("--cbbl-fusion: %s has no C-BBL box distributions at inference (regression head, mixed "
+                           "ensemble or exported graph); plain NMS", self.weights_name)
+        if able:
+            for model in self.models:
+                model.detect.side_variance = enabled
+            self.num_extra = int(self.models[0].detect.num_extra) + (SIDE_VARIANCE_COLUMNS if enabled else 0)
+        return enabled and able
 
     @torch.no_grad()
     def forward_each(self, images: torch.Tensor) -> list[torch.Tensor]:

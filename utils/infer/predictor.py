@@ -53,18 +53,19 @@ def network_batch(images: list[np.ndarray], imgsz: Sequence[int], stride: int, f
 
 
 def detect_images(images: list[np.ndarray], forward: ForwardFn, imgsz: Sequence[int], stride: int, nc: int,
-                  opts: DetectOptions, fixed_shape: bool = False) -> list[torch.Tensor]:
+                  opts: DetectOptions, fixed_shape: bool = False, cbbl_fusion: bool = False) -> list[torch.Tensor]:
     """Letterbox, one forward pass for the batch, NMS, undo the letterbox.
 
     Args:
         images: list of (H_i, W_i, 3) uint8 BGR. forward: (B, 3, h, w) float [0, 1] RGB -> (B, N, 5 + nc + E).
+        cbbl_fusion: the predictions end in per-side variance columns: NMS fuses boxes by them (utils.nms).
     Returns:
         per image (n, 6 + E) ``x1, y1, x2, y2, conf, cls, extra..`` in that image's pixels.
     """
     batch, undo = network_batch(images, imgsz, stride, fixed_shape)
     dets = non_max_suppression(forward(batch).float().cpu(), opts.conf_thres, opts.iou_thres,
                                list(opts.classes) if opts.classes is not None else None, opts.agnostic_nms,
-                               max_det=opts.max_det, nc=nc)
+                               max_det=opts.max_det, nc=nc, cbbl_fusion=cbbl_fusion)
     for det, (boxed_shape, ratio_pad), image in zip(dets, undo, images):
         det[:, :4] = scale_boxes_to_original(det[:, :4], boxed_shape, image.shape[:2], ratio_pad)
     return dets
@@ -129,6 +130,7 @@ def run(**options) -> list[ImageResult]:
     opts = options_from_kwargs(DetectOptions, options)
     backend = load_backend(opts.weights, select_device(opts.device), opts.half, opts.runtime)
     backend.decode_only_above(opts.conf_thres)
+    fusion = backend.decode_side_variance(opts.cbbl_fusion)
     names = load_names(opts.data, backend.nc) if opts.data else backend.names
     files = None if is_stream(opts.source) else list_files(opts.source)
     imgsz = inference_size(backend, opts.imgsz)
@@ -138,7 +140,8 @@ def run(**options) -> list[ImageResult]:
     forward = build_forward(backend, opts.augment)
 
     def detect_fn(images: list[np.ndarray]) -> list[torch.Tensor]:
-        return detect_images(images, forward, imgsz, backend.stride, backend.nc, opts, backend.fixed_imgsz is not None)
+        return detect_images(images, forward, imgsz, backend.stride, backend.nc, opts, backend.fixed_imgsz is not None,
+                             fusion)
 
     writer = OutputWriter(opts, names, backend.num_extra > 0, files or ())
     results, completed = [], False

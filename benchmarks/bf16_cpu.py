@@ -10,8 +10,8 @@ a load change hits both. The ratio bf16 / fp32 is taken per round and its spread
 One thread by default; the 1-minute load is recorded before and after (on a loaded machine the figures are
 indicative). Random weights: speed does not depend on them.
 
-accuracy: each --weights checkpoint validated twice with val.py's defaults (YOLOv5's metric), --half off (fp32) and
-on (bf16 autocast, head and decode fp32), on each --data set; the mAP differences are the change bf16 makes.
+accuracy: each --weights checkpoint validated twice with val.py's defaults (YOLOv5's metric, or --protocol), --half
+off (fp32) and on (bf16 autocast, head and decode fp32), on each --data set; the differences are what bf16 changes.
 
 Needs a CPU with native bf16 (amx_bf16 or avx512_bf16): elsewhere bf16 is emulated and this exits with a line.
 Writes benchmarks/results/bf16_cpu_{speed,accuracy}.json and .md.
@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", nargs="*", default=[], help="checkpoints for the accuracy task")
     parser.add_argument("--data", nargs="*", default=["synthetic.yaml"], help="dataset YAMLs for the accuracy task")
     parser.add_argument("--val-img", type=int, default=640, help="val.py --img for the accuracy task")
+    parser.add_argument("--protocol", default=None, help="val.py --protocol (default: YOLOv5's; coco gives AP_small)")
     parser.add_argument("--name", default="", help="suffix of the result files")
     return parser.parse_args(argv)
 
@@ -180,7 +181,8 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
                 for precision in PRECISIONS:
                     start = time.perf_counter()
                     result = val.run(weights=[weights], data=data, imgsz=args.val_img, device="cpu", workers=0,
-                                     half=precision == "bf16", project=folder, name="val", noplots=True)
+                                     half=precision == "bf16", protocol=args.protocol, project=folder, name="val",
+                                     noplots=True)
                     figures[precision] = {"map50": result.map50, "map50_95": result.map50_95,
                                           "ap_small": result.ap_small, "precision": result.precision,
                                           "recall": result.recall, "seconds": time.perf_counter() - start}
@@ -195,14 +197,14 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def accuracy_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| weights | data | fp32 mAP50 | bf16 mAP50 | fp32 mAP50-95 | bf16 mAP50-95 | d mAP50 | d mAP50-95 |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| weights | data | fp32 mAP50 | bf16 mAP50 | fp32 mAP50-95 | bf16 mAP50-95 | fp32 AP_small | "
+             "bf16 AP_small | d mAP50 | d mAP50-95 | d AP_small |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         fp32, bf16, delta = row["fp32"], row["bf16"], row["bf16_minus_fp32"]
-        lines.append(f"| {row['weights']} | {row['data']} | {fp32['map50']:.4f} | {bf16['map50']:.4f} | "
-                     f"{fp32['map50_95']:.4f} | {bf16['map50_95']:.4f} | {delta['map50']:+.4f} | "
-                     f"{delta['map50_95']:+.4f} |")
-    return lines
+        figures = [f"{side[key]:.4f}" for key in ("map50", "map50_95", "ap_small") for side in (fp32, bf16)]
+        changes = [f"{delta[key]:+.4f}" for key in ("map50", "map50_95", "ap_small")]
+        lines.append(f"| {row['weights']} | {row['data']} | " + " | ".join(figures + changes) + " |")
+    return [*lines, "", "(-1: undefined under the protocol; YOLOv5's val table has no AP_small, --protocol coco does)"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,8 @@
 
     python benchmarks/bf16_cpu.py --tasks speed --cfgs yolov5n yolov5s --rounds 3
     python benchmarks/bf16_cpu.py --tasks accuracy --weights runs/train/exp/weights/best.pt --data synthetic.yaml
+    python benchmarks/bf16_cpu.py --tasks accuracy --weights ../shared/weights/yolov5n-coco-v6.1.pt \
+        --coco-labels-of ../shared/data/visdrone-real/VisDrone2019-DET-val
 
 speed: per model, a training step (Trainer.train_step: forward, loss, backward, SGD step; batch --batch at
 --img) and batch-1 inference at --img through DetectBackend (detect.py's PyTorch path, ``--half`` for bf16), each
@@ -58,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", nargs="*", default=["synthetic.yaml"], help="dataset YAMLs for the accuracy task")
     parser.add_argument("--val-img", type=int, default=640, help="val.py --img for the accuracy task")
     parser.add_argument("--protocol", default=None, help="val.py --protocol (default: YOLOv5's; coco gives AP_small)")
+    parser.add_argument("--coco-labels-of", default="", help="a VisDrone split folder (images/, annotations/): "
+                        "validate on it with COCO class ids, for COCO-trained --weights (instead of --data)")
     parser.add_argument("--name", default="", help="suffix of the result files")
     return parser.parse_args(argv)
 
@@ -175,8 +179,10 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bf16_val_") as folder:
+        datasets = [coco_labelled(Path(args.coco_labels_of), args.weights[0], Path(folder) / "coco")] \
+            if args.coco_labels_of else args.data
         for weights in args.weights:
-            for data in args.data:
+            for data in datasets:
                 figures = {}
                 for precision in PRECISIONS:
                     start = time.perf_counter()
@@ -194,6 +200,22 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
                             figures["fp32"]["map50"], figures["bf16"]["map50"], figures["fp32"]["map50_95"],
                             figures["bf16"]["map50_95"])
     return rows
+
+
+def coco_labelled(split: Path, weights: str, folder: Path) -> str:
+    """A dataset YAML for a VisDrone split with COCO class ids (tests/fixtures/make_yolov5_metrics.py's mapping),
+    named as the COCO model ``weights`` names its classes; images linked, labels written under ``folder``."""
+    import yaml
+
+    from tests.fixtures.make_yolov5_metrics import write_coco_labels
+    from utils.infer.backend import DetectBackend
+
+    write_coco_labels(split, folder)
+    names = DetectBackend(weights, fuse=False).names
+    path = folder / "coco_labels.yaml"
+    atomic_write_text(path, yaml.safe_dump({"path": str(folder), "train": "images", "val": "images",
+                                            "nc": len(names), "names": names}))
+    return str(path)
 
 
 def accuracy_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -6,11 +6,12 @@
 
 What a YOLOv5 user does: train.py from ``yolov5n-coco-v6.1.pt`` on the real frames in ../shared (a working
 copy under datasets/, labels by data/scripts/visdrone2yolo.py), YOLOv5's recipe (hyp.scratch-low SGD, nominal
-batch 64), whole frames. Each (config, seed) is one train.py process (1 thread); a killed study continues where
-it stopped: a run with a last.pt resumes from it, a finished run is only evaluated, and every evaluated run
-appends its row to runs.csv at once. best.pt is then scored on the 73 val frames under YOLOv5's metric, the COCO
-protocol and the official VisDrone protocol (ignored regions), from one inference pass; for C-BBL runs also the
-Spearman correlation between each true positive's uncertainty and 1 - IoU with its ground truth.
+batch 64, float32 as YOLOv5 on a CPU), whole frames. Each (config, seed) is one train.py process (1 thread). A
+killed study continues where it stopped: a run with a last.pt resumes from it, a finished run is only
+evaluated, and every evaluated run appends its row to runs.csv at once. best.pt is then scored on the 73 val
+frames under YOLOv5's metric, the COCO protocol and the official VisDrone protocol (ignored regions), from one
+inference pass; for C-BBL runs also the Spearman correlation between each true positive's uncertainty and
+1 - IoU with its ground truth.
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def train_command(args: argparse.Namespace, data: Path, config: str, seed: int, 
         return [sys.executable, str(ROOT / "train.py"), "--resume", str(last)]
     return [sys.executable, str(ROOT / "train.py"), "--weights", str(COCO_WEIGHTS), "--data", str(data),
             "--img", str(args.img), "--epochs", str(args.epochs), "--batch", str(args.batch),
-            "--hyp", "hyp.scratch-low.yaml", "--nbs", "64", "--seed", str(seed), "--workers", "1", "--noplots",
-            "--device", "cpu", "--project", str(run_dir.parent), "--name", run_dir.name, "--exist-ok",
+            "--hyp", "hyp.scratch-low.yaml", "--nbs", "64", "--no-amp", "--seed", str(seed), "--workers", "1",
+            "--noplots", "--device", "cpu", "--project", str(run_dir.parent), "--name", run_dir.name, "--exist-ok",
             *CONFIGS[config]]
 
 

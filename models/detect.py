@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from utils.cbbl import BoxGrids, SideStats, decode_offsets, decoded_points, expectation_and_entropy, side_statistics
 from utils.head import DetectOutput, HeadConfig, as_head_config
+from utils.torch_utils import float32_under_cpu_autocast
 
 # YOLOv5 priors: about 8 objects per 640x640 image, and 0.6 of the class mass spread over nc classes.
 OBJECTS_PER_640_IMAGE = 8.0
@@ -106,6 +107,7 @@ class Detect(nn.Module):
                 bias[:, self.box_channels] = math.log(OBJECTS_PER_640_IMAGE / (image_size / stride) ** 2)
                 bias[:, self.box_channels + 1:] = class_prior
 
+    @float32_under_cpu_autocast
     def forward(self, features: list[torch.Tensor]) -> DetectOutput:
         """Level features -> :class:`DetectOutput`: the raw outputs, and in eval mode the decoded predictions."""
         raw = []

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import logging
 import math
 import os
 import random
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -42,6 +45,55 @@ def device_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# CPU flags of bfloat16 arithmetic in hardware (AMX tiles, AVX512-BF16 dot products). Without one of them oneDNN
+# emulates bf16 on the fp32 units, slower than fp32: autocast is never used there.
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (Linux /proc/cpuinfo flags; False wherever unknown)."""
+    try:
+        with CPUINFO.open() as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return torch.backends.mkldnn.is_available() and any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The mixed-precision type of ``device``: float16 on CUDA (YOLOv5's AMP), bfloat16 on a CPU with native bf16,
+    None (stay float32) elsewhere."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` at :func:`autocast_dtype` when ``enabled`` and the device has one; a no-op otherwise."""
+    dtype = autocast_dtype(device) if enabled else None
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def float32_under_cpu_autocast(forward: Callable) -> Callable:
+    """Decorate a head's ``forward(self, features)``: under CPU bf16 autocast it runs in float32, inputs cast up.
+
+    bfloat16 keeps 8 mantissa bits: a coordinate near 640 px is off by up to 2 px, too coarse for 10 px objects, so
+    the prediction convolutions, the decode and the C-BBL expectation stay float32. CUDA fp16 autocast (YOLOv5's
+    AMP) is left as it is.
+    """
+    @functools.wraps(forward)
+    def wrapper(self: nn.Module, features: list[torch.Tensor]) -> Any:
+        if not torch.is_autocast_enabled("cpu"):
+            return forward(self, features)
+        with torch.autocast("cpu", enabled=False):
+            return forward(self, [feature.float() for feature in features])
+    return wrapper
 
 
 def select_device(device: str = "", batch_size: int = 0) -> torch.device:

@@ -83,3 +83,9 @@ def test_options_are_frozen_and_round_trip():
     assert TrainOptions.from_dict(values) == opts
     with pytest.raises(ValueError, match="bogus"):
         TrainOptions.from_dict({**values, "bogus": 1})
+
+
+def test_amp_is_on_by_default_and_no_amp_forces_float32():
+    assert parse_options([]).amp is True
+    assert parse_options(["--no-amp"]).amp is False
+    assert TrainOptions(amp=False).to_dict()["amp"] is False  # stored in opt.yaml, so --resume keeps it

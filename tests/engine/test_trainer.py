@@ -8,7 +8,19 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils.engine.trainer import Hook, Trainer, check_finite_loss, multi_scale_size
+import utils.engine.trainer as trainer_module
+import utils.torch_utils as torch_utils
+from utils.engine.trainer import (
+    Hook,
+    Trainer,
+    amp_check_detections,
+    amp_check_image,
+    check_amp,
+    check_finite_loss,
+    detections_agree,
+    multi_scale_size,
+)
+from utils.torch_utils import cpu_has_native_bf16
 
 
 class ToyLoss:
@@ -47,12 +59,12 @@ def toy_batches(num_batches=4, nan_at=None):
     return batches
 
 
-def make_trainer(batches, hooks=(), accumulate=1, epochs=2):
+def make_trainer(batches, hooks=(), accumulate=1, epochs=2, amp=False, loss_fn=None):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    return Trainer(model=model, loss_fn=ToyLoss(), optimizer=optimizer, train_loader=batches,
-                   device=torch.device("cpu"), epochs=epochs, hooks=hooks, accumulate=accumulate)
+    return Trainer(model=model, loss_fn=loss_fn or ToyLoss(), optimizer=optimizer, train_loader=batches,
+                   device=torch.device("cpu"), epochs=epochs, hooks=hooks, accumulate=accumulate, amp=amp)
 
 
 def test_fit_runs_phases_in_order_and_learns():
@@ -128,3 +140,79 @@ def test_an_early_stopped_state_resumes_into_the_final_step_only():
     assert (fresh.start_epoch, fresh.epoch) == (5, 0)
     fresh.fit()
     assert recorder.events == ["before_train", "after_train completed=True"]
+
+
+def tiny_detector():
+    """A random tiny C-BBL model whose detections are spread out as a trained model's: random weights alone give
+    every anchor a confidence near 0.25, ties that any rounding reorders."""
+    from models.yolo import Model
+    from tests.conftest import TINY_MODEL_YAML
+
+    torch.manual_seed(0)
+    model = Model(TINY_MODEL_YAML, head={"box_loss": "cbbl"})
+    with torch.no_grad():
+        for conv in model.detect.m:
+            conv.weight.mul_(100.0)
+            conv.bias.view(model.detect.na, model.detect.no)[:, model.detect.box_channels:] = 0.0
+    return model
+
+
+def test_amp_check_falls_back_to_float32_when_the_detections_differ(monkeypatch, caplog):
+    monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: True)
+    row = torch.tensor([[0.5, 0.5, 0.1, 0.1, 0.9, 1.0]])
+    shifted = {False: row, True: row + torch.tensor([0.2, 0, 0, 0, 0, 0])}
+    monkeypatch.setattr(trainer_module, "amp_check_detections", lambda model, image, mixed, conf_thres: shifted[mixed])
+    assert check_amp(tiny_detector(), torch.device("cpu")) is False
+    assert "AMP: checks failed" in caplog.text and "training in float32" in caplog.text
+    fewer = {False: shifted[False], True: shifted[False][:0]}
+    monkeypatch.setattr(trainer_module, "amp_check_detections", lambda model, image, mixed, conf_thres: fewer[mixed])
+    assert check_amp(tiny_detector(), torch.device("cpu")) is False
+
+
+def test_amp_on_a_cpu_without_native_bf16_is_float32_without_running_the_check(monkeypatch, caplog):
+    monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(trainer_module, "amp_check_detections", lambda *a, **k: pytest.fail("check ran"))
+    caplog.set_level("INFO", logger="utils.engine.trainer")
+    trainer = make_trainer(toy_batches(2), epochs=1, amp=True)
+    assert trainer.amp is False and not trainer.scaler.is_enabled()
+    assert "has no native mixed precision" in caplog.text
+
+
+def test_bf16_training_step_autocasts_the_model_but_not_the_loss(monkeypatch):
+    """Where --amp is on (check passed) on CPU: the model's convs run bf16, the loss sees float32 outside autocast,
+    the weights (and so the optimizer state) stay float32, and no GradScaler is used."""
+    monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(trainer_module, "check_amp", lambda model, device: True)
+    seen = []
+
+    class RecordingLoss(ToyLoss):
+        def __call__(self, preds, targets):
+            seen.append((preds.dtype, torch.is_autocast_enabled("cpu")))
+            return super().__call__(preds.float(), targets)
+
+    trainer = make_trainer(toy_batches(2), epochs=1, amp=True, loss_fn=RecordingLoss())
+    trainer.fit()
+    assert trainer.amp and not trainer.scaler.is_enabled()
+    assert seen == [(torch.bfloat16, False)] * 2  # a toy model without a Detect head: its output is bf16
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert trainer.optimizer.state_dict()["state"][0]["momentum_buffer"].dtype == torch.float32
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (amx_bf16/avx512_bf16)")
+def test_bf16_detections_of_a_tiny_model_agree_with_float32_within_the_check_tolerance(caplog):
+    model, image = tiny_detector().eval(), amp_check_image(128)
+    reference = amp_check_detections(model, image, mixed=False, conf_thres=0.4)
+    mixed = amp_check_detections(model, image, mixed=True, conf_thres=0.4)
+    assert len(reference) > 20 and detections_agree(reference, mixed)
+    assert not torch.equal(reference, mixed)  # bf16 did run
+    caplog.set_level("INFO", logger="utils.engine.trainer")
+    assert check_amp(model, torch.device("cpu"), conf_thres=0.4) is True
+    assert "AMP: checks passed" in caplog.text
+
+
+def test_detections_agree_pairs_rows_in_any_order_within_the_tolerance():
+    rows = torch.tensor([[0.5, 0.5, 0.1, 0.1, 0.30, 1.0], [0.2, 0.3, 0.05, 0.05, 0.29, 0.0]])
+    assert detections_agree(rows, rows.flip(0) + 0.05)
+    assert not detections_agree(rows, rows + torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))  # another class
+    assert not detections_agree(rows, rows[:1])
+    assert not detections_agree(rows, torch.cat([rows[:1], rows[:1]]))  # a row of the first without a partner

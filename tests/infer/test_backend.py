@@ -8,11 +8,13 @@ import logging
 import pytest
 import torch
 
+import utils.torch_utils as torch_utils
 from models.yolo import model_from_checkpoint
 from tests.conftest import FOREIGN_FILES, assert_parity, foreign_checkpoint
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.infer.backend import DetectBackend
 from utils.nms import non_max_suppression
+from utils.torch_utils import cpu_has_native_bf16
 
 
 @pytest.mark.parametrize("box, num_extra", [("regress", 0), ("cbbl", 1)])
@@ -127,3 +129,29 @@ def test_side_variance_columns_toggle_for_cbbl_and_never_touch_a_regression_mode
         assert not regress.decode_side_variance(True)
     assert "no C-BBL box distributions" in caplog.text
     assert regress.num_extra == 0 and torch.equal(regress(images), before)
+
+
+def test_half_on_a_cpu_without_native_bf16_runs_float32_with_one_warning(tiny_checkpoint, monkeypatch, caplog):
+    monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: False)
+    path = tiny_checkpoint("cbbl")
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.WARNING):
+        half = DetectBackend(path, device="cpu", half=True)
+    assert not (half.bf16 or half.fp16) and "running in float32" in caplog.text
+    assert torch.equal(half(images), DetectBackend(path, device="cpu")(images))
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (amx_bf16/avx512_bf16)")
+@pytest.mark.parametrize("box", ["regress", "cbbl"])
+def test_half_on_a_native_bf16_cpu_autocasts_with_a_float32_head(tiny_checkpoint, box):
+    path = tiny_checkpoint(box)
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    half, full = DetectBackend(path, device="cpu", half=True), DetectBackend(path, device="cpu")
+    assert half.bf16 and not half.fp16
+    assert all(p.dtype == torch.float32 for p in half.models[0].parameters())  # weights stay float32
+    inputs = []
+    half.models[0].detect.m[0].register_forward_hook(lambda m, args, out: inputs.append(args[0].dtype))
+    pred, reference = half(images), full(images)
+    assert inputs == [torch.float32] and pred.dtype == torch.float32
+    assert not torch.equal(pred, reference)  # bf16 did run
+    torch.testing.assert_close(pred, reference, atol=0.5, rtol=0.02)  # boxes within 0.5 px, scores 2 %

@@ -1,4 +1,4 @@
-"""Tests for utils/infer/hub.py's Detections helpers that YOLOv5 users call: crop(), show(), tolist()."""
+"""Tests for utils/infer/hub.py's Detections helpers that YOLOv5 users call: crop(), show(), tolist(); AutoShape.amp."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from utils.annotate import crop_box
-from utils.infer.hub import Detections
+from utils.infer.hub import AutoShape, Detections
+from utils.torch_utils import cpu_has_native_bf16
 
 
 @pytest.fixture
@@ -58,3 +59,23 @@ def test_show_without_a_display_says_so(results, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         results.show()
     assert shown == [((80, 60), "a.jpg")] and "no image viewer found" in caplog.text
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (amx_bf16/avx512_bf16)")
+def test_autoshape_amp_runs_bf16_on_a_native_cpu_with_a_float32_head():
+    """YOLOv5's ``model.amp = True``: autocast inference (bf16 on CPU), the prediction convs float32."""
+    from models.yolo import Model
+    from tests.conftest import TINY_MODEL_YAML
+
+    torch.manual_seed(0)
+    hub = AutoShape(Model(TINY_MODEL_YAML))
+    hub.conf = 0.0
+    seen = []
+    hub.model.detect.m[0].register_forward_hook(lambda m, args, out: seen.append(args[0].dtype))
+    first = next(m for m in hub.model.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    hub(image, size=64)
+    hub.amp = True
+    hub(image, size=64)
+    assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.float32]

@@ -189,3 +189,30 @@ def test_set_head_swaps_the_grid_but_keeps_the_layout():
     assert detect.head == fitted and torch.equal(detect.grid_points[2], torch.tensor(fitted.size_points))
     with pytest.raises(ValueError, match="keeps box_loss and bins"):
         detect.set_head(fitted.replace(bins=7, centre_points=(), size_points=()))
+
+
+@pytest.mark.parametrize("box_loss", ["ciou", "cbbl"])
+def test_under_cpu_bf16_autocast_the_head_convs_and_decode_stay_float32(box_loss):
+    """The backbone runs bf16; the prediction convs see and give float32, and the decode is float32 math: the same
+    as decoding the (float32) raw maps outside autocast, bit for bit."""
+    from models.yolo import Model
+    from tests.conftest import TINY_MODEL_YAML
+
+    torch.manual_seed(0)
+    model = Model(TINY_MODEL_YAML, head={"box_loss": box_loss}).eval()
+    seen = []
+    hooks = [conv.register_forward_hook(lambda m, args, out: seen.append((args[0].dtype, out.dtype, m.weight.dtype)))
+             for conv in model.detect.m]
+    backbone_out = []
+    first = next(module for module in model.modules() if isinstance(module, torch.nn.Conv2d))
+    hooks.append(first.register_forward_hook(lambda m, args, out: backbone_out.append(out.dtype)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pred, raw = model(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    for hook in hooks:
+        hook.remove()
+    assert backbone_out == [torch.bfloat16]
+    assert seen == [(torch.float32, torch.float32, torch.float32)] * len(model.detect.m)
+    assert pred.dtype == torch.float32 and all(level.dtype == torch.float32 for level in raw)
+    with torch.no_grad():
+        decoded = torch.cat([model.detect.decode_level(level, index) for index, level in enumerate(raw)], 1)
+    assert torch.equal(pred, decoded)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
+
 from utils.cbbl import OFFSET_SPACES, RESTORE_MODES
 from utils.data.config import recommended_training
 from utils.data.dataset import check_cache_mode
@@ -58,6 +60,8 @@ class TrainOptions:
     cache: Optional[str] = option(None, "cache decoded images in RAM", nargs="?", const="ram")
     image_weights: bool = option(False, "sample images by their class weights")
     device: str = option("", "cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    amp: bool = option(True, "mixed precision where an automatic check passes: fp16 on CUDA, bfloat16 on CPUs with "
+                             "AMX/AVX512-BF16 (--no-amp: float32)")
     multi_scale: bool = option(False, "vary the image size +/- 50%%")
     single_cls: bool = option(False, "train multi-class data as one class")
     optimizer: Optional[str] = option(None, "YOLOv5's optimizer at the hyp's lr0 (default: the hyp file's "
@@ -177,6 +181,7 @@ class TrainOptions:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}")
+        values = {"amp": torch.cuda.is_available(), **values}  # stored before --amp: mixed precision on CUDA only
         return cls(**{**values, **changes})
 
 

@@ -202,7 +202,7 @@ def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_
     trainer = Trainer(model=wrap_ddp(model, context, device, opts.sync_bn), loss_fn=loss_fn, optimizer=optimizer,
                       train_loader=train_loader, device=device, epochs=opts.epochs, hooks=hooks, ema=ema,
                       accumulate=accumulate, imgsz=imgsz, stride=stride, multi_scale=opts.multi_scale,
-                      context=context, seed=opts.seed)
+                      context=context, seed=opts.seed, amp=opts.amp)
     if checkpoint is not None:
         restore_state(trainer, checkpoint)
     logger.info("training %d epochs at --img %d, batch %d (x%d accumulated), results to %s",

@@ -7,20 +7,27 @@ Hooks read and set the trainer's public attributes (epoch, iteration, metrics, s
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from utils.boxes import xyxy_to_cxcywhn
 from utils.data.dataset import loader_rng_state, set_loader_rng_state
+from utils.data.synthetic import make_image
 from utils.distributed import DistContext
+from utils.nms import non_max_suppression
 from utils.torch_utils import (
     ModelEMA,
+    autocast,
+    autocast_dtype,
     de_parallel,
     global_rng_states,
     python_rng_state,
@@ -34,6 +41,13 @@ logger = logging.getLogger(__name__)
 GRAD_CLIP_NORM = 10.0
 # --multi-scale draws each batch's size from this fraction range of --img (rounded to the stride).
 MULTI_SCALE_RANGE = (0.5, 1.5)
+# The AMP check (YOLOv5's check_amp, on CPU bf16 too): on the built-in image, float32 and mixed-precision detections
+# (NMS at conf 0.25, IoU 0.45, as hub models run) must be as many, and each must have a partner in the other set with
+# x, y, w, h (fractions of the image), confidence and class within this absolute tolerance: YOLOv5's 0.1.
+AMP_CHECK_TOLERANCE = 0.1
+AMP_CHECK_IMAGE_SIZE = 640
+AMP_CHECK_SEED = 0  # the built-in image: synthetic scene 0 (utils/data/synthetic.py), no file or download
+AMP_CHECK_NMS = {"conf_thres": 0.25, "iou_thres": 0.45, "max_det": 1000}
 EVENTS = ("before_train", "before_epoch", "before_step", "after_step", "after_epoch", "after_train")
 
 
@@ -44,6 +58,67 @@ def check_finite_loss(loss: torch.Tensor, loss_items: dict[str, float], paths: S
     shown = ", ".join(str(p) for p in list(paths)[:8]) + (" ..." if len(paths) > 8 else "")
     raise FloatingPointError(f"non-finite training loss {loss.detach().flatten().tolist()} at iteration {iteration}; "
                              f"loss terms {loss_items}; batch images: {shown}")
+
+
+def amp_check_image(size: int = AMP_CHECK_IMAGE_SIZE) -> torch.Tensor:
+    """The AMP check's built-in image: (1, 3, size, size) RGB float in [0, 1], the same on every machine."""
+    bgr, _labels = make_image(size, np.random.default_rng(AMP_CHECK_SEED))
+    return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))).float().div(255)[None]
+
+
+@torch.no_grad()
+def amp_check_detections(model: nn.Module, image: torch.Tensor, mixed: bool,
+                         conf_thres: float = AMP_CHECK_NMS["conf_thres"]) -> torch.Tensor:
+    """(n, 6) detections ``x, y, w, h`` (fractions of the image), confidence, class of ``model`` (eval) on
+    ``image``, in float32 or under mixed precision."""
+    device = next(model.parameters()).device
+    with autocast(device, mixed):
+        pred = model(image.to(device))[0]
+    nms = {**AMP_CHECK_NMS, "conf_thres": conf_thres}
+    det = non_max_suppression(pred.float(), nc=int(model.nc), **nms)[0][:, :6].cpu()
+    height, width = image.shape[2:]
+    return torch.cat([xyxy_to_cxcywhn(det[:, :4], width, height), det[:, 4:6]], 1)
+
+
+def detections_agree(first: torch.Tensor, second: torch.Tensor, atol: float = AMP_CHECK_TOLERANCE) -> bool:
+    """Same number of (n, 6) detections, and each row of either has a row of the other within ``atol`` everywhere.
+
+    YOLOv5 compares the rows in NMS order; here the order is free, since NMS sorts by confidence and confidences tied
+    within bf16's rounding swap places.
+    """
+    if first.shape != second.shape:
+        return False
+    close = ((first[:, None] - second[None]).abs() <= atol).all(-1)  # (n, n)
+    return bool(close.any(1).all() and close.any(0).all())
+
+
+def check_amp(model: nn.Module, device: torch.device, conf_thres: float = AMP_CHECK_NMS["conf_thres"]) -> bool:
+    """Whether to train ``model`` in mixed precision on ``device`` (fp16 on CUDA, bf16 on CPUs with native bf16).
+
+    As YOLOv5's check_amp: a copy of the model detects the built-in image in float32 and under autocast; the
+    detections must agree within AMP_CHECK_TOLERANCE. One line says the outcome; a failed check trains in float32.
+    A model that detects nothing in the image (a scratch model) passes, as in YOLOv5.
+    """
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        logger.info("AMP: off, %s has no native mixed precision (CPU bf16 needs the amx_bf16 or avx512_bf16 flag); "
+                    "training in float32", device)
+        return False
+    probe = copy.deepcopy(de_parallel(model)).eval()
+    image = amp_check_image()
+    try:
+        reference = amp_check_detections(probe, image, mixed=False, conf_thres=conf_thres)
+        mixed = amp_check_detections(probe, image, mixed=True, conf_thres=conf_thres)
+        passed = detections_agree(reference, mixed)
+    except RuntimeError as err:  # an operator without a mixed-precision kernel here
+        logger.warning("AMP: check failed (%s); training in float32 (--no-amp skips the check)", err)
+        return False
+    if passed:
+        logger.info("AMP: checks passed, training the backbone and neck in %s (--no-amp: float32)", dtype)
+    else:
+        logger.warning("AMP: checks failed, %s detections differ from float32 on the built-in image by more than "
+                       "%g; training in float32", dtype, AMP_CHECK_TOLERANCE)
+    return passed
 
 
 def multi_scale_size(imgsz: int, stride: int, rng: random.Random) -> int:
@@ -80,17 +155,19 @@ class Trainer:
     def __init__(self, *, model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                  train_loader: Any, device: torch.device, epochs: int, hooks: Sequence[Hook] = (),
                  ema: Optional[ModelEMA] = None, accumulate: int = 1, imgsz: int = 640, stride: int = 32,
-                 multi_scale: bool = False, context: Optional[DistContext] = None, seed: int = 0):
+                 multi_scale: bool = False, context: Optional[DistContext] = None, seed: int = 0,
+                 amp: bool = False):
         self.model, self.loss_fn, self.optimizer, self.ema = model, loss_fn, optimizer, ema
         self.train_loader, self.device, self.epochs, self.hooks = train_loader, device, epochs, list(hooks)
         self.accumulate = accumulate  # batches per optimizer step; the LR hook ramps it up during warmup
         self.imgsz, self.stride, self.multi_scale = imgsz, stride, multi_scale
         self.context = context or DistContext()
-        self.amp = device.type == "cuda"
         # On CPU, channels-last convolutions measured 10-20% faster for a training step (docs/benchmarks.md).
         self.memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # Mixed precision (--amp) where check_amp passes; bf16 on CPU needs no loss scaling (float32's range).
+        self.amp = amp and check_amp(self.model, device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and device.type == "cuda")
         self.rng = random.Random(seed)
         self.start_epoch = 0
         self.epoch = 0
@@ -165,9 +242,10 @@ class Trainer:
                 scale = size / max(images.shape[2:])
                 new_hw = [round(side * scale / self.stride) * self.stride for side in images.shape[2:]]
                 images = F.interpolate(images, size=new_hw, mode="bilinear", align_corners=False)
-        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+        with autocast(self.device, self.amp):  # the head runs float32 under CPU bf16 (models/detect.py)
             preds = self.model(images)
-            loss, loss_terms = self.loss_fn(preds, targets.to(self.device))
+            with torch.autocast("cpu", enabled=False):  # the loss stays float32 on CPU; CUDA keeps YOLOv5's AMP
+                loss, loss_terms = self.loss_fn(preds, targets.to(self.device))
         loss_items = {key: float(value) for key, value in loss_terms.items()}
         check_finite_loss(loss, loss_items, paths, self.iteration)
         if self.context.enabled:

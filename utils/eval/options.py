@@ -43,7 +43,7 @@ class ValOptions:
     project: str = option(str(REPO_ROOT / "runs" / "val"), "save to project/name")
     name: str = option("exp", "save to project/name")
     exist_ok: bool = option(False, "reuse an existing project/name")
-    half: bool = option(False, "FP16 inference (CUDA)")
+    half: bool = option(False, "FP16 inference (CUDA); bfloat16 autocast on CPUs with AMX/AVX512-BF16")
     protocol: Optional[str] = option(None, f"metric: {DEFAULT_PROTOCOL} (default: YOLOv5 v7.0's val.py table), coco "
                                            "(pycocotools), visdrone (official toolkit); --pred JSON files imply "
                                            "coco, --pred folders visdrone", choices=PROTOCOLS)

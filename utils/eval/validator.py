@@ -32,7 +32,7 @@ from utils.infer.slicing import sliced_detect
 from utils.infer.tta import tta_forward
 from utils.infer.wbf import weighted_box_fusion
 from utils.nms import non_max_suppression
-from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride, time_sync
+from utils.torch_utils import TRAIN_GRID_FLOOR, autocast, max_stride, time_sync
 
 logger = logging.getLogger(__name__)
 
@@ -201,9 +201,10 @@ def collect(model: nn.Module, dataloader: Any, nc: int, *, conf_thres: float, io
         images = images_uint8.to(device, non_blocking=True).float() / 255  # (B, 3, H, W) in [0, 1]
         net_hw = tuple(images.shape[2:])
         preprocess = time_sync() - start
-        with torch.no_grad(), torch.autocast("cuda", enabled=half and device.type == "cuda"):
-            dets, raw, inference, nms_time = _detect(model, images, nc, nms_args, augment, merge)
-            if compute_loss is not None and raw is not None:
+        with torch.no_grad():
+            with autocast(device, half):  # fp16 on CUDA, bf16 on a native-bf16 CPU (head and decode float32)
+                dets, raw, inference, nms_time = _detect(model, images, nc, nms_args, augment, merge)
+            if compute_loss is not None and raw is not None:  # float32, as YOLOv5's val computes it
                 for name, value in _loss_terms(compute_loss(raw, targets.to(device))).items():
                     loss_sums[name] = loss_sums.get(name, 0.0) + value
         timings += (preprocess, inference, nms_time)
@@ -233,7 +234,7 @@ def collect_sliced(model: nn.Module, dataset: Any, nc: int, slicing: Slicing, *,
 
     def detect_tiles(crops: list[np.ndarray]) -> list[torch.Tensor]:
         batch, undo = network_batch(crops, (slicing.imgsz, slicing.imgsz), stride)
-        with torch.no_grad(), torch.autocast("cuda", enabled=half and device.type == "cuda"):
+        with torch.no_grad(), autocast(device, half):
             dets = _detect(model, batch.to(device), nc, nms_args, augment, merge)[0]
         dets = [det.detach().float().cpu() for det in dets]
         for det, (boxed_shape, ratio_pad), crop in zip(dets, undo, crops):

@@ -24,7 +24,7 @@ import torch.nn as nn
 from models.detect import SIDE_VARIANCE_COLUMNS
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
-from utils.torch_utils import max_stride
+from utils.torch_utils import autocast, autocast_dtype, max_stride
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ class DetectBackend(nn.Module):
             predictions are concatenated along N so one NMS merges them), an ``.onnx`` or a ``.torchscript`` file.
         device: torch device for inputs and outputs (ONNX Runtime uses its CUDA provider only on CUDA).
         fuse: fuse Conv+BN where the model offers ``fuse()``.
-        half: fp16 inference (CUDA and .pt/.torchscript only; ignored with a warning elsewhere).
+        half: YOLOv5's --half: fp16 weights on CUDA (.pt/.torchscript); on a CPU with native bfloat16 (AMX or
+            AVX512-BF16), bf16 autocast of a .pt model's backbone and neck, the head and decode float32
+            (models/detect.py). Ignored with a warning elsewhere.
 
     PyTorch models run channels-last on CPU: measured 5-20% faster there (docs/benchmarks.md), same outputs.
     """
@@ -81,8 +83,11 @@ class DetectBackend(nn.Module):
         self.device = torch.device(device)
         self.weights_name = ", ".join(str(p) for p in paths)  # named in errors
         self.fp16 = bool(half) and self.device.type == "cuda" and paths[0].suffix != ".onnx"
-        if half and not self.fp16:
-            logger.warning("--half needs CUDA and a .pt/.torchscript model; running in float32")
+        self.bf16 = (bool(half) and self.device.type == "cpu" and paths[0].suffix == ".pt"
+                     and autocast_dtype(self.device) == torch.bfloat16)
+        if half and not (self.fp16 or self.bf16):
+            logger.warning("--half needs CUDA and a .pt/.torchscript model, or a CPU with native bfloat16 "
+                           "(amx_bf16/avx512_bf16) and a .pt model; running in float32")
         self.is_onnx = paths[0].suffix == ".onnx"
         self.is_torchscript = paths[0].suffix == ".torchscript"
         self.fixed_imgsz: tuple[int, int] | None = None  # (h, w) an exported model was frozen to
@@ -212,7 +217,8 @@ class DetectBackend(nn.Module):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         width = 5 + self.nc + self.num_extra
-        return [_pred_of(model(images))[..., :width].float() for model in self.models]
+        with autocast(self.device, self.bf16):
+            return [_pred_of(model(images))[..., :width].float() for model in self.models]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> (B, N, 5 + nc + num_extra) ``cx, cy, w, h`` pixels, obj, classes, extra."""

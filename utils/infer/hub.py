@@ -25,7 +25,7 @@ from utils.boxes import xyxy_to_cxcywh
 from utils.files import checked_imwrite, increment_path, read_image
 from utils.infer.options import DetectOptions
 from utils.infer.predictor import check_imgsz, detect_images
-from utils.torch_utils import TRAIN_GRID_FLOOR, max_stride
+from utils.torch_utils import TRAIN_GRID_FLOOR, autocast, max_stride
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class AutoShape(nn.Module):
     agnostic = False  # class-agnostic NMS
     classes: Optional[list[int]] = None  # keep only these classes
     max_det = 1000  # detections kept per image
+    amp = False  # autocast inference: fp16 on CUDA, bf16 on a CPU with native bf16 (head and decode float32)
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -78,7 +79,8 @@ class AutoShape(nn.Module):
         width = 5 + self.nc
 
         def forward(tensor: torch.Tensor) -> torch.Tensor:
-            return self.model(tensor.to(device))[0][..., :width]
+            with autocast(device, self.amp):
+                return self.model(tensor.to(device))[0][..., :width].float()
 
         dets = detect_images([np.ascontiguousarray(a[:, :, ::-1]) for a in arrays], forward, imgsz, self.stride,
                              self.nc, opts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 import yaml
 
 from utils.engine.options import DEFAULT_CFG, RESUME_LATEST, TrainOptions, build_parser, parse_options
@@ -89,3 +90,11 @@ def test_amp_is_on_by_default_and_no_amp_forces_float32():
     assert parse_options([]).amp is True
     assert parse_options(["--no-amp"]).amp is False
     assert TrainOptions(amp=False).to_dict()["amp"] is False  # stored in opt.yaml, so --resume keeps it
+
+
+def test_options_stored_before_amp_resume_as_they_trained():
+    """Checkpoints written before --amp trained mixed precision on CUDA only: a resume keeps that, never bf16."""
+    stored = parse_options([]).to_dict()
+    del stored["amp"]
+    assert TrainOptions.from_dict(stored).amp is torch.cuda.is_available()
+    assert TrainOptions.from_dict({**stored, "amp": False}).amp is False

@@ -6,13 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from utils.eval.validator import DEFAULT_PROTOCOL, PROTOCOLS
+from utils.eval.validator import DEFAULT_PROTOCOL, MERGE_MODES, PROTOCOLS
 from utils.files import REPO_ROOT
 from utils.infer.options import CBBL_FUSION_DEFAULT, CBBL_FUSION_HELP, RUNTIMES
 from utils.options import option
 
 TASKS = ("train", "val", "test", "speed", "study")
-MERGE_MODES = ("nms", "wbf")
 DESCRIPTION = """Validate a detector: python val.py --weights best.pt --data VisDrone.yaml --img 1536 --task test
 
 Also scores saved predictions without a model: python val.py --pred preds.json --gt gt.json (COCO JSON

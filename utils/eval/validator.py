@@ -37,6 +37,7 @@ from utils.torch_utils import TRAIN_GRID_FLOOR, autocast, max_stride, time_sync
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("yolov5", "coco", "visdrone")
+MERGE_MODES = ("nms", "wbf")  # how an ensemble's members are merged: one NMS over all, or weighted box fusion
 DEFAULT_PROTOCOL = "yolov5"  # the table YOLOv5/TPH-YOLOv5 users compare against
 # Detections kept per image when max_det is not given: YOLOv5's 300 (COCO's 100 is too few for drone
 # frames), the VisDrone toolkit's 500.
@@ -314,10 +315,12 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    if merge not in ("nms", "wbf"):
-        raise ValueError(f"unknown ensemble merge {merge!r}; expected nms or wbf")
+    if merge not in MERGE_MODES:
+        raise ValueError(f"unknown ensemble merge {merge!r}; expected one of {MERGE_MODES}")
     nc = 1 if single_cls else len(names)
-    max_det = DEFAULT_MAX_DET[protocol] if max_det is None else int(max_det)
+    detection = {"conf_thres": conf_thres, "iou_thres": iou_thres, "augment": augment, "half": half,
+                 "single_cls": single_cls, "merge": merge, "cbbl_fusion": cbbl_fusion,
+                 "max_det": DEFAULT_MAX_DET[protocol] if max_det is None else int(max_det)}
     was_training = model.training
     model.eval()
     try:
@@ -325,15 +328,11 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
         if plot_dir is not None:
             plot_dir.mkdir(parents=True, exist_ok=True)
         if slicing is not None:
-            collected = collect_sliced(model, dataloader.dataset, len(names), slicing, conf_thres=conf_thres,
-                                       iou_thres=iou_thres, max_det=max_det, augment=augment, half=half,
-                                       single_cls=single_cls, merge=merge, batch_size=batch_size,
-                                       cbbl_fusion=cbbl_fusion)
+            collected = collect_sliced(model, dataloader.dataset, len(names), slicing, batch_size=batch_size,
+                                       **detection)
         else:
-            collected = collect(model, dataloader, len(names), conf_thres=conf_thres, iou_thres=iou_thres,
-                                max_det=max_det, compute_loss=compute_loss, augment=augment, half=half,
-                                single_cls=single_cls, merge=merge, plot_dir=plot_dir, names=list(names),
-                                cbbl_fusion=cbbl_fusion)
+            collected = collect(model, dataloader, len(names), compute_loss=compute_loss, plot_dir=plot_dir,
+                                names=list(names), **detection)
     finally:
         model.train(was_training)
     class_names = [SINGLE_CLASS_NAME] if single_cls else list(names)
@@ -342,14 +341,21 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
     per_class = (verbose or (nc < 50 and compute_loss is None)) and nc > 1  # YOLOv5: not per epoch of training
     log_results(results, len(collected.image_paths), len(collected.gts), per_class)
     if save_dir is not None:  # after the table: a full disk cannot cost the metrics already computed
-        save_dir = Path(save_dir)
-        if plots:
-            plot_metrics(curves, collected.confusion, class_names, save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        save_outputs(collected, class_names, save_dir, protocol=protocol, save_txt=save_txt, save_conf=save_conf,
-                     save_json=save_json, save_hybrid=save_hybrid, plots=plots, weights_stem=weights_stem)
-        atomic_write_text(save_dir / "results.json", json.dumps(results.as_dict(), indent=2))
+        _write_results(results, collected, curves, class_names, Path(save_dir), plots=plots,
+                       save_txt=save_txt, save_conf=save_conf, save_json=save_json, save_hybrid=save_hybrid,
+                       weights_stem=weights_stem)
     return results
+
+
+def _write_results(results: ValResults, collected: Collected, curves: Any, class_names: list[str], save_dir: Path,
+                   *, plots: bool, weights_stem: str, **outputs: bool) -> None:
+    """Plots, the requested txt/JSON outputs (``outputs``: save_txt, save_conf, ...) and results.json."""
+    if plots:
+        plot_metrics(curves, collected.confusion, class_names, save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    save_outputs(collected, class_names, save_dir, protocol=results.protocol, plots=plots, weights_stem=weights_stem,
+                 **outputs)
+    atomic_write_text(save_dir / "results.json", json.dumps(results.as_dict(), indent=2))
 
 
 def log_results(results: ValResults, num_images: int, num_instances: int, per_class: bool) -> None:

@@ -58,8 +58,10 @@ def _operating_point(dets: BoxSet, state50: np.ndarray, gt_count: dict[int, int]
 
 def score_yolov5(dets: BoxSet, gts: BoxSet, names: list[str], image_ids: np.ndarray,
                  det_extra: Optional[np.ndarray] = None) -> tuple[dict[str, Any], PRCurves]:
-    """YOLOv5 v7.0's val.py figures -> ValResults fields and the PR curves (no area ranges: those stay -1)."""
+    """YOLOv5 v7.0's val.py figures -> ValResults fields and the PR curves; YOLOv5 has no area ranges, so
+    AP_small/medium/large are COCO's (pycocotools rules), which keeps results.csv's AP_small column filled."""
     result = yolov5_eval.evaluate(dets, gts, image_ids)
+    area_stats = coco_eval.evaluate(gts, dets, image_ids, np.arange(len(names))).stats
     curves, counted_gt = result.curves, ~gts.ignore
     state50 = result.correct[:, 0].astype(np.int8)
     class_ap = np.zeros((max(len(names), int(curves.classes.max(initial=-1)) + 1), result.ap.shape[1]))
@@ -68,6 +70,7 @@ def score_yolov5(dets: BoxSet, gts: BoxSet, names: list[str], image_ids: np.ndar
     fields = {"precision": float(curves.precision.mean()) if result.has_tp else 0.0,
               "recall": float(curves.recall.mean()) if result.has_tp else 0.0,
               "map50": result.map50, "map50_95": result.map50_95, "map75": result.map75,
+              "ap_small": area_stats["APs"], "ap_medium": area_stats["APm"], "ap_large": area_stats["APl"],
               "per_class": rows if result.has_tp else [],
               "uncertainty": _uncertainty(state50, det_extra if det_extra is not None else np.zeros((len(dets), 0)))}
     return fields, curves

@@ -66,7 +66,7 @@ class ValResults:
     map50: float = -1.0
     map50_95: float = -1.0
     map75: float = -1.0
-    ap_small: float = -1.0
+    ap_small: float = -1.0  # COCO's area-range APs (pycocotools rules) under the yolov5 and coco protocols
     ap_medium: float = -1.0
     ap_large: float = -1.0
     per_class: list[dict[str, Any]] = field(default_factory=list)  # name, images, instances, P, R, AP50, AP

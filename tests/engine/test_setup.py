@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import resource
 
 import pytest
@@ -32,9 +33,10 @@ def test_builder_names_and_freezes():
 
 
 @pytest.mark.parametrize("box", ["ciou", "cbbl"])
-def test_tile_training_records_its_tiles_and_resumes_exactly(tmp_path, box):
+def test_tile_training_records_its_tiles_and_resumes_exactly(tmp_path, box, caplog):
     """--tile on 8 frames of 96 px (4 windows of 64 each), both heads: the tile settings travel in opt.yaml and
-    the checkpoint, and a killed run resumes to the uninterrupted run's weights (the tile set is rebuilt)."""
+    the checkpoint, a killed run resumes to the uninterrupted run's weights (the tile set is rebuilt), and the
+    final validation slices the full val frames into the training windows."""
     from tests.engine.test_run import killed_after_first_epoch, synthetic_yaml, tiny_argv
     from utils.checkpoint import load_checkpoint
     from utils.engine.run import run
@@ -42,7 +44,9 @@ def test_tile_training_records_its_tiles_and_resumes_exactly(tmp_path, box):
     (tmp_path / "frames").mkdir()
     data = synthetic_yaml(tmp_path / "frames", 8, 4, 96)
     argv = [*tiny_argv(data, tmp_path), "--tile", "64", "--tile-overlap", "0.25", "--box-loss", box]
+    caplog.set_level(logging.INFO)
     whole = run(parse_options([*argv, "--project", str(tmp_path / "whole")]))
+    assert any(m.endswith("on 64x64 slices of the full frames") for m in caplog.messages)
     opt = yaml.safe_load((whole.save_dir / "opt.yaml").read_text())
     assert (opt["tile"], opt["tile_overlap"], opt["tile_scale"]) == (64, 0.25, 1.0)
     last = killed_after_first_epoch([*argv, "--project", str(tmp_path / "killed")])

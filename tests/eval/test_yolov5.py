@@ -37,7 +37,7 @@ def test_matching_and_ap_per_class_equal_yolov5_on_tied_scores_and_ious():
     case = np.load(FIXTURES / "yolov5_ap_per_class.npz")
     correct, conf, pred_class, target_class = _per_image(case)
     assert np.array_equal(correct, case["tp"])
-    ap, curves, _ = ap_per_class(correct, conf, pred_class, target_class)
+    ap, curves = ap_per_class(correct, conf, pred_class, target_class)
     assert np.array_equal(curves.classes, case["ap_class"])
     np.testing.assert_allclose(ap, case["ap"], atol=1e-12)
     np.testing.assert_allclose(curves.precision, case["p"], atol=1e-12)

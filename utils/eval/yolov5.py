@@ -35,7 +35,6 @@ class Yolov5Result:
     correct: np.ndarray  # (D, T) bool, detection is a TP at each IoU threshold
     ap: np.ndarray  # (k, T) AP per class and threshold
     curves: PRCurves  # P, R, F1 at the best mean-F1 confidence, and the curves
-    instances: np.ndarray  # (k,) labels per class
 
     @property
     def map50(self) -> float:
@@ -103,8 +102,8 @@ def ap_101(recall: np.ndarray, precision: np.ndarray) -> float:
 
 
 def ap_per_class(correct: np.ndarray, conf: np.ndarray, pred_class: np.ndarray,
-                 target_class: np.ndarray) -> tuple[np.ndarray, PRCurves, np.ndarray]:
-    """AP (k, T), the P/R/F1 operating point and the label count (k,) of each class with labels.
+                 target_class: np.ndarray) -> tuple[np.ndarray, PRCurves]:
+    """AP (k, T) and the P/R/F1 operating point of each class with labels.
 
     Args:
         correct: (D, T) bool over all images; conf: (D,) scores; pred_class: (D,); target_class: (M,) labels.
@@ -123,7 +122,7 @@ def ap_per_class(correct: np.ndarray, conf: np.ndarray, pred_class: np.ndarray,
         recall, precision = true_pos / (num_labels + RECALL_EPS), true_pos / (true_pos + false_pos)
         ap[row] = [ap_101(recall[:, column], precision[:, column]) for column in range(correct.shape[1])]
     curves = pr_curves(*curves_input, dict(zip(classes.tolist(), instances.tolist())))
-    return ap, curves, instances
+    return ap, curves
 
 
 def evaluate(dets: BoxSet, gts: BoxSet, image_ids: np.ndarray) -> Yolov5Result:
@@ -145,5 +144,5 @@ def evaluate(dets: BoxSet, gts: BoxSet, image_ids: np.ndarray) -> Yolov5Result:
         det_rows, gt_rows = det_order[det_lo:det_hi], gt_order[gt_lo:gt_hi]
         correct[det_rows] = match_image(dets.boxes[det_rows], dets.category[det_rows], gts.boxes[gt_rows],
                                         gts.category[gt_rows])
-    ap, curves, instances = ap_per_class(correct, dets.score, dets.category, gts.category)
-    return Yolov5Result(correct, ap, curves, instances)
+    ap, curves = ap_per_class(correct, dets.score, dets.category, gts.category)
+    return Yolov5Result(correct, ap, curves)

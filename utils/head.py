@@ -109,7 +109,8 @@ class HeadConfig:
 
     @property
     def resolved_beta(self) -> float:
-        """The IN strength of grid 'in' (the paper's 5 when none was given or derived)."""
+        """The IN strength the settings give: ``beta``, or the paper's 5 when none was given or derived (grid 'in',
+        and 'auto'/'quantile' before their fit)."""
         return PAPER_BETA_BELOW if self.beta is None else float(self.beta)
 
     @property

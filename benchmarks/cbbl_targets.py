@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS_DIR, header_lines, write_json  # noqa: E402
 from utils.anchors import default_anchors, kmean_anchors  # noqa: E402
 from utils.assign import assign_level  # noqa: E402
-from utils.cbbl import encode_offsets  # noqa: E402
+from utils.boxes import encode_offsets  # noqa: E402
 from utils.data.visdrone import read_annotation, to_yolo_labels  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 

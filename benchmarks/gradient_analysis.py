@@ -45,7 +45,7 @@ def object_gradient_norms(model, loss_fn, images: torch.Tensor, targets: torch.T
         norms (P,), areas (P,), entropies (P,) over all levels.
     """
     from utils.assign import assign_level
-    from utils.cbbl import entropy
+    from utils.cbbl.distribution import entropy
 
     detect = loss_fn.detect
     with torch.no_grad():

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from utils.cbbl import OFFSET_SPACES, RESTORE_MODES, UM_MODES
+from utils.boxes import OFFSET_SPACES
+from utils.cbbl.distribution import UM_MODES
+from utils.cbbl.grid import RESTORE_MODES
 from utils.files import load_yaml_file
 from utils.head import BOX_LOSSES, GRID_MODES
 

@@ -17,7 +17,8 @@ from typing import Any, Optional, Union
 
 import torch
 
-from utils.cbbl import OFFSET_SPACES, RESTORE_MODES
+from utils.boxes import OFFSET_SPACES
+from utils.cbbl.grid import RESTORE_MODES
 from utils.data.config import recommended_training
 from utils.data.dataset import check_cache_mode
 from utils.data.tiles import TileSettings

@@ -125,3 +125,11 @@ def test_ram_cache_keeps_the_tiles(tmp_path):
     assert len(cached.ims) == len(cached) and all(image is not None for image in cached.ims)
     for index in range(len(plain)):
         np.testing.assert_array_equal(cached.load_image(index)[0], plain.load_image(index)[0])
+
+
+def test_tile_settings_of_a_checkpoint_and_through_export_metadata():
+    settings = TileSettings.of_checkpoint({"opt": {"tile": 640, "tile_overlap": 0.3, "tile_scale": 0.5}})
+    assert settings == TileSettings(640, 0.3, 0.5) and settings.window == 1280
+    assert TileSettings.from_dict(settings.to_dict()) == settings and TileSettings.from_dict(None) is None
+    for checkpoint in ({"opt": {"tile": 0, "tile_overlap": 0.25}}, {"opt": None}, {}, {"opt": {"imgsz": 640}}):
+        assert TileSettings.of_checkpoint(checkpoint) is None  # whole-frame runs, YOLOv5's and TPH's files

@@ -21,7 +21,8 @@ Decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
 
 import numpy as np
 
@@ -77,6 +78,24 @@ class TileSettings:
     def window(self) -> int:
         """The window side in native frame pixels (SIZE / S: --tile-scale 0.5 takes twice the frame area)."""
         return max(1, round(self.size / self.scale))
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: dict[str, Any]) -> Optional[TileSettings]:
+        """The tiles a checkpoint was trained on (its ``opt`` record of --tile), None for whole-frame training
+        and for checkpoints without that record (YOLOv5's, TPH-YOLOv5's, exports of them)."""
+        opt = checkpoint.get("opt")
+        if not isinstance(opt, dict) or not opt.get("tile"):
+            return None
+        return cls(int(opt["tile"]), float(opt.get("tile_overlap", cls.overlap)),
+                   float(opt.get("tile_scale", cls.scale)))
+
+    @classmethod
+    def from_dict(cls, values: Optional[dict[str, Any]]) -> Optional[TileSettings]:
+        """Settings from :meth:`to_dict` (an export's metadata), None for None."""
+        return None if not values else cls(int(values["size"]), float(values["overlap"]), float(values["scale"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def window_labels(labels: np.ndarray, width: int, height: int, window: np.ndarray,

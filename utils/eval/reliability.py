@@ -128,7 +128,30 @@ def reliability_table(predicted: np.ndarray, measured: np.ndarray, bins: int = R
     return rows
 
 
+def reliability_csv(table: list[dict]) -> str:
+    """The table as CSV text (header, one row per bin)."""
+    columns = ("boxes", "predicted_iou", "measured_iou")
+    return "\n".join([",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in table]) + "\n"
+
+
 def expected_calibration_error(table: list[dict]) -> float:
     """Box-weighted mean |predicted - measured| over the bins of :func:`reliability_table`."""
     total = sum(row["boxes"] for row in table)
     return sum(row["boxes"] * abs(row["predicted_iou"] - row["measured_iou"]) for row in table) / max(total, 1)
+
+
+def uncertainty_summary(dets: BoxSet, gts: BoxSet, state50: np.ndarray, entropy: np.ndarray) -> dict[str, Any]:
+    """What val.py reports of a C-BBL model's uncertainty: the mean of its true and false positives (IoU .5),
+    its rank correlation with 1 - IoU of the true positives, and, with enough of them, the out-of-fold
+    reliability table, its calibration error and the map fitted on all of them (what a checkpoint stores)."""
+    tp, fp = entropy[state50 == 1], entropy[state50 == 0]
+    summary: dict[str, Any] = {"tp": float(tp.mean()) if len(tp) else float("nan"),
+                               "fp": float(fp.mean()) if len(fp) else float("nan")}
+    rows, ious = true_positive_ious(dets, gts, state50 == 1)
+    summary["spearman_vs_1-iou"] = spearman(entropy[rows], 1 - ious)
+    predicted = out_of_fold_expected_iou(entropy[rows], ious, dets.image[rows])
+    if predicted is not None:
+        summary["reliability"] = reliability_table(predicted, ious)
+        summary["calibration_error"] = expected_calibration_error(summary["reliability"])
+        summary["calibration"] = UncertaintyCalibration.fit(entropy[rows], ious).to_dict()
+    return summary

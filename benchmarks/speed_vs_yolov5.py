@@ -14,7 +14,10 @@ Our side runs in this process (except the memory task: a fresh process per side)
 (``--ref-python``, see docs/benchmarks.md) through benchmarks/_reference_yolov5.py, on the same inputs
 written to a temp folder. Our side is what the library does by default on CPU: fused and channels-last
 inference through DetectBackend (and the ``--runtime onnxruntime`` path as its own rows), a channels-last
-training step as the Trainer runs it. Writes benchmarks/results/speed_vs_yolov5.{csv,json,md}.
+training step as the Trainer runs it. ``--precisions bf16`` adds our bfloat16 rows where the CPU has native bf16
+(AMX or AVX512-BF16): the training step under ``--amp`` (bf16 autocast of backbone and neck, head and loss fp32)
+and inference under ``--half``, each against YOLOv5's fp32, its only precision on CPU. The fp32 rows stay beside
+them. Writes benchmarks/results/speed_vs_yolov5.{csv,json,md}.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from benchmarks.common import (  # noqa: E402
 from utils.head import HeadConfig  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
+from utils.torch_utils import autocast, cpu_has_native_bf16  # noqa: E402
 
 logger = logging.getLogger("benchmarks.speed_vs_yolov5")
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +64,8 @@ MODEL_TASKS = ("train_step", "infer", "train_rss")
 HEADS = ("ciou", "cbbl")  # box loss -> our regression / C-BBL head
 SPARSE = "torch-sparse"  # detect.py's PyTorch path for C-BBL: box distributions decoded only above --conf-thres
 RUNTIMES = ("torch", SPARSE, "onnxruntime")
+PRECISIONS = ("fp32", "bf16")  # ours; bf16 = autocast on the CPU's matrix units (--amp / --half)
+CPU = torch.device("cpu")
 EXIT_LOADED = 3
 
 
@@ -76,8 +82,9 @@ def head_name(box_loss: str) -> str:
     return "cbbl" if box_loss == "cbbl" else "regress"
 
 
-def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str) -> dict:
-    """Forward + loss + backward on the shared batch, channels-last as the Trainer runs it on CPU (fp32)."""
+def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str, precision: str = "fp32") -> dict:
+    """Forward + loss + backward on the shared batch, channels-last as the Trainer runs it on CPU: under bf16 the
+    forward autocasts (the head stays fp32 by itself) and the loss runs in fp32, as Trainer.train_step does."""
     from utils.loss import ComputeLoss, LossSettings
 
     batch = torch.load(args.inputs / "train_batch.pt", weights_only=True)
@@ -88,36 +95,43 @@ def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str) -> dict:
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        loss, _ = criterion(model(images), batch["targets"])
+        with autocast(CPU, precision == "bf16"):
+            preds = model(images)
+            with torch.autocast("cpu", enabled=False):
+                loss, _ = criterion(preds, batch["targets"])
         loss.backward()
 
     return time_call(step, args.warmup, args.repeats)
 
 
-def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str):
+def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str, precision: str = "fp32"):
     """Our DetectBackend for a random-weight checkpoint of ``cfg``, as detect/val load it (cached per run);
-    ``torch-sparse`` is the PyTorch backend decoding as detect.py does at its default ``--conf-thres``."""
+    ``torch-sparse`` is the PyTorch backend decoding as detect.py does at its default ``--conf-thres``;
+    bf16 is detect.py's ``--half`` on CPU."""
     from utils.checkpoint import save_checkpoint
     from utils.infer.options import DetectOptions
     from utils.infer.predictor import load_backend
 
-    key = (cfg, box_loss, runtime)
+    key = (cfg, box_loss, runtime, precision)
     if key not in args.backends:
         path = args.inputs / f"ours_{cfg}_{box_loss}.pt"
         if not path.exists():
             model, _ = build_ours(cfg, box_loss, args.img)
             save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml,
                              "names": [str(i) for i in range(NUM_CLASSES)], "epoch": 0}, path)
-        backend = load_backend([str(path)], torch.device("cpu"), runtime="torch" if runtime == SPARSE else runtime)
+        backend = load_backend([str(path)], CPU, half=precision == "bf16",
+                               runtime="torch" if runtime == SPARSE else runtime)
+        if precision == "bf16" and not backend.bf16:
+            raise RuntimeError(f"{cfg} {box_loss} {runtime}: --half did not enable bf16 on this CPU")
         if runtime == SPARSE:
             backend.decode_only_above(DetectOptions().conf_thres)
         args.backends[key] = backend
     return args.backends[key]
 
 
-def ours_infer(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str) -> dict:
+def ours_infer(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str, precision: str = "fp32") -> dict:
     """Batch-1 latency per size through DetectBackend (fused; channels-last on CPU, or ONNX Runtime)."""
-    backend = ours_backend(args, cfg, box_loss, runtime)
+    backend = ours_backend(args, cfg, box_loss, runtime, precision)
     results = {}
     for size in args.infer_sizes:
         image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
@@ -241,20 +255,29 @@ def pair(key: tuple, ours: dict, theirs: dict, value: str = "min_s") -> dict:
             "load": os.getloadavg()[0]}
 
 
+def variant(runtime: str, precision: str) -> str:
+    """A row's label for our side: runtime (cl = channels-last), then the precision where it is not fp32."""
+    label = {"torch": "torch cl", SPARSE: "torch cl sparse"}.get(runtime, runtime)
+    return label if precision == "fp32" else f"{label} {precision}"
+
+
 def round_train_step(args: argparse.Namespace, cfg: str) -> list[dict]:
-    ours = {box: ours_train_step(args, cfg, box) for box in HEADS}
+    paths = [(box, precision) for box in HEADS for precision in args.precisions]
+    ours = {path: ours_train_step(args, cfg, *path) for path in paths}
     theirs = run_reference(args, "train_step", cfg)
-    return [pair((f"train_step b{args.batch} {args.img}px", cfg, head_name(box), "torch cl"), ours[box], theirs)
-            for box in HEADS]
+    return [pair((f"train_step b{args.batch} {args.img}px", cfg, head_name(box), variant("torch", precision)),
+                 ours[box, precision], theirs) for box, precision in paths]
 
 
 def round_infer(args: argparse.Namespace, cfg: str) -> list[dict]:
-    paths = [(box, rt) for box in HEADS for rt in args.runtimes if rt != SPARSE or box == "cbbl"]  # same for regress
+    paths = [(box, rt, precision) for box in HEADS for rt in args.runtimes for precision in args.precisions
+             if (rt != SPARSE or box == "cbbl")  # sparse decode = dense decode for the regression head
+             and (precision == "fp32" or rt != "onnxruntime")]  # bf16 is a PyTorch autocast
     ours = {path: ours_infer(args, cfg, *path) for path in paths}
     theirs = run_reference(args, "infer", cfg)
-    labels = {"torch": "torch cl", SPARSE: "torch cl sparse"}
-    return [pair((f"infer b1 {size}px", cfg, head_name(box), labels.get(rt, rt)), ours[box, rt][str(size)],
-                 theirs[str(size)]) for box, rt in paths for size in args.infer_sizes]
+    return [pair((f"infer b1 {size}px", cfg, head_name(box), variant(rt, precision)),
+                 ours[box, rt, precision][str(size)], theirs[str(size)])
+            for box, rt, precision in paths for size in args.infer_sizes]
 
 
 def round_train_rss(args: argparse.Namespace, cfg: str) -> list[dict]:
@@ -333,6 +356,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES,
                         help="our inference runtimes to time (as detect/val --runtime; torch-sparse: "
                              "the C-BBL rows as detect.py decodes them)")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS,
+                        default=list(PRECISIONS) if cpu_has_native_bf16() else ["fp32"],
+                        help="our precisions for the train_step and infer rows (bf16: --amp / --half on a CPU "
+                             "with native bf16; the default where it has it)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per side per round")
     parser.add_argument("--rounds", type=int, default=5, help="A/B rounds per task (ours, theirs, ours, theirs...)")
@@ -360,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("reference python %s not found: create it with `python -m venv --system-site-packages "
                      "/work/refenv && /work/refenv/bin/pip install yolov5==7.0.14 'setuptools<80'` or pass "
                      "--ref-python", args.ref_python)
+        return 2
+    if "bf16" in args.precisions and not cpu_has_native_bf16():
+        logger.error("--precisions bf16: this CPU has no native bfloat16 (amx_bf16/avx512_bf16), bf16 would be "
+                     "emulated; measure fp32 only")
         return 2
     cores = os.cpu_count() or 1
     load_before, loaded = machine_load(cores)

@@ -313,27 +313,34 @@ ROUNDS: dict[str, Callable[[argparse.Namespace, str], list[dict]]] = {
 
 
 def summarise(rounds: list[list[dict]]) -> list[dict]:
-    """One row per measurement: the spread of the per-round ratios and both sides' best value over all rounds."""
+    """One row per measurement: the spread of the per-round ratios and both sides' best value over all rounds;
+    a bf16 row adds the median of its per-round ratio to our fp32 row of the same round (``vs_our_fp32``)."""
     rows = []
     for same in zip(*rounds):
         task, model, head, variant = same[0]["key"]
         ratios = [m["ratio"] for m in same]
-        rows.append({"task": task, "model": model, "our_head": head, "ours_variant": variant, "rounds": len(same),
-                     "ours_best": min(m["ours"] for m in same), "theirs_best": min(m["theirs"] for m in same),
-                     "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
-                     "ratio_max": round(max(ratios), 3), "ratios": " ".join(f"{r:.3f}" for r in ratios),
-                     "load_1min": " ".join(f"{m['load']:.1f}" for m in same)})
+        row = {"task": task, "model": model, "our_head": head, "ours_variant": variant, "rounds": len(same),
+               "ours_best": min(m["ours"] for m in same), "theirs_best": min(m["theirs"] for m in same),
+               "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+               "ratio_max": round(max(ratios), 3), "ratios": " ".join(f"{r:.3f}" for r in ratios),
+               "load_1min": " ".join(f"{m['load']:.1f}" for m in same)}
+        if variant.endswith(" bf16"):
+            fp32_key = (task, model, head, variant.removesuffix(" bf16"))
+            fp32 = [next(m["ours"] for m in measured if m["key"] == fp32_key) for measured in rounds]
+            row["vs_our_fp32"] = round(statistics.median(m["ours"] / f for m, f in zip(same, fp32)), 3)
+        rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[dict], loaded: bool) -> str:
     """The summary as a markdown table (ratio = ours / theirs; per-round spread in brackets)."""
-    lines = ["| task | model | our head | ours | ours best | theirs best | ratio median [min, max] |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| task | model | our head | ours | ours best | theirs best | ratio median [min, max] | bf16 / our fp32 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
+        vs_fp32 = f"{row['vs_our_fp32']:.2f}" if "vs_our_fp32" in row else "-"
         lines.append(f"| {row['task']} | {row['model']} | {row['our_head']} | {row['ours_variant']} | "
                      f"{row['ours_best']:.4g} | {row['theirs_best']:.4g} | **{row['ratio_median']:.2f}** "
-                     f"[{row['ratio_min']:.2f}, {row['ratio_max']:.2f}] |")
+                     f"[{row['ratio_min']:.2f}, {row['ratio_max']:.2f}] | {vs_fp32} |")
     if loaded:
         lines.append("\nLOADED: the 1-minute load exceeded the core count (run with --force); indicative only.")
     return "\n".join(lines) + "\n"

@@ -245,8 +245,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default="data/synthetic.yaml")
     parser.add_argument("--hyp", default="data/hyps/hyp.demo.yaml", help="base hyperparameters of every run "
                         "(train.py's default recipe: AdamW at lr0 0.0032)")
-    parser.add_argument("--optimizer", default=None, help="default: the hyp file's (SGD at this budget learned "
-                        "nothing measurable: see benchmarks/results/ablation_sgd192)")
+    parser.add_argument("--optimizer", default=None, help="default: the hyp file's (YOLOv5's SGD recipe learned "
+                        "nothing measurable at this budget)")
     parser.add_argument("--img", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8, help="also the nominal batch: no accumulation")

@@ -1,8 +1,8 @@
 """The reference side of speed_vs_yolov5.py: Ultralytics' YOLOv5 (PyPI ``yolov5``), run in its own venv.
 
 Runs INSIDE the reference virtual environment and never imports our library (``utils``/``models`` here
-would be theirs). Each task reads the shared inputs written by speed_vs_yolov5.py (same images,
-targets, candidates, predictions) and prints one line ``RESULT_JSON: {...}`` with its timings.
+would be theirs). Each task reads the shared inputs written by speed_vs_yolov5.py (same images and
+targets) and prints one line ``RESULT_JSON: {...}`` with its timings.
 Their models are built from their YAML with random weights (no download): same architecture.
 """
 
@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -29,8 +28,7 @@ def _load_sibling(name: str):
 
 # The same timer, loader drain and GPU measurements as our side: both sides are measured by identical code.
 _common = _load_sibling("common")
-time_call, RESULT_PREFIX = _common.time_call, _common.RESULT_PREFIX
-drain_loader = _load_sibling("speed_inputs").drain_loader
+time_call, drain_loader, RESULT_PREFIX = _common.time_call, _common.drain_loader, _common.RESULT_PREFIX
 gpu_measure = _load_sibling("gpu_measure")
 
 
@@ -86,22 +84,6 @@ def task_infer(args: argparse.Namespace) -> dict:
     return results
 
 
-def task_nms(args: argparse.Namespace) -> dict:
-    """Their non_max_suppression on the shared candidate tensor (1, N, 5 + nc), per named setting."""
-    from yolov5.utils.general import non_max_suppression
-
-    candidates = torch.load(Path(args.inputs) / "nms_candidates.pt", weights_only=True)
-    settings = torch.load(Path(args.inputs) / "nms_settings.pt", weights_only=True)
-
-    results = {}
-    for name, setting in settings.items():
-        def run(setting=setting) -> list:
-            return non_max_suppression(candidates, **setting)
-
-        results[name] = {**time_call(run, args.warmup, args.repeats), "kept": int(run()[0].shape[0])}
-    return results
-
-
 def task_dataloader(args: argparse.Namespace) -> dict:
     """Images per second through their mosaic training loader on the shared YOLO-format images."""
     from yolov5.utils.dataloaders import create_dataloader
@@ -129,33 +111,6 @@ def task_train_rss(args: argparse.Namespace) -> dict:
         optimizer.step()
         optimizer.zero_grad()
     return {"peak_rss_mb": _common.peak_rss_mb()}
-
-
-def task_metrics(args: argparse.Namespace) -> dict:
-    """Their val.py matching (process_batch per image, 10 IoUs) then ap_per_class on the shared predictions."""
-    if not hasattr(np, "trapz"):  # their compute_ap calls np.trapz, renamed np.trapezoid in numpy 2.x
-        np.trapz = np.trapezoid
-    from yolov5.utils.metrics import ap_per_class
-    from yolov5.val import process_batch
-
-    data = np.load(Path(args.inputs) / "metric_inputs.npz")
-    preds, labels = torch.from_numpy(data["preds"]), torch.from_numpy(data["labels"])  # (P, 7), (L, 6)
-    num_images = int(data["num_images"])
-    per_image = [(preds[preds[:, 0] == i, 1:], labels[labels[:, 0] == i, 1:]) for i in range(num_images)]
-    iouv = torch.linspace(0.5, 0.95, 10)
-
-    def run() -> tuple:
-        stats = []
-        for det, lab in per_image:
-            correct = process_batch(det, lab, iouv)
-            stats.append((correct, det[:, 4], det[:, 5], lab[:, 0]))
-        tp, conf, pred_cls, target_cls = (torch.cat(x, 0).numpy() for x in zip(*stats))
-        return ap_per_class(tp, conf, pred_cls, target_cls, names={i: str(i) for i in range(args.nc)})
-
-    timing = time_call(run, args.warmup, args.repeats)
-    ap = run()[5]  # (nc, 10)
-    timing["map50"], timing["map50_95"] = float(ap[:, 0].mean()), float(ap.mean())
-    return timing
 
 
 def task_gpu(args: argparse.Namespace) -> dict:
@@ -186,8 +141,8 @@ def task_gpu(args: argparse.Namespace) -> dict:
     return {"rows": rows}
 
 
-TASKS = {"train_step": task_train_step, "infer": task_infer, "nms": task_nms, "dataloader": task_dataloader,
-         "metrics": task_metrics, "train_rss": task_train_rss, "gpu": task_gpu}
+TASKS = {"train_step": task_train_step, "infer": task_infer, "dataloader": task_dataloader,
+         "train_rss": task_train_rss, "gpu": task_gpu}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -112,6 +112,23 @@ def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> dict[
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
 
 
+def drain_loader(loader: Any, num_batches: int) -> dict[str, float]:
+    """Images/s over ``num_batches`` batches after one warm-up batch (cycling a short loader)."""
+    iterator, seen, start = iter(loader), 0, 0.0
+    for index in range(num_batches + 1):
+        try:
+            images = next(iterator)[0]
+        except StopIteration:
+            iterator = iter(loader)
+            images = next(iterator)[0]
+        if index == 0:
+            start = time.perf_counter()
+            continue
+        seen += images.shape[0]
+    elapsed = time.perf_counter() - start
+    return {"images": seen, "seconds": elapsed, "images_per_s": seen / elapsed}
+
+
 def result_of(command: list[str], cwd: Path, what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``command``; its last ``RESULT_JSON:`` line as a dict (RuntimeError with the output's tail otherwise)."""
     done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)

@@ -1,7 +1,7 @@
 """Speed and memory against the reference implementation (Ultralytics' YOLOv5 from PyPI), same machine.
 
     python benchmarks/speed_vs_yolov5.py --ref-python /path/to/refenv/bin/python
-    python benchmarks/speed_vs_yolov5.py --cfg yolov5n --tasks infer nms --rounds 3
+    python benchmarks/speed_vs_yolov5.py --cfg yolov5n --tasks infer train_step --rounds 3
 
 Each task runs as interleaved A/B rounds: ours, theirs, ours, theirs... A round times both sides back to
 back, so a load change between rounds hits both; its ratio (ours / theirs, < 1: ours faster) is taken on
@@ -11,8 +11,9 @@ single-threaded, as YOLOv5 sets it on import). The 1-minute load is recorded bef
 core count the run refuses to report (``--force`` reports anyway, marked ``loaded``).
 
 Our side runs in this process (except the memory task: a fresh process per side); theirs in its own venv
-(``--ref-python``, see docs/benchmarks.md) through benchmarks/_reference_yolov5.py, on the same inputs
-written to a temp folder. Our side is what the library does by default on CPU: fused and channels-last
+(``--ref-python``, see docs/benchmarks.md) through benchmarks/_reference_yolov5.py, on the same seeded inputs
+written to a temp folder: a training batch with many small boxes (VisDrone-like) and JPEGs at VisDrone's frame
+sizes for the mosaic loaders. Our side is what the library does by default on CPU: fused and channels-last
 inference through DetectBackend (and the ``--runtime onnxruntime`` path as its own rows), a channels-last
 training step as the Trainer runs it. ``--precisions bf16`` adds our bfloat16 rows where the CPU has native bf16
 (AMX or AVX512-BF16): the training step under ``--amp`` (bf16 autocast of backbone and neck, head and loss fp32)
@@ -39,12 +40,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import speed_inputs  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     NUM_CLASSES,
     REFERENCE_SCRIPT,
     RESULT_PREFIX,
     RESULTS_DIR,
+    drain_loader,
     header_lines,
     peak_rss_mb,
     result_of,
@@ -59,7 +60,7 @@ from utils.torch_utils import autocast, cpu_has_native_bf16  # noqa: E402
 
 logger = logging.getLogger("benchmarks.speed_vs_yolov5")
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("train_step", "infer", "nms", "dataloader", "metrics", "train_rss")
+TASKS = ("train_step", "infer", "dataloader", "train_rss")
 MODEL_TASKS = ("train_step", "infer", "train_rss")
 HEADS = ("ciou", "cbbl")  # box loss -> our regression / C-BBL head
 SPARSE = "torch-sparse"  # detect.py's PyTorch path for C-BBL: box distributions decoded only above --conf-thres
@@ -67,6 +68,49 @@ RUNTIMES = ("torch", SPARSE, "onnxruntime")
 PRECISIONS = ("fp32", "bf16")  # ours; bf16 = autocast on the CPU's matrix units (--amp / --half)
 CPU = torch.device("cpu")
 EXIT_LOADED = 3
+FRAME_SIZES = ((1360, 765), (1920, 1080), (1400, 1050))  # VisDrone-DET frame sizes (w, h) of the loader images
+BOXES_PER_IMAGE = 60  # VisDrone averages ~54 objects per image
+LOADER_IMAGES = 32
+
+
+def small_boxes(rng: np.random.Generator, num: int, width: float, height: float) -> np.ndarray:
+    """(num, 4) cxcywh pixels: sizes log-uniform in 4..96 px (mostly < 32 px), inside the frame."""
+    size = np.exp(rng.uniform(np.log(4), np.log(96), (num, 2)))  # (num, 2)
+    centre = rng.uniform(size / 2, np.array([width, height]) - size / 2)  # (num, 2)
+    return np.concatenate([centre, size], 1)
+
+
+def write_train_batch(folder: Path, batch: int, imgsz: int, nc: int, rng: np.random.Generator) -> None:
+    """train_batch.pt: uint8 images (B, 3, S, S) and targets (M, 6) [image, class, cx, cy, w, h] normalised."""
+    images = torch.from_numpy(rng.integers(0, 256, (batch, 3, imgsz, imgsz), dtype=np.uint8))
+    rows = []
+    for index in range(batch):
+        boxes = small_boxes(rng, BOXES_PER_IMAGE, imgsz, imgsz) / imgsz  # (n, 4) normalised
+        classes = rng.integers(0, nc, (BOXES_PER_IMAGE, 1))
+        rows.append(np.concatenate([np.full((BOXES_PER_IMAGE, 1), index), classes, boxes], 1))
+    targets = torch.from_numpy(np.concatenate(rows).astype(np.float32))  # (M, 6)
+    torch.save({"images": images, "targets": targets}, folder / "train_batch.pt")
+
+
+def write_loader_images(folder: Path, nc: int, rng: np.random.Generator) -> Path:
+    """images/*.jpg + labels/*.txt (YOLO format) with textured backgrounds and filled small boxes."""
+    image_dir, label_dir = folder / "images", folder / "labels"
+    image_dir.mkdir(parents=True)
+    label_dir.mkdir(parents=True)
+    for index in range(LOADER_IMAGES):
+        width, height = FRAME_SIZES[index % len(FRAME_SIZES)]
+        low_res = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
+        image = cv2.resize(low_res, (width, height), interpolation=cv2.INTER_CUBIC)  # texture, realistic JPEG size
+        boxes = small_boxes(rng, BOXES_PER_IMAGE, width, height)
+        classes = rng.integers(0, nc, len(boxes))
+        for cx, cy, w, h in boxes:
+            color = tuple(int(c) for c in rng.integers(0, 256, 3))
+            cv2.rectangle(image, (int(cx - w / 2), int(cy - h / 2)), (int(cx + w / 2), int(cy + h / 2)), color, -1)
+        cv2.imwrite(str(image_dir / f"frame_{index:03d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        normalised = boxes / np.array([width, height, width, height])
+        lines = [f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for cls, (cx, cy, w, h) in zip(classes, normalised)]
+        (label_dir / f"frame_{index:03d}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return image_dir
 
 
 def build_ours(cfg: str, box_loss: str, imgsz: int):
@@ -140,22 +184,6 @@ def ours_infer(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str, 
     return results
 
 
-def ours_nms(args: argparse.Namespace) -> dict:
-    """utils.nms.non_max_suppression on the shared candidates, per named setting (val, detect)."""
-    from utils.nms import non_max_suppression
-
-    candidates = torch.load(args.inputs / "nms_candidates.pt", weights_only=True)
-    settings = torch.load(args.inputs / "nms_settings.pt", weights_only=True)
-
-    results = {}
-    for name, setting in settings.items():
-        def run(setting=setting) -> list:
-            return non_max_suppression(candidates, nc=NUM_CLASSES, **setting)
-
-        results[name] = {**time_call(run, args.warmup, args.repeats), "kept": int(run()[0].shape[0])}
-    return results
-
-
 def ours_dataloader(args: argparse.Namespace, size: int) -> dict:
     """Seconds per image through our mosaic training loader on the shared images (same hyps as theirs)."""
     from utils.data.augment import AugmentSettings
@@ -164,33 +192,13 @@ def ours_dataloader(args: argparse.Namespace, size: int) -> dict:
     loader, _ = create_dataloader(str(args.images), size, args.batch, 32, augmentation=AugmentSettings.from_hyp(),
                                   augment=True,
                                   workers=args.workers, shuffle=True, seed=0)
-    return per_image(speed_inputs.drain_loader(loader, args.loader_batches))
+    return per_image(drain_loader(loader, args.loader_batches))
 
 
 def per_image(drained: dict) -> dict:
     """drain_loader's images/s as a timing (one sample: min = median)."""
     seconds = 1 / drained["images_per_s"]
     return {"median_s": seconds, "min_s": seconds, "images_per_s": drained["images_per_s"]}
-
-
-def ours_metrics(args: argparse.Namespace) -> dict:
-    """utils.eval.coco.evaluate (what our val reports: mAP50, mAP50-95, AP by area) on the shared predictions."""
-    from utils.eval.coco import evaluate
-    from utils.eval.metrics import BoxSet
-
-    data = np.load(args.inputs / "metric_inputs.npz")
-    preds, labels = data["preds"], data["labels"]  # (P, 7) [img, xyxy, conf, cls], (L, 6) [img, cls, xyxy]
-    dets = BoxSet(preds[:, 0], preds[:, 1:5], preds[:, 6], score=preds[:, 5])
-    gts = BoxSet(labels[:, 0], labels[:, 2:6], labels[:, 1])
-    image_ids, categories = np.arange(int(data["num_images"])), np.arange(NUM_CLASSES)
-
-    def run():
-        return evaluate(gts, dets, image_ids, categories, max_dets=(1, 10, 300))
-
-    timing = time_call(run, args.warmup, args.repeats)
-    ap = run().class_ap()
-    timing["map50_95"] = float(ap[ap > -1].mean())
-    return timing
 
 
 def train_rss_child(argv: list[str]) -> None:
@@ -286,12 +294,6 @@ def round_train_rss(args: argparse.Namespace, cfg: str) -> list[dict]:
                  value="peak_rss_mb")]
 
 
-def round_nms(args: argparse.Namespace, cfg: str) -> list[dict]:
-    ours, theirs = ours_nms(args), run_reference(args, "nms")
-    return [pair((f"nms {args.nms_candidates} rows, {name} settings", "-", "-", "-"), ours[name], theirs[name])
-            for name in ours]
-
-
 def round_dataloader(args: argparse.Namespace, cfg: str) -> list[dict]:
     rows = []
     for size in args.loader_sizes:
@@ -302,14 +304,9 @@ def round_dataloader(args: argparse.Namespace, cfg: str) -> list[dict]:
     return rows
 
 
-def round_metrics(args: argparse.Namespace, cfg: str) -> list[dict]:
-    ours, theirs = ours_metrics(args), run_reference(args, "metrics")
-    return [pair((f"metrics {args.metric_images} images", "-", "-", "-"), ours, theirs)]
-
-
 ROUNDS: dict[str, Callable[[argparse.Namespace, str], list[dict]]] = {
-    "train_step": round_train_step, "infer": round_infer, "nms": round_nms, "dataloader": round_dataloader,
-    "metrics": round_metrics, "train_rss": round_train_rss}
+    "train_step": round_train_step, "infer": round_infer, "dataloader": round_dataloader,
+    "train_rss": round_train_rss}
 
 
 def summarise(rounds: list[list[dict]]) -> list[dict]:
@@ -370,8 +367,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per side per round")
     parser.add_argument("--rounds", type=int, default=5, help="A/B rounds per task (ours, theirs, ours, theirs...)")
-    parser.add_argument("--nms-candidates", type=int, default=25200, help="rows of the candidate tensor (640 px)")
-    parser.add_argument("--metric-images", type=int, default=500)
     parser.add_argument("--loader-batches", type=int, default=8)
     parser.add_argument("--rss-steps", type=int, default=3, help="training steps of the peak-memory task")
     parser.add_argument("--rss-cfg", default="yolov5s", help="architecture of the peak-memory task")
@@ -410,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="speed_vs_yolov5_") as tmp:
         args.inputs, args.backends = Path(tmp), {}
-        args.images = speed_inputs.write_all(args.inputs, args, NUM_CLASSES)
+        rng = np.random.default_rng(0)
+        write_train_batch(args.inputs, args.batch, args.img, NUM_CLASSES, rng)
+        args.images = write_loader_images(args.inputs / "loader", NUM_CLASSES, rng)
         for task in args.tasks:
             for cfg in {"train_rss": [args.rss_cfg]}.get(task, args.cfg if task in MODEL_TASKS else ["-"]):
                 rounds = []

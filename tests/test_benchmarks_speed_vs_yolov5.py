@@ -11,7 +11,6 @@ import pytest
 
 from benchmarks import speed_vs_yolov5
 from benchmarks.common import NUM_CLASSES, RESULT_PREFIX
-from benchmarks.speed_inputs import write_train_batch
 from benchmarks.speed_vs_yolov5 import (
     SPARSE,
     markdown_table,
@@ -19,6 +18,7 @@ from benchmarks.speed_vs_yolov5 import (
     ours_train_step,
     summarise,
     train_rss_child,
+    write_train_batch,
 )
 from tests.conftest import make_yolo_dataset
 from utils.torch_utils import cpu_has_native_bf16

@@ -2,6 +2,7 @@
 
     python benchmarks/ablation.py                      # every config x 3 seeds, resumable
     python benchmarks/ablation.py --configs ciou cbbl_paper --seeds 1 2 --budget-min 35
+    python benchmarks/ablation.py --gradients          # box-loss gradients of the seed-0 runs, first/last epoch
 
 Trains the same small model once per (config, seed) through the library entry point
 utils.engine.run.run, appends each finished run's row (last-epoch mAP50, mAP50-95, AP_small, wall
@@ -9,19 +10,28 @@ time, or the failure) to benchmarks/results/ablation/runs.csv at once, and skips
 rerun, and each C-BBL run's grid with the % of training targets per interval to grid_mass.csv. Then writes
 summary.csv (mean, sample std over seeds, Welch's t against ciou) and curves.png (training losses per epoch,
 mean over seeds). Tiny-budget figures: read the spread, not the digits.
+
+--gradients (the paper's motivation, its Fig. 1-2 and 5): for the first and last epoch checkpoint of each
+seed-0 run (weights/epoch{N}.pt, model weights, not EMA) and the first --gradient-images validation images,
+each positive anchor's box loss is differentiated with respect to the head's raw box outputs (4 regression
+values, or 4*K C-BBL logits); the per-positive norm is averaged over the positives of small (< 32x32 px in the
+original image, COCO) and of normal-size objects. The comparable figure between losses is the small / normal
+ratio (the raw scales differ by loss). Writes gradients.{csv,json} into the study's folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
     RESULTS_DIR,
@@ -52,6 +62,8 @@ CONFIGS = {
 BEST_OF = ("cbbl_auto", "cbbl_quantile")
 BEST_VARIANTS = ("cbbl_best_no_um", "cbbl_best_ciou")
 METRICS = {"map50": "metrics/mAP_0.5", "map50_95": "metrics/mAP_0.5:0.95", "ap_small": "metrics/AP_small"}
+SMALL_AREA = 32.0**2  # COCO's small-object bound, original-image pixels^2
+GRADIENT_BATCH = 16  # validation images per forward of the gradient analysis (eval mode: no effect on figures)
 
 
 def best_grid(rows: list[dict]) -> str:
@@ -235,6 +247,113 @@ def write_grid_mass(args: argparse.Namespace, config: str, seed: int, save_dir: 
             "mass_pct": " ".join(f"{m:.1f}" for m in row["mass_pct"])})
 
 
+def object_gradient_norms(model, loss_fn, images: torch.Tensor, targets: torch.Tensor,
+                          pixel_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per positive: the norm of d(its box loss)/d(raw box outputs), its GT area in original pixels, and
+    (C-BBL) the mean entropy of its 4 predicted distributions in nats (NaN for regression).
+
+    Args:
+        images: (B, 3, H, W) float in [0, 1]; targets (M, 6) ``[img, cls, cx, cy, w, h]`` normalised.
+        pixel_scale: (B,) original pixels per network pixel (1 / letterbox ratio).
+    Returns:
+        norms (P,), areas (P,), entropies (P,) over all levels.
+    """
+    from utils.assign import assign_level
+    from utils.cbbl import entropy
+
+    detect = loss_fn.detect
+    with torch.no_grad():
+        raw_levels = model(images)[1]  # eval mode: (pred, raw); raw[l] (B, A, H, W, no)
+    norms, areas, entropies = [], [], []
+    for level, raw in enumerate(raw_levels):
+        assigned = assign_level(targets, detect.anchors[level], tuple(raw.shape[2:4]), detect.head.anchor_t)
+        if not len(assigned.gt):
+            continue
+        positive = raw[assigned.batch, assigned.anchor, assigned.cell_y, assigned.cell_x, :detect.box_channels]
+        positive = positive.float().detach().requires_grad_(True)  # (P, box_channels)
+        _, mean_loss = loss_fn.box_term(positive, assigned)
+        (grad,) = torch.autograd.grad(mean_loss * len(positive), positive)  # each row: its own loss's gradient
+        norms.append(grad.norm(dim=1))
+        size_px = assigned.box[:, 2:] * detect.stride[level] * pixel_scale[assigned.batch, None]  # (P, 2)
+        areas.append(size_px.prod(1))
+        if detect.grid is None:
+            entropies.append(torch.full_like(norms[-1], float("nan")))
+        else:
+            entropies.append(entropy(positive.detach().view(-1, 4, detect.bins)).mean(1))  # (P,)
+    if not norms:
+        return torch.zeros(0), torch.zeros(0), torch.zeros(0)
+    return torch.cat(norms), torch.cat(areas), torch.cat(entropies)
+
+
+def analyse_checkpoint(path: Path, batches: list) -> dict:
+    """Mean / median gradient norm of small and normal objects (and C-BBL's mean entropy) for one checkpoint."""
+    from models.yolo import model_from_checkpoint
+    from utils.checkpoint import load_checkpoint
+    from utils.hyp import load_hyp
+    from utils.loss import ComputeLoss, LossSettings
+
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, use_ema=False).float().eval()
+    hyp = load_hyp(checkpoint["hyp"])
+    loss_fn = ComputeLoss(model, LossSettings.from_hyp(hyp), imgsz=int(checkpoint["opt"]["imgsz"]))
+    parts = [object_gradient_norms(model, loss_fn, images, targets, scale) for images, targets, scale in batches]
+    norms, areas, entropies = (torch.cat(column) for column in zip(*parts))
+    row = {"positive_entropy": float(entropies.mean())}
+    for group, mask in (("small", areas < SMALL_AREA), ("normal", areas >= SMALL_AREA)):
+        values = norms[mask]
+        row[f"{group}_positives"] = int(mask.sum())
+        row[f"{group}_mean"] = float(values.mean()) if len(values) else float("nan")
+        row[f"{group}_median"] = float(values.median()) if len(values) else float("nan")
+    row["ratio_small_normal"] = row["small_mean"] / row["normal_mean"]
+    return row
+
+
+def fixed_batches(data_yaml: str, imgsz: int, num_images: int) -> list:
+    """The first validation images (no augmentation) in batches: (images float, targets, original px per network
+    px)."""
+    from utils.data.config import load_data_config
+    from utils.data.dataset import create_dataloader
+
+    data = load_data_config(data_yaml)
+    loader, _ = create_dataloader(data["val"], imgsz, GRADIENT_BATCH, 32, augment=False, rect=False, workers=0)
+    batches = []
+    for index, (images, targets, _, shapes) in enumerate(loader):
+        if index * GRADIENT_BATCH >= num_images:
+            break
+        ratio = torch.tensor([min(shape[1][0]) for shape in shapes], dtype=torch.float32)  # (B,)
+        batches.append((images.float() / 255, targets, 1 / ratio))
+    return batches
+
+
+def epoch_checkpoints(weights_dir: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of weights/epoch{N}.pt, sorted by epoch."""
+    found = [(int(match.group(1)), path) for path in weights_dir.glob("epoch*.pt")
+             if (match := re.fullmatch(r"epoch(\d+)\.pt", path.name))]
+    return sorted(found)
+
+
+def gradients(args: argparse.Namespace) -> int:
+    """--gradients: the first and last epoch of every seed-0 run of the study, into <out>/gradients.{csv,json}."""
+    runs_dir = args.project / args.out.name
+    found = {config: epoch_checkpoints(runs_dir / f"{config}_s0" / "weights") for config in args.configs}
+    found = {config: checkpoints[::len(checkpoints) - 1 or 1] for config, checkpoints in found.items() if checkpoints}
+    if not found:
+        logger.error("no weights/epoch*.pt under %s: train the study's seed 0 first (it saves every epoch)", runs_dir)
+        return 2
+    batches = fixed_batches(str(ROOT / args.data), args.img, args.gradient_images)
+    rows = []
+    for config, checkpoints in found.items():
+        for epoch, path in checkpoints:
+            rows.append({"config": config, "run": f"{config}_s0", "epoch": epoch, **analyse_checkpoint(path, batches)})
+            logger.info("%s epoch %d: small/normal %.3f (%d / %d positives), entropy %.3f", config, epoch,
+                        rows[-1]["ratio_small_normal"], rows[-1]["small_positives"], rows[-1]["normal_positives"],
+                        rows[-1]["positive_entropy"])
+    write_csv(args.out / "gradients.csv", rows)
+    write_json(args.out / "gradients.json", {"header": header_lines({k: str(v) for k, v in vars(args).items()}),
+                                             "rows": rows})
+    return 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="C-BBL ablation at small scale (resumable)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -262,6 +381,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retry-failed", action="store_true", help="run failed (config, seed) pairs again")
     parser.add_argument("--summary-only", action="store_true",
                         help="train nothing: rewrite summary.csv and curves.png from runs.csv (after parallel shards)")
+    parser.add_argument("--gradients", action="store_true",
+                        help="train nothing: box-loss gradients of the seed-0 runs' first and last epoch")
+    parser.add_argument("--gradient-images", type=int, default=32, help="validation images of --gradients")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ablation",
                         help="results folder (runs.csv, summary.csv, curves)")
     parser.add_argument("--project", type=Path, default=ROOT / "runs" / "ablation",
@@ -272,6 +394,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_start(logger, args.threads)
+    if args.gradients:
+        return gradients(args)
     out_dir = args.out
     runs_csv = out_dir / "runs.csv"
     header = header_lines({key: str(value) for key, value in vars(args).items()})

@@ -17,19 +17,12 @@ from pathlib import Path
 
 import torch
 
-
-def _load_sibling(name: str):
-    """A stdlib/numpy/torch-only module of benchmarks/, loaded by path: our repo root stays off sys.path."""
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # The same timer, loader drain and GPU measurements as our side: both sides are measured by identical code.
-_common = _load_sibling("common")
+# benchmarks/common.py needs only the standard library and torch; loaded by path, our repo root stays off sys.path.
+_spec = importlib.util.spec_from_file_location("_bench_common", Path(__file__).with_name("common.py"))
+_common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_common)
 time_call, drain_loader, RESULT_PREFIX = _common.time_call, _common.drain_loader, _common.RESULT_PREFIX
-gpu_measure = _load_sibling("gpu_measure")
 
 
 def _package_dir() -> Path:
@@ -115,30 +108,13 @@ def task_train_rss(args: argparse.Namespace) -> dict:
 
 def task_gpu(args: argparse.Namespace) -> dict:
     """gpu_check.py's rows for their model: AMP training steps per batch size, val and detect-b1 latency."""
-    import copy
-
     from yolov5.utils.general import non_max_suppression
     from yolov5.utils.loss import ComputeLoss
 
-    device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
-    model = _build_model(args.cfg, args.nc).to(device)
-    criterion = ComputeLoss(model)
+    model = _build_model(args.cfg, args.nc).to(args.device)
     base = {"impl": "theirs (yolov5 PyPI)", "model": args.cfg, "head": "regress", "imgsz": args.img}
-    rows = []
-    for batch in args.train_batches:
-        timing = gpu_measure.train_throughput(model, criterion, device, batch, args.img, args.nc, args.steps,
-                                              args.warmup, amp=device.type == "cuda")
-        rows.append({**base, "task": "train_step_amp", "batch": batch, **timing})
-    fused = copy.deepcopy(model).fuse().eval()
-    fused = fused.half() if args.half else fused
-    for task, nms_settings in gpu_measure.PREDICT_NMS.items():
-        batch = args.batch if task == "val" else 1
-        timing = gpu_measure.predict_latency(lambda images: fused(images)[0],
-                                             lambda pred, s=nms_settings: non_max_suppression(pred, **s), device,
-                                             batch, args.img, args.repeats, args.warmup, args.half)
-        rows.append({**base, "task": task, "batch": batch, **timing})
-    return {"rows": rows}
+    return {"rows": _common.gpu_rows(model, ComputeLoss(model), non_max_suppression, base, args)}
 
 
 TASKS = {"train_step": task_train_step, "infer": task_infer, "dataloader": task_dataloader,
@@ -155,6 +131,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--images", default="", help="YOLO-format image folder for the dataloader task")
     parser.add_argument("--img", type=int, default=640)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--val-batch", type=int, default=16, help="gpu task: batch of the val rows")
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--steps", type=int, default=3, help="training steps of the train_rss and gpu tasks")

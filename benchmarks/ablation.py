@@ -8,8 +8,8 @@ Trains the same small model once per (config, seed) through the library entry po
 utils.engine.run.run, appends each finished run's row (last-epoch mAP50, mAP50-95, AP_small, wall
 time, or the failure) to benchmarks/results/ablation/runs.csv at once, and skips finished rows on a
 rerun, and each C-BBL run's grid with the % of training targets per interval to grid_mass.csv. Then writes
-summary.csv (mean, sample std over seeds, Welch's t against ciou) and curves.png (training losses per epoch,
-mean over seeds). Tiny-budget figures: read the spread, not the digits.
+summary.csv and summary.md (mean, sample std over seeds, Welch's t against ciou; each grid's target mass), and
+each run's results.csv to curves/. Tiny-budget figures: read the spread, not the digits.
 
 --gradients (the paper's motivation, its Fig. 1-2 and 5): for the first and last epoch checkpoint of each
 seed-0 run (weights/epoch{N}.pt, model weights, not EMA) and the first --gradient-images validation images,
@@ -48,47 +48,27 @@ from utils.hyp import load_hyp  # noqa: E402
 logger = logging.getLogger("benchmarks.ablation")
 ROOT = Path(__file__).resolve().parents[1]
 # name -> hyp overrides (issue 13's study). The paper's grid ('in', beta by training size) against the grids
-# fitted to YOLO's targets; "best_*" rows vary the better of auto/quantile (by mean mAP50-95 so far, decided
-# when those rows start; BEST_OF) without the uncertainty loss and with an extra CIoU term.
+# fitted to YOLO's targets; "best_*" rows vary the better of auto and quantile (auto, at 320 and 640 px alike)
+# without the uncertainty loss and with an extra CIoU term.
 CONFIGS = {
     "ciou": {"box_loss": "ciou"},
     "cbbl_paper": {"box_loss": "cbbl", "cbbl_grid": "in"},
     "cbbl_auto": {"box_loss": "cbbl", "cbbl_grid": "auto"},
     "cbbl_quantile": {"box_loss": "cbbl", "cbbl_grid": "quantile"},
     "cbbl_uniform": {"box_loss": "cbbl", "cbbl_grid": "uniform"},
-    "cbbl_best_no_um": {"box_loss": "cbbl", "cbbl_um": 0.0},
-    "cbbl_best_ciou": {"box_loss": "cbbl", "cbbl_ciou": 1.0},
+    "cbbl_best_no_um": {"box_loss": "cbbl", "cbbl_grid": "auto", "cbbl_um": 0.0},
+    "cbbl_best_ciou": {"box_loss": "cbbl", "cbbl_grid": "auto", "cbbl_ciou": 1.0},
 }
-BEST_OF = ("cbbl_auto", "cbbl_quantile")
-BEST_VARIANTS = ("cbbl_best_no_um", "cbbl_best_ciou")
 METRICS = {"map50": "metrics/mAP_0.5", "map50_95": "metrics/mAP_0.5:0.95", "ap_small": "metrics/AP_small"}
 SMALL_AREA = 32.0**2  # COCO's small-object bound, original-image pixels^2
 GRADIENT_BATCH = 16  # validation images per forward of the gradient analysis (eval mode: no effect on figures)
 
 
-def best_grid(rows: list[dict]) -> str:
-    """The grid of BEST_OF with the higher mean mAP50-95 over finished runs (auto on a tie or without runs)."""
-    means = {}
-    for config in BEST_OF:
-        values = [float(row["map50_95"]) for row in rows if row["config"] == config and row["status"] == "ok"]
-        means[config] = statistics.mean(values) if values else float("-inf")
-    best = max(BEST_OF, key=lambda config: (means[config], config == "cbbl_auto"))
-    return CONFIGS[best]["cbbl_grid"]
-
-
-def config_overrides(config: str, rows: list[dict]) -> dict:
-    """Hyp overrides of a config; the best_* variants take the grid best_grid picks from ``rows``."""
-    overrides = dict(CONFIGS[config])
-    if config in BEST_VARIANTS:
-        overrides["cbbl_grid"] = best_grid(rows)
-    return overrides
-
-
-def train_options(args: argparse.Namespace, config: str, seed: int, rows: list[dict]):
+def train_options(args: argparse.Namespace, config: str, seed: int):
     """TrainOptions of one run: the same model/data/schedule for every config, only the box branch differs."""
     from utils.engine.options import TrainOptions
 
-    hyp = load_hyp(ROOT / args.hyp, warmup_epochs=args.warmup_epochs, **config_overrides(config, rows))
+    hyp = load_hyp(ROOT / args.hyp, warmup_epochs=args.warmup_epochs, **CONFIGS[config])
     return TrainOptions(optimizer=args.optimizer, cfg=str(model_cfg(args)), data=str(ROOT / args.data), hyp=hyp,
                         epochs=args.epochs, batch_size=args.batch, imgsz=args.img, workers=args.workers,
                         noplots=True, project=str(args.project / args.out.name),
@@ -112,11 +92,11 @@ def model_cfg(args: argparse.Namespace) -> Path:
     return path
 
 
-def run_one(args: argparse.Namespace, config: str, seed: int, rows: list[dict]) -> dict:
+def run_one(args: argparse.Namespace, config: str, seed: int) -> dict:
     """Train one (config, seed); its summary row (status 'failed' with the error if it raised)."""
     from utils.engine.run import run
 
-    opts = train_options(args, config, seed, rows)
+    opts = train_options(args, config, seed)
     hyp = opts.hyp
     cbbl = hyp.is_cbbl
     row = {"config": config, "seed": seed, "box_loss": hyp.box_loss, "grid": hyp.cbbl_grid if cbbl else "",
@@ -175,52 +155,20 @@ def markdown_tables(summary: list[dict], grid_rows: list[dict]) -> str:
         lines.append(f"| {entry['config']} | {entry['grid'] or '-'} | {entry['seeds_ok']} | {' | '.join(cells)} |")
     lines += ["", "| config | group | beta | points | % of training targets per interval |",
               "| --- | --- | --- | --- | --- |"]
-    shown = set()
+    first_seed: dict[tuple, dict] = {}
     for row in grid_rows:
-        if (row["config"], row["group"]) in shown:
-            continue
-        shown.add((row["config"], row["group"]))
+        first_seed.setdefault((row["config"], row["group"]), row)
+    for row in first_seed.values():
         beta = f"{float(row['beta']):.2f}" if row["beta"] else "-"
         lines.append(f"| {row['config']} | {row['group']} | {beta} | {row['points']} | {row['mass_pct']} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(out_dir: Path, summary: list[dict]) -> None:
-    """out_dir/curves.png: training box and objectness loss per epoch (mean over seeds), final mAP50-95."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for config in CONFIGS:
-        curves = [c for c in (read_csv(p) for p in sorted((out_dir / "curves").glob(f"{config}_s*.csv"))) if c]
-        if not curves:
-            continue
-        length = min(len(c) for c in curves)
-        for axis, column in zip(axes[:2], ("train/box_loss", "train/obj_loss")):
-            mean = [statistics.mean(float(c[i][column]) for c in curves) for i in range(length)]
-            axis.plot(range(length), mean, marker="o", markersize=3, label=f"{config} (n={len(curves)})")
-    axes[0].set(xlabel="epoch", ylabel="box loss (each loss on its own scale)", title="training box loss", yscale="log")
-    axes[1].set(xlabel="epoch", ylabel="objectness loss", title="training objectness loss")
-    axes[0].legend(fontsize=7)
-    done = [entry for entry in summary if entry["seeds_ok"]]
-    means = [float(entry["map50_95_mean"]) for entry in done]
-    stds = [float(entry["map50_95_std"] or 0) for entry in done]
-    axes[2].barh([entry["config"] for entry in done], means, xerr=stds, capsize=3)
-    axes[2].set(xlabel="val mAP@0.5:0.95 after training (mean +- std over seeds)", title="final accuracy")
-    fig.tight_layout()
-    fig.savefig(out_dir / "curves.png", dpi=110)
-    plt.close(fig)
-
-
 def pending_runs(args: argparse.Namespace, rows: list[dict]) -> list[tuple[str, int]]:
     """(config, seed) pairs without a row yet, seed-major (a study cut short by its budget keeps every config
-    at the same number of seeds), the best_* variants last (they need the auto/quantile results)."""
+    at the same number of seeds)."""
     finished = {(row["config"], int(row["seed"])) for row in rows if row["status"] == "ok" or not args.retry_failed}
-    first = [(config, seed) for seed in args.seeds for config in args.configs if config not in BEST_VARIANTS]
-    last = [(config, seed) for seed in args.seeds for config in args.configs if config in BEST_VARIANTS]
-    return [pair for pair in first + last if pair not in finished]
+    return [(config, seed) for seed in args.seeds for config in args.configs if (config, seed) not in finished]
 
 
 def write_grid_mass(args: argparse.Namespace, config: str, seed: int, save_dir: Path) -> None:
@@ -380,7 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-min", type=float, default=45.0, help="start no new run after this many minutes")
     parser.add_argument("--retry-failed", action="store_true", help="run failed (config, seed) pairs again")
     parser.add_argument("--summary-only", action="store_true",
-                        help="train nothing: rewrite summary.csv and curves.png from runs.csv (after parallel shards)")
+                        help="train nothing: rewrite summary.csv and summary.md from runs.csv (after parallel shards)")
     parser.add_argument("--gradients", action="store_true",
                         help="train nothing: box-loss gradients of the seed-0 runs' first and last epoch")
     parser.add_argument("--gradient-images", type=int, default=32, help="validation images of --gradients")
@@ -406,13 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         if (time.perf_counter() - start) / 60 > args.budget_min:
             logger.info("budget of %.0f min spent: stopping before %s seed %d", args.budget_min, config, seed)
             break
-        row = run_one(args, config, seed, read_csv(runs_csv))
+        row = run_one(args, config, seed)
         append_csv_row(runs_csv, row)
         logger.info("%s seed %d: %s", config, seed, {k: row.get(k) for k in (*METRICS, "wall_s", "status")})
     summary = summarize(read_csv(runs_csv))
     write_csv(out_dir / "summary.csv", summary)
     (out_dir / "summary.md").write_text(markdown_tables(summary, read_csv(out_dir / "grid_mass.csv")), encoding="utf-8")
-    plot_curves(out_dir, summary)
     logger.info("\n".join(header))
     for entry in summary:
         cells = [f"{name} {entry[f'{name}_mean']!s:>8} +- {entry[f'{name}_std']!s:<8}" for name in METRICS]

@@ -53,6 +53,7 @@ from benchmarks.common import (  # noqa: E402
     write_csv,
     write_json,
 )
+from utils.files import atomic_write_text  # noqa: E402
 from utils.head import HeadConfig  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
@@ -438,9 +439,7 @@ def report(args: argparse.Namespace, rows: list[dict], settings: dict, cores: in
     header = header_lines(settings)
     write_csv(args.out.with_suffix(".csv"), rows)
     write_json(args.out.with_suffix(".json"), {"header": header, "loaded": loaded, "complete": complete, "rows": rows})
-    markdown = args.out.with_suffix(".md.tmp")
-    markdown.write_text("\n".join(header) + "\n\n" + table, encoding="utf-8")
-    markdown.replace(args.out.with_suffix(".md"))
+    atomic_write_text(args.out.with_suffix(".md"), "\n".join(header) + "\n\n" + table)
     return 0
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def test_study_records_metrics_grid_mass_and_summary(tmp_path):
     masses = [float(m) for m in read_csv(out / "grid_mass.csv")[0]["mass_pct"].split()]
     assert len(masses) == 10 and abs(sum(masses) - 100) < 1
     summary = {row["config"]: row for row in read_csv(out / "summary.csv")}
-    assert summary["cbbl_auto"]["seeds_ok"] == "1" and (out / "summary.md").is_file() and (out / "curves.png").is_file()
+    assert summary["cbbl_auto"]["seeds_ok"] == "1" and (out / "summary.md").is_file() and (out / "curves").is_dir()
 
     assert main(["--gradients", "--configs", "ciou", "cbbl_auto", "--img", "64", "--gradient-images", "4",
                  "--data", str(data), "--out", str(out), "--project", str(tmp_path / "runs")]) == 0

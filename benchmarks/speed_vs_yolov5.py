@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    BOXES_PER_IMAGE,
     NUM_CLASSES,
     REFERENCE_SCRIPT,
     RESULT_PREFIX,
@@ -49,6 +50,7 @@ from benchmarks.common import (  # noqa: E402
     header_lines,
     peak_rss_mb,
     result_of,
+    synthetic_batch,
     time_call,
     write_csv,
     write_json,
@@ -70,27 +72,7 @@ PRECISIONS = ("fp32", "bf16")  # ours; bf16 = autocast on the CPU's matrix units
 CPU = torch.device("cpu")
 EXIT_LOADED = 3
 FRAME_SIZES = ((1360, 765), (1920, 1080), (1400, 1050))  # VisDrone-DET frame sizes (w, h) of the loader images
-BOXES_PER_IMAGE = 60  # VisDrone averages ~54 objects per image
 LOADER_IMAGES = 32
-
-
-def small_boxes(rng: np.random.Generator, num: int, width: float, height: float) -> np.ndarray:
-    """(num, 4) cxcywh pixels: sizes log-uniform in 4..96 px (mostly < 32 px), inside the frame."""
-    size = np.exp(rng.uniform(np.log(4), np.log(96), (num, 2)))  # (num, 2)
-    centre = rng.uniform(size / 2, np.array([width, height]) - size / 2)  # (num, 2)
-    return np.concatenate([centre, size], 1)
-
-
-def write_train_batch(folder: Path, batch: int, imgsz: int, nc: int, rng: np.random.Generator) -> None:
-    """train_batch.pt: uint8 images (B, 3, S, S) and targets (M, 6) [image, class, cx, cy, w, h] normalised."""
-    images = torch.from_numpy(rng.integers(0, 256, (batch, 3, imgsz, imgsz), dtype=np.uint8))
-    rows = []
-    for index in range(batch):
-        boxes = small_boxes(rng, BOXES_PER_IMAGE, imgsz, imgsz) / imgsz  # (n, 4) normalised
-        classes = rng.integers(0, nc, (BOXES_PER_IMAGE, 1))
-        rows.append(np.concatenate([np.full((BOXES_PER_IMAGE, 1), index), classes, boxes], 1))
-    targets = torch.from_numpy(np.concatenate(rows).astype(np.float32))  # (M, 6)
-    torch.save({"images": images, "targets": targets}, folder / "train_batch.pt")
 
 
 def write_loader_images(folder: Path, nc: int, rng: np.random.Generator) -> Path:
@@ -102,7 +84,8 @@ def write_loader_images(folder: Path, nc: int, rng: np.random.Generator) -> Path
         width, height = FRAME_SIZES[index % len(FRAME_SIZES)]
         low_res = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
         image = cv2.resize(low_res, (width, height), interpolation=cv2.INTER_CUBIC)  # texture, realistic JPEG size
-        boxes = small_boxes(rng, BOXES_PER_IMAGE, width, height)
+        size = np.exp(rng.uniform(np.log(4), np.log(96), (BOXES_PER_IMAGE, 2)))  # 4..96 px, mostly < 32
+        boxes = np.concatenate([rng.uniform(size / 2, np.array([width, height]) - size / 2), size], 1)  # cxcywh
         classes = rng.integers(0, nc, len(boxes))
         for cx, cy, w, h in boxes:
             color = tuple(int(c) for c in rng.integers(0, 256, 3))
@@ -406,9 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="speed_vs_yolov5_") as tmp:
         args.inputs, args.backends = Path(tmp), {}
-        rng = np.random.default_rng(0)
-        write_train_batch(args.inputs, args.batch, args.img, NUM_CLASSES, rng)
-        args.images = write_loader_images(args.inputs / "loader", NUM_CLASSES, rng)
+        images, targets = synthetic_batch(args.batch, args.img, NUM_CLASSES)
+        torch.save({"images": images, "targets": targets}, args.inputs / "train_batch.pt")  # read by both sides
+        args.images = write_loader_images(args.inputs / "loader", NUM_CLASSES, np.random.default_rng(0))
         for task in args.tasks:
             for cfg in {"train_rss": [args.rss_cfg]}.get(task, args.cfg if task in MODEL_TASKS else ["-"]):
                 rounds = []

@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 
-import numpy as np
 import pytest
+import torch
 
 from benchmarks import speed_vs_yolov5
-from benchmarks.common import NUM_CLASSES, RESULT_PREFIX
+from benchmarks.common import NUM_CLASSES, RESULT_PREFIX, synthetic_batch
 from benchmarks.speed_vs_yolov5 import (
     SPARSE,
     markdown_table,
@@ -18,7 +18,6 @@ from benchmarks.speed_vs_yolov5 import (
     ours_train_step,
     summarise,
     train_rss_child,
-    write_train_batch,
 )
 from tests.conftest import make_yolo_dataset
 from utils.torch_utils import cpu_has_native_bf16
@@ -59,7 +58,8 @@ def test_bf16_on_a_cpu_without_it_is_refused(monkeypatch):
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (amx_bf16/avx512_bf16)")
 def test_bf16_train_step_and_inference_run_under_autocast(tmp_path):
-    write_train_batch(tmp_path, 1, 128, NUM_CLASSES, np.random.default_rng(0))
+    images, targets = synthetic_batch(1, 128, NUM_CLASSES)
+    torch.save({"images": images, "targets": targets}, tmp_path / "train_batch.pt")
     args = argparse.Namespace(inputs=tmp_path, img=128, backends={}, infer_sizes=[128], warmup=0, repeats=1)
     assert ours_train_step(args, "yolov5n", "cbbl", "bf16")["min_s"] > 0
     assert ours_infer(args, "yolov5n", "cbbl", SPARSE, "bf16")["128"]["min_s"] > 0

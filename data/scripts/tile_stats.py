@@ -1,7 +1,7 @@
 """What tile training changes on the real VisDrone frames: objects under 8 px and the share of empty tiles.
 
-    python benchmarks/tile_stats.py                      # train split of ../shared/data/visdrone-real, 640
-    python benchmarks/tile_stats.py --img 640 --tile 640 --overlap 0.25 --scale 1.0 --split val
+    python data/scripts/tile_stats.py                      # train split of ../shared/data/visdrone-real, 640
+    python data/scripts/tile_stats.py --img 640 --tile 640 --overlap 0.25 --scale 1.0 --split val
 
 Whole-frame training letterboxes each frame to --img (long side); tile training cuts the frame into the
 --tile grid (utils/data/tiles.py, the loader's own plan: clipping rule and empty-tile cap included) and
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from utils.data.tiles import MAX_EMPTY_SHARE, TileSettings, plan_tiles  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     split_dir = args.frames / f"VisDrone2019-DET-{args.split}"
     if not split_dir.is_dir():
-        sys.exit(f"{split_dir} not found: this benchmark reads the shared real VisDrone frames")
+        sys.exit(f"{split_dir} not found: this script reads the shared real VisDrone frames")
     shapes, labels = frame_labels(split_dir)
     plan = plan_tiles(shapes, labels, TileSettings(args.tile, args.overlap, args.scale), Hyp().box_min_area_frac)
     whole = network_sizes(shapes, labels, args.img)

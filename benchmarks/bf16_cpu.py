@@ -99,7 +99,7 @@ def infer_fn(cfg: str, box_loss: str, imgsz: int, half: bool, folder: Path):
     from benchmarks.speed_vs_yolov5 import build_ours
     from utils.checkpoint import save_checkpoint
     from utils.infer.options import DetectOptions
-    from utils.infer.predictor import load_backend
+    from utils.infer.runtime import load_backend
 
     path = folder / f"{cfg}_{box_loss}.pt"
     if not path.exists():

@@ -35,7 +35,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from benchmarks.common import RESULTS_DIR, header_lines, write_json  # noqa: E402
 from utils.boxes import box_iou  # noqa: E402
 from utils.data.synthetic import make_image  # noqa: E402
-from utils.data.visdrone import CATEGORY_NAMES, format_labels, read_annotation  # noqa: E402
+from utils.data.visdrone import CATEGORY_NAMES, read_annotation  # noqa: E402
+from utils.data.yolo_txt import LABEL_FORMAT, yolo_txt  # noqa: E402
+from utils.infer.options import DetectOptions  # noqa: E402
 from utils.infer.predictor import run as detect_run  # noqa: E402
 from utils.infer.slicing import tile_grid  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
@@ -108,7 +110,8 @@ def write_tiles(images: list[Path], out_dir: Path, tile: int, overlap: float, ma
         image_path, index, (x1, y1, x2, y2), labels = candidates[i]
         frame = frames.setdefault(image_path, cv2.imread(str(image_path)))
         cv2.imwrite(str(out_dir / "images" / f"{image_path.stem}_{index}.jpg"), frame[y1:y2, x1:x2])
-        (out_dir / "labels" / f"{image_path.stem}_{index}.txt").write_text(format_labels(labels))
+        label_text = yolo_txt(labels[:, 0], labels[:, 1:], LABEL_FORMAT)
+        (out_dir / "labels" / f"{image_path.stem}_{index}.txt").write_text(label_text)
     return len(chosen)
 
 
@@ -187,8 +190,9 @@ def evaluate(weights: Path, frames: list[tuple[Path, np.ndarray, np.ndarray]], m
     frame_list.parent.mkdir(parents=True, exist_ok=True)
     frame_list.write_text("".join(f"{path}\n" for path, _, _ in frames))
     start = time.perf_counter()
-    results = detect_run(weights=str(weights), source=str(frame_list), conf_thres=args.conf_thres,
-                         max_det=args.max_det, nosave=True, project=str(Path(args.workdir) / "detect"), **mode)
+    results = detect_run(DetectOptions(weights=str(weights), source=str(frame_list), conf_thres=args.conf_thres,
+                                       max_det=args.max_det, nosave=True, project=str(Path(args.workdir) / "detect"),
+                                       **mode))
     seconds = time.perf_counter() - start
     truth = {str(path): (boxes, classes) for path, boxes, classes in frames}
     for result in results:

@@ -99,7 +99,7 @@ def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str
     ``torch-sparse`` is the PyTorch backend decoding as detect.py does at its default ``--conf-thres``."""
     from utils.checkpoint import save_checkpoint
     from utils.infer.options import DetectOptions
-    from utils.infer.predictor import load_backend
+    from utils.infer.runtime import load_backend
 
     key = (cfg, box_loss, runtime)
     if key not in args.backends:

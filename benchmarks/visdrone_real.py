@@ -169,7 +169,7 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
     from utils.eval.scoring import score_detections
     from utils.eval.validator import collect
     from utils.eval.yolov5 import evaluate as yolov5_evaluate
-    from utils.infer.predictor import load_backend
+    from utils.infer.runtime import load_backend
 
     config_dict = load_data_config(str(data), splits=("val",))
     backend = load_backend([str(run_dir / "weights" / "best.pt")], torch.device("cpu"))

@@ -20,6 +20,7 @@ import yaml
 import detect
 import hubconf
 import val
+from export import run as export_run
 from models.convert import convert
 from models.yolo import model_from_checkpoint
 from tests.conftest import (
@@ -35,7 +36,6 @@ from tests.conftest import (
 from utils.checkpoint import load_checkpoint, read_inert_pickle
 from utils.engine.options import parse_options
 from utils.engine.run import run as train_run
-from utils.infer.export import run as export_run
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ ENTRY_POINTS = {
     "val": lambda weights, data, image, out: val.run(weights=str(weights), data=str(data), project=str(out)),
     "detect": lambda weights, data, image, out: detect.main(
         ["--weights", str(weights), "--source", str(image), "--project", str(out)]),
-    "export": lambda weights, data, image, out: export_run(weights, include=("torchscript",), project=str(out)),
+    "export": lambda weights, data, image, out: export_run(weights=weights, include=("torchscript",), project=str(out)),
     "hub": lambda weights, data, image, out: hubconf.custom(weights),
     "convert": lambda weights, data, image, out: convert(weights, out / "converted.pt"),
 }
@@ -202,7 +202,7 @@ def test_detect_and_export_run_on_a_pypi_training_file(tmp_path):
     detect.main(["--weights", str(path), "--source", str(image), "--imgsz", "64", "--project", str(tmp_path),
                  "--name", "det"])
     assert (tmp_path / "det" / "frame.png").is_file()
-    exported = export_run(path, include=("torchscript",), imgsz=(64, 64), project=str(tmp_path))
+    exported = export_run(weights=path, include=("torchscript",), imgsz=(64, 64), project=str(tmp_path))
     assert all(Path(file).is_file() for file in exported)
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from utils.eval.validator import DEFAULT_PROTOCOL, MERGE_MODES, PROTOCOLS
+from utils.eval.scoring import DEFAULT_PROTOCOL, PROTOCOLS, protocol_named
+from utils.eval.validator import MERGE_MODES
 from utils.files import REPO_ROOT
 from utils.infer.options import CBBL_FUSION_DEFAULT, CBBL_FUSION_HELP, RUNTIMES
 from utils.options import option
@@ -45,7 +46,7 @@ class ValOptions:
     half: bool = option(False, "FP16 inference (CUDA); bfloat16 autocast on CPUs with AMX/AVX512-BF16")
     protocol: Optional[str] = option(None, f"metric: {DEFAULT_PROTOCOL} (default: YOLOv5 v7.0's val.py table), coco "
                                            "(pycocotools), visdrone (official toolkit); --pred JSON files imply "
-                                           "coco, --pred folders visdrone", choices=PROTOCOLS)
+                                           "coco, --pred folders visdrone", choices=tuple(PROTOCOLS))
     merge: str = option("nms", "how ensemble members are merged", choices=MERGE_MODES)
     pred: Optional[str] = option(None, "saved predictions: COCO JSON file or VisDrone txt folder")
     gt: Optional[str] = option(None, "ground truth: COCO JSON file or VisDrone annotations folder")
@@ -66,8 +67,8 @@ class ValOptions:
         object.__setattr__(self, "project", str(self.project))
         if self.task not in TASKS:
             raise ValueError(f"--task {self.task!r} unknown; expected one of {TASKS}")
-        if self.protocol not in (None, *PROTOCOLS):
-            raise ValueError(f"--protocol {self.protocol!r} unknown; expected one of {PROTOCOLS}")
+        if self.protocol is not None:
+            protocol_named(self.protocol)
         if (self.pred is None) != (self.gt is None):
             raise ValueError("--pred and --gt go together (saved predictions and their ground truth)")
         if self.pred is None and not self.weights:

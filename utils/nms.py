@@ -28,7 +28,7 @@ _PER_CLASS_MIN_BOXES = 4000
 CLASS_OFFSET_PX = 7680.0
 # Variance voting (--cbbl-fusion): sigma_t of the IoU weight exp(-(1 - IoU)^2 / sigma_t) (He et al., CVPR 2019, a
 # per-model setting there). 0.05 gave the best mAP50-95 of 0.005 / 0.02 / 0.05 / 0.1 for two C-BBL yolov5n checkpoints
-# on the synthetic val set (issue 23). Then the number of trailing prediction columns that hold the per-side
+# on the synthetic val set. Then the number of trailing prediction columns that hold the per-side
 # variances (models.detect.SIDE_VARIANCE_COLUMNS; relative to the squared box side).
 FUSION_SIGMA_T = 0.05
 FUSION_COLUMNS = 4

@@ -15,7 +15,7 @@ utils/evalRes.m, utils/compOas.m, utils/calcAccuracy.m, utils/VOCap.m). Which ru
 - VOCap.m: all-point interpolated AP.
 The toolkit takes the first maxDets rows of a result file as written (saveAnnoRes.m at 77b9393 no
 longer sorts them); we sort each image's detections by score first, which is the same for result
-files written by score (ours are) and the rule DESIGN.md states.
+files written by score (ours are) and keeps the best-scored maxDets of a file written in any order.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Inference: backends, the predictor, detect options and results, sources, slicing, TTA, WBF, export, outputs."""
+"""Inference: backends, loading them (runtime), the predictor, detect options and results, sources, slicing, TTA,
+WBF, export, outputs."""

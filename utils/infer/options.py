@@ -14,10 +14,10 @@ import torch
 from utils.files import REPO_ROOT
 from utils.options import option
 
-# What runs a .pt checkpoint: PyTorch, or ONNX Runtime after an in-memory export (utils/infer/predictor.py).
+# What runs a .pt checkpoint: PyTorch, or ONNX Runtime after an in-memory export (utils/infer/runtime.py).
 RUNTIMES = ("torch", "onnxruntime")
 # --cbbl-fusion, shared by detect.py and val.py. Off by default although it measured better on the synthetic set
-# (issue 23: +0.9 mAP50-95 points, one seed): on, val.py would disagree with train.py's final validation and a .pt
+# (+0.9 mAP50-95 points, one seed): on, val.py would disagree with train.py's final validation and a .pt
 # with its ONNX export, which carry no variances yet; the default follows the real-frame study.
 CBBL_FUSION_DEFAULT = False
 CBBL_FUSION_HELP = ("C-BBL variance voting: each kept box becomes the average of the same-class boxes overlapping it "

@@ -170,11 +170,6 @@ def protocol_named(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def score_detections(collected: Any, names: list[str], protocol: str) -> tuple[dict[str, Any], PRCurves]:
-    """ValResults fields of a validator ``Collected`` and the curves :func:`plot_metrics` draws."""
-    return protocol_named(protocol).score(collected, names)
-
-
 def plot_metrics(curves: PRCurves, confusion: Optional[ConfusionMatrix], names: list[str], save_dir: Path) -> None:
     """PR, F1, P and R curves and the confusion matrix as PNGs in ``save_dir``."""
 

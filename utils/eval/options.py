@@ -9,7 +9,7 @@ from typing import Optional
 from utils.eval.scoring import DEFAULT_PROTOCOL, PROTOCOLS, protocol_named
 from utils.eval.validator import MERGE_MODES
 from utils.files import REPO_ROOT
-from utils.infer.options import CBBL_FUSION_DEFAULT, CBBL_FUSION_HELP, RUNTIMES
+from utils.infer.options import WEIGHTS_HELP, cbbl_fusion_option, overlap_option, runtime_option
 from utils.options import option
 
 TASKS = ("train", "val", "test", "speed", "study")
@@ -24,7 +24,7 @@ class ValOptions:
     """What one val.py run does; ``weights`` may be given as one path or several."""
 
     data: str = option("data/synthetic.yaml", "dataset YAML, bare names look in data/")
-    weights: tuple[str, ...] = option((), ".pt (several = ensemble), .onnx, .torchscript")
+    weights: tuple[str, ...] = option((), WEIGHTS_HELP)
     batch_size: int = option(32, "images per batch", flags=("--batch",))
     imgsz: int = option(640, "inference size (pixels)", flags=("--img", "--img-size"))
     conf_thres: float = option(0.001, "confidence threshold")
@@ -55,11 +55,10 @@ class ValOptions:
     slice: Optional[tuple[int, ...]] = option(None, "sliced validation: detect on tiles of H x W frame pixels (each at "
                                                     "--img), merged and scored on the full frames", nargs=2,
                                               metavar=("H", "W"))
-    overlap: float = option(0.2, "tile overlap ratio for --slice")
+    overlap: float = overlap_option()
     slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame at --img")
-    runtime: str = option("torch", "what runs a .pt: torch, or onnxruntime after an in-memory ONNX export (faster "
-                                   "on CPU)", choices=RUNTIMES)
-    cbbl_fusion: bool = option(CBBL_FUSION_DEFAULT, CBBL_FUSION_HELP)
+    runtime: str = runtime_option()
+    cbbl_fusion: bool = cbbl_fusion_option()
 
     def __post_init__(self) -> None:
         weights = [self.weights] if isinstance(self.weights, (str, Path)) else self.weights

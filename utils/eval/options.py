@@ -9,10 +9,11 @@ from typing import Optional
 from utils.eval.scoring import DEFAULT_PROTOCOL, PROTOCOLS, protocol_named
 from utils.eval.validator import MERGE_MODES
 from utils.files import REPO_ROOT
-from utils.infer.options import WEIGHTS_HELP, cbbl_fusion_option, overlap_option, runtime_option
+from utils.infer.options import WEIGHTS_HELP, cbbl_fusion_option, exist_ok_option, overlap_option, runtime_option
 from utils.options import option
 
 TASKS = ("train", "val", "test", "speed", "study")
+DEFAULT_PROJECT = str(REPO_ROOT / "runs" / "val")  # YOLOv5's runs/val, under the repository wherever val.py runs
 DESCRIPTION = """Validate a detector: python val.py --weights best.pt --data VisDrone.yaml --img 1536 --task test
 
 Also scores saved predictions without a model: python val.py --pred preds.json --gt gt.json (COCO JSON
@@ -40,9 +41,9 @@ class ValOptions:
     save_hybrid: bool = option(False, "txt of predictions + ground truth")
     save_conf: bool = option(False, "confidences in --save-txt labels")
     save_json: bool = option(False, "COCO JSON predictions + reference cross-check")
-    project: str = option(str(REPO_ROOT / "runs" / "val"), "save to project/name")
+    project: str = option(DEFAULT_PROJECT, "save to project/name")
     name: str = option("exp", "save to project/name")
-    exist_ok: bool = option(False, "reuse an existing project/name")
+    exist_ok: bool = exist_ok_option()
     half: bool = option(False, "FP16 inference (CUDA); bfloat16 autocast on CPUs with AMX/AVX512-BF16")
     protocol: Optional[str] = option(None, f"metric: {DEFAULT_PROTOCOL} (default: YOLOv5 v7.0's val.py table), coco "
                                            "(pycocotools), visdrone (official toolkit); --pred JSON files imply "

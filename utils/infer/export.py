@@ -29,6 +29,7 @@ from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.files import REPO_ROOT, atomic_write_bytes, increment_path
 from utils.infer.backend import METADATA_KEY, UNCERTAINTY_OUTPUT, model_metadata
+from utils.infer.options import exist_ok_option
 from utils.options import option
 from utils.torch_utils import max_stride, select_device
 
@@ -64,7 +65,7 @@ class ExportOptions:
                               f"project with --name: {DEFAULT_PROJECT})")
     name: str = option("", f"write into project/name instead of beside the weights (default name with --project: "
                            f"{DEFAULT_NAME})")
-    exist_ok: bool = option(False, "reuse an existing project/name")
+    exist_ok: bool = exist_ok_option()
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards

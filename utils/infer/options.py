@@ -39,6 +39,11 @@ def cbbl_fusion_option() -> Any:
                   "He et al. 2019); regression heads and exported models: plain NMS")
 
 
+def exist_ok_option() -> Any:
+    """The ``--exist-ok`` field (export.py's too)."""
+    return option(False, "reuse an existing project/name")
+
+
 def overlap_option() -> Any:
     """The ``--overlap`` field (tiles of --slice)."""
     return option(0.2, "tile overlap ratio for --slice")
@@ -68,7 +73,7 @@ class DetectOptions:
     visualize: bool = option(False, "save feature maps (.pt weights only)")
     project: str = option(str(REPO_ROOT / "runs" / "detect"), "save results to project/name")
     name: str = option("exp", "save results to project/name")
-    exist_ok: bool = option(False, "reuse an existing project/name")
+    exist_ok: bool = exist_ok_option()
     line_thickness: Optional[int] = option(None, "box line width in pixels (default 1)")
     hide_labels: bool = option(False, "draw boxes without labels")
     hide_conf: bool = option(False, "labels without confidences")

@@ -12,15 +12,19 @@ the same options from Python.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
-from typing import Optional
+from typing import Any, Optional
 
 from utils.infer.options import DetectOptions, ImageResult
-from utils.infer.predictor import run
+from utils.infer.predictor import run as run_detection
 from utils.log import setup_logging
-from utils.options import cli_main, parse_into
+from utils.options import cli_main, options_from_kwargs, parse_into
 
 __all__ = ["main", "parse_options", "run"]
+
+
+def run(**kwargs: Any) -> list[ImageResult]:
+    """YOLOv5's ``detect.run(**kwargs)``: DetectOptions fields as keyword arguments; one ImageResult per frame."""
+    return run_detection(options_from_kwargs(DetectOptions, kwargs))
 
 
 def parse_options(argv: Optional[Sequence[str]] = None) -> DetectOptions:
@@ -30,7 +34,7 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> DetectOptions:
 def main(argv: Optional[Sequence[str]] = None) -> list[ImageResult]:
     options = parse_options(argv)
     setup_logging()
-    return run(**asdict(options))
+    return run_detection(options)
 
 
 if __name__ == "__main__":

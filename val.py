@@ -9,15 +9,20 @@ takes the same options from Python.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
-from typing import Optional
+from typing import Any, Optional
 
 from utils.eval.options import DESCRIPTION, ValOptions
-from utils.eval.run import run
+from utils.eval.run import run as run_validation
+from utils.eval.validator import ValResults
 from utils.log import setup_logging
-from utils.options import cli_main, parse_into
+from utils.options import cli_main, options_from_kwargs, parse_into
 
 __all__ = ["main", "parse_options", "run"]
+
+
+def run(**kwargs: Any) -> ValResults | list[ValResults]:
+    """YOLOv5's ``val.run(weights=..., data=..., imgsz=...)``: ValOptions fields as keyword arguments."""
+    return run_validation(options_from_kwargs(ValOptions, kwargs))
 
 
 def parse_options(argv: Optional[Sequence[str]] = None) -> ValOptions:
@@ -27,7 +32,7 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> ValOptions:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     options = parse_options(argv)
     setup_logging()
-    run(**asdict(options))
+    run_validation(options)
 
 
 if __name__ == "__main__":

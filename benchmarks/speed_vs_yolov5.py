@@ -138,7 +138,7 @@ def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str
     bf16 is detect.py's ``--half`` on CPU."""
     from utils.checkpoint import save_checkpoint
     from utils.infer.options import DetectOptions
-    from utils.infer.predictor import load_backend
+    from utils.infer.runtime import load_backend
 
     key = (cfg, box_loss, runtime, precision)
     if key not in args.backends:

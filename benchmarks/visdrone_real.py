@@ -145,17 +145,17 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
     from utils.data.config import load_data_config
     from utils.data.dataset import create_dataloader
     from utils.eval.reliability import spearman, true_positive_ious
-    from utils.eval.scoring import score_detections
+    from utils.eval.scoring import PROTOCOLS
     from utils.eval.validator import collect
     from utils.eval.yolov5 import evaluate as yolov5_evaluate
-    from utils.infer.predictor import load_backend
+    from utils.infer.runtime import load_backend
 
     config_dict = load_data_config(str(data), splits=("val",))
     backend = load_backend([str(run_dir / "weights" / "best.pt")], torch.device("cpu"))
     loader, _ = create_dataloader(config_dict["val"], args.img, 16, backend.stride, rect=True, pad=0.5, workers=0)
     collected = collect(backend, loader, config_dict["nc"], conf_thres=0.001, iou_thres=0.6,
                         max_det=max(MAX_DET.values()))
-    scored = {protocol: score_detections(first_per_image(collected, limit), config_dict["names"], protocol)[0]
+    scored = {protocol: PROTOCOLS[protocol].score(first_per_image(collected, limit), config_dict["names"])[0]
               for protocol, limit in MAX_DET.items()}
     row = {name: round(float(scored[protocol].get(key, scored[protocol].get("extra", {}).get(key, float("nan")))), 5)
            for name, (protocol, key) in METRICS.items()}

@@ -1,7 +1,7 @@
 """Convolutional building blocks of the YOLOv5 v6+ family (backbone and neck).
 
 Every block takes ``(c1, c2, ...)``: input and output channels first, then its own settings, so the
-YAML builder (models/yolo.py) can fill the channel arguments the same way for all of them.
+YAML builder (models/parse.py, parse_model) can fill the channel arguments the same way for all of them.
 Shapes: input (B, c1, H, W) -> output (B, c2, H', W').
 """
 

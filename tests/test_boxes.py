@@ -10,16 +10,17 @@ from tests.conftest import random_boxes
 from utils.boxes import (
     OFFSET_SPACES,
     aligned_iou,
-    box_ioa,
     box_iou,
     clip_boxes,
     cxcywh_to_xyxy,
     cxcywhn_to_xyxy,
     decode_offsets,
     encode_offsets,
+    ltwh_to_xyxy,
     scale_boxes_to_original,
     xyxy_to_cxcywh,
     xyxy_to_cxcywhn,
+    xyxy_to_ltwh,
 )
 
 
@@ -29,6 +30,19 @@ def test_xyxy_cxcywh_round_trip(num, seed):
     boxes = random_boxes(num, seed=seed)
     torch.testing.assert_close(cxcywh_to_xyxy(xyxy_to_cxcywh(boxes)), boxes)
     torch.testing.assert_close(xyxy_to_cxcywhn(cxcywhn_to_xyxy(boxes / 100, 640, 480), 640, 480), boxes / 100)
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(1, 20), st.integers(0, 1000))
+def test_xyxy_ltwh_round_trip(num, seed):
+    boxes = random_boxes(num, seed=seed)
+    torch.testing.assert_close(ltwh_to_xyxy(xyxy_to_ltwh(boxes)), boxes)
+    torch.testing.assert_close(xyxy_to_ltwh(boxes)[:, :2], boxes[:, :2])  # the top-left corner stays
+
+
+def test_ltwh_hand_case():
+    np.testing.assert_array_equal(xyxy_to_ltwh(np.array([[10.0, 20.0, 30.0, 60.0]])), [[10.0, 20.0, 20.0, 40.0]])
+    np.testing.assert_array_equal(ltwh_to_xyxy(np.array([[10.0, 20.0, 20.0, 40.0]])), [[10.0, 20.0, 30.0, 60.0]])
 
 
 def test_conversions_accept_numpy():
@@ -52,7 +66,6 @@ def test_box_iou_hand_case():
     a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     b = torch.tensor([[5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
     torch.testing.assert_close(box_iou(a, b), torch.tensor([[50 / 150, 0.0]]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(box_ioa(a, b), torch.tensor([[0.5, 0.0]]), atol=1e-6, rtol=0)
 
 
 def test_aligned_iou_family():

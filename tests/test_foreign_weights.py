@@ -1,5 +1,5 @@
 """YOLOv5 / TPH-YOLOv5 files and hostile files through every entry point: train, resume, val, detect, export,
-torch.hub and the conversion CLI (issue 12: foreign checkpoints; issue 15: hostile files)."""
+torch.hub and the conversion CLI: foreign checkpoints load as ours do, hostile files are refused in one line."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import yaml
 import detect
 import hubconf
 import val
+from export import run as export_run
 from models.convert import convert
 from models.yolo import model_from_checkpoint
 from tests.conftest import (
@@ -35,7 +36,6 @@ from tests.conftest import (
 from utils.checkpoint import load_checkpoint, read_inert_pickle
 from utils.engine.options import parse_options
 from utils.engine.run import run as train_run
-from utils.infer.export import run as export_run
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ ENTRY_POINTS = {
     "val": lambda weights, data, image, out: val.run(weights=str(weights), data=str(data), project=str(out)),
     "detect": lambda weights, data, image, out: detect.main(
         ["--weights", str(weights), "--source", str(image), "--project", str(out)]),
-    "export": lambda weights, data, image, out: export_run(weights, include=("torchscript",), project=str(out)),
+    "export": lambda weights, data, image, out: export_run(weights=weights, include=("torchscript",), project=str(out)),
     "hub": lambda weights, data, image, out: hubconf.custom(weights),
     "convert": lambda weights, data, image, out: convert(weights, out / "converted.pt"),
 }
@@ -154,7 +154,7 @@ def test_train_starts_from_a_yolov5_file(tmp_path, tiny_data, caplog):
     assert (outcome.save_dir / "weights" / "last.pt").is_file()
 
 
-# Training files written by YOLOv5 v7.0 (GitHub and PyPI) and TPH-YOLOv5 (issue 21 item 2), with the class their
+# Training files written by YOLOv5 v7.0 (GitHub and PyPI) and TPH-YOLOv5, with the class their
 # pickled model names.
 TRAINING_FILES = {"yolov5-v7.0-last.pt": "models.yolo.DetectionModel",
                   "yolov5-pypi-7.0.14-last.pt": "yolov5.models.yolo.DetectionModel",
@@ -202,7 +202,7 @@ def test_detect_and_export_run_on_a_pypi_training_file(tmp_path):
     detect.main(["--weights", str(path), "--source", str(image), "--imgsz", "64", "--project", str(tmp_path),
                  "--name", "det"])
     assert (tmp_path / "det" / "frame.png").is_file()
-    exported = export_run(path, include=("torchscript",), imgsz=(64, 64), project=str(tmp_path))
+    exported = export_run(weights=path, include=("torchscript",), imgsz=(64, 64), project=str(tmp_path))
     assert all(Path(file).is_file() for file in exported)
 
 

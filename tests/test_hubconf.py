@@ -28,7 +28,7 @@ def test_custom_loads_a_checkpoint(tiny_checkpoint):
 
 def test_custom_slices_a_tile_trained_checkpoint_as_detect_py_does(tmp_path, tiny_checkpoint):
     """The hub model of a --tile checkpoint slices by default (``model.slice = 'off'`` for whole frames)."""
-    from utils.infer.predictor import run
+    from detect import run
 
     image = np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8)  # RGB
     cv2.imwrite(str(tmp_path / "frame.png"), image[:, :, ::-1])

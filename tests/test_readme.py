@@ -1,4 +1,4 @@
-"""README.md's main-job block, walked command by command as a newcomer types it (issue 27).
+"""README.md's main-job block, walked command by command as a newcomer types it.
 
 Each command runs as written, with three additions so the walk is fast and writes nothing into the
 repository: `--project` (and the paths that name runs/) point into a temporary folder, training runs 1 epoch,

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from utils.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 from utils.files import checked_imwrite
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -112,11 +113,12 @@ def draw_detections(
 def crop_box(image_bgr: np.ndarray, box_xyxy: Sequence[float], gain: float = 1.02, pad: int = 10) -> np.ndarray:
     """The region of one box, enlarged by ``gain`` and ``pad`` px for context, clipped to the image: (h, w, 3)."""
     height, width = image_bgr.shape[:2]
-    center_x, center_y = (box_xyxy[0] + box_xyxy[2]) / 2, (box_xyxy[1] + box_xyxy[3]) / 2
-    half_w = (box_xyxy[2] - box_xyxy[0]) * gain / 2 + pad
-    half_h = (box_xyxy[3] - box_xyxy[1]) * gain / 2 + pad
-    x1, x2 = int(max(center_x - half_w, 0)), int(min(center_x + half_w, width))
-    y1, y2 = int(max(center_y - half_h, 0)), int(min(center_y + half_h, height))
+    box = np.asarray(box_xyxy)
+    box = xyxy_to_cxcywh(box.astype(np.promote_types(box.dtype, np.float32)))  # (4,); integer boxes become floats
+    box[2:] = box[2:] * gain + 2 * pad  # pad px on each side
+    left, top, right, bottom = cxcywh_to_xyxy(box)
+    x1, x2 = int(max(left, 0)), int(min(right, width))
+    y1, y2 = int(max(top, 0)), int(min(bottom, height))
     return image_bgr[y1:y2, x1:x2].copy()
 
 

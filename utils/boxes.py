@@ -59,6 +59,23 @@ def xyxy_to_cxcywhn(boxes: Array, width: float, height: float) -> Array:
     return out
 
 
+# --- ltwh: (left, top, width, height) pixels, the box of COCO JSON files and VisDrone annotation/result rows ---
+
+
+def ltwh_to_xyxy(boxes: Array) -> Array:
+    """(..., 4) ltwh -> (..., 4) xyxy; inverse of :func:`xyxy_to_ltwh`."""
+    out = _clone(boxes)
+    out[..., 2:] = boxes[..., :2] + boxes[..., 2:]
+    return out
+
+
+def xyxy_to_ltwh(boxes: Array) -> Array:
+    """(..., 4) xyxy -> (..., 4) ltwh; inverse of :func:`ltwh_to_xyxy`."""
+    out = _clone(boxes)
+    out[..., 2:] = boxes[..., 2:] - boxes[..., :2]
+    return out
+
+
 def clip_boxes(boxes: Array, height: float, width: float) -> Array:
     """Clip (..., 4) xyxy boxes to an image of (height, width), in place, and return them."""
     if isinstance(boxes, torch.Tensor):
@@ -109,17 +126,6 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     inter = (bottom_right - top_left).clamp(min=0).prod(2)  # (N, M)
     union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - inter
     return inter / (union + _EPS)
-
-
-def box_ioa(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise intersection over the area of ``boxes1``: (N, 4), (M, 4) xyxy -> (N, M).
-
-    Used for ignore regions: the fraction of a detection that lies inside an ignored area.
-    """
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
-    inter = (bottom_right - top_left).clamp(min=0).prod(2)  # (N, M)
-    return inter / (box_area(boxes1)[:, None] + _EPS)
 
 
 def paired_overlap(boxes1: np.ndarray, boxes2: np.ndarray, use_ioa: np.ndarray) -> np.ndarray:

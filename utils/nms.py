@@ -28,7 +28,7 @@ _PER_CLASS_MIN_BOXES = 4000
 CLASS_OFFSET_PX = 7680.0
 # Variance voting (--cbbl-fusion): sigma_t of the IoU weight exp(-(1 - IoU)^2 / sigma_t) (He et al., CVPR 2019, a
 # per-model setting there). 0.05 gave the best mAP50-95 of 0.005 / 0.02 / 0.05 / 0.1 for two C-BBL yolov5n checkpoints
-# on the synthetic val set (issue 23). Then the number of trailing prediction columns that hold the per-side
+# on the synthetic val set. Then the number of trailing prediction columns that hold the per-side
 # variances (models.detect.SIDE_VARIANCE_COLUMNS; relative to the squared box side).
 FUSION_SIGMA_T = 0.05
 FUSION_COLUMNS = 4
@@ -179,6 +179,28 @@ def warn_capped(count: int, conf_thres: float, max_candidates: int) -> None:
                    "cap are not logged)", count, conf_thres, max_candidates)
 
 
+def _candidates(image_pred: torch.Tensor, conf_thres: float, nc: int, multi_label: bool,
+                classes: Optional[list[int]]) -> torch.Tensor:
+    """One image's (N, 5 + nc + E) rows -> (n, 6 + E) ``x1, y1, x2, y2, conf, cls, extra..`` above ``conf_thres``,
+    conf = obj * cls: every class above it with ``multi_label`` (one row per box and class), else the best one;
+    only ``classes`` when given."""
+    image_pred = image_pred[image_pred[:, 4] > conf_thres]
+    boxes = cxcywh_to_xyxy(image_pred[:, :4])
+    class_scores = image_pred[:, 5 : 5 + nc] * image_pred[:, 4:5]  # (n, nc)
+    extras = image_pred[:, 5 + nc :]  # (n, E)
+    if multi_label and nc > 1:
+        box_idx, cls_idx = (class_scores > conf_thres).nonzero(as_tuple=True)
+        conf = class_scores[box_idx, cls_idx]
+    else:
+        conf, cls_idx = class_scores.max(1)
+        box_idx = torch.arange(len(conf), device=conf.device)
+        box_idx, cls_idx, conf = box_idx[conf > conf_thres], cls_idx[conf > conf_thres], conf[conf > conf_thres]
+    dets = torch.cat([boxes[box_idx], conf[:, None], cls_idx[:, None].float(), extras[box_idx]], 1)
+    if classes is not None:
+        dets = dets[(dets[:, 5:6] == torch.tensor(classes, device=dets.device)).any(1)]
+    return dets
+
+
 def non_max_suppression(
     prediction: torch.Tensor,
     conf_thres: float = 0.25,
@@ -217,20 +239,7 @@ def non_max_suppression(
     kept_extra = num_extra - FUSION_COLUMNS if cbbl_fusion else num_extra
     outputs = []
     for image_pred in prediction:  # (N, 5 + nc + E)
-        image_pred = image_pred[image_pred[:, 4] > conf_thres]
-        boxes = cxcywh_to_xyxy(image_pred[:, :4])
-        class_scores = image_pred[:, 5 : 5 + nc] * image_pred[:, 4:5]  # (n, nc) conf = obj * cls
-        extras = image_pred[:, 5 + nc :]  # (n, E)
-        if multi_label and nc > 1:
-            box_idx, cls_idx = (class_scores > conf_thres).nonzero(as_tuple=True)
-            conf = class_scores[box_idx, cls_idx]
-        else:
-            conf, cls_idx = class_scores.max(1)
-            box_idx = torch.arange(len(conf), device=conf.device)
-            box_idx, cls_idx, conf = box_idx[conf > conf_thres], cls_idx[conf > conf_thres], conf[conf > conf_thres]
-        dets = torch.cat([boxes[box_idx], conf[:, None], cls_idx[:, None].float(), extras[box_idx]], 1)
-        if classes is not None:
-            dets = dets[(dets[:, 5:6] == torch.tensor(classes, device=dets.device)).any(1)]
+        dets = _candidates(image_pred, conf_thres, nc, multi_label, classes)  # (n, 6 + E)
         if dets.shape[0] > max_candidates:
             warn_capped(len(dets), conf_thres, max_candidates)
         dets = dets[dets[:, 4].argsort(descending=True)[:max_candidates]]  # one sort: cap, and the kernel's order

@@ -170,7 +170,7 @@ def test_bad_generate_settings_are_one_line_naming_the_file(tmp_path, generate, 
 
 
 def test_generate_on_a_user_folder_with_its_own_complete_json_touches_nothing(tmp_path):
-    """Issue 26 A4: a user's complete.json (even one that equals the generator's settings) proves nothing."""
+    """A user's complete.json (even one that equals the generator's settings) proves nothing."""
     user = tmp_path / "mine"
     images = make_yolo_dataset(user, num_images=2)
     settings = {"images": 2, "val_images": 1, "size": 64, "seed": 0}

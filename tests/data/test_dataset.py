@@ -135,7 +135,7 @@ def test_single_cls_and_image_weights(images):
 
 
 def test_single_cls_keeps_every_class_as_class_0(images, caplog):
-    """Issue 27: train.py passes nc=1 with --single-cls; labels of classes 1 and 2 must be merged, not dropped."""
+    """train.py passes nc=1 with --single-cls; labels of classes 1 and 2 must be merged, not dropped."""
     label_lines = [line for path in sorted((images.parent / "labels").glob("*.txt"))
                    for line in path.read_text().split("\n") if line]
     assert {line.split()[0] for line in label_lines} == {"0", "1", "2"}

@@ -69,7 +69,7 @@ def test_overshoot_beyond_tolerance_is_dropped():
 
 
 def test_polygon_lines_become_yolov5s_boxes():
-    """Issue 26 C5: YOLOv5 segment labels were all dropped; YOLOv5 v7.0 reads them as the boxes of their points.
+    """YOLOv5 segment labels were all dropped; YOLOv5 v7.0 reads them as the boxes of their points.
     The reference is YOLOv5's own verify_image_label (fixtures/make_polygon_reference.py)."""
     reference = json.loads((Path(__file__).parent / "fixtures" / "polygon_labels_yolov5.json").read_text())
     labels, messages = parse_label_text("\n".join(reference["lines"]), "im.txt", nc=3)

@@ -216,7 +216,7 @@ def test_exif_orientation_is_applied_in_scan_training_and_detect(tmp_path):
 
 
 def test_decompression_bombs_are_skipped_in_training_and_detect(tmp_path, caplog):
-    """Issue 26 B5/B6: training died with DecompressionBombError; detect decoded 900 MP (6 GB RSS)."""
+    """Training died with DecompressionBombError; detect decoded 900 MP (6 GB RSS)."""
     from utils.data.dataset import LoadImagesAndLabels
     from utils.infer.sources import iterate_frames
 
@@ -251,7 +251,7 @@ def test_a_fifo_named_in_an_image_list_is_skipped_not_waited_for(tmp_path, caplo
 
 @pytest.mark.timeout(30)
 def test_symlinked_sub_folders_are_followed_once_and_loops_end(tmp_path):
-    """Issue 26 C4: YOLOv5 follows links to folders; a loop must not make the walk endless."""
+    """YOLOv5 follows links to folders; a loop must not make the walk endless."""
     images = make_yolo_dataset(tmp_path / "data", num_images=2)
     outside = make_yolo_dataset(tmp_path / "elsewhere", num_images=3)
     (images / "linked").symlink_to(outside, target_is_directory=True)

@@ -131,7 +131,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *parts: str) -> N
 
 
 def test_labels_linked_to_annotations_is_refused_and_annotations_kept(tmp_path):
-    """Issue 26 A3: with labels -> annotations the converter overwrote the official annotation files."""
+    """With labels -> annotations the converter overwrote the official annotation files."""
     split = make_split(tmp_path / "VisDrone2019-DET-val")
     (split / "labels").symlink_to(split / "annotations", target_is_directory=True)
     before = sha256_tree(split / "annotations")
@@ -141,7 +141,7 @@ def test_labels_linked_to_annotations_is_refused_and_annotations_kept(tmp_path):
 
 
 def test_a_labels_folder_with_files_not_ours_is_refused_byte_for_byte(tmp_path):
-    """Issue 26 A2: existing labels were overwritten without a word."""
+    """Existing labels were overwritten without a word."""
     split = make_split(tmp_path / "val")
     (split / "labels").mkdir()
     (split / "labels" / "im0.txt").write_text("3 0.5 0.5 0.1 0.1\n")  # the user's own, hand-made label
@@ -168,7 +168,7 @@ def test_our_own_output_is_replaced_but_an_edited_file_is_not(tmp_path):
 
 @pytest.mark.parametrize("earlier_output", [False, True])
 def test_a_bad_line_converts_nothing(tmp_path, earlier_output):
-    """Issue 26 B7: a bad line was a traceback and left the earlier images' labels written."""
+    """A bad line was a traceback and left the earlier images' labels written."""
     split = make_split(tmp_path / "val", num_images=4)
     if earlier_output:
         convert_split(split)

@@ -1,4 +1,4 @@
-"""The path users run, on real data: real VisDrone frames and the real COCO yolov5n release (issue 20).
+"""The path users run, on real data: real VisDrone frames and the real COCO yolov5n release.
 
 Converts 8 real frames with the project's converter, fine-tunes the COCO yolov5n for 1 epoch at --img 320 with
 each head, validates best.pt under each protocol and runs detect.py on 2 full-size frames. Skips where the

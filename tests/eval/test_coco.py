@@ -131,7 +131,7 @@ def test_agrees_with_pycocotools_on_random_crowded_scenes(seed: int, tmp_path: P
 
 
 def test_deeply_nested_or_binary_json_is_one_line(tmp_path: Path):
-    """Issue 26 B14: a hostile --pred/--gt file is refused naming it, never a RecursionError."""
+    """A hostile --pred/--gt file is refused naming it, never a RecursionError."""
     nested = tmp_path / "nested.json"
     nested.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match=r"nested.json: JSON nested too deeply"):

@@ -11,7 +11,7 @@ from utils.eval.metrics import (
     BoxSet,
     ConfusionMatrix,
     ap_all_points,
-    ap_coco101,
+    coco101_precision,
     cumulative_pr,
     greedy_match,
     overlap_pairs,
@@ -85,7 +85,7 @@ def test_all_point_ap_hand_case():
 def test_coco101_ap_hand_case():
     recall, precision = cumulative_pr(np.array([[1, 0, 1]]), np.array([[0, 1, 0]]), 2)
     # recall points 0..0.5 (51 points) at precision 1, 0.51..1.0 (50 points) at 2/3
-    assert ap_coco101(recall, precision)[0] == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-6)
+    assert coco101_precision(recall, precision).mean(-1)[0] == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-6)
 
 
 @settings(deadline=None, max_examples=25)
@@ -93,7 +93,7 @@ def test_coco101_ap_hand_case():
 def test_ap_lies_in_unit_interval(hits: list[bool], extra_gt: int):
     is_tp = np.array(hits)[None]
     recall, precision = cumulative_pr(is_tp, ~is_tp, int(is_tp.sum()) + extra_gt)
-    for ap in (ap_all_points(recall, precision)[0], ap_coco101(recall, precision)[0]):
+    for ap in (ap_all_points(recall, precision)[0], coco101_precision(recall, precision).mean(-1)[0]):
         assert 0.0 <= ap <= 1.0
 
 

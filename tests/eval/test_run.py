@@ -170,13 +170,13 @@ def test_missing_weights_or_data_make_no_run_folder(tiny_checkpoint: Path, tmp_p
 
 
 def test_a_fixed_size_export_says_it_ignores_imgsz(tiny_checkpoint: Path, tmp_path: Path, caplog):
-    from utils.infer.export import run as run_export
+    from export import run as run_export
 
     make_yolo_dataset(tmp_path / "data", num_images=2)
     data = tmp_path / "data.yaml"
     data.write_text(json.dumps({"path": str(tmp_path / "data"), "train": "images", "val": "images",
                                 "names": ["car", "truck", "pedestrian", "bicycle", "bus"]}))
-    (onnx_path,) = run_export(tiny_checkpoint, include=["onnx"], imgsz=64, check=False, project=str(tmp_path),
+    (onnx_path,) = run_export(weights=tiny_checkpoint, include=["onnx"], imgsz=64, check=False, project=str(tmp_path),
                               name="export")
     with caplog.at_level(logging.WARNING):
         val.run(weights=str(onnx_path), data=str(data), imgsz=128, workers=0, project=str(tmp_path / "runs"),
@@ -185,7 +185,7 @@ def test_a_fixed_size_export_says_it_ignores_imgsz(tiny_checkpoint: Path, tmp_pa
 
 
 def test_an_absurd_imgsz_is_refused_in_one_line(tiny_checkpoint: Path, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("utils.infer.predictor.device_memory", lambda device: 128e9)
+    monkeypatch.setattr("utils.infer.runtime.device_memory", lambda device: 128e9)
     make_yolo_dataset(tmp_path / "data", num_images=2)
     data = tmp_path / "data.yaml"
     data.write_text(json.dumps({"path": str(tmp_path / "data"), "train": "images", "val": "images",

@@ -142,8 +142,9 @@ def test_sliced_validation_equals_whole_frame_when_one_slice_covers_the_frame(tm
     same; smaller slices run too and score on the same full-frame ground truth."""
     from tests.conftest import make_tiny_checkpoint, make_yolo_dataset
     from utils.data.dataset import create_dataloader
-    from utils.eval.validator import PROTOCOLS, Slicing
-    from utils.infer.predictor import load_backend
+    from utils.eval.scoring import PROTOCOLS
+    from utils.eval.validator import Slicing
+    from utils.infer.runtime import load_backend
 
     images = make_yolo_dataset(tmp_path / "data", num_images=4, size=(64, 64))
     backend = load_backend([str(make_tiny_checkpoint(tmp_path / "tiny.pt", box=box))], torch.device("cpu"))

@@ -16,19 +16,19 @@ import pytest
 import torch
 
 import export
+from detect import run as detect_run
+from export import run as run_export
 from utils.data.tiles import TileSettings
 from utils.head import FITTED_GRIDS, GRID_MODES
 from utils.infer.backend import METADATA_KEY, DetectBackend
 from utils.infer.export import ExportOptions, onnx_max_error
-from utils.infer.export import run as run_export
-from utils.infer.predictor import run as detect_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 
 
 def export_run(weights, **options):
     """The library's export into a run folder beside the test's weights, not the repository's runs/."""
-    return run_export(weights, project=str(Path(weights).parent / "export"), **options)
+    return run_export(weights=weights, project=str(Path(weights).parent / "export"), **options)
 
 
 @pytest.mark.parametrize("box", ["regress", "cbbl"])
@@ -167,7 +167,7 @@ def test_export_writes_beside_the_weights_like_yolov5(tiny_checkpoint, caplog):
     written = export.main(["--weights", str(weights), "--include", "onnx", "torchscript", "--imgsz", "64"])
     assert written == [weights.with_suffix(".onnx"), weights.with_suffix(".torchscript")]
     before = weights.with_suffix(".onnx").read_bytes()
-    again = run_export(weights, include=["onnx"], imgsz=64, dynamic=True)
+    again = run_export(weights=weights, include=["onnx"], imgsz=64, dynamic=True)
     assert again == [weights.with_suffix(".onnx")] and weights.with_suffix(".onnx").read_bytes() != before
     assert DetectBackend(again[0]).fixed_imgsz is None, "the dynamic export replaced the fixed one"
     assert sorted(p.name for p in weights.parent.iterdir()) == ["best.onnx", "best.pt", "best.torchscript"], \
@@ -186,7 +186,7 @@ def test_export_never_replaces_a_file_it_did_not_write(tiny_checkpoint, suffix):
     original = theirs.read_bytes()
     with pytest.raises(ValueError, match=f"best{suffix} already exists and was not written by this project.*"
                                          "--project/--name"):
-        run_export(weights, include=[suffix[1:]], imgsz=64)
+        run_export(weights=weights, include=[suffix[1:]], imgsz=64)
     assert theirs.read_bytes() == original
     first = export_run(weights, include=[suffix[1:]], imgsz=64)[0]
     second = export_run(weights, include=[suffix[1:]], imgsz=64)[0]
@@ -196,10 +196,11 @@ def test_export_never_replaces_a_file_it_did_not_write(tiny_checkpoint, suffix):
 
 def test_export_into_a_named_run_folder(tiny_checkpoint, tmp_path, monkeypatch):
     weights = tiny_checkpoint("regress", name="best.pt")
-    (path,) = run_export(weights, include=["onnx"], imgsz=64, project=str(tmp_path / "p"), name="v1")
+    (path,) = run_export(weights=weights, include=["onnx"], imgsz=64, project=str(tmp_path / "p"), name="v1")
     assert path == tmp_path / "p" / "v1" / "best.onnx"
     monkeypatch.setattr("utils.infer.export.DEFAULT_PROJECT", tmp_path / "default")
-    assert run_export(weights, include=["onnx"], imgsz=64, name="v2")[0] == tmp_path / "default" / "v2" / "best.onnx"
+    (default_path,) = run_export(weights=weights, include=["onnx"], imgsz=64, name="v2")
+    assert default_path == tmp_path / "default" / "v2" / "best.onnx"
     assert not weights.with_suffix(".onnx").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 
@@ -11,6 +12,7 @@ import torch
 
 from utils.annotate import crop_box
 from utils.infer.hub import AutoShape, Detections
+from utils.infer.options import DetectOptions
 from utils.torch_utils import cpu_has_native_bf16
 
 
@@ -79,3 +81,11 @@ def test_autoshape_amp_runs_bf16_on_a_native_cpu_with_a_float32_head():
     hub.amp = True
     hub(image, size=64)
     assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.float32]
+
+
+def test_autoshape_settings_are_detect_py_defaults():
+    """torch.hub users get detect.py's operating point: AutoShape reads DetectOptions' defaults, not copies."""
+    defaults = DetectOptions()
+    assert (AutoShape.conf, AutoShape.iou, AutoShape.agnostic, AutoShape.classes, AutoShape.max_det) == (
+        defaults.conf_thres, defaults.iou_thres, defaults.agnostic_nms, defaults.classes, defaults.max_det)
+    assert inspect.signature(AutoShape.forward).parameters["size"].default == defaults.imgsz

@@ -1,1 +1,1 @@
-"""Data: dataset configs, image/label scans and caches, the dataset, augmentation, synthetic data, VisDrone."""
+"""Data: dataset configs, image/label scans and caches, dataset, augmentation, YOLO txt rows, synthetic, VisDrone."""

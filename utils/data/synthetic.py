@@ -24,6 +24,8 @@ from typing import Union
 import cv2
 import numpy as np
 
+from utils.boxes import xyxy_to_cxcywh
+from utils.data.yolo_txt import LABEL_FORMAT, yolo_txt
 from utils.files import atomic_write_text, checked_imwrite
 
 logger = logging.getLogger(__name__)
@@ -162,13 +164,12 @@ def make_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
 
 
 def write_sample(image: np.ndarray, labels: np.ndarray, image_path: Path, label_path: Path) -> None:
-    """Save a JPEG and its YOLO label file (``class cx cy w h`` normalised, 6 decimals)."""
+    """Save a JPEG and its YOLO label file; ``labels`` (m, 5) float32 ``[class, x1, y1, x2, y2]`` pixels."""
     height, width = image.shape[:2]
-    centres = (labels[:, 1:3] + labels[:, 3:5]) / 2 / (width, height)
-    sizes = (labels[:, 3:5] - labels[:, 1:3]) / (width, height)
-    lines = [f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, (x, y), (w, h) in zip(labels[:, 0], centres, sizes)]
+    # cxcywh in float32, normalised in float64: the label files this generator has always written
+    boxes_n = xyxy_to_cxcywh(labels[:, 1:5]) / np.array([width, height, width, height], np.float64)  # (m, 4)
     checked_imwrite(image_path, image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    atomic_write_text(label_path, "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_text(label_path, yolo_txt(labels[:, 0], boxes_n, LABEL_FORMAT))
 
 
 def check_settings(settings: dict) -> None:

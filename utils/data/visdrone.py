@@ -26,7 +26,9 @@ from typing import Union
 
 import numpy as np
 
+from utils.boxes import clip_boxes, ltwh_to_xyxy, xyxy_to_cxcywhn
 from utils.data.scan import check_image
+from utils.data.yolo_txt import LABEL_FORMAT, yolo_txt
 from utils.files import OutputWriteError, atomic_write_text, is_image_file
 
 logger = logging.getLogger(__name__)
@@ -79,8 +81,7 @@ def read_annotation(path: Union[str, Path]) -> VisDroneAnnotation:
         except ValueError:
             raise ValueError(f"{path}:{line_number}: non-integer value in {line.strip()!r}") from None
     table = np.array(rows, np.int64).reshape(-1, ANNOTATION_COLUMNS)
-    xywh = table[:, :4].astype(np.float64)
-    boxes = np.concatenate((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1)  # (n, 4) xyxy
+    boxes = ltwh_to_xyxy(table[:, :4].astype(np.float64))  # (n, 4)
     return VisDroneAnnotation(boxes, table[:, 4], table[:, 5], table[:, 6], table[:, 7])
 
 
@@ -106,21 +107,9 @@ def to_yolo_labels(annotation: VisDroneAnnotation, width: int, height: int) -> n
     Boxes reaching past the image are clipped to it; boxes with no area left are dropped.
     """
     keep = annotation.object_mask
-    boxes = annotation.boxes[keep].copy()
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-    labels = np.empty((len(boxes), 5))
-    labels[:, 0] = annotation.category[keep] - 1
-    labels[:, 1] = (boxes[:, 0] + boxes[:, 2]) / 2 / width
-    labels[:, 2] = (boxes[:, 1] + boxes[:, 3]) / 2 / height
-    labels[:, 3] = (boxes[:, 2] - boxes[:, 0]) / width
-    labels[:, 4] = (boxes[:, 3] - boxes[:, 1]) / height
+    boxes = clip_boxes(annotation.boxes[keep], height, width)  # (m, 4) xyxy, a copy: boolean indexing copies
+    labels = np.c_[annotation.category[keep] - 1, xyxy_to_cxcywhn(boxes, width, height)]  # (m, 5) float64
     return labels[(labels[:, 3] > 0) & (labels[:, 4] > 0)]
-
-
-def format_labels(labels: np.ndarray) -> str:
-    """(m, 5) labels -> YOLO txt lines (class as integer, coordinates with 6 decimals)."""
-    return "".join(f"{int(row[0])} {row[1]:.6f} {row[2]:.6f} {row[3]:.6f} {row[4]:.6f}\n" for row in labels)
 
 
 def split_dirs(src: Union[str, Path]) -> list[Path]:
@@ -207,7 +196,8 @@ def _convert_into(split_dir: Path, out: Path) -> dict[str, int]:
             raise ValueError(f"{image_path}: unreadable image ({error}); fix or remove it and run again") from None
         labels = to_yolo_labels(annotation, width, height)
         name = f"{image_path.stem}.txt"
-        written[name] = _sha256(atomic_write_text(out / name, format_labels(labels)))
+        text = yolo_txt(labels[:, 0], labels[:, 1:], LABEL_FORMAT)
+        written[name] = _sha256(atomic_write_text(out / name, text))
         counts["images"] += 1
         counts["objects"] += len(labels)
         counts["ignored"] += int(annotation.ignore_mask.sum())

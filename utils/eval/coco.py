@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.boxes import ltwh_to_xyxy, xyxy_to_ltwh
 from utils.eval.metrics import (
     IOU_THRESHOLDS,
     RECALL_POINTS,
@@ -172,8 +173,7 @@ def _xywh_boxes(entries: list, path: Path, what: str) -> np.ndarray:
                 and bbox[2] >= 0 and bbox[3] >= 0):
             raise ValueError(f"{path}: {what} {index} has bbox {bbox!r}; expected [x, y, w, h] with w, h >= 0")
         boxes[index] = bbox
-    boxes[:, 2:] += boxes[:, :2]
-    return boxes
+    return ltwh_to_xyxy(boxes)
 
 
 def _require_keys(entries: list, keys: tuple[str, ...], path: Path, what: str) -> None:
@@ -221,14 +221,14 @@ def load_coco_detections(path: str | Path, image_ids: np.ndarray) -> BoxSet:
 
 def coco_detections_json(dets: BoxSet) -> list[dict]:
     """COCO results entries (bbox [x, y, w, h] pixels) for a BoxSet of detections."""
-    xywh = np.concatenate([dets.boxes[:, :2], dets.boxes[:, 2:] - dets.boxes[:, :2]], 1)
+    xywh = xyxy_to_ltwh(dets.boxes)
     return [{"image_id": int(i), "category_id": int(c), "bbox": [round(float(v), 3) for v in box],
              "score": round(float(s), 5)} for i, c, box, s in zip(dets.image, dets.category, xywh, dets.score)]
 
 
 def coco_gt_json(gts: BoxSet, images: list[dict], category_names: dict[int, str]) -> dict:
     """A COCO GT dict; ``images`` entries carry id, file_name, width, height (original pixels)."""
-    xywh = np.concatenate([gts.boxes[:, :2], gts.boxes[:, 2:] - gts.boxes[:, :2]], 1)
+    xywh = xyxy_to_ltwh(gts.boxes)
     anns = [{"id": n + 1, "image_id": int(i), "category_id": int(c), "bbox": [round(float(v), 3) for v in box],
              "area": round(float(area), 3), "iscrowd": int(crowd)}
             for n, (i, c, box, area, crowd) in enumerate(zip(gts.image, gts.category, xywh, gts.area, gts.ignore))]

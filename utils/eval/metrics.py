@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from utils.boxes import box_iou, paired_overlap
+from utils.boxes import box_area, box_iou, paired_overlap
 
 # COCO's IoU thresholds .50:.05:.95 (both protocols use them).
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -51,7 +51,7 @@ class BoxSet:
         self.category = np.asarray(self.category, np.int64).reshape(-1)
         num = len(self.image)
         self.score = np.ones(num) if self.score is None else np.asarray(self.score, np.float64).reshape(-1)
-        default_area = (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
+        default_area = box_area(self.boxes)
         self.area = default_area if self.area is None else np.asarray(self.area, np.float64).reshape(-1)
         self.ignore = np.zeros(num, bool) if self.ignore is None else np.asarray(self.ignore, bool).reshape(-1)
         lengths = {len(self.boxes), len(self.category), len(self.score), len(self.area), len(self.ignore)}
@@ -168,17 +168,6 @@ def cumulative_pr(is_tp: np.ndarray, is_fp: np.ndarray, num_gt: int) -> tuple[np
     tp, fp = np.cumsum(is_tp, axis=-1, dtype=np.float64), np.cumsum(is_fp, axis=-1, dtype=np.float64)
     recall = tp / num_gt if num_gt else np.zeros_like(tp)
     return recall, tp / (tp + fp + np.spacing(1))
-
-
-def ap_coco101(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """COCO AP: precision envelope sampled at 101 recall points (0 past the last recall), averaged.
-
-    Args:
-        recall, precision: (T, D) cumulative curves (:func:`cumulative_pr`).
-    Returns:
-        (T,) AP in [0, 1].
-    """
-    return coco101_precision(recall, precision).mean(axis=-1)
 
 
 def coco101_precision(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:

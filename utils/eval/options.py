@@ -6,13 +6,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from utils.eval.validator import DEFAULT_PROTOCOL, MERGE_MODES, PROTOCOLS
+from utils.eval.scoring import DEFAULT_PROTOCOL, PROTOCOLS, protocol_named
+from utils.eval.validator import MERGE_MODES
 from utils.files import REPO_ROOT
-from utils.infer.options import CBBL_FUSION_DEFAULT, CBBL_FUSION_HELP, RUNTIMES
-from utils.infer.slicing import OVERLAP_HELP, SLICE_AUTO, SLICE_HELP, SliceRequest, parse_slice
+from utils.infer.options import (
+    WEIGHTS_HELP,
+    cbbl_fusion_option,
+    exist_ok_option,
+    overlap_option,
+    runtime_option,
+    slice_option,
+)
+from utils.infer.slicing import SliceRequest, parse_slice
 from utils.options import option
 
 TASKS = ("train", "val", "test", "speed", "study")
+DEFAULT_PROJECT = str(REPO_ROOT / "runs" / "val")  # YOLOv5's runs/val, under the repository wherever val.py runs
 DESCRIPTION = """Validate a detector: python val.py --weights best.pt --data VisDrone.yaml --img 1536 --task test
 
 Also scores saved predictions without a model: python val.py --pred preds.json --gt gt.json (COCO JSON
@@ -24,7 +33,7 @@ class ValOptions:
     """What one val.py run does; ``weights`` may be given as one path or several."""
 
     data: str = option("data/synthetic.yaml", "dataset YAML, bare names look in data/")
-    weights: tuple[str, ...] = option((), ".pt (several = ensemble), .onnx, .torchscript")
+    weights: tuple[str, ...] = option((), WEIGHTS_HELP)
     batch_size: int = option(32, "images per batch", flags=("--batch",))
     imgsz: int = option(640, "inference size (pixels)", flags=("--img", "--img-size"))
     conf_thres: float = option(0.001, "confidence threshold")
@@ -40,25 +49,23 @@ class ValOptions:
     save_hybrid: bool = option(False, "txt of predictions + ground truth")
     save_conf: bool = option(False, "confidences in --save-txt labels")
     save_json: bool = option(False, "COCO JSON predictions + reference cross-check")
-    project: str = option(str(REPO_ROOT / "runs" / "val"), "save to project/name")
+    project: str = option(DEFAULT_PROJECT, "save to project/name")
     name: str = option("exp", "save to project/name")
-    exist_ok: bool = option(False, "reuse an existing project/name")
+    exist_ok: bool = exist_ok_option()
     half: bool = option(False, "FP16 inference (CUDA); bfloat16 autocast on CPUs with AMX/AVX512-BF16")
     protocol: Optional[str] = option(None, f"metric: {DEFAULT_PROTOCOL} (default: YOLOv5 v7.0's val.py table), coco "
                                            "(pycocotools), visdrone (official toolkit); --pred JSON files imply "
-                                           "coco, --pred folders visdrone", choices=PROTOCOLS)
+                                           "coco, --pred folders visdrone", choices=tuple(PROTOCOLS))
     merge: str = option("nms", "how ensemble members are merged", choices=MERGE_MODES)
     pred: Optional[str] = option(None, "saved predictions: COCO JSON file or VisDrone txt folder")
     gt: Optional[str] = option(None, "ground truth: COCO JSON file or VisDrone annotations folder")
     images: Optional[str] = option(None, "VisDrone images folder (sizes for ignored regions)")
     noplots: bool = option(False, "save no plot files")
-    slice: SliceRequest = option(SLICE_AUTO, SLICE_HELP + "; the merged boxes are scored on the full frames",
-                                 nargs="+", metavar="SLICE")
-    overlap: Optional[float] = option(None, OVERLAP_HELP)
+    slice: SliceRequest = slice_option("; the merged boxes are scored on the full frames")
+    overlap: Optional[float] = overlap_option()
     slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame at --img")
-    runtime: str = option("torch", "what runs a .pt: torch, or onnxruntime after an in-memory ONNX export (faster "
-                                   "on CPU)", choices=RUNTIMES)
-    cbbl_fusion: bool = option(CBBL_FUSION_DEFAULT, CBBL_FUSION_HELP)
+    runtime: str = runtime_option()
+    cbbl_fusion: bool = cbbl_fusion_option()
 
     def __post_init__(self) -> None:
         weights = [self.weights] if isinstance(self.weights, (str, Path)) else self.weights
@@ -66,8 +73,8 @@ class ValOptions:
         object.__setattr__(self, "project", str(self.project))
         if self.task not in TASKS:
             raise ValueError(f"--task {self.task!r} unknown; expected one of {TASKS}")
-        if self.protocol not in (None, *PROTOCOLS):
-            raise ValueError(f"--protocol {self.protocol!r} unknown; expected one of {PROTOCOLS}")
+        if self.protocol is not None:
+            protocol_named(self.protocol)
         if (self.pred is None) != (self.gt is None):
             raise ValueError("--pred and --gt go together (saved predictions and their ground truth)")
         if self.pred is None and not self.weights:

@@ -1,10 +1,10 @@
 """Files a validation run writes besides results.json: txt labels and COCO JSON predictions.
 
 ``--save-txt`` writes one file per image in ``labels/``: YOLO txt (``class cx cy w h [conf]``
-normalised to the original image) under the COCO protocol, the VisDrone toolkit's result format
-(``x,y,w,h,score,category,-1,-1``) under the VisDrone protocol. ``--save-json`` writes
-``<weights stem>_predictions.json`` (COCO results, named as YOLOv5 names it) with the matching
-``ground_truth.json`` and, when a reference evaluator imports, logs its figures beside ours. Image
+normalised to the original image, as YOLOv5 v7.0's val.py writes it) under the yolov5 and COCO protocols,
+the VisDrone toolkit's result format (``x,y,w,h,score,category,-1,-1``) under the VisDrone protocol.
+``--save-json`` writes ``<weights stem>_predictions.json`` (COCO results, named as YOLOv5 names it) with
+the matching ``ground_truth.json`` and, when a reference evaluator imports, logs its figures beside ours. Image
 ids are YOLOv5's ``int(stem)`` when every image stem is a distinct number (COCO's files, so the
 predictions score against the official annotations), else the loader order.
 """
@@ -18,19 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from utils.boxes import xyxy_to_cxcywhn
+from utils.data.yolo_txt import prediction_txt
 from utils.eval import coco as coco_eval
 from utils.eval import visdrone as visdrone_eval
 from utils.eval.metrics import BoxSet
 from utils.files import OutputNames, atomic_write_text
 
 logger = logging.getLogger(__name__)
-
-
-def _yolo_lines(dets: BoxSet, height: int, width: int, save_conf: bool) -> list[str]:
-    boxes_n = xyxy_to_cxcywhn(dets.boxes, width, height)
-    return [f"{int(c)} {' '.join(f'{v:.6f}' for v in box)}" + (f" {s:.5f}" if save_conf else "")
-            for c, box, s in zip(dets.category, boxes_n, dets.score)]
 
 
 def write_txt(collected: Any, save_dir: Path, protocol: str, save_conf: bool, save_hybrid: bool) -> Path:
@@ -49,9 +43,10 @@ def write_txt(collected: Any, save_dir: Path, protocol: str, save_conf: bool, sa
                                                               score=np.ones(len(gts)))])
         if protocol == "visdrone":
             lines = visdrone_eval.result_lines(dets.boxes, dets.score, dets.category + 1)
+            text = "".join(f"{line}\n" for line in lines)
         else:
-            lines = _yolo_lines(dets, height, width, save_conf)
-        atomic_write_text(labels_dir / f"{names_out.stem(path)}.txt", "".join(f"{line}\n" for line in lines))
+            text = prediction_txt(dets.boxes, dets.category, (height, width), [dets.score] if save_conf else [])
+        atomic_write_text(labels_dir / f"{names_out.stem(path)}.txt", text)
     logger.info("%d label files saved to %s", len(collected.image_paths), labels_dir)
     return labels_dir
 

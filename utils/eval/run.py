@@ -20,13 +20,12 @@ from utils.eval import visdrone as visdrone_eval
 from utils.eval.metrics import BoxSet
 from utils.eval.options import ValOptions
 from utils.eval.plots import plot_study
-from utils.eval.scoring import plot_metrics, score_coco, score_visdrone
-from utils.eval.validator import DEFAULT_PROTOCOL, Slicing, ValResults, log_results, validate
+from utils.eval.scoring import DEFAULT_PROTOCOL, plot_metrics, score_coco, score_visdrone
+from utils.eval.validator import Slicing, ValResults, log_results, validate
 from utils.files import atomic_write_text, increment_path, make_dirs, outermost_missing, remove_created_folder
 from utils.infer.backend import DetectBackend
-from utils.infer.predictor import check_input_memory, load_backend
+from utils.infer.runtime import check_input_memory, load_backend
 from utils.infer.slicing import resolve_slice
-from utils.options import options_from_kwargs
 from utils.torch_utils import round_to_stride, select_device
 
 logger = logging.getLogger(__name__)
@@ -37,13 +36,12 @@ STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # YOLOv5's study sizes
 STUDY_COLUMNS = ("imgsz", "P", "R", "mAP50", "mAP50-95", "t_preprocess_ms", "t_inference_ms", "t_nms_ms")
 
 
-def run(**kwargs: Any) -> ValResults | list[ValResults]:
-    """``val.run(weights=..., data=..., imgsz=...)`` as in YOLOv5: ValOptions fields as keyword arguments.
+def run(opts: ValOptions) -> ValResults | list[ValResults]:
+    """What val.py does with its options (``val.run(**kwargs)`` builds them from keyword arguments).
 
     Checks the inputs, then makes the run folder (project/name, incremented), records the options in it and runs
     them. A run that fails removes the folders it made if they hold nothing but its options.json.
     """
-    opts = options_from_kwargs(ValOptions, kwargs)
     check_inputs(opts)
     save_dir = increment_path(Path(opts.project) / opts.name, exist_ok=opts.exist_ok)
     created = outermost_missing(save_dir)

@@ -8,8 +8,9 @@ Used by utils/eval/validator.py (a model over a loader) and by val.py's ``--pred
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -126,20 +127,47 @@ def visdrone_ground_truth(gts: BoxSet, image_paths: list[str]) -> BoxSet:
     return BoxSet(gts.image, gts.boxes, gts.category + 1, ignore=gts.ignore)
 
 
-def score_detections(collected: Any, names: list[str], protocol: str) -> tuple[dict[str, Any], PRCurves]:
-    """ValResults fields of a validator ``Collected`` and the curves :func:`plot_metrics` draws."""
+def _score_yolov5(collected: Any, names: list[str]) -> tuple[dict[str, Any], PRCurves]:
     image_ids = np.arange(len(collected.image_paths))
-    if protocol == "visdrone":
-        dets = BoxSet(collected.dets.image, collected.dets.boxes, collected.dets.category + 1,
-                      score=collected.dets.score)
-        gts = visdrone_ground_truth(collected.gts, collected.image_paths)
-        sizes = {i: tuple(int(v) for v in hw) for i, hw in enumerate(collected.image_shapes)}
-        fields, curves = score_visdrone(dets, gts, names, image_ids, sizes, collected.det_extra)
-    elif protocol == "coco":
-        fields, curves = score_coco(collected.dets, collected.gts, names, image_ids, collected.det_extra)
-    else:
-        fields, curves = score_yolov5(collected.dets, collected.gts, names, image_ids, collected.det_extra)
-    return fields, curves
+    return score_yolov5(collected.dets, collected.gts, names, image_ids, collected.det_extra)
+
+
+def _score_coco(collected: Any, names: list[str]) -> tuple[dict[str, Any], PRCurves]:
+    image_ids = np.arange(len(collected.image_paths))
+    return score_coco(collected.dets, collected.gts, names, image_ids, collected.det_extra)
+
+
+def _score_visdrone(collected: Any, names: list[str]) -> tuple[dict[str, Any], PRCurves]:
+    """Class ids shifted to the toolkit's categories 1..10, against the official annotations when found."""
+    dets = BoxSet(collected.dets.image, collected.dets.boxes, collected.dets.category + 1, score=collected.dets.score)
+    gts = visdrone_ground_truth(collected.gts, collected.image_paths)
+    sizes = {i: tuple(int(v) for v in hw) for i, hw in enumerate(collected.image_shapes)}
+    image_ids = np.arange(len(collected.image_paths))
+    return score_visdrone(dets, gts, names, image_ids, sizes, collected.det_extra)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One way to score a validation run: the title of its table, the detections it keeps per image when
+    --max-det is not given, and its scorer (a validator ``Collected`` and class names -> ValResults fields, curves)."""
+
+    title: str
+    max_det: int
+    score: Callable[[Any, list[str]], tuple[dict[str, Any], PRCurves]]
+
+
+# max_det: YOLOv5's 300 (COCO's own 100 is too few for drone frames), the VisDrone toolkit's 500.
+PROTOCOLS = {"yolov5": Protocol("YOLOv5 v7.0 metric (ap_per_class)", 300, _score_yolov5),
+             "coco": Protocol("COCO protocol (pycocotools rules)", 300, _score_coco),
+             "visdrone": Protocol("VisDrone protocol (official toolkit rules)", 500, _score_visdrone)}
+DEFAULT_PROTOCOL = "yolov5"  # the table YOLOv5/TPH-YOLOv5 users compare against
+
+
+def protocol_named(name: str) -> Protocol:
+    """The protocol called ``name``; any other name is a ValueError listing the known ones."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; expected one of {tuple(PROTOCOLS)}")
+    return PROTOCOLS[name]
 
 
 def plot_metrics(curves: PRCurves, confusion: Optional[ConfusionMatrix], names: list[str], save_dir: Path) -> None:

@@ -26,7 +26,7 @@ from utils.eval.metrics import BoxSet, ConfusionMatrix
 from utils.eval.outputs import save_outputs
 from utils.eval.plots import plot_batch, plot_reliability
 from utils.eval.reliability import reliability_csv
-from utils.eval.scoring import plot_metrics, score_detections
+from utils.eval.scoring import DEFAULT_PROTOCOL, PROTOCOLS, plot_metrics, protocol_named
 from utils.files import atomic_write_text, read_image
 from utils.infer.predictor import network_batch
 from utils.infer.slicing import sliced_detect
@@ -37,14 +37,7 @@ from utils.torch_utils import TRAIN_GRID_FLOOR, autocast, max_stride, time_sync
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("yolov5", "coco", "visdrone")
 MERGE_MODES = ("nms", "wbf")  # how an ensemble's members are merged: one NMS over all, or weighted box fusion
-DEFAULT_PROTOCOL = "yolov5"  # the table YOLOv5/TPH-YOLOv5 users compare against
-# Detections kept per image when max_det is not given: YOLOv5's 300 (COCO's 100 is too few for drone
-# frames), the VisDrone toolkit's 500.
-DEFAULT_MAX_DET = {"yolov5": 300, "coco": 300, "visdrone": 500}
-PROTOCOL_TITLES = {"yolov5": "YOLOv5 v7.0 metric (ap_per_class)", "coco": "COCO protocol (pycocotools rules)",
-                   "visdrone": "VisDrone protocol (official toolkit rules)"}
 NUM_PLOTTED_BATCHES = 3  # val_batch0..2_{labels,pred}.jpg
 
 
@@ -301,8 +294,8 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
     """Validate a model (eval-mode ``Model`` or ``DetectBackend``) on a loader of the data contract.
 
     Args:
-        names: class names (length nc); ``protocol``: one of PROTOCOLS.
-        max_det: detections kept per image after NMS (None: DEFAULT_MAX_DET of the protocol).
+        names: class names (length nc); ``protocol``: a key of PROTOCOLS (utils.eval.scoring).
+        max_det: detections kept per image after NMS (None: the protocol's).
         compute_loss: ``ComputeLoss`` to also report the mean val losses (needs a ``Model``).
         save_dir: where results.json and, when asked, plots, txt and JSON predictions go.
         merge: how an ensemble backend's members are merged: ``nms`` (one NMS over all) or ``wbf``.
@@ -314,30 +307,20 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
     Returns:
         ValResults (also logged as a table).
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    scorer = protocol_named(protocol)
     if merge not in MERGE_MODES:
         raise ValueError(f"unknown ensemble merge {merge!r}; expected one of {MERGE_MODES}")
     nc = 1 if single_cls else len(names)
     detection = {"conf_thres": conf_thres, "iou_thres": iou_thres, "augment": augment, "half": half,
                  "single_cls": single_cls, "merge": merge, "cbbl_fusion": cbbl_fusion,
-                 "max_det": DEFAULT_MAX_DET[protocol] if max_det is None else int(max_det)}
-    was_training = model.training
-    model.eval()
-    try:
-        plot_dir = Path(save_dir) if plots and save_dir is not None else None
-        if plot_dir is not None:
-            plot_dir.mkdir(parents=True, exist_ok=True)
-        if slicing is not None:
-            collected = collect_sliced(model, dataloader.dataset, len(names), slicing, batch_size=batch_size,
-                                       **detection)
-        else:
-            collected = collect(model, dataloader, len(names), compute_loss=compute_loss, plot_dir=plot_dir,
-                                names=list(names), **detection)
-    finally:
-        model.train(was_training)
+                 "max_det": scorer.max_det if max_det is None else int(max_det)}
+    plot_dir = Path(save_dir) if plots and save_dir is not None else None
+    if plot_dir is not None:
+        plot_dir.mkdir(parents=True, exist_ok=True)
+    collected = _collect_in_eval_mode(model, dataloader, list(names), detection, slicing=slicing,
+                                      batch_size=batch_size, compute_loss=compute_loss, plot_dir=plot_dir)
     class_names = [SINGLE_CLASS_NAME] if single_cls else list(names)
-    scored, curves = score_detections(collected, class_names, protocol)
+    scored, curves = scorer.score(collected, class_names)
     results = ValResults(**scored, losses=collected.losses, speed_ms=collected.speed_ms, protocol=protocol)
     per_class = (verbose or (nc < 50 and compute_loss is None)) and nc > 1  # YOLOv5: not per epoch of training
     log_results(results, len(collected.image_paths), len(collected.gts), per_class)
@@ -346,6 +329,22 @@ def validate(model: nn.Module, dataloader: Any, names: list[str], *, conf_thres:
                        save_txt=save_txt, save_conf=save_conf, save_json=save_json, save_hybrid=save_hybrid,
                        weights_stem=weights_stem)
     return results
+
+
+def _collect_in_eval_mode(model: nn.Module, dataloader: Any, names: list[str], detection: dict[str, Any], *,
+                          slicing: Optional[Slicing], batch_size: int, compute_loss: Optional[Callable],
+                          plot_dir: Optional[Path]) -> Collected:
+    """:func:`collect` (or :func:`collect_sliced`) with the model in eval mode; its training mode comes back after,
+    also when collecting fails (train.py validates the model it goes on training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        if slicing is not None:
+            return collect_sliced(model, dataloader.dataset, len(names), slicing, batch_size=batch_size, **detection)
+        return collect(model, dataloader, len(names), compute_loss=compute_loss, plot_dir=plot_dir, names=names,
+                       **detection)
+    finally:
+        model.train(was_training)
 
 
 def _write_results(results: ValResults, collected: Collected, curves: Any, class_names: list[str], save_dir: Path,
@@ -366,7 +365,7 @@ def _write_results(results: ValResults, collected: Collected, curves: Any, class
 
 def log_results(results: ValResults, num_images: int, num_instances: int, per_class: bool) -> None:
     """YOLOv5's table (its column widths), titled with the protocol: totals, then one row per class with GTs."""
-    logger.info("%s", PROTOCOL_TITLES[results.protocol])
+    logger.info("%s", PROTOCOLS[results.protocol].title)
     header = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
     logger.info(header)
     logger.info("%22s%11i%11i%11.3g%11.3g%11.3g%11.3g", "all", num_images, num_instances, results.precision,

@@ -15,7 +15,7 @@ utils/evalRes.m, utils/compOas.m, utils/calcAccuracy.m, utils/VOCap.m). Which ru
 - VOCap.m: all-point interpolated AP.
 The toolkit takes the first maxDets rows of a result file as written (saveAnnoRes.m at 77b9393 no
 longer sorts them); we sort each image's detections by score first, which is the same for result
-files written by score (ours are) and the rule DESIGN.md states.
+files written by score (ours are) and keeps the best-scored maxDets of a file written in any order.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.boxes import xyxy_to_ltwh
 from utils.data.visdrone import IGNORED_REGION, read_annotation
 from utils.eval.metrics import IOU_THRESHOLDS, BoxSet, ap_all_points, greedy_match, overlap_pairs, rank_in_group
 
@@ -104,7 +105,7 @@ def drop_in_ignored(gts: BoxSet, dets: BoxSet,
         boxes = np.concatenate([gts.boxes[gt_idx], dets.boxes[det_idx]])
         extent = (int(np.ceil(boxes[:, 3].max())), int(np.ceil(boxes[:, 2].max())))
         height, width = image_sizes.get(int(image), extent)
-        xywh = np.c_[boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]  # (n, 4)
+        xywh = xyxy_to_ltwh(boxes)  # (n, 4)
         fraction = ignored_fraction(xywh, xywh[: len(gt_idx)][regions[gt_idx]], height, width)
         keep_gt[gt_idx] &= fraction[: len(gt_idx)] < DROP_FRACTION
         keep_det[det_idx] = fraction[len(gt_idx) :] < DROP_FRACTION
@@ -256,6 +257,6 @@ def concat_boxsets(parts: list[BoxSet]) -> BoxSet:
 def result_lines(boxes_xyxy: np.ndarray, scores: np.ndarray, categories: np.ndarray) -> list[str]:
     """Toolkit result rows ``x,y,w,h,score,category,-1,-1`` (pixels, category 1..10), by decreasing score."""
     order = np.argsort(-scores, kind="stable")
-    xywh = np.c_[boxes_xyxy[:, :2], boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]][order]
+    xywh = xyxy_to_ltwh(boxes_xyxy[order])
     return [f"{x:.2f},{y:.2f},{w:.2f},{h:.2f},{s:.4f},{int(c)},-1,-1"
             for (x, y, w, h), s, c in zip(xywh, scores[order], categories[order])]

@@ -1,1 +1,1 @@
-"""Inference: backends, the predictor, detect options and results, sources, slicing, TTA, WBF, export, outputs."""
+"""Inference: backends, loading them, predictor, detect options/results, sources, slicing, TTA, WBF, export, outputs."""

@@ -30,7 +30,8 @@ from utils.checkpoint import load_checkpoint
 from utils.data.tiles import TileSettings
 from utils.files import REPO_ROOT, atomic_write_bytes, increment_path
 from utils.infer.backend import METADATA_KEY, UNCERTAINTY_OUTPUT, model_metadata
-from utils.options import option, options_from_kwargs
+from utils.infer.options import exist_ok_option
+from utils.options import option
 from utils.torch_utils import max_stride, select_device
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class ExportOptions:
                               f"project with --name: {DEFAULT_PROJECT})")
     name: str = option("", f"write into project/name instead of beside the weights (default name with --project: "
                            f"{DEFAULT_NAME})")
-    exist_ok: bool = option(False, "reuse an existing project/name")
+    exist_ok: bool = exist_ok_option()
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards
@@ -251,11 +252,6 @@ def check_replaceable(path: Path) -> None:
     if (path.exists() or path.is_symlink()) and not (path.is_file() and is_our_export(path)):
         raise ValueError(f"{path} already exists and was not written by this project's export; remove it, or pass "
                          "--project/--name to export into a run folder")
-
-
-def run(weights: Union[str, Path], **options: Any) -> list[Path]:
-    """``export`` from keyword arguments (ExportOptions fields), e.g. ``run('best.pt', include=['onnx'])``."""
-    return export(options_from_kwargs(ExportOptions, {"weights": str(weights), **options}))
 
 
 def _check_onnx(path: Path, model: nn.Module, example: torch.Tensor, dynamic: bool, stride: int) -> None:

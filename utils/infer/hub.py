@@ -26,7 +26,7 @@ from utils.data.tiles import TileSettings
 from utils.files import checked_imwrite, increment_path, read_image
 from utils.infer.options import DetectOptions
 from utils.infer.predictor import check_imgsz, detect_images
-from utils.infer.slicing import SLICE_AUTO, SliceRequest, resolve_slice, sliced_detect
+from utils.infer.slicing import SliceRequest, resolve_slice, sliced_detect
 from utils.torch_utils import TRAIN_GRID_FLOOR, autocast, max_stride
 
 logger = logging.getLogger(__name__)
@@ -52,17 +52,21 @@ def _rgb_array(image: ImageInput, index: int) -> tuple[np.ndarray, str]:
     return array.astype(np.uint8), f"image{index}.jpg"
 
 
+# detect.py's defaults: hub inference runs at the same operating point unless a setting below is changed.
+DETECT_DEFAULTS = DetectOptions()
+
+
 class AutoShape(nn.Module):
     """Wraps an eval-mode detector: ``model(images, size=640)`` -> :class:`Detections` (YOLOv5's settings names)."""
 
-    conf = 0.25  # NMS confidence threshold
-    iou = 0.45  # NMS IoU threshold
-    agnostic = False  # class-agnostic NMS
-    classes: Optional[list[int]] = None  # keep only these classes
-    max_det = 1000  # detections kept per image
+    conf = DETECT_DEFAULTS.conf_thres  # NMS confidence threshold
+    iou = DETECT_DEFAULTS.iou_thres  # NMS IoU threshold
+    agnostic = DETECT_DEFAULTS.agnostic_nms  # class-agnostic NMS
+    classes: Optional[Sequence[int]] = DETECT_DEFAULTS.classes  # keep only these classes
+    max_det = DETECT_DEFAULTS.max_det  # detections kept per image
     amp = False  # autocast inference: fp16 on CUDA, bf16 on a CPU with native bf16 (head and decode float32)
-    slice: SliceRequest = SLICE_AUTO  # detect.py's --slice: 'auto' (a --tile model's training windows), 'off', (h, w)
-    overlap: Optional[float] = None  # detect.py's --overlap (None: the training tiles' under auto, else 0.2)
+    slice: SliceRequest = DETECT_DEFAULTS.slice  # 'auto' (a --tile model's training windows), 'off', or (h, w)
+    overlap: Optional[float] = DETECT_DEFAULTS.overlap  # None: the training tiles' under auto, else 0.2
 
     def __init__(self, model: nn.Module, trained_tile: Optional[TileSettings] = None):
         super().__init__()
@@ -72,8 +76,8 @@ class AutoShape(nn.Module):
         self.trained_tile = trained_tile
 
     @torch.no_grad()
-    def forward(self, images: Union[ImageInput, Sequence[ImageInput]], size: Union[int, Sequence[int]] = 640
-                ) -> Detections:
+    def forward(self, images: Union[ImageInput, Sequence[ImageInput]],
+                size: Union[int, Sequence[int]] = DETECT_DEFAULTS.imgsz) -> Detections:
         """One image or a list; ``size`` the long side (or (h, w)) the network sees, rounded to the stride."""
         batch = list(images) if isinstance(images, (list, tuple)) else [images]
         arrays, files = zip(*(_rgb_array(image, i) for i, image in enumerate(batch)))

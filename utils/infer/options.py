@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -15,22 +15,51 @@ from utils.files import REPO_ROOT
 from utils.infer.slicing import OVERLAP_HELP, SLICE_AUTO, SLICE_HELP, SliceRequest, parse_slice
 from utils.options import option
 
-# What runs a .pt checkpoint: PyTorch, or ONNX Runtime after an in-memory export (utils/infer/predictor.py).
+# What runs a .pt checkpoint: PyTorch, or ONNX Runtime after an in-memory export (utils/infer/runtime.py).
 RUNTIMES = ("torch", "onnxruntime")
-# --cbbl-fusion, shared by detect.py and val.py. Off by default although it measured better on the synthetic set
-# (issue 23: +0.9 mAP50-95 points, one seed): on, val.py would disagree with train.py's final validation and a .pt
-# with its ONNX export, which carry no variances yet; the default follows the real-frame study.
+# --cbbl-fusion off by default although it measured better on the synthetic set (+0.9 mAP50-95 points, one seed):
+# on, val.py would disagree with train.py's final validation and a .pt with its ONNX export, which carry no
+# variances yet; the default follows the real-frame study.
 CBBL_FUSION_DEFAULT = False
-CBBL_FUSION_HELP = ("C-BBL variance voting: each kept box becomes the average of the same-class boxes overlapping it "
-                    "above --iou-thres, weighted by IoU and each side's inverse variance (KL-Loss, He et al. 2019); "
-                    "regression heads and exported models: plain NMS")
+WEIGHTS_HELP = ".pt (several = ensemble), .onnx, .torchscript"
+
+
+# The options detect.py and val.py share, declared once (a function each: every dataclass needs its own field).
+
+
+def runtime_option() -> Any:
+    """The ``--runtime`` field."""
+    return option("torch", "what runs a .pt: torch, or onnxruntime after an in-memory ONNX export (faster on CPU)",
+                  choices=RUNTIMES)
+
+
+def cbbl_fusion_option() -> Any:
+    """The ``--cbbl-fusion`` field."""
+    return option(CBBL_FUSION_DEFAULT, "C-BBL variance voting: each kept box becomes the average of the same-class "
+                  "boxes overlapping it above --iou-thres, weighted by IoU and each side's inverse variance (KL-Loss, "
+                  "He et al. 2019); regression heads and exported models: plain NMS")
+
+
+def exist_ok_option() -> Any:
+    """The ``--exist-ok`` field (export.py's too)."""
+    return option(False, "reuse an existing project/name")
+
+
+def slice_option(scored: str = "") -> Any:
+    """The ``--slice`` field (``scored``: what the merged boxes are then used for, in the help)."""
+    return option(SLICE_AUTO, SLICE_HELP + scored, nargs="+", metavar="SLICE")
+
+
+def overlap_option() -> Any:
+    """The ``--overlap`` field (tiles of --slice)."""
+    return option(None, OVERLAP_HELP)
 
 
 @dataclass(frozen=True)
 class DetectOptions:
     """Everything one detect run needs (YOLOv5's detect.py names), validated at construction."""
 
-    weights: tuple[str, ...] = option(("yolov5s.pt",), ".pt (several = ensemble), .onnx, .torchscript")
+    weights: tuple[str, ...] = option(("yolov5s.pt",), WEIGHTS_HELP)
     source: str = option("data/images", "file, folder, glob, list .txt, video, img_%%04d.png sequence, webcam index "
                                         "or stream URL")
     data: Optional[str] = option(None, "dataset YAML whose class names replace the model's")
@@ -50,19 +79,18 @@ class DetectOptions:
     visualize: bool = option(False, "save feature maps (.pt weights only)")
     project: str = option(str(REPO_ROOT / "runs" / "detect"), "save results to project/name")
     name: str = option("exp", "save results to project/name")
-    exist_ok: bool = option(False, "reuse an existing project/name")
+    exist_ok: bool = exist_ok_option()
     line_thickness: Optional[int] = option(None, "box line width in pixels (default 1)")
     hide_labels: bool = option(False, "draw boxes without labels")
     hide_conf: bool = option(False, "labels without confidences")
     half: bool = option(False, "FP16 inference (CUDA)")
     vid_stride: int = option(1, "use every n-th video frame")
-    slice: SliceRequest = option(SLICE_AUTO, SLICE_HELP, nargs="+", metavar="SLICE")
-    overlap: Optional[float] = option(None, OVERLAP_HELP)
+    slice: SliceRequest = slice_option()
+    overlap: Optional[float] = overlap_option()
     slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame")
     slice_batch: int = option(8, "tiles per forward pass")
-    runtime: str = option("torch", "what runs a .pt: torch, or onnxruntime after an in-memory ONNX export (faster "
-                                   "on CPU)", choices=RUNTIMES)
-    cbbl_fusion: bool = option(CBBL_FUSION_DEFAULT, CBBL_FUSION_HELP)
+    runtime: str = runtime_option()
+    cbbl_fusion: bool = cbbl_fusion_option()
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from utils.annotate import crop_box, draw_detections
-from utils.boxes import xyxy_to_cxcywhn
+from utils.data.yolo_txt import prediction_txt
 from utils.files import (
     OutputNames,
     OutputWriteError,
@@ -76,17 +76,9 @@ class OutputWriter:
         As YOLOv5 v7.0's detect.py writes them: the box rounded to whole pixels (half to even, torch.round's
         rule), then normalised in float32, printed with ``%g``.
         """
-        height, width = result.shape
-        boxes = xyxy_to_cxcywhn(np.round(result.xyxy.astype(np.float32)), np.float32(width), np.float32(height))
-        lines = []
-        for i, box in enumerate(boxes):
-            values = [f"{v:.6g}" for v in box]
-            if self.opts.save_conf:
-                values.append(f"{result.conf[i]:.6g}")
-                if self.has_uncertainty:
-                    values.append(f"{result.uncertainty[i]:.6g}")
-            lines.append(" ".join([str(int(result.cls[i]))] + values) + "\n")
-        atomic_write_text(path, "".join(lines))
+        extra = ([result.conf] + ([result.uncertainty] if self.has_uncertainty else [])) if self.opts.save_conf else []
+        boxes = np.round(result.xyxy.astype(np.float32))  # (n, 4)
+        atomic_write_text(path, prediction_txt(boxes, result.cls, result.shape, extra))
 
     def _name(self, class_id: int) -> str:
         return self.names[class_id] if 0 <= class_id < len(self.names) else str(class_id)

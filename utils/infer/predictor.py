@@ -1,14 +1,12 @@
 """The library side of detect.py: options -> frames -> detections -> arrays (and files on request).
 
-``run(**opts)`` returns one :class:`ImageResult` per frame, so detection is usable from Python without
+``run(opts)`` returns one :class:`ImageResult` per frame, so detection is usable from Python without
 touching the disk; :class:`OutputWriter` writes annotated images/videos, YOLO txt files and crops when asked.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,23 +15,21 @@ from typing import Callable, Union
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from utils.annotate import save_feature_maps
 from utils.boxes import scale_boxes_to_original
 from utils.data.augment import letterbox
 from utils.files import load_yaml_file, resolve_path
 from utils.infer.backend import DetectBackend
-from utils.infer.export import run as export_model
-from utils.infer.options import RUNTIMES, DetectOptions, ImageResult
+from utils.infer.options import DetectOptions, ImageResult
 from utils.infer.outputs import OutputWriter
+from utils.infer.runtime import check_input_memory, load_backend
 from utils.infer.slicing import SLICE_OFF, resolve_slice, sliced_detect
 from utils.infer.sources import Frame, is_stream, iterate_frames, list_files
 from utils.infer.tta import tta_forward
 from utils.log import log_once
 from utils.nms import non_max_suppression
-from utils.options import options_from_kwargs
-from utils.torch_utils import device_memory, max_stride, round_to_stride, select_device
+from utils.torch_utils import max_stride, round_to_stride, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -94,26 +90,6 @@ def load_names(data: Union[str, Path], nc: int) -> list[str]:
     return [str(name) for name in names]
 
 
-def load_backend(weights: Sequence[str], device: torch.device, half: bool = False,
-                 runtime: str = "torch") -> DetectBackend:
-    """The weights as a :class:`DetectBackend`; ``runtime="onnxruntime"`` runs a single .pt through ONNX Runtime.
-
-    The checkpoint is exported (fused, dynamic shapes) to a temporary ONNX file that ONNX Runtime loads into
-    memory; nothing is written beside the weights. On CPU this is faster than PyTorch eager (docs/benchmarks.md).
-    """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"--runtime {runtime!r}: choose one of {RUNTIMES}")
-    weights = list(weights)
-    if runtime == "torch" or Path(weights[0]).suffix != ".pt":
-        return DetectBackend(weights, device=device, half=half)
-    if len(weights) > 1:
-        raise ValueError("--runtime onnxruntime takes one .pt checkpoint, not an ensemble")
-    with tempfile.TemporaryDirectory(prefix="cbbl_tph_ort_") as folder:
-        (path,) = export_model(weights[0], include=("onnx",), dynamic=True, check=False, project=folder,
-                               name="onnx")
-        return DetectBackend(path, device=device, half=half)
-
-
 def build_forward(backend: DetectBackend, augment: bool) -> ForwardFn:
     """The batch forward function: the backend, or test-time augmentation around it (utils/infer/tta.py)."""
     if not augment:
@@ -121,14 +97,13 @@ def build_forward(backend: DetectBackend, augment: bool) -> ForwardFn:
     return lambda images: tta_forward(backend, images, stride=backend.stride)
 
 
-def run(**options) -> list[ImageResult]:
-    """Detect on every frame of ``source``; see :class:`DetectOptions` for the options.
+def run(opts: DetectOptions) -> list[ImageResult]:
+    """Detect on every frame of ``opts.source``.
 
     Returns one :class:`ImageResult` per frame read (after --vid-stride), in source order. The inputs (weights,
     --data names, the source) are checked before the run folder is made; a source none of whose frames can be
     read is an error.
     """
-    opts = options_from_kwargs(DetectOptions, options)
     backend = load_backend(opts.weights, select_device(opts.device), opts.half, opts.runtime)
     backend.decode_only_above(opts.conf_thres)
     fusion = backend.decode_side_variance(opts.cbbl_fusion)
@@ -161,22 +136,6 @@ def run(**options) -> list[ImageResult]:
     finally:
         writer.close(completed)  # finish video files even when a later frame fails
     return results
-
-
-def check_input_memory(backend: DetectBackend, imgsz: Sequence[int], batch_size: int) -> None:
-    """Refuse an inference size whose first tensors cannot fit on the device (``--imgsz 100000``), before anything
-    is allocated: a lower bound, the letterboxed uint8 batch, its float copy and the first layer's float output."""
-    height, width = imgsz
-    first = next((m for m in backend.models[0].modules() if isinstance(m, nn.Conv2d)), None) \
-        if hasattr(backend, "models") else None
-    channels, stride = (first.out_channels, first.stride[0]) if first is not None else (3, 1)
-    needed = batch_size * (height * width * 3 * (1 + 4) + channels * math.ceil(height / stride)
-                           * math.ceil(width / stride) * 4)
-    available = device_memory(backend.device)
-    if needed > available:
-        raise ValueError(f"--imgsz {height} {width}: a batch of {batch_size} needs more than {needed / 1e9:,.0f} GB "
-                         f"for the input and the first layer, and {backend.device} has {available / 1e9:,.0f} GB; "
-                         "lower --imgsz (detect.py --slice H W runs a large frame in tiles)")
 
 
 def inference_size(backend: DetectBackend, imgsz: Sequence[int]) -> tuple[int, int]:

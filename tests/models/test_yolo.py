@@ -141,7 +141,7 @@ def test_layers_on_meta_count_what_model_builds():
 def test_cli_names_the_bad_row(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text((MODELS / "yolov5n.yaml").read_text().replace("[-1, 3, C3, [512, False]]", "[-1, 3, C4, [512]]"))
-    with pytest.raises(ValueError, match="line 30: layer 13.*unknown module 'C4'"):
+    with pytest.raises(ValueError, match="line 28: layer 13.*unknown module 'C4'"):
         main(["--cfg", str(broken)])
 
 

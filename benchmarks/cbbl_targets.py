@@ -29,6 +29,7 @@ from utils.anchors import default_anchors, kmean_anchors  # noqa: E402
 from utils.assign import assign_level  # noqa: E402
 from utils.cbbl import encode_offsets  # noqa: E402
 from utils.data.visdrone import read_annotation, to_yolo_labels  # noqa: E402
+from utils.head import HeadConfig  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
 logger = logging.getLogger("cbbl_targets")
@@ -126,7 +127,7 @@ def plot(histograms: dict[str, torch.Tensor], imgsz: int, alpha: float, path: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[640, 1536])
-    parser.add_argument("--alpha", type=float, default=4.0)
+    parser.add_argument("--alpha", type=float, default=HeadConfig.alpha)
     parser.add_argument("--sample", type=Path, default=SAMPLE)
     args = parser.parse_args()
     setup_logging(0)

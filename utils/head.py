@@ -83,8 +83,9 @@ class HeadConfig:
                            choices=BOX_LOSSES)
     bins: int = option(11, "C-BBL grid points per coordinate (K)")
     alpha: float = option(4.0, "C-BBL offset range [-alpha, alpha]")
-    beta: Optional[float] = option(None, "C-BBL IN strength of grid in (default by the training size: 5 below "
-                                         f"{PAPER_BETA_SIZE} px, 3 at and above); fitted (centre) for grid auto")
+    beta: Optional[float] = option(None, f"C-BBL IN strength of grid in (default by the training size: "
+                                         f"{PAPER_BETA_BELOW:g} below {PAPER_BETA_SIZE} px, "
+                                         f"{PAPER_BETA_AT_OR_ABOVE:g} at and above); fitted (centre) for grid auto")
     size_beta: Optional[float] = option(None, "grid auto only: the IN strength fitted for the size grid", cli=False)
     grid: str = option("auto", "C-BBL grid: in (the paper, with beta), auto (IN family fitted to the training "
                                "targets), quantile (equal target mass), uniform", choices=GRID_MODES)
@@ -246,7 +247,8 @@ HEAD_FLAGS = {flag_key(setting): setting for setting in HEAD_SETTINGS}  # flag k
 # each is None unless given (= keep the --hyp file's or the model YAML's value).
 HeadFlags = dataclasses.make_dataclass(
     "HeadFlags", override_fields(HeadConfig, {setting: key for key, setting in HEAD_FLAGS.items()},
-                                 "box head (default: the --hyp file's head: section, else utils/head.py)"),
+                                 "box head (unset: the --hyp file's head: or the model YAML's detect: value; "
+                                 "defaults: utils/head.py)"),
     frozen=True)
 HeadFlags.__module__ = __name__  # pickled (e.g. with TrainOptions) by this name
 

@@ -177,3 +177,18 @@ def test_checkpoints_written_before_the_head_declaration_decode_identically(name
         assert head == HeadConfig.from_dict(reference["fitted_head"]) and head.grid == "auto" and head.size_beta
     else:  # box: cbbl without a grid mode: the paper's grid
         assert (head.grid, head.beta, head.bins) == ("in", 3.0, 9)
+
+
+def test_training_options_stored_before_the_head_declaration_give_the_stored_head(tmp_path):
+    """A checkpoint's "opt" from 11207d4 (flat cbbl_* hyp keys) rebuilds the head its model was trained with."""
+    from utils.checkpoint import load_checkpoint
+    from utils.engine.options import TrainOptions
+
+    checkpoint = load_checkpoint(CHECKPOINTS_11207D4 / "fitted.pt")
+    assert "cbbl_bins" in checkpoint["opt"]["hyp"] and "head" not in checkpoint["opt"]["hyp"]
+    opts = TrainOptions.from_dict(checkpoint["opt"], cfg="yolov5n.yaml", project=str(tmp_path))
+    stored = HeadConfig.from_dict(checkpoint["model_yaml"]["detect"])
+    rebuilt = HeadConfig.from_hyp(opts.hyp, opts.imgsz)
+    unfitted = {key: value for key, value in stored.settings().items() if key != "beta"}  # beta: fitted
+    assert {key: value for key, value in rebuilt.settings().items() if key != "beta"} == unfitted
+    assert (rebuilt.bins, rebuilt.space, rebuilt.restore, rebuilt.anchor_t) == (9, "linear", "top2", stored.anchor_t)

@@ -106,14 +106,20 @@ class Hyp:
 def _head_section(section: Any, anchor_t: float) -> HeadConfig:
     """The HeadConfig of a ``head:`` section (a mapping of settings, or a HeadConfig whose settings are taken), its
     values typed as the hyp file's other keys are."""
-    if isinstance(section, HeadConfig):
-        section = section.settings()
-    if not isinstance(section, dict):
-        raise ValueError(f"hyperparameter head must be a mapping of head settings, got {section!r}")
     types = {field.name: field.type for field in dataclasses.fields(HeadConfig) if field.name in HEAD_SETTINGS}
     typed = {key: _typed_value(f"head.{key}", value, types[key]) if key in types else value
-             for key, value in section.items()}
+             for key, value in _head_settings(section, "hyperparameter head").items()}
     return HeadConfig.from_settings(typed, anchor_t)
+
+
+def _head_settings(section: Any, name: str) -> dict[str, Any]:
+    """A ``head:`` section as a new dict of settings (a HeadConfig gives its settings); ``name`` names it in the
+    error when it is no mapping."""
+    if isinstance(section, HeadConfig):
+        return section.settings()
+    if not isinstance(section, dict):
+        raise ValueError(f"{name} must be a mapping of head settings, got {section!r}")
+    return dict(section)
 
 
 def _typed_value(name: str, value: Any, annotation: str) -> Any:
@@ -185,14 +191,10 @@ def _flat_head_keys_moved(values: dict[str, Any], origin: str) -> dict[str, Any]
     """The ``head:`` section with older files' flat keys (``box_loss``, ``cbbl_bins``, ...; ``cbbl_in``: true =
     the paper's grid 'in', false = its uniform row, 'in' with beta 0) moved into it, popped from ``values``;
     one log line says how to update the file."""
-    section = values.pop("head", None) or {}
-    if isinstance(section, HeadConfig):
-        section = section.settings()
-    if not isinstance(section, dict):
-        raise ValueError(f"{origin}: 'head' must be a mapping of head settings, got {section!r}")
+    section = _head_settings(values.pop("head", None) or {}, f"{origin}: head")
     flat = [key for key in values if key in HEAD_FLAGS or key == "cbbl_in"]
     if not flat:
-        return dict(section)
+        return section
     logger.warning("%s: flat head keys %s are the older form of this file: move them into its 'head:' section "
                    "without the cbbl_ prefix (e.g. head: {box_loss: cbbl, bins: 11}; cbbl_in: true is grid: in)",
                    origin, flat)

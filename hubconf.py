@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from models.yolo import Model, model_from_checkpoint
 from utils.checkpoint import load_checkpoint
+from utils.data.tiles import TileSettings
 from utils.infer.hub import AutoShape
 from utils.torch_utils import select_device
 
@@ -26,9 +27,10 @@ dependencies = ["torch", "numpy", "cv2", "yaml"]
 MODELS = Path(__file__).resolve().parent / "models"
 
 
-def _finish(model: Model, autoshape: bool, device: Optional[str]) -> nn.Module:
+def _finish(model: Model, autoshape: bool, device: Optional[str], trained_tile: Optional[TileSettings] = None
+            ) -> nn.Module:
     model = model.to(select_device(device or "")).eval()
-    return AutoShape(model) if autoshape else model
+    return AutoShape(model, trained_tile) if autoshape else model
 
 
 def custom(path: Union[str, Path], autoshape: bool = True, _verbose: bool = True, device: Optional[str] = None
@@ -39,7 +41,9 @@ def custom(path: Union[str, Path], autoshape: bool = True, _verbose: bool = True
     if Path(path).suffix != ".pt":
         raise ValueError(f"{path}: torch.hub 'custom' loads .pt checkpoints (this project's or YOLOv5/TPH-YOLOv5's); "
                          f"run an exported file with detect.py or val.py --weights {path}")
-    return _finish(model_from_checkpoint(load_checkpoint(path), use_ema=True, source=path), autoshape, device)
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, use_ema=True, source=path)
+    return _finish(model, autoshape, device, TileSettings.of_checkpoint(checkpoint))
 
 
 def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, device: Optional[str]

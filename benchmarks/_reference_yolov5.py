@@ -1,8 +1,8 @@
 """The reference side of speed_vs_yolov5.py: Ultralytics' YOLOv5 (PyPI ``yolov5``), run in its own venv.
 
 Runs INSIDE the reference virtual environment and never imports our library (``utils``/``models`` here
-would be theirs). Each task reads the shared inputs written by speed_vs_yolov5.py (same images,
-targets, candidates, predictions) and prints one line ``RESULT_JSON: {...}`` with its timings.
+would be theirs). Each task reads the shared inputs written by speed_vs_yolov5.py (same images and
+targets) and prints one line ``RESULT_JSON: {...}`` with its timings.
 Their models are built from their YAML with random weights (no download): same architecture.
 """
 
@@ -15,23 +15,14 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-
-def _load_sibling(name: str):
-    """A stdlib/numpy/torch-only module of benchmarks/, loaded by path: our repo root stays off sys.path."""
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # The same timer, loader drain and GPU measurements as our side: both sides are measured by identical code.
-_common = _load_sibling("common")
-time_call, RESULT_PREFIX = _common.time_call, _common.RESULT_PREFIX
-drain_loader = _load_sibling("speed_inputs").drain_loader
-gpu_measure = _load_sibling("gpu_measure")
+# benchmarks/common.py needs only the standard library and torch; loaded by path, our repo root stays off sys.path.
+_spec = importlib.util.spec_from_file_location("_bench_common", Path(__file__).with_name("common.py"))
+_common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_common)
+time_call, drain_loader, RESULT_PREFIX = _common.time_call, _common.drain_loader, _common.RESULT_PREFIX
 
 
 def _package_dir() -> Path:
@@ -86,22 +77,6 @@ def task_infer(args: argparse.Namespace) -> dict:
     return results
 
 
-def task_nms(args: argparse.Namespace) -> dict:
-    """Their non_max_suppression on the shared candidate tensor (1, N, 5 + nc), per named setting."""
-    from yolov5.utils.general import non_max_suppression
-
-    candidates = torch.load(Path(args.inputs) / "nms_candidates.pt", weights_only=True)
-    settings = torch.load(Path(args.inputs) / "nms_settings.pt", weights_only=True)
-
-    results = {}
-    for name, setting in settings.items():
-        def run(setting=setting) -> list:
-            return non_max_suppression(candidates, **setting)
-
-        results[name] = {**time_call(run, args.warmup, args.repeats), "kept": int(run()[0].shape[0])}
-    return results
-
-
 def task_dataloader(args: argparse.Namespace) -> dict:
     """Images per second through their mosaic training loader on the shared YOLO-format images."""
     from yolov5.utils.dataloaders import create_dataloader
@@ -131,63 +106,19 @@ def task_train_rss(args: argparse.Namespace) -> dict:
     return {"peak_rss_mb": _common.peak_rss_mb()}
 
 
-def task_metrics(args: argparse.Namespace) -> dict:
-    """Their val.py matching (process_batch per image, 10 IoUs) then ap_per_class on the shared predictions."""
-    if not hasattr(np, "trapz"):  # their compute_ap calls np.trapz, renamed np.trapezoid in numpy 2.x
-        np.trapz = np.trapezoid
-    from yolov5.utils.metrics import ap_per_class
-    from yolov5.val import process_batch
-
-    data = np.load(Path(args.inputs) / "metric_inputs.npz")
-    preds, labels = torch.from_numpy(data["preds"]), torch.from_numpy(data["labels"])  # (P, 7), (L, 6)
-    num_images = int(data["num_images"])
-    per_image = [(preds[preds[:, 0] == i, 1:], labels[labels[:, 0] == i, 1:]) for i in range(num_images)]
-    iouv = torch.linspace(0.5, 0.95, 10)
-
-    def run() -> tuple:
-        stats = []
-        for det, lab in per_image:
-            correct = process_batch(det, lab, iouv)
-            stats.append((correct, det[:, 4], det[:, 5], lab[:, 0]))
-        tp, conf, pred_cls, target_cls = (torch.cat(x, 0).numpy() for x in zip(*stats))
-        return ap_per_class(tp, conf, pred_cls, target_cls, names={i: str(i) for i in range(args.nc)})
-
-    timing = time_call(run, args.warmup, args.repeats)
-    ap = run()[5]  # (nc, 10)
-    timing["map50"], timing["map50_95"] = float(ap[:, 0].mean()), float(ap.mean())
-    return timing
-
-
 def task_gpu(args: argparse.Namespace) -> dict:
     """gpu_check.py's rows for their model: AMP training steps per batch size, val and detect-b1 latency."""
-    import copy
-
     from yolov5.utils.general import non_max_suppression
     from yolov5.utils.loss import ComputeLoss
 
-    device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
-    model = _build_model(args.cfg, args.nc).to(device)
-    criterion = ComputeLoss(model)
+    model = _build_model(args.cfg, args.nc).to(args.device)
     base = {"impl": "theirs (yolov5 PyPI)", "model": args.cfg, "head": "regress", "imgsz": args.img}
-    rows = []
-    for batch in args.train_batches:
-        timing = gpu_measure.train_throughput(model, criterion, device, batch, args.img, args.nc, args.steps,
-                                              args.warmup, amp=device.type == "cuda")
-        rows.append({**base, "task": "train_step_amp", "batch": batch, **timing})
-    fused = copy.deepcopy(model).fuse().eval()
-    fused = fused.half() if args.half else fused
-    for task, nms_settings in gpu_measure.PREDICT_NMS.items():
-        batch = args.batch if task == "val" else 1
-        timing = gpu_measure.predict_latency(lambda images: fused(images)[0],
-                                             lambda pred, s=nms_settings: non_max_suppression(pred, **s), device,
-                                             batch, args.img, args.repeats, args.warmup, args.half)
-        rows.append({**base, "task": task, "batch": batch, **timing})
-    return {"rows": rows}
+    return {"rows": _common.gpu_rows(model, ComputeLoss(model), non_max_suppression, base, args)}
 
 
-TASKS = {"train_step": task_train_step, "infer": task_infer, "nms": task_nms, "dataloader": task_dataloader,
-         "metrics": task_metrics, "train_rss": task_train_rss, "gpu": task_gpu}
+TASKS = {"train_step": task_train_step, "infer": task_infer, "dataloader": task_dataloader,
+         "train_rss": task_train_rss, "gpu": task_gpu}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -200,6 +131,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--images", default="", help="YOLO-format image folder for the dataloader task")
     parser.add_argument("--img", type=int, default=640)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--val-batch", type=int, default=16, help="gpu task: batch of the val rows")
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--steps", type=int, default=3, help="training steps of the train_rss and gpu tasks")

@@ -2,26 +2,36 @@
 
     python benchmarks/ablation.py                      # every config x 3 seeds, resumable
     python benchmarks/ablation.py --configs ciou cbbl_paper --seeds 1 2 --budget-min 35
+    python benchmarks/ablation.py --gradients          # box-loss gradients of the seed-0 runs, first/last epoch
 
 Trains the same small model once per (config, seed) through the library entry point
 utils.engine.run.run, appends each finished run's row (last-epoch mAP50, mAP50-95, AP_small, wall
 time, or the failure) to benchmarks/results/ablation/runs.csv at once, and skips finished rows on a
 rerun, and each C-BBL run's grid with the % of training targets per interval to grid_mass.csv. Then writes
-summary.csv (mean, sample std over seeds, Welch's t against ciou) and curves.png (training losses per epoch,
-mean over seeds). Tiny-budget figures: read the spread, not the digits.
+summary.csv and summary.md (mean, sample std over seeds, Welch's t against ciou; each grid's target mass), and
+each run's results.csv to curves/. Tiny-budget figures: read the spread, not the digits.
+
+--gradients (the paper's motivation, its Fig. 1-2 and 5): for the first and last epoch checkpoint of each
+seed-0 run (weights/epoch{N}.pt, model weights, not EMA) and the first --gradient-images validation images,
+each positive anchor's box loss is differentiated with respect to the head's raw box outputs (4 regression
+values, or 4*K C-BBL logits); the per-positive norm is averaged over the positives of small (< 32x32 px in the
+original image, COCO) and of normal-size objects. The comparable figure between losses is the small / normal
+ratio (the raw scales differ by loss). Writes gradients.{csv,json} into the study's folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
     RESULTS_DIR,
@@ -38,45 +48,27 @@ from utils.hyp import load_hyp  # noqa: E402
 logger = logging.getLogger("benchmarks.ablation")
 ROOT = Path(__file__).resolve().parents[1]
 # name -> hyp overrides (issue 13's study). The paper's grid ('in', beta by training size) against the grids
-# fitted to YOLO's targets; "best_*" rows vary the better of auto/quantile (by mean mAP50-95 so far, decided
-# when those rows start; BEST_OF) without the uncertainty loss and with an extra CIoU term.
+# fitted to YOLO's targets; "best_*" rows vary the better of auto and quantile (auto, at 320 and 640 px alike)
+# without the uncertainty loss and with an extra CIoU term.
 CONFIGS = {
     "ciou": {"box_loss": "ciou"},
     "cbbl_paper": {"box_loss": "cbbl", "cbbl_grid": "in"},
     "cbbl_auto": {"box_loss": "cbbl", "cbbl_grid": "auto"},
     "cbbl_quantile": {"box_loss": "cbbl", "cbbl_grid": "quantile"},
     "cbbl_uniform": {"box_loss": "cbbl", "cbbl_grid": "uniform"},
-    "cbbl_best_no_um": {"box_loss": "cbbl", "cbbl_um": 0.0},
-    "cbbl_best_ciou": {"box_loss": "cbbl", "cbbl_ciou": 1.0},
+    "cbbl_best_no_um": {"box_loss": "cbbl", "cbbl_grid": "auto", "cbbl_um": 0.0},
+    "cbbl_best_ciou": {"box_loss": "cbbl", "cbbl_grid": "auto", "cbbl_ciou": 1.0},
 }
-BEST_OF = ("cbbl_auto", "cbbl_quantile")
-BEST_VARIANTS = ("cbbl_best_no_um", "cbbl_best_ciou")
 METRICS = {"map50": "metrics/mAP_0.5", "map50_95": "metrics/mAP_0.5:0.95", "ap_small": "metrics/AP_small"}
+SMALL_AREA = 32.0**2  # COCO's small-object bound, original-image pixels^2
+GRADIENT_BATCH = 16  # validation images per forward of the gradient analysis (eval mode: no effect on figures)
 
 
-def best_grid(rows: list[dict]) -> str:
-    """The grid of BEST_OF with the higher mean mAP50-95 over finished runs (auto on a tie or without runs)."""
-    means = {}
-    for config in BEST_OF:
-        values = [float(row["map50_95"]) for row in rows if row["config"] == config and row["status"] == "ok"]
-        means[config] = statistics.mean(values) if values else float("-inf")
-    best = max(BEST_OF, key=lambda config: (means[config], config == "cbbl_auto"))
-    return CONFIGS[best]["cbbl_grid"]
-
-
-def config_overrides(config: str, rows: list[dict]) -> dict:
-    """Hyp overrides of a config; the best_* variants take the grid best_grid picks from ``rows``."""
-    overrides = dict(CONFIGS[config])
-    if config in BEST_VARIANTS:
-        overrides["cbbl_grid"] = best_grid(rows)
-    return overrides
-
-
-def train_options(args: argparse.Namespace, config: str, seed: int, rows: list[dict]):
+def train_options(args: argparse.Namespace, config: str, seed: int):
     """TrainOptions of one run: the same model/data/schedule for every config, only the box branch differs."""
     from utils.engine.options import TrainOptions
 
-    hyp = load_hyp(ROOT / args.hyp, warmup_epochs=args.warmup_epochs, **config_overrides(config, rows))
+    hyp = load_hyp(ROOT / args.hyp, warmup_epochs=args.warmup_epochs, **CONFIGS[config])
     return TrainOptions(optimizer=args.optimizer, cfg=str(model_cfg(args)), data=str(ROOT / args.data), hyp=hyp,
                         epochs=args.epochs, batch_size=args.batch, imgsz=args.img, workers=args.workers,
                         noplots=True, project=str(args.project / args.out.name),
@@ -100,11 +92,11 @@ def model_cfg(args: argparse.Namespace) -> Path:
     return path
 
 
-def run_one(args: argparse.Namespace, config: str, seed: int, rows: list[dict]) -> dict:
+def run_one(args: argparse.Namespace, config: str, seed: int) -> dict:
     """Train one (config, seed); its summary row (status 'failed' with the error if it raised)."""
     from utils.engine.run import run
 
-    opts = train_options(args, config, seed, rows)
+    opts = train_options(args, config, seed)
     head = opts.hyp.head
     cbbl = head.is_cbbl
     row = {"config": config, "seed": seed, "box_loss": head.box_loss, "grid": head.grid if cbbl else "",
@@ -163,52 +155,20 @@ def markdown_tables(summary: list[dict], grid_rows: list[dict]) -> str:
         lines.append(f"| {entry['config']} | {entry['grid'] or '-'} | {entry['seeds_ok']} | {' | '.join(cells)} |")
     lines += ["", "| config | group | beta | points | % of training targets per interval |",
               "| --- | --- | --- | --- | --- |"]
-    shown = set()
+    first_seed: dict[tuple, dict] = {}
     for row in grid_rows:
-        if (row["config"], row["group"]) in shown:
-            continue
-        shown.add((row["config"], row["group"]))
+        first_seed.setdefault((row["config"], row["group"]), row)
+    for row in first_seed.values():
         beta = f"{float(row['beta']):.2f}" if row["beta"] else "-"
         lines.append(f"| {row['config']} | {row['group']} | {beta} | {row['points']} | {row['mass_pct']} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(out_dir: Path, summary: list[dict]) -> None:
-    """out_dir/curves.png: training box and objectness loss per epoch (mean over seeds), final mAP50-95."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for config in CONFIGS:
-        curves = [c for c in (read_csv(p) for p in sorted((out_dir / "curves").glob(f"{config}_s*.csv"))) if c]
-        if not curves:
-            continue
-        length = min(len(c) for c in curves)
-        for axis, column in zip(axes[:2], ("train/box_loss", "train/obj_loss")):
-            mean = [statistics.mean(float(c[i][column]) for c in curves) for i in range(length)]
-            axis.plot(range(length), mean, marker="o", markersize=3, label=f"{config} (n={len(curves)})")
-    axes[0].set(xlabel="epoch", ylabel="box loss (each loss on its own scale)", title="training box loss", yscale="log")
-    axes[1].set(xlabel="epoch", ylabel="objectness loss", title="training objectness loss")
-    axes[0].legend(fontsize=7)
-    done = [entry for entry in summary if entry["seeds_ok"]]
-    means = [float(entry["map50_95_mean"]) for entry in done]
-    stds = [float(entry["map50_95_std"] or 0) for entry in done]
-    axes[2].barh([entry["config"] for entry in done], means, xerr=stds, capsize=3)
-    axes[2].set(xlabel="val mAP@0.5:0.95 after training (mean +- std over seeds)", title="final accuracy")
-    fig.tight_layout()
-    fig.savefig(out_dir / "curves.png", dpi=110)
-    plt.close(fig)
-
-
 def pending_runs(args: argparse.Namespace, rows: list[dict]) -> list[tuple[str, int]]:
     """(config, seed) pairs without a row yet, seed-major (a study cut short by its budget keeps every config
-    at the same number of seeds), the best_* variants last (they need the auto/quantile results)."""
+    at the same number of seeds)."""
     finished = {(row["config"], int(row["seed"])) for row in rows if row["status"] == "ok" or not args.retry_failed}
-    first = [(config, seed) for seed in args.seeds for config in args.configs if config not in BEST_VARIANTS]
-    last = [(config, seed) for seed in args.seeds for config in args.configs if config in BEST_VARIANTS]
-    return [pair for pair in first + last if pair not in finished]
+    return [(config, seed) for seed in args.seeds for config in args.configs if (config, seed) not in finished]
 
 
 def write_grid_mass(args: argparse.Namespace, config: str, seed: int, save_dir: Path) -> None:
@@ -235,6 +195,113 @@ def write_grid_mass(args: argparse.Namespace, config: str, seed: int, save_dir: 
             "mass_pct": " ".join(f"{m:.1f}" for m in row["mass_pct"])})
 
 
+def object_gradient_norms(model, loss_fn, images: torch.Tensor, targets: torch.Tensor,
+                          pixel_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per positive: the norm of d(its box loss)/d(raw box outputs), its GT area in original pixels, and
+    (C-BBL) the mean entropy of its 4 predicted distributions in nats (NaN for regression).
+
+    Args:
+        images: (B, 3, H, W) float in [0, 1]; targets (M, 6) ``[img, cls, cx, cy, w, h]`` normalised.
+        pixel_scale: (B,) original pixels per network pixel (1 / letterbox ratio).
+    Returns:
+        norms (P,), areas (P,), entropies (P,) over all levels.
+    """
+    from utils.assign import assign_level
+    from utils.cbbl.distribution import entropy
+
+    detect = loss_fn.detect
+    with torch.no_grad():
+        raw_levels = model(images)[1]  # eval mode: (pred, raw); raw[l] (B, A, H, W, no)
+    norms, areas, entropies = [], [], []
+    for level, raw in enumerate(raw_levels):
+        assigned = assign_level(targets, detect.anchors[level], tuple(raw.shape[2:4]), detect.head.anchor_t)
+        if not len(assigned.gt):
+            continue
+        positive = raw[assigned.batch, assigned.anchor, assigned.cell_y, assigned.cell_x, :detect.box_channels]
+        positive = positive.float().detach().requires_grad_(True)  # (P, box_channels)
+        _, mean_loss = loss_fn.box_term(positive, assigned)
+        (grad,) = torch.autograd.grad(mean_loss * len(positive), positive)  # each row: its own loss's gradient
+        norms.append(grad.norm(dim=1))
+        size_px = assigned.box[:, 2:] * detect.stride[level] * pixel_scale[assigned.batch, None]  # (P, 2)
+        areas.append(size_px.prod(1))
+        if detect.grid is None:
+            entropies.append(torch.full_like(norms[-1], float("nan")))
+        else:
+            entropies.append(entropy(positive.detach().view(-1, 4, detect.bins)).mean(1))  # (P,)
+    if not norms:
+        return torch.zeros(0), torch.zeros(0), torch.zeros(0)
+    return torch.cat(norms), torch.cat(areas), torch.cat(entropies)
+
+
+def analyse_checkpoint(path: Path, batches: list) -> dict:
+    """Mean / median gradient norm of small and normal objects (and C-BBL's mean entropy) for one checkpoint."""
+    from models.yolo import model_from_checkpoint
+    from utils.checkpoint import load_checkpoint
+    from utils.hyp import load_hyp
+    from utils.loss import ComputeLoss, LossSettings
+
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, use_ema=False).float().eval()
+    hyp = load_hyp(checkpoint["hyp"])
+    loss_fn = ComputeLoss(model, LossSettings.from_hyp(hyp), imgsz=int(checkpoint["opt"]["imgsz"]))
+    parts = [object_gradient_norms(model, loss_fn, images, targets, scale) for images, targets, scale in batches]
+    norms, areas, entropies = (torch.cat(column) for column in zip(*parts))
+    row = {"positive_entropy": float(entropies.mean())}
+    for group, mask in (("small", areas < SMALL_AREA), ("normal", areas >= SMALL_AREA)):
+        values = norms[mask]
+        row[f"{group}_positives"] = int(mask.sum())
+        row[f"{group}_mean"] = float(values.mean()) if len(values) else float("nan")
+        row[f"{group}_median"] = float(values.median()) if len(values) else float("nan")
+    row["ratio_small_normal"] = row["small_mean"] / row["normal_mean"]
+    return row
+
+
+def fixed_batches(data_yaml: str, imgsz: int, num_images: int) -> list:
+    """The first validation images (no augmentation) in batches: (images float, targets, original px per network
+    px)."""
+    from utils.data.config import load_data_config
+    from utils.data.dataset import create_dataloader
+
+    data = load_data_config(data_yaml)
+    loader, _ = create_dataloader(data["val"], imgsz, GRADIENT_BATCH, 32, augment=False, rect=False, workers=0)
+    batches = []
+    for index, (images, targets, _, shapes) in enumerate(loader):
+        if index * GRADIENT_BATCH >= num_images:
+            break
+        ratio = torch.tensor([min(shape[1][0]) for shape in shapes], dtype=torch.float32)  # (B,)
+        batches.append((images.float() / 255, targets, 1 / ratio))
+    return batches
+
+
+def epoch_checkpoints(weights_dir: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of weights/epoch{N}.pt, sorted by epoch."""
+    found = [(int(match.group(1)), path) for path in weights_dir.glob("epoch*.pt")
+             if (match := re.fullmatch(r"epoch(\d+)\.pt", path.name))]
+    return sorted(found)
+
+
+def gradients(args: argparse.Namespace) -> int:
+    """--gradients: the first and last epoch of every seed-0 run of the study, into <out>/gradients.{csv,json}."""
+    runs_dir = args.project / args.out.name
+    found = {config: epoch_checkpoints(runs_dir / f"{config}_s0" / "weights") for config in args.configs}
+    found = {config: checkpoints[::len(checkpoints) - 1 or 1] for config, checkpoints in found.items() if checkpoints}
+    if not found:
+        logger.error("no weights/epoch*.pt under %s: train the study's seed 0 first (it saves every epoch)", runs_dir)
+        return 2
+    batches = fixed_batches(str(ROOT / args.data), args.img, args.gradient_images)
+    rows = []
+    for config, checkpoints in found.items():
+        for epoch, path in checkpoints:
+            rows.append({"config": config, "run": f"{config}_s0", "epoch": epoch, **analyse_checkpoint(path, batches)})
+            logger.info("%s epoch %d: small/normal %.3f (%d / %d positives), entropy %.3f", config, epoch,
+                        rows[-1]["ratio_small_normal"], rows[-1]["small_positives"], rows[-1]["normal_positives"],
+                        rows[-1]["positive_entropy"])
+    write_csv(args.out / "gradients.csv", rows)
+    write_json(args.out / "gradients.json", {"header": header_lines({k: str(v) for k, v in vars(args).items()}),
+                                             "rows": rows})
+    return 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="C-BBL ablation at small scale (resumable)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -245,8 +312,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default="data/synthetic.yaml")
     parser.add_argument("--hyp", default="data/hyps/hyp.demo.yaml", help="base hyperparameters of every run "
                         "(train.py's default recipe: AdamW at lr0 0.0032)")
-    parser.add_argument("--optimizer", default=None, help="default: the hyp file's (SGD at this budget learned "
-                        "nothing measurable: see benchmarks/results/ablation_sgd192)")
+    parser.add_argument("--optimizer", default=None, help="default: the hyp file's (YOLOv5's SGD recipe learned "
+                        "nothing measurable at this budget)")
     parser.add_argument("--img", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8, help="also the nominal batch: no accumulation")
@@ -261,7 +328,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-min", type=float, default=45.0, help="start no new run after this many minutes")
     parser.add_argument("--retry-failed", action="store_true", help="run failed (config, seed) pairs again")
     parser.add_argument("--summary-only", action="store_true",
-                        help="train nothing: rewrite summary.csv and curves.png from runs.csv (after parallel shards)")
+                        help="train nothing: rewrite summary.csv and summary.md from runs.csv (after parallel shards)")
+    parser.add_argument("--gradients", action="store_true",
+                        help="train nothing: box-loss gradients of the seed-0 runs' first and last epoch")
+    parser.add_argument("--gradient-images", type=int, default=32, help="validation images of --gradients")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ablation",
                         help="results folder (runs.csv, summary.csv, curves)")
     parser.add_argument("--project", type=Path, default=ROOT / "runs" / "ablation",
@@ -272,6 +342,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_start(logger, args.threads)
+    if args.gradients:
+        return gradients(args)
     out_dir = args.out
     runs_csv = out_dir / "runs.csv"
     header = header_lines({key: str(value) for key, value in vars(args).items()})
@@ -282,13 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         if (time.perf_counter() - start) / 60 > args.budget_min:
             logger.info("budget of %.0f min spent: stopping before %s seed %d", args.budget_min, config, seed)
             break
-        row = run_one(args, config, seed, read_csv(runs_csv))
+        row = run_one(args, config, seed)
         append_csv_row(runs_csv, row)
         logger.info("%s seed %d: %s", config, seed, {k: row.get(k) for k in (*METRICS, "wall_s", "status")})
     summary = summarize(read_csv(runs_csv))
     write_csv(out_dir / "summary.csv", summary)
     (out_dir / "summary.md").write_text(markdown_tables(summary, read_csv(out_dir / "grid_mass.csv")), encoding="utf-8")
-    plot_curves(out_dir, summary)
     logger.info("\n".join(header))
     for entry in summary:
         cells = [f"{name} {entry[f'{name}_mean']!s:>8} +- {entry[f'{name}_std']!s:<8}" for name in METRICS]

@@ -6,14 +6,14 @@
 
 Per implementation and head: AMP training step time, images/s and peak GPU memory at each --train-batches,
 val throughput (fp16 forward + NMS at val settings, batch --val-batch) and detect latency (batch 1, NMS at
-detect settings). Both sides are timed by benchmarks/gpu_measure.py on identical synthetic inputs. Writes
+detect settings). Both sides are timed by the same code (benchmarks/common.py) on identical synthetic inputs. Writes
 <out>.json and <out>.md (format in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import functools
 import logging
 import sys
 import tempfile
@@ -23,54 +23,30 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import gpu_measure  # noqa: E402
-from benchmarks.common import NUM_CLASSES, REFERENCE_SCRIPT, RESULTS_DIR, environment, result_of, write_json  # noqa: E402
-from utils.head import HeadConfig  # noqa: E402
-from utils.hyp import load_hyp  # noqa: E402
+from benchmarks.common import NUM_CLASSES, REFERENCE_SCRIPT, RESULTS_DIR, environment, gpu_rows, result_of, write_json  # noqa: E402
+from benchmarks.speed_vs_yolov5 import build_ours, head_name  # noqa: E402
+from utils.files import atomic_write_text  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
 logger = logging.getLogger("benchmarks.gpu_check")
-ROOT = Path(__file__).resolve().parents[1]
 # --dry-run: the plumbing on CPU in seconds, one thread (figures meaningless).
 DRY_RUN = {"cfg": "yolov5n-xs-tph", "img": 64, "train_batches": [2], "val_batch": 2, "steps": 1, "warmup": 0,
            "repeats": 1, "device": "cpu", "ref_python": None}
 
 
-def our_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+def our_rows(args: argparse.Namespace) -> list[dict]:
     """Training and inference rows of our model, for each head."""
-    from models.yolo import Model
     from utils.loss import ComputeLoss, LossSettings
     from utils.nms import non_max_suppression
 
     rows = []
     for box_loss in ("ciou", "cbbl"):
-        hyp = load_hyp(None, box_loss=box_loss)
-        torch.manual_seed(0)
-        model = Model(ROOT / "models" / f"{args.cfg}.yaml", nc=NUM_CLASSES, head=HeadConfig.from_hyp(hyp, args.img))
-        model = model.to(device)
+        model, hyp = build_ours(args.cfg, box_loss, args.img)
+        model = model.to(args.device)
         criterion = ComputeLoss(model, LossSettings.from_hyp(hyp), imgsz=args.img)
-        head = "cbbl" if box_loss == "cbbl" else "regress"
-        base = {"impl": "ours", "model": args.cfg, "head": head, "imgsz": args.img}
-        for batch in args.train_batches:
-            timing = gpu_measure.train_throughput(model, criterion, device, batch, args.img, NUM_CLASSES,
-                                                  args.steps, args.warmup, amp=device.type == "cuda")
-            rows.append({**base, "task": "train_step_amp", "batch": batch, **timing})
-        fused = copy.deepcopy(model).fuse().eval()
-        fused = fused.half() if args.half else fused
-
-        def forward(images: torch.Tensor, fused=fused) -> torch.Tensor:
-            return fused(images)[0]
-
-        for task, settings in gpu_measure.PREDICT_NMS.items():
-            batch = args.val_batch if task == "val" else 1
-
-            def nms(pred: torch.Tensor, settings=settings) -> list:
-                return non_max_suppression(pred, nc=NUM_CLASSES, **settings)
-
-            timing = gpu_measure.predict_latency(forward, nms, device, batch, args.img, args.repeats, args.warmup,
-                                                 args.half)
-            rows.append({**base, "task": task, "batch": batch, **timing})
-        del model, fused, criterion
+        base = {"impl": "ours", "model": args.cfg, "head": head_name(box_loss), "imgsz": args.img}
+        rows += gpu_rows(model, criterion, functools.partial(non_max_suppression, nc=NUM_CLASSES), base, args)
+        del model, criterion  # the next head's peak memory is its own
     return rows
 
 
@@ -80,7 +56,7 @@ def reference_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
         return [], (f"reference not measured: no reference python ({args.ref_python}); gpu_check.sh installs "
                     "yolov5==7.0.14 (offline: pass it --wheels DIR)")
     command = [str(args.ref_python), str(REFERENCE_SCRIPT), "gpu", "--cfg", args.ref_cfg, "--nc", str(NUM_CLASSES),
-               "--img", str(args.img), "--train-batches", *map(str, args.train_batches), "--batch",
+               "--img", str(args.img), "--train-batches", *map(str, args.train_batches), "--val-batch",
                str(args.val_batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats",
                str(args.repeats), "--device", args.device] + (["--half"] if args.half else [])
     try:
@@ -120,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in DRY_RUN.items():
             setattr(args, key, value)
         torch.set_num_threads(1)
-    args.half = args.device.startswith("cuda")
+    args.half, args.nc = args.device.startswith("cuda"), NUM_CLASSES
     return args
 
 
@@ -132,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("--device %s: CUDA is not available here; use --dry-run for the CPU plumbing check", args.device)
         return 2
     torch.backends.cudnn.benchmark = True  # both trainers turn it on
-    rows = our_rows(args, device)
+    rows = our_rows(args)
     theirs, note = reference_rows(args) if not args.dry_run else ([], "dry run: CPU, tiny sizes, no reference")
     notes = [note] if note else []
     rows += theirs
@@ -140,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                "dry_run": args.dry_run, "notes": notes, "rows": rows}
     write_json(args.out.with_suffix(".json"), payload)
     table = markdown(rows, notes)
-    tmp = args.out.with_suffix(".md.tmp")
-    tmp.write_text(table, encoding="utf-8")
-    tmp.replace(args.out.with_suffix(".md"))
+    atomic_write_text(args.out.with_suffix(".md"), table)
     logger.info("\n%s", table)
     return 0
 

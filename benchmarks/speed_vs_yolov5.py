@@ -1,7 +1,7 @@
 """Speed and memory against the reference implementation (Ultralytics' YOLOv5 from PyPI), same machine.
 
     python benchmarks/speed_vs_yolov5.py --ref-python /path/to/refenv/bin/python
-    python benchmarks/speed_vs_yolov5.py --cfg yolov5n --tasks infer nms --rounds 3
+    python benchmarks/speed_vs_yolov5.py --cfg yolov5n --tasks infer train_step --rounds 3
 
 Each task runs as interleaved A/B rounds: ours, theirs, ours, theirs... A round times both sides back to
 back, so a load change between rounds hits both; its ratio (ours / theirs, < 1: ours faster) is taken on
@@ -11,10 +11,14 @@ single-threaded, as YOLOv5 sets it on import). The 1-minute load is recorded bef
 core count the run refuses to report (``--force`` reports anyway, marked ``loaded``).
 
 Our side runs in this process (except the memory task: a fresh process per side); theirs in its own venv
-(``--ref-python``, see docs/benchmarks.md) through benchmarks/_reference_yolov5.py, on the same inputs
-written to a temp folder. Our side is what the library does by default on CPU: fused and channels-last
+(``--ref-python``, see docs/benchmarks.md) through benchmarks/_reference_yolov5.py, on the same seeded inputs
+written to a temp folder: a training batch with many small boxes (VisDrone-like) and JPEGs at VisDrone's frame
+sizes for the mosaic loaders. Our side is what the library does by default on CPU: fused and channels-last
 inference through DetectBackend (and the ``--runtime onnxruntime`` path as its own rows), a channels-last
-training step as the Trainer runs it. Writes benchmarks/results/speed_vs_yolov5.{csv,json,md}.
+training step as the Trainer runs it. ``--precisions bf16`` adds our bfloat16 rows where the CPU has native bf16
+(AMX or AVX512-BF16): the training step under ``--amp`` (bf16 autocast of backbone and neck, head and loss fp32)
+and inference under ``--half``, each against YOLOv5's fp32, its only precision on CPU. The fp32 rows stay beside
+them. Writes benchmarks/results/speed_vs_yolov5.{csv,json,md}.
 """
 
 from __future__ import annotations
@@ -36,31 +40,61 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import speed_inputs  # noqa: E402
 from benchmarks.common import (  # noqa: E402
+    BOXES_PER_IMAGE,
     NUM_CLASSES,
     REFERENCE_SCRIPT,
     RESULT_PREFIX,
     RESULTS_DIR,
+    drain_loader,
     header_lines,
     peak_rss_mb,
     result_of,
+    synthetic_batch,
     time_call,
     write_csv,
     write_json,
 )
+from utils.files import atomic_write_text  # noqa: E402
 from utils.head import HeadConfig  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
+from utils.torch_utils import autocast, cpu_has_native_bf16  # noqa: E402
 
 logger = logging.getLogger("benchmarks.speed_vs_yolov5")
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("train_step", "infer", "nms", "dataloader", "metrics", "train_rss")
+TASKS = ("train_step", "infer", "dataloader", "train_rss")
 MODEL_TASKS = ("train_step", "infer", "train_rss")
 HEADS = ("ciou", "cbbl")  # box loss -> our regression / C-BBL head
 SPARSE = "torch-sparse"  # detect.py's PyTorch path for C-BBL: box distributions decoded only above --conf-thres
 RUNTIMES = ("torch", SPARSE, "onnxruntime")
+PRECISIONS = ("fp32", "bf16")  # ours; bf16 = autocast on the CPU's matrix units (--amp / --half)
+CPU = torch.device("cpu")
 EXIT_LOADED = 3
+FRAME_SIZES = ((1360, 765), (1920, 1080), (1400, 1050))  # VisDrone-DET frame sizes (w, h) of the loader images
+LOADER_IMAGES = 32
+
+
+def write_loader_images(folder: Path, nc: int, rng: np.random.Generator) -> Path:
+    """images/*.jpg + labels/*.txt (YOLO format) with textured backgrounds and filled small boxes."""
+    image_dir, label_dir = folder / "images", folder / "labels"
+    image_dir.mkdir(parents=True)
+    label_dir.mkdir(parents=True)
+    for index in range(LOADER_IMAGES):
+        width, height = FRAME_SIZES[index % len(FRAME_SIZES)]
+        low_res = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
+        image = cv2.resize(low_res, (width, height), interpolation=cv2.INTER_CUBIC)  # texture, realistic JPEG size
+        size = np.exp(rng.uniform(np.log(4), np.log(96), (BOXES_PER_IMAGE, 2)))  # 4..96 px, mostly < 32
+        boxes = np.concatenate([rng.uniform(size / 2, np.array([width, height]) - size / 2), size], 1)  # cxcywh
+        classes = rng.integers(0, nc, len(boxes))
+        for cx, cy, w, h in boxes:
+            color = tuple(int(c) for c in rng.integers(0, 256, 3))
+            cv2.rectangle(image, (int(cx - w / 2), int(cy - h / 2)), (int(cx + w / 2), int(cy + h / 2)), color, -1)
+        cv2.imwrite(str(image_dir / f"frame_{index:03d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        normalised = boxes / np.array([width, height, width, height])
+        lines = [f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for cls, (cx, cy, w, h) in zip(classes, normalised)]
+        (label_dir / f"frame_{index:03d}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return image_dir
 
 
 def build_ours(cfg: str, box_loss: str, imgsz: int):
@@ -76,8 +110,9 @@ def head_name(box_loss: str) -> str:
     return "cbbl" if box_loss == "cbbl" else "regress"
 
 
-def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str) -> dict:
-    """Forward + loss + backward on the shared batch, channels-last as the Trainer runs it on CPU (fp32)."""
+def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str, precision: str = "fp32") -> dict:
+    """Forward + loss + backward on the shared batch, channels-last as the Trainer runs it on CPU: under bf16 the
+    forward autocasts (the head stays fp32 by itself) and the loss runs in fp32, as Trainer.train_step does."""
     from utils.loss import ComputeLoss, LossSettings
 
     batch = torch.load(args.inputs / "train_batch.pt", weights_only=True)
@@ -88,57 +123,48 @@ def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str) -> dict:
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        loss, _ = criterion(model(images), batch["targets"])
+        with autocast(CPU, precision == "bf16"):
+            preds = model(images)
+            with torch.autocast("cpu", enabled=False):
+                loss, _ = criterion(preds, batch["targets"])
         loss.backward()
 
     return time_call(step, args.warmup, args.repeats)
 
 
-def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str):
+def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str, precision: str = "fp32"):
     """Our DetectBackend for a random-weight checkpoint of ``cfg``, as detect/val load it (cached per run);
-    ``torch-sparse`` is the PyTorch backend decoding as detect.py does at its default ``--conf-thres``."""
+    ``torch-sparse`` is the PyTorch backend decoding as detect.py does at its default ``--conf-thres``;
+    bf16 is detect.py's ``--half`` on CPU."""
     from utils.checkpoint import save_checkpoint
     from utils.infer.options import DetectOptions
     from utils.infer.predictor import load_backend
 
-    key = (cfg, box_loss, runtime)
+    key = (cfg, box_loss, runtime, precision)
     if key not in args.backends:
         path = args.inputs / f"ours_{cfg}_{box_loss}.pt"
         if not path.exists():
             model, _ = build_ours(cfg, box_loss, args.img)
             save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml,
                              "names": [str(i) for i in range(NUM_CLASSES)], "epoch": 0}, path)
-        backend = load_backend([str(path)], torch.device("cpu"), runtime="torch" if runtime == SPARSE else runtime)
+        backend = load_backend([str(path)], CPU, half=precision == "bf16",
+                               runtime="torch" if runtime == SPARSE else runtime)
+        if precision == "bf16" and not backend.bf16:
+            raise RuntimeError(f"{cfg} {box_loss} {runtime}: --half did not enable bf16 on this CPU")
         if runtime == SPARSE:
             backend.decode_only_above(DetectOptions().conf_thres)
         args.backends[key] = backend
     return args.backends[key]
 
 
-def ours_infer(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str) -> dict:
+def ours_infer(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str, precision: str = "fp32") -> dict:
     """Batch-1 latency per size through DetectBackend (fused; channels-last on CPU, or ONNX Runtime)."""
-    backend = ours_backend(args, cfg, box_loss, runtime)
+    backend = ours_backend(args, cfg, box_loss, runtime, precision)
     results = {}
     for size in args.infer_sizes:
         image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
         with torch.inference_mode():
             results[str(size)] = time_call(lambda image=image: backend(image), args.warmup, args.repeats)
-    return results
-
-
-def ours_nms(args: argparse.Namespace) -> dict:
-    """utils.nms.non_max_suppression on the shared candidates, per named setting (val, detect)."""
-    from utils.nms import non_max_suppression
-
-    candidates = torch.load(args.inputs / "nms_candidates.pt", weights_only=True)
-    settings = torch.load(args.inputs / "nms_settings.pt", weights_only=True)
-
-    results = {}
-    for name, setting in settings.items():
-        def run(setting=setting) -> list:
-            return non_max_suppression(candidates, nc=NUM_CLASSES, **setting)
-
-        results[name] = {**time_call(run, args.warmup, args.repeats), "kept": int(run()[0].shape[0])}
     return results
 
 
@@ -150,33 +176,13 @@ def ours_dataloader(args: argparse.Namespace, size: int) -> dict:
     loader, _ = create_dataloader(str(args.images), size, args.batch, 32, augmentation=AugmentSettings.from_hyp(),
                                   augment=True,
                                   workers=args.workers, shuffle=True, seed=0)
-    return per_image(speed_inputs.drain_loader(loader, args.loader_batches))
+    return per_image(drain_loader(loader, args.loader_batches))
 
 
 def per_image(drained: dict) -> dict:
     """drain_loader's images/s as a timing (one sample: min = median)."""
     seconds = 1 / drained["images_per_s"]
     return {"median_s": seconds, "min_s": seconds, "images_per_s": drained["images_per_s"]}
-
-
-def ours_metrics(args: argparse.Namespace) -> dict:
-    """utils.eval.coco.evaluate (what our val reports: mAP50, mAP50-95, AP by area) on the shared predictions."""
-    from utils.eval.coco import evaluate
-    from utils.eval.metrics import BoxSet
-
-    data = np.load(args.inputs / "metric_inputs.npz")
-    preds, labels = data["preds"], data["labels"]  # (P, 7) [img, xyxy, conf, cls], (L, 6) [img, cls, xyxy]
-    dets = BoxSet(preds[:, 0], preds[:, 1:5], preds[:, 6], score=preds[:, 5])
-    gts = BoxSet(labels[:, 0], labels[:, 2:6], labels[:, 1])
-    image_ids, categories = np.arange(int(data["num_images"])), np.arange(NUM_CLASSES)
-
-    def run():
-        return evaluate(gts, dets, image_ids, categories, max_dets=(1, 10, 300))
-
-    timing = time_call(run, args.warmup, args.repeats)
-    ap = run().class_ap()
-    timing["map50_95"] = float(ap[ap > -1].mean())
-    return timing
 
 
 def train_rss_child(argv: list[str]) -> None:
@@ -241,32 +247,35 @@ def pair(key: tuple, ours: dict, theirs: dict, value: str = "min_s") -> dict:
             "load": os.getloadavg()[0]}
 
 
+def variant(runtime: str, precision: str) -> str:
+    """A row's label for our side: runtime (cl = channels-last), then the precision where it is not fp32."""
+    label = {"torch": "torch cl", SPARSE: "torch cl sparse"}.get(runtime, runtime)
+    return label if precision == "fp32" else f"{label} {precision}"
+
+
 def round_train_step(args: argparse.Namespace, cfg: str) -> list[dict]:
-    ours = {box: ours_train_step(args, cfg, box) for box in HEADS}
+    paths = [(box, precision) for box in HEADS for precision in args.precisions]
+    ours = {path: ours_train_step(args, cfg, *path) for path in paths}
     theirs = run_reference(args, "train_step", cfg)
-    return [pair((f"train_step b{args.batch} {args.img}px", cfg, head_name(box), "torch cl"), ours[box], theirs)
-            for box in HEADS]
+    return [pair((f"train_step b{args.batch} {args.img}px", cfg, head_name(box), variant("torch", precision)),
+                 ours[box, precision], theirs) for box, precision in paths]
 
 
 def round_infer(args: argparse.Namespace, cfg: str) -> list[dict]:
-    paths = [(box, rt) for box in HEADS for rt in args.runtimes if rt != SPARSE or box == "cbbl"]  # same for regress
+    paths = [(box, rt, precision) for box in HEADS for rt in args.runtimes for precision in args.precisions
+             if (rt != SPARSE or box == "cbbl")  # sparse decode = dense decode for the regression head
+             and (precision == "fp32" or rt != "onnxruntime")]  # bf16 is a PyTorch autocast
     ours = {path: ours_infer(args, cfg, *path) for path in paths}
     theirs = run_reference(args, "infer", cfg)
-    labels = {"torch": "torch cl", SPARSE: "torch cl sparse"}
-    return [pair((f"infer b1 {size}px", cfg, head_name(box), labels.get(rt, rt)), ours[box, rt][str(size)],
-                 theirs[str(size)]) for box, rt in paths for size in args.infer_sizes]
+    return [pair((f"infer b1 {size}px", cfg, head_name(box), variant(rt, precision)),
+                 ours[box, rt, precision][str(size)], theirs[str(size)])
+            for box, rt, precision in paths for size in args.infer_sizes]
 
 
 def round_train_rss(args: argparse.Namespace, cfg: str) -> list[dict]:
     ours, theirs = ours_train_rss(args, cfg), run_reference(args, "train_rss", cfg)
     return [pair((f"peak RSS train b{args.batch} {args.img}px (MB)", cfg, "regress", "torch cl"), ours, theirs,
                  value="peak_rss_mb")]
-
-
-def round_nms(args: argparse.Namespace, cfg: str) -> list[dict]:
-    ours, theirs = ours_nms(args), run_reference(args, "nms")
-    return [pair((f"nms {args.nms_candidates} rows, {name} settings", "-", "-", "-"), ours[name], theirs[name])
-            for name in ours]
 
 
 def round_dataloader(args: argparse.Namespace, cfg: str) -> list[dict]:
@@ -279,38 +288,40 @@ def round_dataloader(args: argparse.Namespace, cfg: str) -> list[dict]:
     return rows
 
 
-def round_metrics(args: argparse.Namespace, cfg: str) -> list[dict]:
-    ours, theirs = ours_metrics(args), run_reference(args, "metrics")
-    return [pair((f"metrics {args.metric_images} images", "-", "-", "-"), ours, theirs)]
-
-
 ROUNDS: dict[str, Callable[[argparse.Namespace, str], list[dict]]] = {
-    "train_step": round_train_step, "infer": round_infer, "nms": round_nms, "dataloader": round_dataloader,
-    "metrics": round_metrics, "train_rss": round_train_rss}
+    "train_step": round_train_step, "infer": round_infer, "dataloader": round_dataloader,
+    "train_rss": round_train_rss}
 
 
 def summarise(rounds: list[list[dict]]) -> list[dict]:
-    """One row per measurement: the spread of the per-round ratios and both sides' best value over all rounds."""
+    """One row per measurement: the spread of the per-round ratios and both sides' best value over all rounds;
+    a bf16 row adds the median of its per-round ratio to our fp32 row of the same round (``vs_our_fp32``)."""
     rows = []
     for same in zip(*rounds):
         task, model, head, variant = same[0]["key"]
         ratios = [m["ratio"] for m in same]
-        rows.append({"task": task, "model": model, "our_head": head, "ours_variant": variant, "rounds": len(same),
-                     "ours_best": min(m["ours"] for m in same), "theirs_best": min(m["theirs"] for m in same),
-                     "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
-                     "ratio_max": round(max(ratios), 3), "ratios": " ".join(f"{r:.3f}" for r in ratios),
-                     "load_1min": " ".join(f"{m['load']:.1f}" for m in same)})
+        row = {"task": task, "model": model, "our_head": head, "ours_variant": variant, "rounds": len(same),
+               "ours_best": min(m["ours"] for m in same), "theirs_best": min(m["theirs"] for m in same),
+               "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+               "ratio_max": round(max(ratios), 3), "ratios": " ".join(f"{r:.3f}" for r in ratios),
+               "load_1min": " ".join(f"{m['load']:.1f}" for m in same)}
+        if variant.endswith(" bf16"):
+            fp32_key = (task, model, head, variant.removesuffix(" bf16"))
+            fp32 = [next(m["ours"] for m in measured if m["key"] == fp32_key) for measured in rounds]
+            row["vs_our_fp32"] = round(statistics.median(m["ours"] / f for m, f in zip(same, fp32)), 3)
+        rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[dict], loaded: bool) -> str:
     """The summary as a markdown table (ratio = ours / theirs; per-round spread in brackets)."""
-    lines = ["| task | model | our head | ours | ours best | theirs best | ratio median [min, max] |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| task | model | our head | ours | ours best | theirs best | ratio median [min, max] | bf16 / our fp32 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
+        vs_fp32 = f"{row['vs_our_fp32']:.2f}" if "vs_our_fp32" in row else "-"
         lines.append(f"| {row['task']} | {row['model']} | {row['our_head']} | {row['ours_variant']} | "
                      f"{row['ours_best']:.4g} | {row['theirs_best']:.4g} | **{row['ratio_median']:.2f}** "
-                     f"[{row['ratio_min']:.2f}, {row['ratio_max']:.2f}] |")
+                     f"[{row['ratio_min']:.2f}, {row['ratio_max']:.2f}] | {vs_fp32} |")
     if loaded:
         lines.append("\nLOADED: the 1-minute load exceeded the core count (run with --force); indicative only.")
     return "\n".join(lines) + "\n"
@@ -333,11 +344,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES,
                         help="our inference runtimes to time (as detect/val --runtime; torch-sparse: "
                              "the C-BBL rows as detect.py decodes them)")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS,
+                        default=list(PRECISIONS) if cpu_has_native_bf16() else ["fp32"],
+                        help="our precisions for the train_step and infer rows (bf16: --amp / --half on a CPU "
+                             "with native bf16; the default where it has it)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per side per round")
     parser.add_argument("--rounds", type=int, default=5, help="A/B rounds per task (ours, theirs, ours, theirs...)")
-    parser.add_argument("--nms-candidates", type=int, default=25200, help="rows of the candidate tensor (640 px)")
-    parser.add_argument("--metric-images", type=int, default=500)
     parser.add_argument("--loader-batches", type=int, default=8)
     parser.add_argument("--rss-steps", type=int, default=3, help="training steps of the peak-memory task")
     parser.add_argument("--rss-cfg", default="yolov5s", help="architecture of the peak-memory task")
@@ -361,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
                      "/work/refenv && /work/refenv/bin/pip install yolov5==7.0.14 'setuptools<80'` or pass "
                      "--ref-python", args.ref_python)
         return 2
+    if "bf16" in args.precisions and not cpu_has_native_bf16():
+        logger.error("--precisions bf16: this CPU has no native bfloat16 (amx_bf16/avx512_bf16), bf16 would be "
+                     "emulated; measure fp32 only")
+        return 2
     cores = os.cpu_count() or 1
     load_before, loaded = machine_load(cores)
     if loaded and not args.force:
@@ -372,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="speed_vs_yolov5_") as tmp:
         args.inputs, args.backends = Path(tmp), {}
-        args.images = speed_inputs.write_all(args.inputs, args, NUM_CLASSES)
+        images, targets = synthetic_batch(args.batch, args.img, NUM_CLASSES)
+        torch.save({"images": images, "targets": targets}, args.inputs / "train_batch.pt")  # read by both sides
+        args.images = write_loader_images(args.inputs / "loader", NUM_CLASSES, np.random.default_rng(0))
         for task in args.tasks:
             for cfg in {"train_rss": [args.rss_cfg]}.get(task, args.cfg if task in MODEL_TASKS else ["-"]):
                 rounds = []
@@ -403,9 +422,7 @@ def report(args: argparse.Namespace, rows: list[dict], settings: dict, cores: in
     header = header_lines(settings)
     write_csv(args.out.with_suffix(".csv"), rows)
     write_json(args.out.with_suffix(".json"), {"header": header, "loaded": loaded, "complete": complete, "rows": rows})
-    markdown = args.out.with_suffix(".md.tmp")
-    markdown.write_text("\n".join(header) + "\n\n" + table, encoding="utf-8")
-    markdown.replace(args.out.with_suffix(".md"))
+    atomic_write_text(args.out.with_suffix(".md"), "\n".join(header) + "\n\n" + table)
     return 0
 
 if __name__ == "__main__":

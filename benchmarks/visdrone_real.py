@@ -129,28 +129,6 @@ def run_training(args: argparse.Namespace, data: Path, config: str, seed: int, r
         raise RuntimeError(f"train.py exited {code}: see {run_dir.parent / (run_dir.name + '.log')}")
 
 
-def tp_uncertainty(collected, correct50: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(uncertainty, 1 - IoU with the best same-class ground truth) of the true positives at IoU .5."""
-    from utils.eval.yolov5 import pairwise_iou
-
-    dets, gts = collected.dets, collected.gts
-    rows = np.flatnonzero(correct50)
-    best_iou = np.zeros(len(rows))
-    for out, row in enumerate(rows):
-        same = (gts.image == dets.image[row]) & (gts.category == dets.category[row])
-        best_iou[out] = pairwise_iou(dets.boxes[row:row + 1], gts.boxes[same]).max(initial=0.0)
-    return collected.det_extra[rows, 0], 1.0 - best_iou
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties); nan below 3 points."""
-    import pandas as pd
-
-    if len(a) < 3:
-        return float("nan")
-    return float(np.corrcoef(pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy())[0, 1])
-
-
 def first_per_image(collected, limit: int):
     """The collection with each image's first ``limit`` detections (NMS order = a smaller --max-det)."""
     image = collected.dets.image
@@ -166,6 +144,7 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
 
     from utils.data.config import load_data_config
     from utils.data.dataset import create_dataloader
+    from utils.eval.reliability import spearman, true_positive_ious
     from utils.eval.scoring import score_detections
     from utils.eval.validator import collect
     from utils.eval.yolov5 import evaluate as yolov5_evaluate
@@ -183,7 +162,8 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
     if collected.det_extra.shape[1]:
         yolo = first_per_image(collected, MAX_DET["yolov5"])
         correct = yolov5_evaluate(yolo.dets, yolo.gts, np.arange(len(yolo.image_paths))).correct[:, 0]
-        uncertainty, error = tp_uncertainty(yolo, correct)
+        rows, ious = true_positive_ious(yolo.dets, yolo.gts, correct)
+        uncertainty, error = yolo.det_extra[rows, 0], 1 - ious
         row["spearman_unc_vs_1-iou"] = round(spearman(uncertainty, error), 4)
         write_csv(args.out / "tp_uncertainty" / f"{config}_s{seed}.csv",
                   [{"uncertainty": round(float(u), 5), "one_minus_iou": round(float(e), 5)}

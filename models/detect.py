@@ -14,7 +14,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from utils.cbbl import BoxGrids, SideStats, decode_offsets, decoded_points, expectation_and_entropy, side_statistics
+from utils.boxes import decode_offsets
+from utils.cbbl.distribution import SideStats, decoded_points, expectation_and_entropy, side_statistics
+from utils.cbbl.grid import BoxGrids
 from utils.head import DetectOutput, HeadConfig, as_head_config
 from utils.torch_utils import float32_under_cpu_autocast
 
@@ -159,7 +161,8 @@ class Detect(nn.Module):
 
     def box_statistics(self, box_raw: torch.Tensor) -> SideStats:
         """Raw C-BBL box channels (..., box_channels) -> per-coordinate (x, y, w, h) statistics of the distributions
-        (utils.cbbl.SideStats: mean, variance, top-k, entropy, and the variance of the decoded cells / size ratios)."""
+        (utils.cbbl.distribution.SideStats: mean, variance, top-k, entropy, and the variance of the decoded cells / size
+        ratios)."""
         logits = box_raw.unflatten(-1, (4, self.bins))  # (..., 4, K)
         return side_statistics(logits, self.grid_points, decoded_points(self.grid_points, self.space))
 

@@ -102,13 +102,14 @@ TINY_MODEL_YAML = {
 
 
 def make_tiny_checkpoint(path: Path, box: str = "regress", names: list | None = None, seed: int = 0,
-                         objectness_logit: float | None = 0.0, head: dict | None = None) -> Path:
+                         objectness_logit: float | None = 0.0, head: dict | None = None, opt: dict | None = None
+                         ) -> Path:
     """Save a randomly initialised tiny model as a project checkpoint at ``path``.
 
     ``head``: more HeadConfig settings (e.g. a C-BBL grid mode and points) over the box mode's defaults.
     ``objectness_logit`` overwrites the objectness and class biases (0.0: sigmoid 0.5 each, so random weights
     give confidences near 0.25 and many boxes above a conf threshold of 0.1); None keeps YOLOv5's priors
-    (almost no boxes).
+    (almost no boxes). ``opt``: the training options record (e.g. ``{"tile": 64}`` for a --tile run).
     """
     from models.yolo import Model
     from utils.checkpoint import save_checkpoint
@@ -122,7 +123,7 @@ def make_tiny_checkpoint(path: Path, box: str = "regress", names: list | None = 
                 conv.bias.view(detect.na, detect.no)[:, detect.box_channels:] = objectness_logit
     names = names or ["car", "pedestrian", "van"]
     save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml, "names": names,
-                     "epoch": 0}, path)
+                     "epoch": 0, **({"opt": opt} if opt else {})}, path)
     return path
 
 

@@ -1,11 +1,10 @@
-"""benchmarks/ablation.py and gradient_analysis.py: one tiny study end to end, then the gradients of its seed-0
-runs, so the scripts keep reading what training writes."""
+"""benchmarks/ablation.py: one tiny study end to end, then the gradients of its seed-0 runs, so the script keeps
+reading what training writes."""
 
 from __future__ import annotations
 
 import math
 
-from benchmarks import gradient_analysis
 from benchmarks.ablation import main
 from benchmarks.common import read_csv
 from tests.conftest import make_yolo_dataset
@@ -27,12 +26,10 @@ def test_study_records_metrics_grid_mass_and_summary(tmp_path):
     masses = [float(m) for m in read_csv(out / "grid_mass.csv")[0]["mass_pct"].split()]
     assert len(masses) == 10 and abs(sum(masses) - 100) < 1
     summary = {row["config"]: row for row in read_csv(out / "summary.csv")}
-    assert summary["cbbl_auto"]["seeds_ok"] == "1" and (out / "summary.md").is_file() and (out / "curves.png").is_file()
+    assert summary["cbbl_auto"]["seeds_ok"] == "1" and (out / "summary.md").is_file() and (out / "curves").is_dir()
 
-    gradients = tmp_path / "gradients"
-    assert gradient_analysis.main(["--first-last", "--runs-dir", str(tmp_path / "runs" / "study"), "--runs", "ciou_s0",
-                                   "cbbl_auto_s0", "--data", str(data), "--img", "64", "--batches", "1", "--batch", "4",
-                                   "--out", str(gradients)]) == 0
-    rows = read_csv(gradients.with_suffix(".csv"))
+    assert main(["--gradients", "--configs", "ciou", "cbbl_auto", "--img", "64", "--gradient-images", "4",
+                 "--data", str(data), "--out", str(out), "--project", str(tmp_path / "runs")]) == 0
+    rows = read_csv(out / "gradients.csv")
     assert [row["config"] for row in rows] == ["ciou", "cbbl_auto"]  # one epoch: first == last
     assert all(float(row["small_mean"]) > 0 or float(row["normal_mean"]) > 0 for row in rows)

@@ -1,18 +1,22 @@
-"""Tests for utils/boxes.py: conversions round-trip, IoU family properties, letterbox undo."""
+"""Tests for utils/boxes.py: conversions round-trip, IoU family properties, letterbox undo, the offset codec."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import random_boxes
 from utils.boxes import (
+    OFFSET_SPACES,
     aligned_iou,
     box_ioa,
     box_iou,
     clip_boxes,
     cxcywh_to_xyxy,
     cxcywhn_to_xyxy,
+    decode_offsets,
+    encode_offsets,
     scale_boxes_to_original,
     xyxy_to_cxcywh,
     xyxy_to_cxcywhn,
@@ -83,3 +87,25 @@ def test_scale_boxes_undoes_letterbox():
 def test_clip_boxes():
     boxes = torch.tensor([[-5.0, -5.0, 120.0, 50.0]])
     torch.testing.assert_close(clip_boxes(boxes, 40, 100), torch.tensor([[0.0, 0.0, 100.0, 40.0]]))
+
+
+@settings(deadline=None, max_examples=40)
+@given(dx=st.floats(-0.49, 1.49), dy=st.floats(-0.49, 1.49), rw=st.floats(0.26, 3.9), rh=st.floats(0.26, 3.9),
+       space=st.sampled_from(OFFSET_SPACES))
+def test_offset_spaces_round_trip(dx, dy, rw, rh, space):
+    dxy, ratio = torch.tensor([[dx, dy]], dtype=torch.float64), torch.tensor([[rw, rh]], dtype=torch.float64)
+    t = encode_offsets(dxy, ratio, space)  # (1, 4)
+    back_dxy, back_ratio = decode_offsets(t, space)
+    torch.testing.assert_close(back_dxy, dxy, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(back_ratio, ratio, rtol=1e-6, atol=1e-9)
+
+
+def test_offset_zero_is_the_anchor_prior_in_both_spaces():
+    for space in OFFSET_SPACES:
+        dxy, ratio = decode_offsets(torch.zeros(4), space)
+        torch.testing.assert_close(dxy, torch.full((2,), 0.5))
+        torch.testing.assert_close(ratio, torch.ones(2))
+    with pytest.raises(ValueError, match="offset space"):
+        decode_offsets(torch.zeros(4), "log")
+    with pytest.raises(ValueError, match="offset space"):
+        encode_offsets(torch.zeros(2), torch.ones(2), "log")

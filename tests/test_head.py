@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.cbbl import interval_mass
+from utils.cbbl.fit import interval_mass
 from utils.head import (
     FITTED_GRIDS,
     HeadConfig,
@@ -63,7 +63,7 @@ def test_size_range_of_the_data_grids_starts_at_the_anchor_t_bound():
         assert head.size_points[0] == pytest.approx(low, abs=1e-5) and head.size_points[-1] == pytest.approx(high)
         assert head.centre_points[0] == -4.0
     linear = HeadConfig(box_loss="cbbl", grid="uniform", space="linear", anchor_t=4.0)
-    assert linear.group_range("size") == pytest.approx((-math.log(4.0), math.log(4.0)))
+    assert linear.grid_ranges.size == pytest.approx((-math.log(4.0), math.log(4.0)))
 
 
 def test_dict_round_trip_and_older_checkpoint_keys():
@@ -100,14 +100,14 @@ def test_quantile_grid_gives_equal_mass_per_interval():
     for points, columns in ((head.centre_points, offsets[:, :2]), (head.size_points, offsets[:, 2:])):
         mass = interval_mass(columns.reshape(-1), torch.tensor(points))
         assert (mass - 0.1).abs().max() < 0.02  # within 2 points of 10% per interval
-    assert head.size_points[0] == pytest.approx(head.group_range("size")[0])
+    assert head.size_points[0] == pytest.approx(head.grid_ranges.size[0])
 
 
 @pytest.mark.parametrize("beta", [1.5, 2.5, 4.0])
 def test_auto_fit_recovers_a_known_beta(beta):
     head = fit_head_grid(HeadConfig(box_loss="cbbl", grid="auto"), synthetic_offsets(beta))
     assert head.beta == pytest.approx(beta, abs=0.1) and head.size_beta is not None
-    assert head.centre_points[0] == -4.0 and head.size_points[0] == pytest.approx(head.group_range("size")[0])
+    assert head.centre_points[0] == -4.0 and head.size_points[0] == pytest.approx(head.grid_ranges.size[0])
 
 
 @pytest.mark.parametrize("grid", FITTED_GRIDS)

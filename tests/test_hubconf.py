@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import pytest
 
 import hubconf
@@ -22,3 +24,22 @@ def test_custom_refuses_exported_files_by_name(tmp_path, suffix):
 def test_custom_loads_a_checkpoint(tiny_checkpoint):
     model = hubconf.custom(path=str(tiny_checkpoint()), device="cpu")
     assert model.names == ["car", "pedestrian", "van"]
+
+
+def test_custom_slices_a_tile_trained_checkpoint_as_detect_py_does(tmp_path, tiny_checkpoint):
+    """The hub model of a --tile checkpoint slices by default (``model.slice = 'off'`` for whole frames)."""
+    from utils.infer.predictor import run
+
+    image = np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8)  # RGB
+    cv2.imwrite(str(tmp_path / "frame.png"), image[:, :, ::-1])
+    weights = tiny_checkpoint(name="tiled.pt", opt={"tile": 48, "tile_overlap": 0.25, "tile_scale": 1.0})
+    model = hubconf.custom(path=str(weights), device="cpu")
+    model.conf, model.max_det = 0.1, 10_000  # no cut at max_det, where equal confidences could tie
+    sliced = model(image, size=64).xyxy[0]
+    expected = run(weights=str(weights), source=str(tmp_path / "frame.png"), imgsz=64, conf_thres=0.1,
+                   iou_thres=0.45, max_det=10_000, nosave=True, project=str(tmp_path))[0]
+    assert 0 < len(sliced) < 10_000
+    ours, theirs = (boxes[np.lexsort(boxes.T[::-1])] for boxes in (sliced[:, :4].numpy(), expected.xyxy))
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)  # sorted by position: equal confidences come in any order
+    model.slice = "off"
+    assert not np.array_equal(model(image, size=64).xyxy[0].numpy(), sliced.numpy())

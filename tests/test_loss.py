@@ -13,8 +13,7 @@ from models.detect import Detect
 from models.yolo import Model
 from tests.conftest import positives
 from utils.assign import assign_level
-from utils.boxes import aligned_iou
-from utils.cbbl import encode_offsets
+from utils.boxes import aligned_iou, encode_offsets
 from utils.head import HeadConfig
 from utils.hyp import load_hyp
 from utils.loss import ComputeLoss, LossGains, LossSettings, _LevelGather, bce_with_logits

@@ -170,3 +170,41 @@ def aligned_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str = "iou") -
     with torch.no_grad():
         alpha = aspect / (aspect - iou + (1 + _EPS))
     return iou - (centre_dist_sq / hull_diag_sq + aspect * alpha)
+
+
+# YOLO's offset codec: matched ground truth <-> raw offsets t, shared by the regression and C-BBL heads.
+# ``dxy`` is the box centre minus the cell's top-left corner, in cell units (YOLOv5 assignment keeps it in
+# [-0.5, 1.5]); ``ratio`` is box size over anchor size (kept in [1/anchor_t, anchor_t]). The offset spaces say how
+# t maps to them: ``logit`` is YOLOv5's sigmoid decode inverted, ``linear`` the plain affine / log form.
+OFFSET_SPACES = ("logit", "linear")
+# Keeps logit() finite when a target sits exactly on the decode's open-interval ends.
+_LOGIT_EPS = 1e-6
+
+
+def decode_offsets(t: torch.Tensor, space: str = "logit") -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw offsets (..., 4) -> (dxy (..., 2) in cells, size ratio (..., 2) to the anchor).
+
+    logit: dxy = 2 sigmoid(t) - 0.5, ratio = (2 sigmoid(t))^2 (YOLOv5). linear: dxy = t + 0.5, ratio = exp(t).
+    Inverse of :func:`encode_offsets`.
+    """
+    if space == "logit":
+        sig = t.sigmoid()
+        return sig[..., :2] * 2 - 0.5, (sig[..., 2:] * 2) ** 2
+    if space == "linear":
+        return t[..., :2] + 0.5, t[..., 2:].exp()
+    raise ValueError(f"unknown offset space {space!r}; expected one of {OFFSET_SPACES}")
+
+
+def encode_offsets(dxy: torch.Tensor, ratio: torch.Tensor, space: str = "logit") -> torch.Tensor:
+    """(dxy (..., 2) cells, ratio (..., 2)) -> raw offsets (..., 4); inverse of :func:`decode_offsets`.
+
+    logit: t = logit((dxy + 0.5) / 2) and logit(sqrt(ratio) / 2); linear: t = dxy - 0.5 and ln(ratio).
+    Values beyond the decode's reach come out large and are clamped later by the grid.
+    """
+    if space == "logit":
+        unit_xy = ((dxy + 0.5) / 2).clamp(_LOGIT_EPS, 1 - _LOGIT_EPS)
+        unit_wh = (ratio.sqrt() / 2).clamp(_LOGIT_EPS, 1 - _LOGIT_EPS)
+        return torch.cat([torch.logit(unit_xy), torch.logit(unit_wh)], -1)
+    if space == "linear":
+        return torch.cat([dxy - 0.5, ratio.clamp(min=_LOGIT_EPS).log()], -1)
+    raise ValueError(f"unknown offset space {space!r}; expected one of {OFFSET_SPACES}")

@@ -7,12 +7,9 @@ training actually uses), stored as plain data in the checkpoint (``model_yaml['d
 :meth:`HeadConfig.from_dict`, the one place where older checkpoints' keys are mapped. Each setting has one name
 everywhere (``box_loss``, ``bins``, ``alpha``, ``beta``, ``grid``, ...); ``box_mode`` is derived from ``box_loss``.
 
-C-BBL grids (DESIGN.md section 3, issue 13): one grid per coordinate group, centre (x, y) and size (w, h).
-``in`` is the paper's (uniform, then the IN transform with ``beta``; the same symmetric [-alpha, alpha] grid
-for both groups); ``uniform``, ``auto`` (the IN family fitted to the training targets) and ``quantile``
-(equal target mass) give the size group the range the assignment allows (its lower end is the anchor_t
-bound, not -alpha). ``auto`` and ``quantile`` points are fitted at training start
-(utils/engine/grid_fit.py) and stored here, so every later decode uses the same points.
+C-BBL grids: one grid per coordinate group, centre (x, y) and size (w, h), placed by the ``grid`` mode
+(utils/cbbl/modes.py). ``auto`` and ``quantile`` points are fitted at training start (utils/engine/grid_fit.py)
+and stored here, so every later decode uses the same points.
 """
 
 from __future__ import annotations
@@ -23,28 +20,15 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
-from utils.cbbl import (
-    OFFSET_SPACES,
-    RESTORE_MODES,
-    UM_MODES,
-    BoxGrids,
-    CBBLGrid,
-    check_points,
-    encode_offsets,
-    fit_in_family,
-    grid_points,
-    in_family_points,
-    quantile_points,
-)
+from utils.box_terms import BOX_LOSSES
+from utils.boxes import OFFSET_SPACES
+from utils.cbbl.distribution import UM_MODES
+from utils.cbbl.grid import RESTORE_MODES, BoxGrids, CBBLGrid, check_points
+from utils.cbbl.modes import FITTED_GRIDS, GRID_MODE_TABLE, GRID_MODES, FittedGridMode, GridMode, GridRanges
 from utils.options import option, override_fields
 
-BOX_LOSSES = ("ciou", "l1", "smooth_l1", "cbbl")
-GRID_MODES = ("in", "auto", "quantile", "uniform")
-FITTED_GRIDS = ("auto", "quantile")  # points come from the training set's targets
 # Paper section 4.4: the IN strength by training size (only for grid 'in' without an explicit beta).
 PAPER_BETA_BELOW, PAPER_BETA_AT_OR_ABOVE, PAPER_BETA_SIZE = 5.0, 3.0, 1024
-# 'auto': the size grid's upper end covers this fraction of the size targets (the rest is clamped to it).
-AUTO_SIZE_COVERAGE = 0.999
 # Keys older checkpoints stored in model_yaml['detect'], mapped by from_dict; a stored C-BBL head without a
 # grid mode predates the modes and was decoded with the paper's grid.
 _LEGACY_BOX = {"regress": "ciou", "cbbl": "cbbl"}
@@ -136,47 +120,38 @@ class HeadConfig:
 
     @property
     def resolved_beta(self) -> float:
-        """The IN strength of grid 'in' (the paper's 5 when none was given or derived)."""
+        """The IN strength the settings give: ``beta``, or the paper's 5 when none was given or derived (grid 'in',
+        and 'auto'/'quantile' before their fit)."""
         return PAPER_BETA_BELOW if self.beta is None else float(self.beta)
+
+    @property
+    def grid_mode(self) -> GridMode:
+        """The object that places this head's grid points (utils/cbbl/modes.py)."""
+        return GRID_MODE_TABLE[self.grid]
 
     @property
     def group_betas(self) -> tuple[Optional[float], Optional[float]]:
         """The IN strength of the (centre, size) grids: both ``beta`` for 'in', the fitted pair for 'auto',
-        None for grids outside the IN family ('quantile') and for 'uniform' (0 in effect)."""
-        if self.grid == "in":
-            return self.resolved_beta, self.resolved_beta
-        return (self.beta, self.size_beta) if self.grid == "auto" else (None, None)
+        None for grids outside the IN family ('quantile') and for 'uniform' (0 in effect); see the grid mode."""
+        return self.grid_mode.group_betas(self.resolved_beta, self.size_beta)
 
-    def group_range(self, group: str) -> tuple[float, float]:
-        """The offset range a coordinate group's grid spans: [-alpha, alpha] for 'in' (the paper) and for the
-        centre; for the size in other modes, the offsets the assignment can produce (ratio in
-        [1/anchor_t, anchor_t]), clipped to [-alpha, alpha]."""
-        if group == "centre" or self.grid == "in":
-            return -self.alpha, self.alpha
-        cpu64 = {"dtype": torch.float64, "device": "cpu"}  # a constant, also while a model is built on "meta"
-        ratio = torch.tensor([[1.0 / self.anchor_t], [self.anchor_t]], **cpu64).expand(2, 2)
-        bounds = encode_offsets(torch.zeros(2, 2, **cpu64), ratio, self.space)[:, 2]  # (2,) w column
-        return max(-self.alpha, float(bounds[0])), min(self.alpha, float(bounds[1]))
+    @property
+    def grid_ranges(self) -> GridRanges:
+        """The offset range [low, high] the centre and size grids span (see the grid mode)."""
+        return self.grid_mode.ranges(self.alpha, self.anchor_t, self.space)
 
     def _default_points(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Points that follow from the settings alone ('auto'/'quantile' before their fit: the IN family
         with the paper's beta on each group's range)."""
-        if self.grid == "in":
-            points = tuple(grid_points(self.alpha, self.bins, self.resolved_beta).tolist())
-            return points, points
-        beta = 0.0 if self.grid == "uniform" else self.resolved_beta
-        groups = []
-        for group in ("centre", "size"):
-            low, high = self.group_range(group)
-            groups.append(tuple(in_family_points(low, min(max(0.0, low), high), high, self.bins, beta).tolist()))
-        return groups[0], groups[1]
+        centre, size, _, _ = self.grid_mode.points(self.grid_ranges, self.bins, self.resolved_beta)
+        return centre, size
 
     def box_grids(self) -> Optional[BoxGrids]:
         """The centre and size grids the head decodes and the loss encodes with (None for regression)."""
         if not self.is_cbbl:
             return None
-        return BoxGrids(CBBLGrid.from_points(torch.tensor(self.centre_points, device="cpu")),
-                        CBBLGrid.from_points(torch.tensor(self.size_points, device="cpu")))
+        return BoxGrids(CBBLGrid(torch.tensor(self.centre_points, device="cpu")),
+                        CBBLGrid(torch.tensor(self.size_points, device="cpu")))
 
     @classmethod
     def from_hyp(cls, hyp: Any, imgsz: int) -> HeadConfig:
@@ -278,24 +253,11 @@ def as_head_config(head: Any) -> HeadConfig:
 
 
 def fit_head_grid(head: HeadConfig, offsets: torch.Tensor) -> HeadConfig:
-    """``head`` with its centre and size grids fitted to raw offset labels (P, 4) (grid 'auto' or 'quantile').
-
-    auto: the IN family; the centre keeps the paper's symmetric [-alpha, alpha] form and gets its beta, the size
-    gets its beta, densest point and upper end (the targets' 99.9th percentile, within the reachable range; the
-    lower end is the anchor_t bound). quantile: equal target mass per interval on each group's range.
-    """
-    if head.grid not in FITTED_GRIDS:
+    """``head`` with its centre and size grids fitted to raw offset labels (P, 4) by its grid mode ('auto' or
+    'quantile', utils/cbbl/modes.py), the IN strengths the fit chose included."""
+    mode = head.grid_mode
+    if not isinstance(mode, FittedGridMode):
         raise ValueError(f"only grids {FITTED_GRIDS} are fitted, got grid={head.grid!r}")
-    centre_targets, size_targets = offsets[:, :2].reshape(-1).double(), offsets[:, 2:].reshape(-1).double()
-    (centre_low, centre_high), (size_low, size_high) = head.group_range("centre"), head.group_range("size")
-    if head.grid == "quantile":
-        centre = quantile_points(centre_targets, centre_low, centre_high, head.bins, symmetric=True)
-        size = quantile_points(size_targets, size_low, size_high, head.bins)
-        return head.replace(centre_points=tuple(centre.tolist()), size_points=tuple(size.tolist()),
-                            beta=None, size_beta=None)
-    centre, centre_beta, _ = fit_in_family(torch.cat([centre_targets, -centre_targets]), centre_low, centre_high,
-                                           head.bins)
-    size_high = min(size_high, max(float(torch.quantile(size_targets, AUTO_SIZE_COVERAGE)), size_low + 1e-3))
-    size, size_beta, _ = fit_in_family(size_targets, size_low, size_high, head.bins, free_centre=True)
-    return head.replace(centre_points=tuple(centre.tolist()), size_points=tuple(size.tolist()),
-                        beta=centre_beta, size_beta=size_beta)
+    fitted = mode.fit(offsets, head.grid_ranges, head.bins)
+    return head.replace(centre_points=fitted.centre, size_points=fitted.size, beta=fitted.beta,
+                        size_beta=fitted.size_beta)

@@ -1,18 +1,16 @@
 """Training loss: YOLOv5 target assignment shared by every box-loss mode, then box + objectness + class terms.
 
-The box term is chosen by the head's ``box_loss`` (utils.head.HeadConfig, DESIGN.md section 3): ``ciou``
-(1 - CIoU of the decoded box, the baseline), ``l1`` / ``smooth_l1`` (on the raw offsets, see
-:meth:`ComputeLoss.box_term`) or ``cbbl`` (cross-entropy against two-hot labels over the head's grids +
-uncertainty loss). Objectness is IoU-aware in every mode, as in YOLOv5 v7.0: its target is the CIoU of the
-decoded box with its ground truth, clamped at 0; where several ground truths claim one cell the best wins
-(TPH-YOLOv5 sorts for that).
+The box term is chosen by the head's ``box_loss`` (utils.head.HeadConfig) from utils/box_terms.py: ``ciou``
+(1 - CIoU of the decoded box, the baseline), ``l1`` / ``smooth_l1`` (on the raw offsets) or ``cbbl``
+(cross-entropy against two-hot labels over the head's grids + uncertainty loss). Objectness is IoU-aware in
+every mode, as in YOLOv5 v7.0: its target is the CIoU of the decoded box with its ground truth, clamped at 0;
+where several ground truths claim one cell the best wins (TPH-YOLOv5 sorts for that).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Optional
 
 import torch
@@ -20,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.assign import AssignmentStats, LevelTargets, assign_level, level_name
+from utils.box_terms import BOX_TERMS
 from utils.boxes import aligned_iou
-from utils.cbbl import decode_offsets, encode_offsets, two_hot_loss
 from utils.head import DetectOutput
 from utils.hyp import Hyp
 from utils.torch_utils import de_parallel
@@ -35,8 +33,6 @@ OBJ_BALANCE = {1: (1.0,), 2: (4.0, 1.0), 3: (4.0, 1.0, 0.4), 4: (4.0, 1.0, 0.25,
 OBJ_IOU_RATIO = 1.0
 # Focal loss alpha (Lin et al. 2017), used when fl_gamma > 0.
 FOCAL_ALPHA = 0.25
-# Smooth-L1 transition point on raw offsets (torch's / mmdetection's default).
-SMOOTH_L1_BETA = 1.0
 # The setting YOLOv5's loss gains were tuned at; gains are rescaled from it (see LossGains.scaled).
 _REFERENCE_LEVELS, _REFERENCE_CLASSES, _REFERENCE_IMGSZ = 3, 80, 640
 
@@ -205,58 +201,14 @@ class ComputeLoss:
     def box_term(self, raw_box: torch.Tensor, assigned: LevelTargets) -> tuple[torch.Tensor, torch.Tensor]:
         """Box loss of positives: raw box channels (P, box_channels) -> (decoded boxes (P, 4), mean loss).
 
-        Decoded boxes are ``(dx, dy, w, h)`` in grid units, relative to the positive's cell.
-        ``l1`` / ``smooth_l1`` compare the raw offsets t with t* = encode_offsets(...) in the head's space,
-        clamped to +-alpha: the very labels C-BBL quantizes, so the ablation changes only the loss form
-        (paper Table 1 compares L1 / Smooth-L1 / CE on the same offset labels); an L1 on decoded boxes
-        would instead scale with object size.
+        Decoded boxes are ``(dx, dy, w, h)`` in grid units, relative to the positive's cell. The head's
+        ``box_loss`` picks the term (utils/box_terms.py BOX_TERMS); offset labels outside their range are counted.
         """
-        detect = self.detect
-        head, mode = detect.head, detect.head.box_loss
-        offsets, loss = raw_box, None  # (P, 4) for regression
-        if mode != "ciou":
-            target_offsets = encode_offsets(assigned.box[:, :2], assigned.box[:, 2:] / assigned.anchor_wh,
-                                            detect.space)  # (P, 4)
-            self.stats.add("clamped", self._clamped(target_offsets).sum())
-            self.stats.add("offsets", target_offsets.numel())
-            if mode == "cbbl":
-                logits = raw_box.unflatten(-1, (4, detect.bins))  # (P, 4, K), coordinate-major channels
-                offsets, loss = self._cbbl_term(logits, target_offsets)
-            else:
-                loss_fn = F.l1_loss if mode == "l1" else partial(F.smooth_l1_loss, beta=SMOOTH_L1_BETA)
-                loss = loss_fn(offsets, target_offsets.clamp(-head.alpha, head.alpha))
-        dxy, size_ratio = decode_offsets(offsets, detect.space)
-        pred_box = torch.cat([dxy, size_ratio * assigned.anchor_wh], -1)  # (P, 4)
-        ciou_weight = 1.0 if mode == "ciou" else head.ciou if mode == "cbbl" else 0.0
-        if ciou_weight > 0:
-            ciou_loss = ciou_weight * (1 - aligned_iou(pred_box, assigned.box, kind="ciou")).mean()
-            loss = ciou_loss if loss is None else loss + ciou_loss
-        return pred_box, loss
-
-    def _clamped(self, target_offsets: torch.Tensor) -> torch.Tensor:
-        """(P, 4) bool: offset labels outside the range they are clamped to (each group's grid, or +-alpha)."""
-        grid = self.detect.grid
-        if grid is None:
-            return target_offsets.abs() > self.detect.head.alpha
-        low = target_offsets.new_tensor([grid.centre.low] * 2 + [grid.size.low] * 2)
-        high = target_offsets.new_tensor([grid.centre.high] * 2 + [grid.size.high] * 2)
-        return (target_offsets < low) | (target_offsets > high)
-
-    def _cbbl_term(self, logits: torch.Tensor, target_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """C-BBL offsets (P, 4) and mean over positives and coordinates of KL(p* || p) + um * L_UM.
-
-        KL = L_CE - H(p*): the paper's cross-entropy shifted by a constant of the labels, so the gradient
-        is the same softmax - p*, but the logged box loss goes to 0 at the optimum like CIoU's (a two-hot
-        label's own entropy, up to ln 2, would otherwise stay in it as a floor). The offsets carry a
-        gradient only when the optional CIoU term needs one.
-        """
-        grid, head = self.detect.grid, self.detect.head
-        left, weight_left = grid.two_hot(target_offsets)  # (P, 4) each, clamped to each group's range
-        loss, expectation = two_hot_loss(logits, left, weight_left, self.detect.grid_points, head.um, head.um_mode)
-        if head.ciou > 0 or self.detect.restore != "expectation":
-            with torch.set_grad_enabled(head.ciou > 0 and torch.is_grad_enabled()):
-                expectation = grid.decode(logits, self.detect.restore)  # (P, 4)
-        return expectation, loss.mean()
+        result = BOX_TERMS[self.detect.head.box_loss](raw_box, assigned, self.detect)
+        if result.clamped is not None:
+            self.stats.add("clamped", result.clamped.sum())
+            self.stats.add("offsets", result.clamped.numel())
+        return result.pred_box, result.loss
 
     def _count_level(self, level: int, assigned: LevelTargets, matched_any: torch.Tensor) -> None:
         """Diagnostics of one level: positives, GTs with at least one positive here; marks them in ``matched_any``."""

@@ -10,7 +10,15 @@ from tests.conftest import SHARED_DATA, make_yolo_dataset
 from tests.data.test_dataset import NO_AUGMENT, assert_targets_match_pixels
 from utils.data.augment import AugmentSettings
 from utils.data.dataset import TiledImagesAndLabels, create_dataloader
-from utils.data.tiles import MAX_EMPTY_SHARE, TileSettings, plan_tiles, tile_grid, window_labels
+from utils.data.tiles import (
+    IGNORED_FILL,
+    MAX_EMPTY_SHARE,
+    TileSettings,
+    covered_fraction,
+    plan_tiles,
+    tile_grid,
+    window_labels,
+)
 from utils.files import read_image
 
 REAL_TRAIN = SHARED_DATA / "visdrone-real" / "VisDrone2019-DET-train"
@@ -125,3 +133,54 @@ def test_ram_cache_keeps_the_tiles(tmp_path):
     assert len(cached.ims) == len(cached) and all(image is not None for image in cached.ims)
     for index in range(len(plain)):
         np.testing.assert_array_equal(cached.load_image(index)[0], plain.load_image(index)[0])
+
+
+def test_tile_settings_of_a_checkpoint_and_through_export_metadata():
+    settings = TileSettings.of_checkpoint({"opt": {"tile": 640, "tile_overlap": 0.3, "tile_scale": 0.5}})
+    assert settings == TileSettings(640, 0.3, 0.5) and settings.window == 1280
+    assert TileSettings.from_dict(settings.to_dict()) == settings and TileSettings.from_dict(None) is None
+    for checkpoint in ({"opt": {"tile": 0, "tile_overlap": 0.25}}, {"opt": None}, {}, {"opt": {"imgsz": 640}}):
+        assert TileSettings.of_checkpoint(checkpoint) is None  # whole-frame runs, YOLOv5's and TPH's files
+
+
+def _labels(boxes_xyxy: list, width: int, height: int) -> np.ndarray:
+    boxes = np.asarray(boxes_xyxy, np.float64)
+    return np.c_[np.zeros(len(boxes)), (boxes[:, :2] + boxes[:, 2:]) / 2 / [width, height],
+                 (boxes[:, 2:] - boxes[:, :2]) / [width, height]]
+
+
+def test_covered_fraction_counts_pixels_inside_the_union_of_regions():
+    regions = np.array([[0, 0, 50, 100], [40, 0, 60, 100]], np.float64)  # overlapping: union x in [0, 60)
+    labels = _labels([[10, 10, 20, 20], [50, 10, 70, 20], [70, 0, 90, 10], [55, 0, 65, 10]], 100, 100)
+    np.testing.assert_allclose(covered_fraction(labels, regions, 100, 100), [1.0, 0.5, 0.0, 0.5])
+
+
+def test_ignored_regions_drop_the_labels_inside_and_follow_each_window():
+    """As the VisDrone toolkit: a label half or more inside an ignored region goes; the region reaches the tiles
+    it overlaps, in their own pixels, to be painted."""
+    labels = _labels([[10, 10, 20, 20], [45, 10, 55, 20], [140, 60, 160, 80]], 200, 100)  # inside, 50 %, outside
+    regions = [np.array([[0, 0, 50, 40]], np.float64)]
+    plan = plan_tiles(np.array([[200, 100]]), [labels.astype(np.float32)], TileSettings(100, 0.0), 0.1,
+                      max_empty_share=1.0, regions=regions)
+    assert [len(lab) for lab in plan.labels] == [0, 1]  # first tile: both covered labels dropped, so empty
+    np.testing.assert_array_equal(plan.regions[0], [[0, 0, 50, 40]])
+    assert plan.regions[1].shape == (0, 4)
+    kept = plan_tiles(np.array([[200, 100]]), [labels.astype(np.float32)], TileSettings(100, 0.0), 0.1)
+    assert [len(lab) for lab in kept.labels] == [2, 1] and all(len(r) == 0 for r in kept.regions)
+
+
+def test_tile_loader_paints_the_ignored_regions_of_official_annotations(tmp_path):
+    """A frame with an official VisDrone annotation file beside it: its category-0 region is grey in the tiles,
+    the rest of the tile is the frame's own pixels; frames without such a file are untouched."""
+    images = make_yolo_dataset(tmp_path / "data", num_images=2, size=(96, 128))
+    (tmp_path / "data" / "annotations").mkdir()
+    (tmp_path / "data" / "annotations" / "im0.txt").write_text("70,8,30,40,0,0,0,0\n")  # x,y,w,h,score,category 0
+    dataset = TiledImagesAndLabels(images, 64, TileSettings(64, 0.25), augment=True, nc=3)
+    for index in range(len(dataset)):
+        frame_file = dataset.frame_files[int(dataset.plan.frames[index])]
+        x1, y1, x2, y2 = dataset.plan.windows[index]
+        expected = read_image(frame_file)[y1:y2, x1:x2].copy()
+        if frame_file.endswith("im0.png"):
+            expected[max(8 - y1, 0):max(48 - y1, 0), max(70 - x1, 0):max(100 - x1, 0)] = IGNORED_FILL
+        np.testing.assert_array_equal(dataset.load_image(index)[0], expected)
+    assert any(len(regions) for regions in dataset.plan.regions)

@@ -11,7 +11,7 @@ import torch
 
 from models.yolo import Model
 from tests.conftest import TINY_MODEL_YAML
-from utils.cbbl import encode_offsets
+from utils.boxes import encode_offsets
 from utils.engine.grid_fit import assigned_offsets, fit_model_grid, letterboxed_targets
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import val
 from tests.conftest import make_yolo_dataset
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.eval import run as eval_run
 from utils.eval.run import run_study
 
@@ -140,6 +140,22 @@ def test_val_py_slice_scores_the_full_frames(tiny_checkpoint: Path, tmp_path: Pa
     assert json.loads((tmp_path / "sliced" / "results.json").read_text())["map50"] >= 0
     with pytest.raises(ValueError, match="--slice takes two positive"):
         eval_run.ValOptions(weights=("w.pt",), slice=(0, 64))
+
+
+def test_val_py_slices_a_tile_trained_checkpoint_by_default(tiny_checkpoint: Path, tmp_path: Path, caplog):
+    tiled = tmp_path / "tiled.pt"
+    save_checkpoint({**load_checkpoint(tiny_checkpoint), "opt": {"tile": 96, "tile_overlap": 0.2}}, tiled)
+    common = ["--weights", str(tiled), "--data", "data/synthetic.yaml", "--img", "64", "--workers", "0",
+              "--project", str(tmp_path), "--noplots"]
+    with caplog.at_level("INFO"):
+        val.main(common + ["--name", "auto"])
+    assert "slicing each frame into 96x96 px tiles, overlap 0.2" in caplog.text
+    val.main(common + ["--name", "explicit", "--slice", "96", "96", "--overlap", "0.2"])
+    val.main(common + ["--name", "off", "--slice", "off"])
+    results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("auto", "explicit", "off")}
+    assert json.loads((tmp_path / "auto" / "options.json").read_text())["slice"] == "auto"
+    assert results["auto"]["map50_95"] == results["explicit"]["map50_95"]
+    assert results["auto"]["speed_ms"]["nms"] == 0 < results["off"]["speed_ms"]["nms"]  # sliced: NMS inside inference
 
 
 def test_missing_weights_or_data_make_no_run_folder(tiny_checkpoint: Path, tmp_path: Path):

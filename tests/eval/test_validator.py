@@ -57,7 +57,8 @@ def test_perfect_detections_score_one_and_boxes_go_back_to_original_pixels(tmp_p
     assert results.ap_small == pytest.approx(1.0)  # 25.6 px and 38.4x51.2 px in the 128 px original
     assert results.ap_medium == pytest.approx(1.0) and results.ap_large == -1.0
     assert results.fitness() == pytest.approx(1.0)
-    assert results.uncertainty == {"tp": pytest.approx(0.3), "fp": pytest.approx(float("nan"), nan_ok=True)}
+    assert results.uncertainty == {"tp": pytest.approx(0.3), "fp": pytest.approx(float("nan"), nan_ok=True),
+                                   "spearman_vs_1-iou": pytest.approx(float("nan"), nan_ok=True)}  # 2 TPs: no rank
     assert [row["instances"] for row in results.per_class] == [1, 1]
     for name in ("PR_curve.png", "F1_curve.png", "confusion_matrix.png", "results.json", "_predictions.json",
                  "val_batch0_labels.jpg", "val_batch0_pred.jpg"):
@@ -157,3 +158,26 @@ def test_sliced_validation_equals_whole_frame_when_one_slice_covers_the_frame(tm
             assert getattr(sliced, name) == pytest.approx(getattr(whole, name), abs=1e-6), (protocol, name)
     small = validate(backend, loader, names, conf_thres=0.2, slicing=Slicing((32, 32), 0.25, 64, full_pass=True))
     assert 0 <= small.map50 <= 1 and small.speed_ms["inference"] > 0
+
+
+def test_a_cbbl_model_gets_a_reliability_table_and_plot(tmp_path: Path):
+    """60 objects on 2 images, each found with a corner error that grows with its planted uncertainty: the
+    uncertainty ranks the IoUs, and val writes the out-of-fold reliability of the expected IoU it maps to."""
+    generator = torch.Generator().manual_seed(0)
+    preds, batches = [], []
+    for _ in range(2):
+        grid = torch.stack(torch.meshgrid(torch.arange(6), torch.arange(5), indexing="ij"), -1).reshape(30, 2)
+        centres = (grid + 0.5) / torch.tensor([6.0, 5.0])  # apart: no object suppresses another
+        uncertainty = torch.rand(30, generator=generator)
+        targets = [[0, 0, float(x), float(y), 0.1, 0.1] for x, y in centres]
+        shift = (0.2 + uncertainty[:, None]) * 0.6 * torch.randn(30, 2, generator=generator).sign()  # px
+        boxes = torch.cat([centres * IMG + shift, torch.full((30, 2), 0.1 * IMG)], 1)
+        preds.append(_prediction(boxes.tolist(), [0] * 30, [0.9] * 30, extra=uncertainty.tolist()))
+        batches.append(_batch(targets))
+    results = validate(ScriptedDetector(preds), batches, NAMES, save_dir=tmp_path, plots=True)
+    found = results.uncertainty
+    assert found["spearman_vs_1-iou"] > 0.5 and 0 <= found["calibration_error"] < 0.2
+    assert sum(row["boxes"] for row in found["reliability"]) == 60 and found["calibration"]["num_boxes"] == 60
+    lines = (tmp_path / "reliability.csv").read_text().splitlines()
+    assert lines[0] == "boxes,predicted_iou,measured_iou" and len(lines) == 1 + len(found["reliability"])
+    assert (tmp_path / "reliability.png").stat().st_size > 0

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import export
+from utils.data.tiles import TileSettings
 from utils.head import FITTED_GRIDS, GRID_MODES
 from utils.infer.backend import METADATA_KEY, DetectBackend
 from utils.infer.export import ExportOptions, onnx_max_error
@@ -200,3 +201,14 @@ def test_export_into_a_named_run_folder(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr("utils.infer.export.DEFAULT_PROJECT", tmp_path / "default")
     assert run_export(weights, include=["onnx"], imgsz=64, name="v2")[0] == tmp_path / "default" / "v2" / "best.onnx"
     assert not weights.with_suffix(".onnx").exists()
+
+
+def test_an_export_of_a_tile_trained_checkpoint_remembers_its_tiles(tiny_checkpoint):
+    """--slice auto slices the .onnx as it slices the .pt it came from."""
+    weights = tiny_checkpoint(name="tiled.pt", opt={"tile": 96, "tile_overlap": 0.3, "tile_scale": 0.5})
+    (onnx_file,) = export.main(["--weights", str(weights), "--include", "onnx", "--imgsz", "64", "--dynamic",
+                                "--project", str(weights.parent / "export")])
+    assert DetectBackend(onnx_file).trained_tile == DetectBackend(weights).trained_tile == TileSettings(96, 0.3, 0.5)
+    (plain,) = export.main(["--weights", str(tiny_checkpoint(name="whole.pt")), "--include", "onnx", "--imgsz", "64",
+                            "--dynamic", "--project", str(weights.parent / "export")])
+    assert DetectBackend(plain).trained_tile is None

@@ -204,3 +204,31 @@ def test_cbbl_fusion_flag_parses_for_detect_and_val():
                                                                                       "--cbbl-fusion"]).cbbl_fusion
     default = CBBL_FUSION_DEFAULT
     assert detect.parse_options([]).cbbl_fusion == default == val.parse_options(["--weights", "x.pt"]).cbbl_fusion
+
+
+@pytest.mark.parametrize("argv, expected", [([], "auto"), (["--slice", "auto"], "auto"), (["--slice", "off"], "off"),
+                                           (["--slice", "640", "512"], (640, 512))])
+def test_slice_flag_parses_for_detect_and_val(argv, expected):
+    import detect
+    import val
+
+    assert detect.parse_options(argv).slice == expected == val.parse_options(["--weights", "x.pt", *argv]).slice
+    assert detect.parse_options(argv).overlap is None  # auto: the training tiles' overlap, else 0.2
+
+
+def test_a_tile_trained_checkpoint_is_sliced_by_default(tmp_path, tiny_checkpoint, caplog):
+    """--slice auto (the default): a --tile checkpoint's frames are cut into its training windows, as
+    --slice 48 48 --overlap 0.25 would; --slice off and whole-frame checkpoints see the whole frame."""
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8))
+    tiled = tiny_checkpoint(name="tiled.pt", opt={"tile": 48, "tile_overlap": 0.25, "tile_scale": 1.0})
+    common = {"source": str(image), "imgsz": 64, "conf_thres": 0.1, "nosave": True, "project": str(tmp_path)}
+    with caplog.at_level("INFO"):
+        auto = run(weights=str(tiled), **common)[0]
+    assert "slicing each frame into 48x48 px tiles, overlap 0.25 (--slice off: whole frames)" in caplog.text
+    explicit = run(weights=str(tiled), slice=[48, 48], overlap=0.25, **common)[0]
+    off = run(weights=str(tiled), slice="off", **common)[0]
+    whole = run(weights=str(tiny_checkpoint(name="whole.pt")), **common)[0]
+    np.testing.assert_array_equal(auto.xyxy, explicit.xyxy)
+    np.testing.assert_array_equal(off.xyxy, whole.xyxy)
+    assert len(auto.conf) and not np.array_equal(auto.xyxy, off.xyxy)

@@ -10,7 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.infer.slicing import cut_box_mask, merge_detections, sliced_detect, tile_grid
+from utils.data.tiles import TileSettings
+from utils.infer.slicing import (
+    cut_box_mask,
+    merge_detections,
+    parse_slice,
+    resolve_slice,
+    sliced_detect,
+    tile_grid,
+)
 from utils.nms import batched_nms
 
 
@@ -103,3 +111,30 @@ def test_sliced_detect_finds_each_square_once_in_frame_pixels(full_pass):
     got = sorted(tuple(int(v) for v in row[:4]) for row in found)
     assert got == sorted(squares), "every square once, whole, at its frame position"
     assert (found[:, 6] == 0.1).all(), "the whole (certain) view of each square is kept"
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, "auto"), ("auto", "auto"), (["off"], "off"), (["OFF"], "off"), (640, (640, 640)),
+    (["640", "512"], (640, 512)), ([256], (256, 256)), ((96, 128), (96, 128)),
+])
+def test_parse_slice_reads_every_spelling(value, expected):
+    assert parse_slice(value) == expected
+
+
+@pytest.mark.parametrize("value", [(0, 64), ["auto", "640"], ["big"], (1, 2, 3), []])
+def test_parse_slice_refuses_what_is_not_two_sides_auto_or_off(value):
+    with pytest.raises(ValueError, match="--slice takes two positive tile sides H W, 'auto' or 'off'"):
+        parse_slice(value)
+
+
+def test_auto_slices_tile_trained_weights_into_their_training_windows(caplog):
+    trained = TileSettings(640, overlap=0.3, scale=0.5)  # windows of 1280 frame pixels, each resized to 640
+    assert resolve_slice("auto", None, None, "whole.pt") is None
+    with caplog.at_level("INFO"):
+        assert resolve_slice("auto", None, trained, "tiled_auto.pt") == ((1280, 1280), 0.3)
+    assert "tiled_auto.pt was trained on tiles (--tile 640 --tile-scale 0.5): slicing each frame into 1280x1280 px" \
+           in caplog.text and "--slice off" in caplog.text
+    assert resolve_slice("auto", 0.1, trained, "tiled_auto.pt") == ((1280, 1280), 0.1)
+    assert resolve_slice("off", None, trained, "tiled_auto.pt") is None
+    assert resolve_slice((320, 480), None, trained, "tiled_auto.pt") == ((320, 480), 0.2)
+    assert resolve_slice((320, 480), 0.4, None, "whole.pt") == ((320, 480), 0.4)

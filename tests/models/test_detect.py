@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.detect import Detect
-from utils.cbbl import CBBLGrid
+from tests.cbbl.reference import paper_grid
 from utils.nms import non_max_suppression
 
 NC, STRIDE = 2, 8.0
@@ -77,7 +77,7 @@ def test_linear_space_and_top2_restore_go_through_the_grid():
     raw = torch.zeros(1, 2, 1, 3, 20 + 1 + NC)
     raw[0, 0, 0, :, :20] = logits.flatten(1)
     pred = detect.decode_level(raw, 0)[0, :3]  # anchor 0, cells 0..2
-    offsets = CBBLGrid(alpha=4.0, bins=5, beta=5.0).decode(logits, "top2")  # (3, 4)
+    offsets = paper_grid(alpha=4.0, bins=5, beta=5.0).decode(logits, "top2")  # (3, 4)
     expected_x = (offsets[:, 0] + 0.5 + torch.arange(3.0)) * STRIDE
     expected_w = offsets[:, 2].exp() * 16.0
     assert torch.allclose(pred[:, 0], expected_x, atol=1e-5) and torch.allclose(pred[:, 2], expected_w, atol=1e-5)

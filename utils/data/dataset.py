@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset, distributed
 from utils.boxes import cxcywhn_to_xyxy, xyxy_to_cxcywhn
 from utils.data.augment import AugmentSettings, augment_hsv, letterbox, mixup, mosaic4, random_affine, random_flip
 from utils.data.scan import list_image_files, scan_dataset
-from utils.data.tiles import TileSettings, plan_tiles
+from utils.data.tiles import TileSettings, paint_regions, plan_tiles
+from utils.data.visdrone import ignored_regions
 from utils.files import read_image
 
 logger = logging.getLogger(__name__)
@@ -233,7 +234,8 @@ class TiledImagesAndLabels(LoadImagesAndLabels):
     everything reading a dataset (mosaic, image weights, autoanchor, the C-BBL grid fit, the label plots)
     works on tiles; ``frame_files`` and ``plan`` (:class:`utils.data.tiles.TilePlan`) say where each tile comes
     from. A tile, like a frame, is resized to ``img_size`` (long side): --img equal to --tile keeps the native
-    scale times --tile-scale.
+    scale times --tile-scale. Frames with an official VisDrone annotation file beside them have their ignored
+    regions respected (utils/data/tiles.py).
     """
 
     def __init__(self, path: Union[str, list], img_size: int, tile: TileSettings, cache: Any = None,
@@ -241,7 +243,8 @@ class TiledImagesAndLabels(LoadImagesAndLabels):
         if kwargs.get("rect"):
             raise ValueError("--tile trains on square tiles with mosaic: drop --rect")
         super().__init__(path, img_size, cache=None, **kwargs)
-        plan = plan_tiles(self.shapes, self.labels, tile, self.augmentation.box_min_area_frac)
+        plan = plan_tiles(self.shapes, self.labels, tile, self.augmentation.box_min_area_frac,
+                          regions=[ignored_regions(frame) for frame in self.im_files])
         self.plan, self.frame_files = plan, self.im_files
         self.im_files = [self.frame_files[i] for i in plan.frames]
         self.shapes = np.stack([plan.windows[:, 2] - plan.windows[:, 0], plan.windows[:, 3] - plan.windows[:, 1]],
@@ -263,7 +266,8 @@ class TiledImagesAndLabels(LoadImagesAndLabels):
         if image is None:
             raise FileNotFoundError(f"image {self.frame_files[frame]} could not be read (changed since the scan?)")
         x1, y1, x2, y2 = (int(v) for v in self.plan.windows[index])
-        return image[y1:y2, x1:x2]
+        regions = self.plan.regions[index]
+        return paint_regions(image[y1:y2, x1:x2], regions) if len(regions) else image[y1:y2, x1:x2]
 
 
 def _seed_worker(worker_id: int) -> None:

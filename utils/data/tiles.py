@@ -13,6 +13,10 @@ Decisions:
   loader's (shuffle, mosaic, affine translation/scale), which already moves objects across tile positions.
 - An object cut by a window is clipped to it and kept when at least ``box_min_area_frac`` (the hyp of the
   mosaic/affine survival rule, 0.1 by default) of its area is inside: the rule YOLOv5 applies to cut boxes.
+- VisDrone's ignored regions (category 0 in the official annotation file beside a frame, which the YOLO labels
+  do not carry) are treated as the official evaluation treats them: a label at least IGNORED_DROP_FRACTION
+  inside them is dropped (the toolkit drops such objects and detections), and their pixels are painted
+  the letterbox grey in the tiles, so the unlabelled crowds they hide are neither positives nor negatives.
 - Empty tiles (no object kept) are background images. YOLOv5 recommends 0-10 % of those; tiles keep all
   non-empty tiles and at most MAX_EMPTY_SHARE of the tile set as empty ones, picked evenly over the frames.
   On the real VisDrone frames at --tile 640 (overlap 0.25) 6.8 % of the train tiles and 3.4 % of the val
@@ -21,7 +25,8 @@ Decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
 
 import numpy as np
 
@@ -30,6 +35,10 @@ from utils.data.augment import clip_to_window
 
 # Largest share of empty (background) tiles kept in a tile set: YOLOv5's 0-10 % background images advice.
 MAX_EMPTY_SHARE = 0.1
+# A label this much inside ignored regions is dropped (the official toolkit's dropObjectsInIgr.m threshold).
+IGNORED_DROP_FRACTION = 0.5
+# Ignored regions are painted with YOLOv5's letterbox grey.
+IGNORED_FILL = 114
 
 
 def tile_grid(height: int, width: int, tile_h: int, tile_w: int, overlap: float) -> np.ndarray:
@@ -78,6 +87,24 @@ class TileSettings:
         """The window side in native frame pixels (SIZE / S: --tile-scale 0.5 takes twice the frame area)."""
         return max(1, round(self.size / self.scale))
 
+    @classmethod
+    def of_checkpoint(cls, checkpoint: dict[str, Any]) -> Optional[TileSettings]:
+        """The tiles a checkpoint was trained on (its ``opt`` record of --tile), None for whole-frame training
+        and for checkpoints without that record (YOLOv5's, TPH-YOLOv5's, exports of them)."""
+        opt = checkpoint.get("opt")
+        if not isinstance(opt, dict) or not opt.get("tile"):
+            return None
+        return cls(int(opt["tile"]), float(opt.get("tile_overlap", cls.overlap)),
+                   float(opt.get("tile_scale", cls.scale)))
+
+    @classmethod
+    def from_dict(cls, values: Optional[dict[str, Any]]) -> Optional[TileSettings]:
+        """Settings from :meth:`to_dict` (an export's metadata), None for None."""
+        return None if not values else cls(int(values["size"]), float(values["overlap"]), float(values["scale"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 def window_labels(labels: np.ndarray, width: int, height: int, window: np.ndarray,
                   min_area_frac: float) -> np.ndarray:
@@ -97,6 +124,34 @@ def window_labels(labels: np.ndarray, width: int, height: int, window: np.ndarra
     return np.concatenate((kept[:, :1], xyxy_to_cxcywhn(boxes, x2 - x1, y2 - y1)), 1).astype(np.float32)
 
 
+def covered_fraction(labels: np.ndarray, regions: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(n,) share of each label's pixel area inside the union of ``regions`` ((r, 4) xyxy pixels) of a
+    (height, width) frame; labels (n, 5) normalised ``[class, cx, cy, w, h]``."""
+    painted = np.zeros((height + 1, width + 1), np.int64)  # integral image with a zero first row and column
+    for x1, y1, x2, y2 in np.round(regions).astype(np.int64).clip(0, [width, height, width, height]):
+        painted[y1 + 1 : y2 + 1, x1 + 1 : x2 + 1] = 1
+    summed = painted.cumsum(0).cumsum(1)
+    boxes = np.round(cxcywhn_to_xyxy(labels[:, 1:5], width, height)).astype(np.int64)
+    x1, y1, x2, y2 = boxes.clip(0, [width, height, width, height]).T
+    inside = summed[y2, x2] - summed[y1, x2] - summed[y2, x1] + summed[y1, x1]
+    return inside / np.maximum((x2 - x1) * (y2 - y1), 1)
+
+
+def window_regions(regions: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Ignored regions (r, 4) xyxy frame pixels -> the parts inside ``window``, in window pixels (k, 4) int64."""
+    x1, y1, x2, y2 = (int(v) for v in window)
+    clipped = np.round(regions).astype(np.int64).clip([x1, y1, x1, y1], [x2, y2, x2, y2]) - [x1, y1, x1, y1]
+    return clipped[(clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])].reshape(-1, 4)
+
+
+def paint_regions(image: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """A copy of ``image`` with the (k, 4) xyxy pixel regions filled with the letterbox grey."""
+    painted = image.copy()
+    for x1, y1, x2, y2 in regions:
+        painted[y1:y2, x1:x2] = IGNORED_FILL
+    return painted
+
+
 @dataclass
 class TilePlan:
     """The tile set of a dataset: tile t is ``windows[t]`` (xyxy native pixels) of frame ``frames[t]``."""
@@ -104,6 +159,7 @@ class TilePlan:
     frames: np.ndarray  # (T,) int64 frame index
     windows: np.ndarray  # (T, 4) int64 xyxy
     labels: list[np.ndarray]  # T x (m, 5) normalised to the window
+    regions: list[np.ndarray]  # T x (k, 4) int64 xyxy window pixels: ignored regions to paint
     num_empty: int  # empty tiles in the full grid (before the cap)
     num_grid: int  # tiles in the full grid
 
@@ -114,18 +170,25 @@ class TilePlan:
 
 
 def plan_tiles(shapes: np.ndarray, labels: list[np.ndarray], tile: TileSettings, min_area_frac: float,
-               max_empty_share: float = MAX_EMPTY_SHARE) -> TilePlan:
+               max_empty_share: float = MAX_EMPTY_SHARE, regions: Optional[list[np.ndarray]] = None) -> TilePlan:
     """Every frame's tile grid with the labels each tile keeps, empty tiles capped at ``max_empty_share``.
 
     Args:
         shapes: (N, 2) frame ``[w, h]``. labels: N x (n, 5) normalised to each frame.
+        regions: N x (r, 4) xyxy pixels, each frame's ignored regions (None: none anywhere).
     """
-    frames, windows, tile_labels = [], [], []
+    frames, windows, tile_labels, tile_regions = [], [], [], []
     for index, ((width, height), frame_labels) in enumerate(zip(shapes, labels)):
-        for window in tile_grid(int(height), int(width), tile.window, tile.window, tile.overlap):
+        width, height = int(width), int(height)
+        frame_regions = regions[index] if regions is not None else np.zeros((0, 4))
+        if len(frame_regions) and len(frame_labels):
+            frame_labels = frame_labels[covered_fraction(frame_labels, frame_regions, width, height)
+                                        < IGNORED_DROP_FRACTION]
+        for window in tile_grid(height, width, tile.window, tile.window, tile.overlap):
             frames.append(index)
             windows.append(window)
-            tile_labels.append(window_labels(frame_labels, int(width), int(height), window, min_area_frac))
+            tile_labels.append(window_labels(frame_labels, width, height, window, min_area_frac))
+            tile_regions.append(window_regions(frame_regions, window))
     empty = np.array([len(lab) == 0 for lab in tile_labels], bool)
     num_full = int((~empty).sum())
     allowed = int(max_empty_share / (1 - max_empty_share) * num_full) if max_empty_share < 1 else int(empty.sum())
@@ -139,4 +202,4 @@ def plan_tiles(shapes: np.ndarray, labels: list[np.ndarray], tile: TileSettings,
     chosen = np.flatnonzero(keep)
     return TilePlan(np.asarray(frames, np.int64)[chosen].reshape(-1),
                     np.asarray(windows, np.int64).reshape(-1, 4)[chosen],
-                    [tile_labels[i] for i in chosen], int(empty.sum()), len(empty))
+                    [tile_labels[i] for i in chosen], [tile_regions[i] for i in chosen], int(empty.sum()), len(empty))

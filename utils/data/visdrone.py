@@ -84,6 +84,16 @@ def read_annotation(path: Union[str, Path]) -> VisDroneAnnotation:
     return VisDroneAnnotation(boxes, table[:, 4], table[:, 5], table[:, 6], table[:, 7])
 
 
+def ignored_regions(image_path: Union[str, Path]) -> np.ndarray:
+    """(r, 4) xyxy pixels: the ignored regions (category 0) of the official annotation file beside an image
+    (:func:`annotation_path`); none when there is no such file (a dataset that is not VisDrone's layout)."""
+    path = annotation_path(image_path)
+    if not path.is_file():
+        return np.zeros((0, 4))
+    annotation = read_annotation(path)
+    return annotation.boxes[annotation.category == IGNORED_REGION]
+
+
 def annotation_path(image_path: Union[str, Path]) -> Path:
     """``<split>/images/x.jpg`` -> ``<split>/annotations/x.txt``."""
     image_path = Path(image_path)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from utils.assign import assign_level
-from utils.cbbl import encode_offsets, interval_mass
+from utils.boxes import encode_offsets
+from utils.cbbl.fit import interval_mass
 from utils.head import FITTED_GRIDS, HeadConfig, fit_head_grid
 
 logger = logging.getLogger(__name__)

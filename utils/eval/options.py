@@ -9,6 +9,7 @@ from typing import Optional
 from utils.eval.validator import DEFAULT_PROTOCOL, MERGE_MODES, PROTOCOLS
 from utils.files import REPO_ROOT
 from utils.infer.options import CBBL_FUSION_DEFAULT, CBBL_FUSION_HELP, RUNTIMES
+from utils.infer.slicing import OVERLAP_HELP, SLICE_AUTO, SLICE_HELP, SliceRequest, parse_slice
 from utils.options import option
 
 TASKS = ("train", "val", "test", "speed", "study")
@@ -51,10 +52,9 @@ class ValOptions:
     gt: Optional[str] = option(None, "ground truth: COCO JSON file or VisDrone annotations folder")
     images: Optional[str] = option(None, "VisDrone images folder (sizes for ignored regions)")
     noplots: bool = option(False, "save no plot files")
-    slice: Optional[tuple[int, ...]] = option(None, "sliced validation: detect on tiles of H x W frame pixels (each at "
-                                                    "--img), merged and scored on the full frames", nargs=2,
-                                              metavar=("H", "W"))
-    overlap: float = option(0.2, "tile overlap ratio for --slice")
+    slice: SliceRequest = option(SLICE_AUTO, SLICE_HELP + "; the merged boxes are scored on the full frames",
+                                 nargs="+", metavar="SLICE")
+    overlap: Optional[float] = option(None, OVERLAP_HELP)
     slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame at --img")
     runtime: str = option("torch", "what runs a .pt: torch, or onnxruntime after an in-memory ONNX export (faster "
                                    "on CPU)", choices=RUNTIMES)
@@ -74,12 +74,9 @@ class ValOptions:
             raise ValueError("give --weights (a model to run) or --pred/--gt (saved predictions to score)")
         if not (0 <= self.conf_thres <= 1 and 0 <= self.iou_thres <= 1):
             raise ValueError(f"--conf-thres {self.conf_thres} and --iou-thres {self.iou_thres} must lie in [0, 1]")
-        if self.slice is not None:
-            object.__setattr__(self, "slice", tuple(int(side) for side in self.slice))
-            if len(self.slice) != 2 or min(self.slice) < 1:
-                raise ValueError(f"--slice takes two positive tile sides H W, got {self.slice}")
-            if not 0 <= self.overlap < 1:
-                raise ValueError(f"--overlap must lie in [0, 1), got {self.overlap}")
+        object.__setattr__(self, "slice", parse_slice(self.slice))
+        if self.overlap is not None and not 0 <= self.overlap < 1:
+            raise ValueError(f"--overlap must lie in [0, 1), got {self.overlap}")
         if self.max_det is not None and self.max_det < 1:
             raise ValueError(f"--max-det {self.max_det}: keep at least 1 detection per image (default: the protocol's)")
         if self.batch_size < 1 or self.imgsz < 32:

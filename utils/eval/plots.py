@@ -149,3 +149,18 @@ def plot_study(csv_path: Path, save_path: Path) -> Path:
     checked_savefig(fig, save_path, dpi=200)
     plt.close(fig)
     return save_path
+
+
+def plot_reliability(table: list[dict], calibration_error: float, path: Path, title: str = "") -> None:
+    """Predicted vs measured IoU per bin (utils/eval/reliability.py's table), with the diagonal a calibrated
+    model lies on."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4.5, 4.5), tight_layout=True)
+    axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", label="calibrated")
+    axis.plot([row["predicted_iou"] for row in table], [row["measured_iou"] for row in table], "o-",
+              label=f"ECE {calibration_error:.3f}")
+    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted IoU (out of fold)", ylabel="measured IoU of the TPs",
+             title=title or "C-BBL uncertainty reliability")
+    axis.legend(loc="upper left")
+    checked_savefig(figure, path, dpi=150)
+    plt.close(figure)

@@ -25,6 +25,7 @@ from utils.eval.validator import DEFAULT_PROTOCOL, Slicing, ValResults, log_resu
 from utils.files import atomic_write_text, increment_path, make_dirs, outermost_missing, remove_created_folder
 from utils.infer.backend import DetectBackend
 from utils.infer.predictor import check_input_memory, load_backend
+from utils.infer.slicing import resolve_slice
 from utils.options import options_from_kwargs
 from utils.torch_utils import round_to_stride, select_device
 
@@ -101,7 +102,7 @@ def run_model(opts: ValOptions, save_dir: Path, backend: Optional[DetectBackend]
                                   rect=not exported, pad=0.5, workers=opts.workers, single_cls=opts.single_cls,
                                   prefix=f"{split}: ")
     protocol = opts.protocol or DEFAULT_PROTOCOL
-    slicing = _slicing(opts, imgsz, exported)
+    slicing = _slicing(opts, imgsz, backend)
     fusion = backend.decode_side_variance(opts.cbbl_fusion)
     if fusion:  # the distributions' statistics only for the rows NMS can keep (the same kept boxes as dense)
         backend.decode_only_above(opts.conf_thres)
@@ -113,14 +114,16 @@ def run_model(opts: ValOptions, save_dir: Path, backend: Optional[DetectBackend]
                     slicing=slicing, batch_size=opts.batch_size, cbbl_fusion=fusion)
 
 
-def _slicing(opts: ValOptions, imgsz: int, exported: bool) -> Optional[Slicing]:
-    """--slice: tiles of the full-size frames, each at the network size; None for whole-frame validation."""
-    if opts.slice is None:
+def _slicing(opts: ValOptions, imgsz: int, backend: DetectBackend) -> Optional[Slicing]:
+    """--slice: tiles of the full-size frames, each at the network size (``auto``: a --tile checkpoint's training
+    windows); None for whole-frame validation."""
+    resolved = resolve_slice(opts.slice, opts.overlap, backend.trained_tile, backend.weights_name)
+    if resolved is None:
         return None
-    if exported:
+    if backend.fixed_imgsz is not None:
         raise ValueError(f"--slice needs a model that takes any batch of tiles; {opts.weights[0]} was exported "
-                         "with a fixed input shape: validate the .pt, or drop --slice")
-    return Slicing((opts.slice[0], opts.slice[1]), opts.overlap, imgsz, opts.slice_full_pass)
+                         "with a fixed input shape: validate the .pt, or give --slice off")
+    return Slicing(resolved[0], resolved[1], imgsz, opts.slice_full_pass)
 
 
 def _backend(opts: ValOptions) -> DetectBackend:

@@ -19,6 +19,7 @@ from utils.eval import plots as metric_plots
 from utils.eval import visdrone as visdrone_eval
 from utils.eval import yolov5 as yolov5_eval
 from utils.eval.metrics import BoxSet, ConfusionMatrix, PRCurves, pr_curves
+from utils.eval.reliability import uncertainty_summary
 from utils.log import log_once
 
 logger = logging.getLogger(__name__)
@@ -42,13 +43,12 @@ def _class_rows(names: list[str], gts: BoxSet, counted_gt: np.ndarray, curves: P
     return rows
 
 
-def _uncertainty(state50: np.ndarray, det_extra: np.ndarray) -> Optional[dict[str, float]]:
-    """Mean localization uncertainty (first extra column) of TPs and FPs at IoU .5; None without one."""
-    if det_extra.shape[1] == 0:
-        return None
-    column = det_extra[:, 0]
-    tp, fp = column[state50 == 1], column[state50 == 0]
-    return {"tp": float(tp.mean()) if len(tp) else float("nan"), "fp": float(fp.mean()) if len(fp) else float("nan")}
+def _uncertainty(dets: BoxSet, gts: BoxSet, state50: np.ndarray, det_extra: Optional[np.ndarray]
+                 ) -> Optional[dict[str, Any]]:
+    """The localization uncertainty (first extra column) read against the boxes' real IoU: utils/eval/reliability.py;
+    None without one."""
+    return None if det_extra is None or det_extra.shape[1] == 0 else uncertainty_summary(dets, gts, state50,
+                                                                                       det_extra[:, 0])
 
 
 def _operating_point(dets: BoxSet, state50: np.ndarray, gt_count: dict[int, int]) -> PRCurves:
@@ -72,7 +72,7 @@ def score_yolov5(dets: BoxSet, gts: BoxSet, names: list[str], image_ids: np.ndar
               "map50": result.map50, "map50_95": result.map50_95, "map75": result.map75,
               "ap_small": area_stats["APs"], "ap_medium": area_stats["APm"], "ap_large": area_stats["APl"],
               "per_class": rows if result.has_tp else [],
-              "uncertainty": _uncertainty(state50, det_extra if det_extra is not None else np.zeros((len(dets), 0)))}
+              "uncertainty": _uncertainty(dets, gts, state50, det_extra)}
     return fields, curves
 
 
@@ -90,7 +90,7 @@ def score_coco(dets: BoxSet, gts: BoxSet, names: list[str], image_ids: np.ndarra
               "map50": stats["AP50"], "map50_95": stats["AP"], "map75": stats["AP75"], "ap_small": stats["APs"],
               "ap_medium": stats["APm"], "ap_large": stats["APl"],
               "per_class": _class_rows(names, gts, counted_gt, curves, result.class_ap(0), result.class_ap()),
-              "uncertainty": _uncertainty(state50, det_extra if det_extra is not None else np.zeros((len(dets), 0))),
+              "uncertainty": _uncertainty(dets, gts, state50, det_extra),
               "extra": {k: v for k, v in stats.items() if k.startswith("AR")}}
     return fields, curves
 
@@ -110,7 +110,7 @@ def score_visdrone(dets: BoxSet, gts: BoxSet, names: list[str], image_ids: np.nd
               "recall": float(curves.recall.mean()) if len(curves.classes) else -1.0,
               "map50": stats["AP50"], "map50_95": stats["AP"], "map75": stats["AP75"],
               "per_class": _class_rows(names, gts_zero, counted_gt, curves, result.ap[:, 0], result.ap.mean(1)),
-              "uncertainty": _uncertainty(state50, det_extra if det_extra is not None else np.zeros((len(dets), 0))),
+              "uncertainty": _uncertainty(dets, gts, state50, det_extra),
               "extra": {k: v for k, v in stats.items() if k.startswith("AR")}}
     return fields, curves
 

@@ -24,7 +24,8 @@ from utils.boxes import cxcywhn_to_xyxy, scale_boxes_to_original, xyxy_to_cxcywh
 from utils.data.config import SINGLE_CLASS_NAME
 from utils.eval.metrics import BoxSet, ConfusionMatrix
 from utils.eval.outputs import save_outputs
-from utils.eval.plots import plot_batch
+from utils.eval.plots import plot_batch, plot_reliability
+from utils.eval.reliability import reliability_csv
 from utils.eval.scoring import plot_metrics, score_detections
 from utils.files import atomic_write_text, read_image
 from utils.infer.predictor import network_batch
@@ -353,6 +354,11 @@ def _write_results(results: ValResults, collected: Collected, curves: Any, class
     if plots:
         plot_metrics(curves, collected.confusion, class_names, save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
+    if results.uncertainty and "reliability" in results.uncertainty:
+        table = results.uncertainty["reliability"]
+        atomic_write_text(save_dir / "reliability.csv", reliability_csv(table))
+        if plots:
+            plot_reliability(table, results.uncertainty["calibration_error"], save_dir / "reliability.png")
     save_outputs(collected, class_names, save_dir, protocol=results.protocol, plots=plots, weights_stem=weights_stem,
                  **outputs)
     atomic_write_text(save_dir / "results.json", json.dumps(results.as_dict(), indent=2))
@@ -374,8 +380,11 @@ def log_results(results: ValResults, num_images: int, num_instances: int, per_cl
     if results.extra:
         logger.info("  ".join(f"{k} {v:.3f}" for k, v in results.extra.items()))
     if results.uncertainty:
-        logger.info("localization uncertainty (nats): TP %.3f  FP %.3f", results.uncertainty["tp"],
-                    results.uncertainty["fp"])
+        found = results.uncertainty
+        logger.info("localization uncertainty (nats): TP %.3f  FP %.3f; Spearman with 1 - IoU of the TPs %.3f%s",
+                    found["tp"], found["fp"], found["spearman_vs_1-iou"],
+                    f"; as expected IoU, calibration error {found['calibration_error']:.3f} (out of fold)"
+                    if "calibration_error" in found else "")
     speed = results.speed_ms
     if speed:
         logger.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image", speed["preprocess"],

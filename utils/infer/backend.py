@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ import torch.nn as nn
 from models.detect import SIDE_VARIANCE_COLUMNS
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
+from utils.data.tiles import TileSettings
 from utils.torch_utils import autocast, autocast_dtype, max_stride
 
 logger = logging.getLogger(__name__)
@@ -35,12 +36,15 @@ SUFFIXES = (".pt", ".onnx", ".torchscript")
 UNCERTAINTY_OUTPUT = "uncertainty"  # name of an exported C-BBL model's second output (B, N, 1)
 
 
-def model_metadata(model: nn.Module, imgsz: Sequence[int], batch_size: int, dynamic: bool) -> dict[str, Any]:
-    """What a backend needs to know about an exported model: classes, stride, box mode, input shape."""
+def model_metadata(model: nn.Module, imgsz: Sequence[int], batch_size: int, dynamic: bool,
+                   tile: Optional[TileSettings] = None) -> dict[str, Any]:
+    """What a backend needs to know about an exported model: classes, stride, box mode, input shape, and the
+    tiles it was trained on (so ``--slice auto`` slices an export as it slices its checkpoint)."""
     detect = model.detect
     return {"names": list(model.names), "nc": int(model.nc), "stride": max_stride(model.stride),
             "box_mode": str(detect.box_mode), "num_extra": int(detect.num_extra),
-            "imgsz": [int(s) for s in imgsz], "batch_size": int(batch_size), "dynamic": bool(dynamic)}
+            "imgsz": [int(s) for s in imgsz], "batch_size": int(batch_size), "dynamic": bool(dynamic),
+            "tile": None if tile is None else tile.to_dict()}
 
 
 def _parse_metadata(text: str, path: Path) -> dict[str, Any]:
@@ -93,6 +97,7 @@ class DetectBackend(nn.Module):
         self.fixed_imgsz: tuple[int, int] | None = None  # (h, w) an exported model was frozen to
         self.fixed_batch: int | None = None
         self.channels_last = False  # set for PyTorch checkpoints on CPU
+        self.trained_tile: Optional[TileSettings] = None  # the --tile windows the weights were trained on
         if self.is_onnx:
             self._load_onnx(paths[0])
         elif self.is_torchscript:
@@ -101,9 +106,11 @@ class DetectBackend(nn.Module):
             self._load_checkpoints(paths, fuse)
 
     def _load_checkpoints(self, paths: list[Path], fuse: bool) -> None:
-        models = []
+        models, tiles = [], set()
         for path in paths:
-            model = model_from_checkpoint(load_checkpoint(path, map_location="cpu"), use_ema=True, source=path)
+            checkpoint = load_checkpoint(path, map_location="cpu")
+            tiles.add(TileSettings.of_checkpoint(checkpoint))
+            model = model_from_checkpoint(checkpoint, use_ema=True, source=path)
             check_finite_weights(model, path)
             if fuse and hasattr(model, "fuse"):
                 model = model.fuse()
@@ -119,6 +126,7 @@ class DetectBackend(nn.Module):
         if len(extras) > 1:
             logger.warning("ensemble mixes C-BBL and regression heads: the uncertainty column is dropped")
         self.num_extra = min(extras)
+        self.trained_tile = tiles.pop() if len(tiles) == 1 else None  # an ensemble slices only if all agree
         self.nc, self.names = int(first.nc), list(first.names)
         self.stride = max(max_stride(m.stride) for m in models)
         self.channels_last = self.device.type == "cpu"
@@ -166,6 +174,7 @@ class DetectBackend(nn.Module):
         if not meta.get("dynamic", True):
             self.fixed_imgsz = (int(meta["imgsz"][0]), int(meta["imgsz"][1]))
             self.fixed_batch = int(meta["batch_size"])
+        self.trained_tile = TileSettings.from_dict(meta.get("tile"))
 
     def decode_only_above(self, conf_thres: float) -> None:
         """Sparse C-BBL decode for PyTorch models: box distributions only where NMS at ``conf_thres`` can keep a

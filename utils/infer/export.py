@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
+from utils.data.tiles import TileSettings
 from utils.files import REPO_ROOT, atomic_write_bytes, increment_path
 from utils.infer.backend import METADATA_KEY, UNCERTAINTY_OUTPUT, model_metadata
 from utils.options import option, options_from_kwargs
@@ -195,14 +196,15 @@ def export(opts: ExportOptions) -> list[Path]:
     if not (opts.project or opts.name):
         for file_format in opts.include:
             check_replaceable(weights.with_suffix(f".{file_format}"))
-    model = model_from_checkpoint(load_checkpoint(weights), use_ema=True, source=weights).fuse().eval().to(device)
+    checkpoint = load_checkpoint(weights)
+    model = model_from_checkpoint(checkpoint, use_ema=True, source=weights).fuse().eval().to(device)
     stride = max_stride(model.stride)
     if any(size % stride for size in opts.imgsz):
         raise ValueError(f"--imgsz {list(opts.imgsz)} must be multiples of the model stride {stride}")
     example = torch.rand(opts.batch_size, 3, *opts.imgsz, generator=torch.Generator().manual_seed(0)).to(device)
     if opts.half:
         model, example = model.half(), example.half()
-    metadata = model_metadata(model, opts.imgsz, opts.batch_size, opts.dynamic)
+    metadata = model_metadata(model, opts.imgsz, opts.batch_size, opts.dynamic, TileSettings.of_checkpoint(checkpoint))
     base = output_folder(opts) / weights.name
     written = []
     if "onnx" in opts.include:

@@ -22,9 +22,11 @@ import torch.nn as nn
 
 from utils.annotate import crop_box, draw_detections
 from utils.boxes import xyxy_to_cxcywh
+from utils.data.tiles import TileSettings
 from utils.files import checked_imwrite, increment_path, read_image
 from utils.infer.options import DetectOptions
 from utils.infer.predictor import check_imgsz, detect_images
+from utils.infer.slicing import SLICE_AUTO, SliceRequest, resolve_slice, sliced_detect
 from utils.torch_utils import TRAIN_GRID_FLOOR, autocast, max_stride
 
 logger = logging.getLogger(__name__)
@@ -59,12 +61,15 @@ class AutoShape(nn.Module):
     classes: Optional[list[int]] = None  # keep only these classes
     max_det = 1000  # detections kept per image
     amp = False  # autocast inference: fp16 on CUDA, bf16 on a CPU with native bf16 (head and decode float32)
+    slice: SliceRequest = SLICE_AUTO  # detect.py's --slice: 'auto' (a --tile model's training windows), 'off', (h, w)
+    overlap: Optional[float] = None  # detect.py's --overlap (None: the training tiles' under auto, else 0.2)
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, trained_tile: Optional[TileSettings] = None):
         super().__init__()
         self.model = model.eval()
         self.names, self.nc = list(model.names), int(model.nc)
         self.stride = max_stride(model.stride, TRAIN_GRID_FLOOR)
+        self.trained_tile = trained_tile
 
     @torch.no_grad()
     def forward(self, images: Union[ImageInput, Sequence[ImageInput]], size: Union[int, Sequence[int]] = 640
@@ -73,7 +78,7 @@ class AutoShape(nn.Module):
         batch = list(images) if isinstance(images, (list, tuple)) else [images]
         arrays, files = zip(*(_rgb_array(image, i) for i, image in enumerate(batch)))
         opts = DetectOptions(imgsz=size, conf_thres=self.conf, iou_thres=self.iou, max_det=self.max_det,
-                             agnostic_nms=self.agnostic, classes=self.classes)
+                             agnostic_nms=self.agnostic, classes=self.classes, slice=self.slice, overlap=self.overlap)
         imgsz = check_imgsz(opts.imgsz, self.stride)
         device = next(self.model.parameters()).device
         width = 5 + self.nc
@@ -82,8 +87,16 @@ class AutoShape(nn.Module):
             with autocast(device, self.amp):
                 return self.model(tensor.to(device))[0][..., :width].float()
 
-        dets = detect_images([np.ascontiguousarray(a[:, :, ::-1]) for a in arrays], forward, imgsz, self.stride,
-                             self.nc, opts)
+        def detect_fn(images: list[np.ndarray]) -> list[torch.Tensor]:
+            return detect_images(images, forward, imgsz, self.stride, self.nc, opts)
+
+        images = [np.ascontiguousarray(a[:, :, ::-1]) for a in arrays]
+        slicing = resolve_slice(opts.slice, opts.overlap, self.trained_tile, "the model")
+        if slicing is None:
+            dets = detect_fn(images)
+        else:
+            dets = [sliced_detect(detect_fn, image, slicing[0], slicing[1], opts.iou_thres, opts.agnostic_nms,
+                                  max_det=opts.max_det, batch_size=opts.slice_batch) for image in images]
         return Detections(list(arrays), [d[:, :6] for d in dets], list(files), self.names)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from utils.files import REPO_ROOT
+from utils.infer.slicing import OVERLAP_HELP, SLICE_AUTO, SLICE_HELP, SliceRequest, parse_slice
 from utils.options import option
 
 # What runs a .pt checkpoint: PyTorch, or ONNX Runtime after an in-memory export (utils/infer/predictor.py).
@@ -55,9 +56,8 @@ class DetectOptions:
     hide_conf: bool = option(False, "labels without confidences")
     half: bool = option(False, "FP16 inference (CUDA)")
     vid_stride: int = option(1, "use every n-th video frame")
-    slice: Optional[tuple[int, ...]] = option(None, "sliced inference with tiles of H x W frame pixels", nargs=2,
-                                              metavar=("H", "W"))
-    overlap: float = option(0.2, "tile overlap ratio for --slice")
+    slice: SliceRequest = option(SLICE_AUTO, SLICE_HELP, nargs="+", metavar="SLICE")
+    overlap: Optional[float] = option(None, OVERLAP_HELP)
     slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame")
     slice_batch: int = option(8, "tiles per forward pass")
     runtime: str = option("torch", "what runs a .pt: torch, or onnxruntime after an in-memory ONNX export (faster "
@@ -69,7 +69,7 @@ class DetectOptions:
         weights = [self.weights] if isinstance(self.weights, (str, Path)) else self.weights
         fix(self, "weights", tuple(str(w) for w in weights))
         fix(self, "imgsz", _pair(self.imgsz))
-        fix(self, "slice", None if self.slice is None else _pair(self.slice))
+        fix(self, "slice", parse_slice(self.slice))
         fix(self, "source", str(self.source))
         fix(self, "project", str(self.project))
         fix(self, "classes", None if self.classes is None else tuple(int(c) for c in self.classes))
@@ -79,9 +79,8 @@ class DetectOptions:
         checks = {"imgsz": len(self.imgsz) == 2 and min(self.imgsz) > 0, "conf_thres": 0 <= self.conf_thres <= 1,
                   "iou_thres": 0 <= self.iou_thres <= 1, "max_det": self.max_det > 0,
                   "vid_stride": self.vid_stride >= 1,
-                  "overlap": 0 <= self.overlap < 1, "slice_batch": self.slice_batch >= 1,
-                  "runtime": self.runtime in RUNTIMES,
-                  "slice": self.slice is None or (len(self.slice) == 2 and min(self.slice) > 0)}
+                  "overlap": self.overlap is None or 0 <= self.overlap < 1, "slice_batch": self.slice_batch >= 1,
+                  "runtime": self.runtime in RUNTIMES}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError("invalid detect option(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))

@@ -11,6 +11,7 @@ import math
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Union
 
@@ -26,7 +27,7 @@ from utils.infer.backend import DetectBackend
 from utils.infer.export import run as export_model
 from utils.infer.options import RUNTIMES, DetectOptions, ImageResult
 from utils.infer.outputs import OutputWriter
-from utils.infer.slicing import sliced_detect
+from utils.infer.slicing import SLICE_OFF, resolve_slice, sliced_detect
 from utils.infer.sources import Frame, is_stream, iterate_frames, list_files
 from utils.infer.tta import tta_forward
 from utils.log import log_once
@@ -134,7 +135,9 @@ def run(**options) -> list[ImageResult]:
     names = load_names(opts.data, backend.nc) if opts.data else backend.names
     files = None if is_stream(opts.source) else list_files(opts.source)
     imgsz = inference_size(backend, opts.imgsz)
-    check_input_memory(backend, imgsz, opts.slice_batch if opts.slice is not None else 1)
+    slicing = resolve_slice(opts.slice, opts.overlap, backend.trained_tile, backend.weights_name)
+    opts = replace(opts, slice=slicing[0] if slicing else SLICE_OFF, overlap=slicing[1] if slicing else opts.overlap)
+    check_input_memory(backend, imgsz, opts.slice_batch if slicing else 1)
     if backend.device.type != "cpu":
         backend.warmup(imgsz)
     forward = build_forward(backend, opts.augment)
@@ -189,9 +192,10 @@ def inference_size(backend: DetectBackend, imgsz: Sequence[int]) -> tuple[int, i
 
 def detect_frame(frame: Frame, detect_fn: Callable[[list[np.ndarray]], list[torch.Tensor]], opts: DetectOptions,
                  has_uncertainty: bool, names: Sequence[str]) -> ImageResult:
-    """One frame, sliced (--slice) or in a single pass, as an :class:`ImageResult` (and one log line)."""
+    """One frame, sliced (``opts.slice`` resolved to tile sides) or in a single pass, as an :class:`ImageResult`
+    (and one log line)."""
     start = time.perf_counter()
-    if opts.slice is not None:
+    if opts.slice != SLICE_OFF:
         dets = sliced_detect(detect_fn, frame.image, opts.slice, opts.overlap, opts.iou_thres, opts.agnostic_nms,
                              opts.slice_full_pass, opts.max_det, opts.slice_batch)
     else:

@@ -11,13 +11,15 @@ holds them whole, and the rest are merged across tiles: class-aware NMS decides 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Sequence
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
 from utils.boxes import box_iou
-from utils.data.tiles import tile_grid
+from utils.data.tiles import TileSettings, tile_grid
+from utils.log import log_once
 from utils.nms import batched_nms
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,51 @@ CERTAIN_CONF_RATIO = 0.8
 _MERGE_BLOCK_ROWS = 2048
 
 DetectFn = Callable[[list[np.ndarray]], list[torch.Tensor]]
+SliceRequest = Union[str, tuple[int, int]]  # 'auto', 'off' or (tile_h, tile_w) frame pixels
+
+# --slice: 'auto' slices a --tile checkpoint's frames into its training windows and leaves other models' whole.
+SLICE_AUTO, SLICE_OFF = "auto", "off"
+SLICE_HELP = ("sliced inference: tiles of H x W frame pixels, each run at --img; 'auto' (default): the training "
+              "windows of a --tile checkpoint, whole frames for other models; 'off': whole frames")
+OVERLAP_HELP = "tile overlap ratio for --slice (default: the training tiles' overlap under auto, else 0.2)"
+DEFAULT_OVERLAP = 0.2
+
+
+def parse_slice(value: Union[None, str, int, Sequence[Union[str, int]]]) -> SliceRequest:
+    """--slice as given on the command line or in Python (None, 'auto', 'off', 640, [640, 640], ['auto'])
+    -> 'auto', 'off' or (tile_h, tile_w)."""
+    if value is None:
+        return SLICE_AUTO
+    values = [value] if isinstance(value, (str, int)) else list(value)
+    if len(values) == 1 and str(values[0]).lower() in (SLICE_AUTO, SLICE_OFF):
+        return str(values[0]).lower()
+    try:
+        sides = tuple(int(side) for side in values)
+    except ValueError:
+        sides = ()
+    if len(sides) == 1:
+        sides = sides * 2
+    if len(sides) != 2 or min(sides) < 1:
+        raise ValueError(f"--slice takes two positive tile sides H W, 'auto' or 'off'; got {value!r}")
+    return sides
+
+
+def resolve_slice(request: SliceRequest, overlap: Optional[float], trained: Optional[TileSettings],
+                  weights: str) -> Optional[tuple[tuple[int, int], float]]:
+    """The (tile_hw, overlap) a run slices its frames into, or None for whole frames.
+
+    'auto' follows the weights: a --tile checkpoint is sliced into its training windows at its training overlap
+    (said once per process and weights, with how to turn it off), any other model runs on whole frames.
+    """
+    if request == SLICE_OFF or (request == SLICE_AUTO and trained is None):
+        return None
+    if request == SLICE_AUTO:
+        overlap = trained.overlap if overlap is None else overlap
+        log_once(logger, logging.INFO, "%s was trained on tiles (--tile %d --tile-scale %g): slicing each frame "
+                 "into %dx%d px tiles, overlap %g (--slice off: whole frames)", weights, trained.size, trained.scale,
+                 trained.window, trained.window, overlap)
+        return (trained.window, trained.window), overlap
+    return request, DEFAULT_OVERLAP if overlap is None else overlap
 
 
 def cut_box_mask(boxes: torch.Tensor, owner_tiles: torch.Tensor, tiles: torch.Tensor,

@@ -97,10 +97,10 @@ def run_one(args: argparse.Namespace, config: str, seed: int) -> dict:
     from utils.engine.run import run
 
     opts = train_options(args, config, seed)
-    hyp = opts.hyp
-    cbbl = hyp.is_cbbl
-    row = {"config": config, "seed": seed, "box_loss": hyp.box_loss, "grid": hyp.cbbl_grid if cbbl else "",
-           "um": hyp.cbbl_um if cbbl else "", "ciou_term": hyp.cbbl_ciou if cbbl else "", "epochs": args.epochs,
+    head = opts.hyp.head
+    cbbl = head.is_cbbl
+    row = {"config": config, "seed": seed, "box_loss": head.box_loss, "grid": head.grid if cbbl else "",
+           "um": head.um if cbbl else "", "ciou_term": head.ciou if cbbl else "", "epochs": args.epochs,
            "img": args.img}
     start = time.perf_counter()
     try:

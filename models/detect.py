@@ -62,9 +62,8 @@ class Detect(nn.Module):
         self.nc, self.nl, self.na = int(nc), len(anchors), len(anchors[0]) // 2
         if len(ch) != self.nl:
             raise ValueError(f"Detect got {len(ch)} input levels but anchors for {self.nl} levels")
-        self.bins, self.space, self.restore = self.head.bins, self.head.space, self.head.restore
-        self.grid: Optional[BoxGrids] = self.head.box_grids()
-        self.box_channels = 4 * self.bins if self.grid is not None else 4
+        self.grid: Optional[BoxGrids] = self.head.box_grids()  # derived from self.head, kept with it by set_head
+        self.box_channels = 4 * self.head.bins if self.grid is not None else 4
         self.num_extra = 1 if self.grid is not None else 0
         self.no = self.box_channels + 1 + self.nc
         self.decode_conf: Optional[float] = None
@@ -80,13 +79,27 @@ class Detect(nn.Module):
         """'cbbl' or 'regress', derived from the head's box_loss."""
         return self.head.box_mode
 
+    @property
+    def bins(self) -> int:
+        """The head's K (read from ``self.head``, never a copy that could drift from it)."""
+        return self.head.bins
+
+    @property
+    def space(self) -> str:
+        """The head's offset space."""
+        return self.head.space
+
+    @property
+    def restore(self) -> str:
+        """The head's box-from-distribution rule."""
+        return self.head.restore
+
     def set_head(self, head: HeadConfig) -> None:
         """Swap in new grid points (a fitted C-BBL grid): same box loss and K, so the weights still fit."""
         if (head.box_loss, head.bins) != (self.head.box_loss, self.head.bins):
             raise ValueError(f"set_head keeps box_loss and bins ({self.head.box_loss}, {self.head.bins}); "
                              f"got ({head.box_loss}, {head.bins})")
-        self.head = head
-        self.space, self.restore, self.grid = head.space, head.restore, head.box_grids()
+        self.head, self.grid = head, head.box_grids()
         if self.grid is not None:
             self.grid_points.copy_(self.grid.points)
 

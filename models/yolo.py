@@ -12,6 +12,7 @@ import argparse
 import copy
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -30,9 +31,9 @@ from models.verify import check_graph  # noqa: E402
 from utils.anchors import check_anchor_order, default_anchors  # noqa: E402
 from utils.checkpoint import checkpoint_weights  # noqa: E402
 from utils.files import resolve_path  # noqa: E402
-from utils.head import BOX_LOSSES, HeadConfig  # noqa: E402
+from utils.head import HeadConfig, HeadFlags, head_overrides  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
-from utils.options import cli_main  # noqa: E402
+from utils.options import build_parser, cli_main, option  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +43,22 @@ STRIDE_PROBE_SIZE = 64
 YAML_BUFFERS = (".anchors", ".stride")
 # YOLOv5's BatchNorm settings, which its training schedule is tuned for.
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03
+# Where bare model config names (yolov5s.yaml) are looked up, relative to the repository root.
+MODEL_CONFIG_DIR = "models"
+
+
+def resolve_model_config(cfg: Union[str, Path], flag: str = "model config") -> Path:
+    """A model YAML found as train.py, models/yolo.py, hubconf and :class:`Model` all find it: as given, else under
+    the repository root, else in models/ (``yolov5s.yaml``). FileNotFoundError names ``flag`` and the places."""
+    return resolve_path(cfg, flag, MODEL_CONFIG_DIR)
 
 
 def load_model_yaml(cfg: Union[str, Path, dict]) -> dict:
-    """A model dict from a YAML path or dict (copied); ValueError/FileNotFoundError naming the file."""
+    """A model dict from a YAML path (see :func:`resolve_model_config`) or dict (copied); ValueError/
+    FileNotFoundError naming the file."""
     if isinstance(cfg, dict):
         return copy.deepcopy(cfg)
-    path = Path(cfg)
-    if not path.is_file():
-        raise FileNotFoundError(f"model config {path} not found (see models/*.yaml)")
+    path = resolve_model_config(cfg)
     text = path.read_text(encoding="utf-8")
     try:
         model_dict = yaml.safe_load(text)
@@ -71,7 +79,7 @@ class Model(nn.Module):
         nc: number of classes, overriding the YAML.
         anchors: anchors per level (int, "from the data") or explicit per-level pixel lists, overriding the YAML.
         head: the box head (utils.head.HeadConfig, built once per run) replacing the YAML's ``detect:`` entry;
-            a dict overrides single keys of that entry instead.
+            a dict overrides single settings of that entry instead (HeadConfig's defaults where it has none).
 
     ``model.yaml`` rebuilds the same model: resolved nc, explicit pixel anchors, head settings.
     ``model.anchors_from_data`` is True when the config asked for k-means anchors (utils.anchors.check_anchors).
@@ -90,8 +98,7 @@ class Model(nn.Module):
         if not isinstance(model_dict.get("nc"), int) or model_dict["nc"] < 1:
             raise ValueError(f"{source}: 'nc' must be an int >= 1, got {model_dict.get('nc')!r}")
         if not isinstance(head, HeadConfig):
-            overrides = {key: value for key, value in (head or {}).items() if value is not None}
-            head = HeadConfig.from_dict({**(model_dict.get("detect") or {}), **overrides})
+            head = HeadConfig.from_dict(model_dict.get("detect"), **(head or {}))
         model_dict["detect"] = head.to_dict()
         self.anchors_from_data, build_dict = self._placeholder_anchors(model_dict, source)
         self.model, self.routes, self.save, self.layer_table = parse_model(
@@ -219,14 +226,19 @@ def format_table(model: Model) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Build a model YAML and print its layers, parameters and GFLOPs")
-    parser.add_argument("--cfg", required=True, help="model YAML, e.g. models/yolov5s.yaml")
-    parser.add_argument("--img", type=int, default=640, help="image size for the GFLOPs figure")
-    parser.add_argument("--nc", type=int, default=None, help="override the number of classes")
-    parser.add_argument("--box-loss", choices=BOX_LOSSES, default=None, help="box loss (cbbl = C-BBL head)")
-    parser.add_argument("--bins", type=int, default=None, help="C-BBL grid points K")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class ModelOptions(HeadFlags):
+    """models/yolo.py's flags; the box head flags are train.py's (utils.head.HeadFlags)."""
+
+    cfg: str = option("", "model YAML, bare names look in models/ (e.g. yolov5s.yaml)", required=True)
+    img: int = option(640, "image size for the GFLOPs figure")
+    nc: Optional[int] = option(None, "override the number of classes")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> ModelOptions:
+    parser = build_parser(ModelOptions, "Build a model YAML and print its layers, parameters and GFLOPs")
+    parser.add_argument("--bins", dest="cbbl_bins", type=int, default=argparse.SUPPRESS, help="same as --cbbl-bins")
+    return ModelOptions(**vars(parser.parse_args(argv)))
 
 
 def main(argv: Optional[list[str]] = None) -> Model:
@@ -234,8 +246,8 @@ def main(argv: Optional[list[str]] = None) -> Model:
     ValueError naming its row (one line and exit 2 through cli_main)."""
     opts = parse_args(argv)
     setup_logging()
-    cfg = resolve_path(opts.cfg, "--cfg", "models")  # bare names look in models/, as in train.py
-    model = Model(cfg, nc=opts.nc, head={"box_loss": opts.box_loss, "bins": opts.bins})
+    cfg = resolve_model_config(opts.cfg, "--cfg")
+    model = Model(cfg, nc=opts.nc, head=head_overrides(opts))
     info = model.info(opts.img)
     logger.info("%s\n%s: %d layers, %s parameters, %.1f GFLOPs at %d px, strides %s, head %s", format_table(model),
                 cfg.stem, info["layers"], f"{info['params']:,}", info["gflops"], opts.img,

@@ -37,7 +37,7 @@ def detect_for(**settings) -> SimpleNamespace:
 def test_the_table_is_the_list_of_box_losses_everywhere():
     assert BOX_LOSSES == tuple(BOX_TERMS) == ("ciou", "l1", "smooth_l1", "cbbl")
     for name in BOX_LOSSES:
-        assert HeadConfig(box_loss=name).box_loss == load_hyp(box_loss=name).box_loss == name
+        assert HeadConfig(box_loss=name).box_loss == load_hyp(box_loss=name).head.box_loss == name
     with pytest.raises(ValueError, match="box_loss"):
         HeadConfig(box_loss="giou")
 

@@ -4,6 +4,7 @@ older checkpoints' keys, and the grid fits (equal mass, a known beta recovered),
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +126,69 @@ def test_fitted_grids_are_stored_in_and_restored_from_the_checkpoint(tmp_path, g
     images = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(images)[0], restored(images)[0])
+
+
+def test_every_way_of_building_the_head_gives_the_same_head_config(tmp_path, monkeypatch):
+    """train options, a hyp file (head: section or older flat keys), models/yolo.py, hubconf and a checkpoint all
+    build the head from HeadConfig's one set of defaults."""
+    import hubconf
+    from models.yolo import Model, main
+    from tests.conftest import TINY_MODEL_YAML
+    from utils.checkpoint import save_checkpoint
+    from utils.engine.options import parse_options
+
+    expected = HeadConfig(box_loss="cbbl")
+    monkeypatch.chdir(tmp_path)  # bare names must resolve from any folder
+    opts = parse_options(["--hyp", "hyp.scratch-low.yaml", "--box-loss", "cbbl", "--img", "320"])
+    section, flat = tmp_path / "hyp.section.yaml", tmp_path / "hyp.flat.yaml"
+    section.write_text("head:\n  box_loss: cbbl\n")
+    flat.write_text("box_loss: cbbl\n")
+    heads = {"train options": HeadConfig.from_hyp(opts.hyp, opts.imgsz),
+             "hyp head: section": HeadConfig.from_hyp(load_hyp(section), 320),
+             "hyp flat keys": HeadConfig.from_hyp(load_hyp(flat), 320),
+             "models/yolo.py": main(["--cfg", "yolov5n.yaml", "--box-loss", "cbbl", "--img", "64"]).detect.head,
+             "Model(head=dict)": Model(TINY_MODEL_YAML, head={"box_loss": "cbbl"}).detect.head}
+    model = Model(TINY_MODEL_YAML, head=heads["train options"])
+    save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml, "names": ["a", "b", "c"],
+                     "epoch": 0}, tmp_path / "cbbl.pt")
+    heads["checkpoint via hubconf"] = hubconf.custom(str(tmp_path / "cbbl.pt"), autoshape=False).detect.head
+    assert heads == dict.fromkeys(heads, expected) and expected.grid == "auto"
+    regression = HeadConfig.from_hyp(parse_options(["--hyp", "hyp.scratch-low.yaml"]).hyp, 320)
+    untrained = hubconf.yolov5n(pretrained=False, classes=3, autoshape=False).detect.head
+    assert regression == untrained == main(["--cfg", "yolov5n.yaml", "--img", "64"]).detect.head == HeadConfig()
+
+
+CHECKPOINTS_11207D4 = Path(__file__).resolve().parent / "fixtures" / "cbbl_checkpoint_11207d4"
+
+
+@pytest.mark.parametrize("name", ["fitted", "legacy"])
+def test_checkpoints_written_before_the_head_declaration_decode_identically(name):
+    """tests/fixtures/make_cbbl_checkpoint_11207d4.py: written and decoded by commit 11207d4's code."""
+    from models.yolo import model_from_checkpoint
+    from utils.checkpoint import load_checkpoint
+
+    reference = torch.load(CHECKPOINTS_11207D4 / "decoded.pt", weights_only=True)
+    model = model_from_checkpoint(load_checkpoint(CHECKPOINTS_11207D4 / f"{name}.pt"))
+    with torch.no_grad():
+        decoded = model(reference["image"].float() / 255)[0]
+    torch.testing.assert_close(decoded, reference[name], rtol=0, atol=1e-6)
+    head = model.detect.head
+    if name == "fitted":
+        assert head == HeadConfig.from_dict(reference["fitted_head"]) and head.grid == "auto" and head.size_beta
+    else:  # box: cbbl without a grid mode: the paper's grid
+        assert (head.grid, head.beta, head.bins) == ("in", 3.0, 9)
+
+
+def test_training_options_stored_before_the_head_declaration_give_the_stored_head(tmp_path):
+    """A checkpoint's "opt" from 11207d4 (flat cbbl_* hyp keys) rebuilds the head its model was trained with."""
+    from utils.checkpoint import load_checkpoint
+    from utils.engine.options import TrainOptions
+
+    checkpoint = load_checkpoint(CHECKPOINTS_11207D4 / "fitted.pt")
+    assert "cbbl_bins" in checkpoint["opt"]["hyp"] and "head" not in checkpoint["opt"]["hyp"]
+    opts = TrainOptions.from_dict(checkpoint["opt"], cfg="yolov5n.yaml", project=str(tmp_path))
+    stored = HeadConfig.from_dict(checkpoint["model_yaml"]["detect"])
+    rebuilt = HeadConfig.from_hyp(opts.hyp, opts.imgsz)
+    unfitted = {key: value for key, value in stored.settings().items() if key != "beta"}  # beta: fitted
+    assert {key: value for key, value in rebuilt.settings().items() if key != "beta"} == unfitted
+    assert (rebuilt.bins, rebuilt.space, rebuilt.restore, rebuilt.anchor_t) == (9, "linear", "top2", stored.anchor_t)

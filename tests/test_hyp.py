@@ -23,6 +23,7 @@ def test_every_hyp_file_loads_and_sets_every_key(path):
     values = yaml.safe_load(path.read_text())
     keys = set(values) - set(UNUSED_YOLOV5_KEYS)  # YOLOv5's files carry them; they load and are dropped
     assert keys == set(Hyp().to_dict()) - {"anchors"}, "a hyp file should spell out every key"
+    assert set(values["head"]) == {"box_loss"}, "the head's other defaults live in utils/head.py only"
 
 
 def test_scratch_low_file_equals_the_defaults():
@@ -31,7 +32,7 @@ def test_scratch_low_file_equals_the_defaults():
 
 def test_visdrone_file_has_tph_values():
     hyp = load_hyp(HYP_FILES[0].parent / "hyp.VisDrone.yaml")
-    assert (hyp.lr0, hyp.mosaic, hyp.mixup, hyp.box_loss) == (0.0032, 1.0, 0.2, "ciou")
+    assert (hyp.lr0, hyp.mosaic, hyp.mixup, hyp.head.box_loss) == (0.0032, 1.0, 0.2, "ciou")
 
 
 def test_unknown_key_is_an_error(tmp_path):
@@ -66,12 +67,38 @@ def test_recipe_keys_are_checked():
 
 
 def test_older_files_cbbl_in_maps_to_the_grid_once():
-    assert load_hyp({"cbbl_in": True}).cbbl_grid == "in"
+    assert load_hyp({"cbbl_in": True}).head.grid == "in"
     uniform = load_hyp({"cbbl_in": False, "cbbl_beta": 5.0})
-    assert (uniform.cbbl_grid, uniform.cbbl_beta) == ("in", 0.0)  # the paper's uniform row
-    assert load_hyp({}).cbbl_grid == "auto"
-    with pytest.raises(ValueError, match="cbbl_grid"):
+    assert (uniform.head.grid, uniform.head.beta) == ("in", 0.0)  # the paper's uniform row
+    assert load_hyp({}).head.grid == "auto"
+    with pytest.raises(ValueError, match="grid"):
         load_hyp(cbbl_grid="equal")
+
+
+def test_head_section_and_older_flat_keys_read_the_same(tmp_path, caplog):
+    section = tmp_path / "hyp.head.yaml"
+    section.write_text("anchor_t: 3.0\nhead:\n  box_loss: cbbl\n  bins: 9\n  grid: quantile\n  um: 0.5\n")
+    flat = tmp_path / "hyp.flat.yaml"
+    flat.write_text("anchor_t: 3.0\nbox_loss: cbbl\ncbbl_bins: 9\ncbbl_grid: quantile\ncbbl_um: 0.5\n")
+    with caplog.at_level("WARNING"):
+        new = load_hyp(section)
+    assert caplog.text == ""
+    with caplog.at_level("WARNING"):
+        old = load_hyp(flat)
+    assert new == old and new.head.anchor_t == 3.0 and (new.head.bins, new.head.um) == (9, 0.5)
+    assert len(caplog.records) == 1 and str(flat) in caplog.text and "'head:'" in caplog.text
+    assert new.to_dict()["head"]["bins"] == 9 and "cbbl_bins" not in new.to_dict()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"head": {"box_loss": "cbbl"}, "box_loss": "ciou"}, "both"),
+    ({"head": {"centre_points": [0.0, 1.0]}}, "unknown head setting"),
+    ({"head": {"bins": 1}}, "bins >= 2"),
+    ({"head": [1, 2]}, "mapping"),
+])
+def test_bad_head_sections_are_refused(values, message):
+    with pytest.raises(ValueError, match=message):
+        load_hyp(values)
 
 
 @pytest.mark.parametrize("line,message", [
@@ -80,7 +107,7 @@ def test_older_files_cbbl_in_maps_to_the_grid_once():
     ("anchor_t: -.inf", "anchor_t must be a finite number"),
     ("lr0: abc", "lr0 must be a number, got 'abc'"),
     ("lr0: nan", "lr0 must be a finite number"),
-    ("cbbl_bins: 11.5", "cbbl_bins must be a whole number"),
+    ("head: {bins: 11.5}", "head.bins must be a whole number"),
     ("box: [1, 2]", "box must be a number"),
     ("fliplr: true", "fliplr must be a number"),
     ("optimizer: 3", "optimizer must be a name"),
@@ -96,9 +123,9 @@ def test_non_finite_or_non_numeric_values_are_refused_naming_file_and_key(tmp_pa
 
 def test_numeric_strings_and_whole_floats_take_the_field_type(tmp_path):
     path = tmp_path / "hyp.yaml"
-    path.write_text("lr0: 1e-3\ncbbl_bins: 9.0\nwarmup_epochs: 2\n")  # YAML 1.1 reads 1e-3 as a string
+    path.write_text("lr0: 1e-3\nhead: {bins: 9.0, alpha: 3e0}\nwarmup_epochs: 2\n")  # YAML 1.1: 1e-3 is a string
     hyp = load_hyp(path)
-    assert hyp.lr0 == 0.001 and hyp.cbbl_bins == 9 and isinstance(hyp.cbbl_bins, int)
+    assert hyp.lr0 == 0.001 and hyp.head.bins == 9 and isinstance(hyp.head.bins, int) and hyp.head.alpha == 3.0
     assert isinstance(hyp.warmup_epochs, float)
     with pytest.raises(ValueError, match="lr0 must be a finite number"):
         Hyp().replace(lr0=float("inf"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from utils.engine.options import TrainOptions, parse_options
-from utils.options import INTERRUPTED_EXIT, build_parser, cli_main, option, options_from_kwargs
+from utils.options import INTERRUPTED_EXIT, build_parser, cli_main, option, options_from_kwargs, override_fields
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,17 @@ def test_generated_parser_keeps_the_dataclass_defaults_and_types():
     assert args == {"size": 320, "names": ["p", "q"], "half": True, "keep": False, "limit": 0.5, "mode": "y"}
     with pytest.raises(SystemExit):
         build_parser(Toy).parse_args(["--hidden", "4"])
+
+
+def test_override_fields_keep_help_and_choices_default_to_none_and_group_in_help():
+    fields = override_fields(Toy, {"size": "toy_size", "mode": "toy_mode"}, "toy settings")
+    overrides = dataclasses.make_dataclass("ToyOverrides", fields, frozen=True)
+    parser = build_parser(overrides)
+    assert vars(parser.parse_args([])) == {"toy_size": None, "toy_mode": None}
+    assert vars(parser.parse_args(["--toy-size", "5", "--img", "7"]))["toy_size"] == 7  # the setting's spellings
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--toy-mode", "z"])
+    assert "toy settings:" in parser.format_help() and "image size (default: 640)" in parser.format_help()
 
 
 def test_kwargs_take_the_same_fields_and_refuse_unknown_ones():

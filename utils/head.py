@@ -1,9 +1,11 @@
-"""HeadConfig: the one description of the box head, shared by the head, the loss, val, detect and export.
+"""HeadConfig: the one declaration of the box head, shared by the head, the loss, val, detect and export.
 
-Built once per training run (:meth:`HeadConfig.from_hyp`, with the size training actually uses), stored as
-plain data in the checkpoint (``model_yaml['detect']``) and read back by :meth:`HeadConfig.from_dict`, which
-is also the one place where older checkpoints' keys are mapped. Each setting has one name everywhere
-(``box_loss``, ``bins``, ``alpha``, ``beta``, ``grid``, ...); ``box_mode`` is derived from ``box_loss``.
+Each setting is declared once, as a field with its default and help: train.py's and models/yolo.py's flags
+(:data:`HeadFlags`, ``--box-loss``, ``--cbbl-bins``, ...) and the hyp file's ``head:`` section (utils.hyp.Hyp.head)
+are generated from and validated by it. Built once per training run (:meth:`HeadConfig.from_hyp`, with the size
+training actually uses), stored as plain data in the checkpoint (``model_yaml['detect']``) and read back by
+:meth:`HeadConfig.from_dict`, the one place where older checkpoints' keys are mapped. Each setting has one name
+everywhere (``box_loss``, ``bins``, ``alpha``, ``beta``, ``grid``, ...); ``box_mode`` is derived from ``box_loss``.
 
 C-BBL grids: one grid per coordinate group, centre (x, y) and size (w, h), placed by the ``grid`` mode
 (utils/cbbl/modes.py). ``auto`` and ``quantile`` points are fitted at training start (utils/engine/grid_fit.py)
@@ -23,11 +25,14 @@ from utils.boxes import OFFSET_SPACES
 from utils.cbbl.distribution import UM_MODES
 from utils.cbbl.grid import RESTORE_MODES, BoxGrids, CBBLGrid, check_points
 from utils.cbbl.modes import FITTED_GRIDS, GRID_MODE_TABLE, GRID_MODES, FittedGridMode, GridMode, GridRanges
+from utils.options import option, override_fields
 
 # Paper section 4.4: the IN strength by training size (only for grid 'in' without an explicit beta).
 PAPER_BETA_BELOW, PAPER_BETA_AT_OR_ABOVE, PAPER_BETA_SIZE = 5.0, 3.0, 1024
-# Keys older checkpoints stored in model_yaml['detect'] (and models/yolo.py --box), mapped by from_dict.
+# Keys older checkpoints stored in model_yaml['detect'], mapped by from_dict; a stored C-BBL head without a
+# grid mode predates the modes and was decoded with the paper's grid.
 _LEGACY_BOX = {"regress": "ciou", "cbbl": "cbbl"}
+_LEGACY_GRID = "in"
 
 
 class DetectOutput(NamedTuple):
@@ -58,20 +63,26 @@ class HeadConfig:
     until :func:`fit_head_grid` (called by utils/engine/grid_fit.py) replaces them with fitted points.
     """
 
-    box_loss: str = "ciou"  # ciou | l1 | smooth_l1 (regression head) | cbbl (C-BBL head)
-    bins: int = 11  # C-BBL grid points per coordinate (K)
-    alpha: float = 4.0  # C-BBL offsets live in [-alpha, alpha]
-    beta: Optional[float] = None  # IN strength: given for 'in' (None = paper_beta), fitted (centre) for 'auto'
-    size_beta: Optional[float] = None  # 'auto' only: the IN strength fitted for the size grid
-    grid: str = "in"  # in | auto | quantile | uniform
-    space: str = "logit"  # offset space: logit (YOLOv5 decode) | linear
-    restore: str = "expectation"  # expectation | top2
-    anchor_t: float = 4.0  # the assignment's size-ratio bound: the size grid's reachable range
-    um: float = 1.0  # uncertainty-matching loss weight (0 = off)
-    um_mode: str = "abs"  # abs | min
-    ciou: float = 0.0  # extra CIoU term on C-BBL's decoded boxes (0 = off)
-    centre_points: tuple[float, ...] = ()  # (K,) grid of x and y
-    size_points: tuple[float, ...] = ()  # (K,) grid of w and h
+    box_loss: str = option("ciou", "box loss: ciou, l1, smooth_l1 (regression head) or cbbl (C-BBL head)",
+                           choices=BOX_LOSSES)
+    bins: int = option(11, "C-BBL grid points per coordinate (K)")
+    alpha: float = option(4.0, "C-BBL offset range [-alpha, alpha]")
+    beta: Optional[float] = option(None, f"C-BBL IN strength of grid in (default by the training size: "
+                                         f"{PAPER_BETA_BELOW:g} below {PAPER_BETA_SIZE} px, "
+                                         f"{PAPER_BETA_AT_OR_ABOVE:g} at and above); fitted (centre) for grid auto")
+    size_beta: Optional[float] = option(None, "grid auto only: the IN strength fitted for the size grid", cli=False)
+    grid: str = option("auto", "C-BBL grid: in (the paper, with beta), auto (IN family fitted to the training "
+                               "targets), quantile (equal target mass), uniform", choices=GRID_MODES)
+    space: str = option("logit", "offset space of the grid: logit (YOLOv5's decode) or linear",
+                        choices=OFFSET_SPACES)
+    restore: str = option("expectation", "box from the distribution", choices=RESTORE_MODES)
+    anchor_t: float = option(4.0, "the assignment's size-ratio bound, the size grid's reachable range (the hyp "
+                                  "file's top-level anchor_t)", cli=False)
+    um: float = option(1.0, "weight of the uncertainty-matching loss (0 = off)")
+    um_mode: str = option("abs", "uncertainty-matching target", choices=UM_MODES)
+    ciou: float = option(0.0, "weight of an extra CIoU term on C-BBL's decoded boxes (0 = off)")
+    centre_points: tuple[float, ...] = option((), "(K,) grid of x and y", cli=False)
+    size_points: tuple[float, ...] = option((), "(K,) grid of w and h", cli=False)
 
     def __post_init__(self) -> None:
         for name, value, choices in (("box_loss", self.box_loss, BOX_LOSSES), ("grid", self.grid, GRID_MODES),
@@ -144,25 +155,33 @@ class HeadConfig:
 
     @classmethod
     def from_hyp(cls, hyp: Any, imgsz: int) -> HeadConfig:
-        """The head a training run uses: ``hyp`` (utils.hyp.Hyp) and the training size ROUNDED TO THE STRIDE
-        (the only place where beta-by-size is derived: --img 1000 trains at 1024, so beta 3)."""
-        beta = hyp.cbbl_beta
-        if beta is None and hyp.cbbl_grid == "in":
-            beta = paper_beta(imgsz)
-        return cls(box_loss=hyp.box_loss, bins=hyp.cbbl_bins, alpha=hyp.cbbl_alpha, beta=beta, grid=hyp.cbbl_grid,
-                   space=hyp.cbbl_space if hyp.is_cbbl else "logit", restore=hyp.cbbl_restore,
-                   anchor_t=hyp.anchor_t, um=hyp.cbbl_um, um_mode=hyp.cbbl_um_mode, ciou=hyp.cbbl_ciou)
+        """The head a training run uses: ``hyp.head`` (utils.hyp.Hyp, the file's ``head:`` section) at the training
+        size ROUNDED TO THE STRIDE (the only place where beta-by-size is derived: --img 1000 trains at 1024,
+        so beta 3)."""
+        head = hyp.head
+        if head.beta is None and head.grid == "in":
+            return cls.from_settings({**head.settings(), "beta": paper_beta(imgsz)}, head.anchor_t)
+        return head
 
     @classmethod
-    def from_dict(cls, values: Optional[dict[str, Any]]) -> HeadConfig:
-        """A config from plain data (``to_dict``, a model YAML's ``detect:``), mapping older checkpoints' keys
-        (``box: regress|cbbl`` and a bare ``beta``, from before grids had modes) once, here."""
-        values = dict(values or {})
-        if "box" in values:
-            box = values.pop("box")
-            if box not in _LEGACY_BOX:
-                raise ValueError(f"Detect head box={box!r} is not one of {tuple(_LEGACY_BOX)}")
-            values.setdefault("box_loss", _LEGACY_BOX[box])
+    def from_settings(cls, settings: dict[str, Any], anchor_t: float) -> HeadConfig:
+        """The head a hyp file's ``head:`` section describes (keys: HEAD_SETTINGS, the rest default) with the
+        file's anchor_t. The offset space is a C-BBL setting: a regression head always decodes in 'logit'."""
+        unknown = sorted(set(settings) - set(HEAD_SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown head setting(s) {unknown}; known: {list(HEAD_SETTINGS)}")
+        values = {**settings, "anchor_t": anchor_t}
+        if values.get("box_loss", cls.box_loss) != "cbbl":
+            values["space"] = "logit"
+        return cls(**values)
+
+    @classmethod
+    def from_dict(cls, values: Optional[dict[str, Any]], **overrides: Any) -> HeadConfig:
+        """A config from plain data (``to_dict``, a model YAML's ``detect:``) with ``overrides`` (None skipped)
+        on top; overrides in the older form (with ``box:``) are read as that form."""
+        values = _current_form(values or {})
+        changes = {key: value for key, value in overrides.items() if value is not None}
+        values.update(_current_form(changes) if "box" in changes else changes)
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -171,6 +190,10 @@ class HeadConfig:
         for name in ("centre_points", "size_points"):
             values[name] = tuple(values.get(name) or ())
         return cls(**values)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings a hyp file's ``head:`` section holds (HEAD_SETTINGS), as plain data."""
+        return {name: getattr(self, name) for name in HEAD_SETTINGS}
 
     def replace(self, **changes: Any) -> HeadConfig:
         """A copy with some settings changed (validated again)."""
@@ -181,6 +204,47 @@ class HeadConfig:
         values = dataclasses.asdict(self)
         values["centre_points"], values["size_points"] = list(self.centre_points), list(self.size_points)
         return values
+
+
+# What a hyp file's head: section and train.py's flags set; the rest is derived (anchor_t: the hyp's top-level
+# key) or fitted (points, size_beta).
+HEAD_SETTINGS = tuple(field.name for field in dataclasses.fields(HeadConfig) if field.metadata["cli"])
+
+
+def flag_key(setting: str) -> str:
+    """A head setting's train.py flag name and older hyp files' flat key: ``box_loss`` as is, the C-BBL settings
+    with the ``cbbl_`` prefix (``bins`` -> ``--cbbl-bins``, ``cbbl_bins``)."""
+    return setting if setting == "box_loss" else f"cbbl_{setting}"
+
+
+HEAD_FLAGS = {flag_key(setting): setting for setting in HEAD_SETTINGS}  # flag key -> setting
+# train.py's and models/yolo.py's head flags (--box-loss, --cbbl-bins, ...), generated from HeadConfig's fields;
+# each is None unless given (= keep the --hyp file's or the model YAML's value).
+HeadFlags = dataclasses.make_dataclass(
+    "HeadFlags", override_fields(HeadConfig, {setting: key for key, setting in HEAD_FLAGS.items()},
+                                 "box head (unset: the --hyp file's head: or the model YAML's detect: value; "
+                                 "defaults: utils/head.py)"),
+    frozen=True)
+HeadFlags.__module__ = __name__  # pickled (e.g. with TrainOptions) by this name
+
+
+def head_overrides(flags: Any) -> dict[str, Any]:
+    """The head settings a HeadFlags instance (or subclass, e.g. TrainOptions) gives, by setting name."""
+    return {setting: getattr(flags, key) for key, setting in HEAD_FLAGS.items() if getattr(flags, key) is not None}
+
+
+def _current_form(values: dict[str, Any]) -> dict[str, Any]:
+    """The one place where older checkpoints' head dicts are mapped: ``box: regress|cbbl`` (from before grids had
+    modes) is ``box_loss``, and a stored C-BBL head without ``grid`` was decoded with the paper's 'in'."""
+    values = dict(values)
+    if "box" in values:
+        box = values.pop("box")
+        if box not in _LEGACY_BOX:
+            raise ValueError(f"Detect head box={box!r} is not one of {tuple(_LEGACY_BOX)}")
+        values.setdefault("box_loss", _LEGACY_BOX[box])
+    if values.get("box_loss") == "cbbl":
+        values.setdefault("grid", _LEGACY_GRID)
+    return values
 
 
 def as_head_config(head: Any) -> HeadConfig:

@@ -1,23 +1,25 @@
 """Training hyperparameters: one frozen, validated dataclass read from data/hyps/*.yaml.
 
-YOLOv5's keys keep their names and meanings; C-BBL and augmentation-survival keys are ours.
+YOLOv5's keys keep their names and meanings; the box head's settings are one ``head:`` section, declared and
+validated by utils/head.py's HeadConfig; augmentation-survival keys are ours. Older files' flat head keys
+(``box_loss``, ``cbbl_bins``, ...) are still read, with one log line saying how to update the file.
 An unknown key or an out-of-range value is an error at load time, never later.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from utils.boxes import OFFSET_SPACES
-from utils.cbbl.distribution import UM_MODES
-from utils.cbbl.grid import RESTORE_MODES
 from utils.files import load_yaml_file
-from utils.head import BOX_LOSSES, GRID_MODES
+from utils.head import HEAD_FLAGS, HEAD_SETTINGS, HeadConfig
+
+logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 LR_SCHEDULES = ("linear", "cosine")
@@ -47,20 +49,11 @@ class Hyp:
     cls_pw: float = 1.0  # positive weight of the class BCE
     obj: float = 1.0
     obj_pw: float = 1.0
-    anchor_t: float = 4.0  # max size ratio between a ground truth and an anchor it is assigned to
+    anchor_t: float = HeadConfig.anchor_t  # max size ratio between a ground truth and an anchor it is assigned to
     fl_gamma: float = 0.0  # focal loss gamma (0 = plain BCE)
     label_smoothing: float = 0.0
-    # box branch
-    box_loss: str = "ciou"
-    cbbl_bins: int = 11
-    cbbl_alpha: float = 4.0
-    cbbl_beta: Optional[float] = None  # grid 'in': None = by training size (5 below 1024 px, 3 at/above)
-    cbbl_grid: str = "auto"  # in (paper) | auto (IN family fitted to the data) | quantile | uniform
-    cbbl_um: float = 1.0  # weight of the uncertainty loss (0 = off)
-    cbbl_um_mode: str = "abs"
-    cbbl_restore: str = "expectation"
-    cbbl_space: str = "logit"
-    cbbl_ciou: float = 0.0  # extra CIoU term on C-BBL's decoded boxes (0 = off)
+    # the box head: the file's head: section (settings, defaults and checks: utils/head.py HeadConfig)
+    head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
     # augmentation
     hsv_h: float = 0.015
     hsv_s: float = 0.7
@@ -83,36 +76,50 @@ class Hyp:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            object.__setattr__(self, field.name, _typed_value(field.name, getattr(self, field.name), field.type))
+            if field.name != "head":
+                object.__setattr__(self, field.name, _typed_value(field.name, getattr(self, field.name), field.type))
+        object.__setattr__(self, "head", _head_section(self.head, self.anchor_t))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_choice("box_loss", self.box_loss, BOX_LOSSES)
-        _check_choice("cbbl_um_mode", self.cbbl_um_mode, UM_MODES)
-        _check_choice("cbbl_restore", self.cbbl_restore, RESTORE_MODES)
-        _check_choice("cbbl_space", self.cbbl_space, OFFSET_SPACES)
-        _check_choice("cbbl_grid", self.cbbl_grid, GRID_MODES)
-        if self.cbbl_bins < 2 or self.cbbl_alpha <= 0 or (self.cbbl_beta is not None and self.cbbl_beta < 0):
-            raise ValueError(f"C-BBL needs bins >= 2, alpha > 0, beta >= 0; got {self.cbbl_bins}, "
-                             f"{self.cbbl_alpha}, {self.cbbl_beta}")
-        if self.anchor_t <= 1:
-            raise ValueError(f"anchor_t must be > 1, got {self.anchor_t}")
-        for name in ("lr0", "box", "cls", "obj", "cbbl_um", "cbbl_ciou", "fl_gamma", "box_min_px"):
+        for name in ("lr0", "box", "cls", "obj", "fl_gamma", "box_min_px"):
             if getattr(self, name) < 0:
                 raise ValueError(f"hyperparameter {name} must be >= 0, got {getattr(self, name)}")
         for name in ("label_smoothing", "flipud", "fliplr", "mosaic", "mixup", "copy_paste", "box_min_area_frac"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"hyperparameter {name} must lie in [0, 1], got {getattr(self, name)}")
 
-    @property
-    def is_cbbl(self) -> bool:
-        return self.box_loss == "cbbl"
-
     def replace(self, **changes: Any) -> Hyp:
-        """A copy with some values changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some values changed (hyp keys or head flag keys such as ``cbbl_um``), validated again."""
+        return load_hyp(self.to_dict(), **changes)
+
+    def value(self, key: str) -> Any:
+        """A value by its hyp key or head flag key (``cbbl_um`` is ``head.um``), as --evolve's search space names
+        them."""
+        return getattr(self.head, HEAD_FLAGS[key]) if key in HEAD_FLAGS else getattr(self, key)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data, as a hyp file spells it (the head's settings as the ``head:`` section)."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {**values, "head": self.head.settings()}
+
+
+def _head_section(section: Any, anchor_t: float) -> HeadConfig:
+    """The HeadConfig of a ``head:`` section (a mapping of settings, or a HeadConfig whose settings are taken), its
+    values typed as the hyp file's other keys are."""
+    types = {field.name: field.type for field in dataclasses.fields(HeadConfig) if field.name in HEAD_SETTINGS}
+    typed = {key: _typed_value(f"head.{key}", value, types[key]) if key in types else value
+             for key, value in _head_settings(section, "hyperparameter head").items()}
+    return HeadConfig.from_settings(typed, anchor_t)
+
+
+def _head_settings(section: Any, name: str) -> dict[str, Any]:
+    """A ``head:`` section as a new dict of settings (a HeadConfig gives its settings); ``name`` names it in the
+    error when it is no mapping."""
+    if isinstance(section, HeadConfig):
+        return section.settings()
+    if not isinstance(section, dict):
+        raise ValueError(f"{name} must be a mapping of head settings, got {section!r}")
+    return dict(section)
 
 
 def _typed_value(name: str, value: Any, annotation: str) -> Any:
@@ -147,7 +154,8 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def load_hyp(source: Union[str, Path, dict, None] = None, **overrides: Any) -> Hyp:
-    """A Hyp from a YAML file or dict (missing keys take defaults), then keyword overrides (None skipped).
+    """A Hyp from a YAML file or dict (missing keys take defaults), then keyword overrides (None skipped): hyp keys
+    or head flag keys (``box_loss``, ``cbbl_bins``, ... as train.py's flags name them).
 
     Raises ValueError naming the file and the key that Hyp does not know or whose value is wrong (not a
     number, NaN or inf, out of range).
@@ -162,25 +170,40 @@ def load_hyp(source: Union[str, Path, dict, None] = None, **overrides: Any) -> H
     elif isinstance(source, dict):
         values = dict(source)
     values = {key: value for key, value in values.items() if key not in UNUSED_YOLOV5_KEYS}
-    _map_legacy_keys(values)
+    values["head"] = _flat_head_keys_moved(values, origin)
     known = {field.name for field in dataclasses.fields(Hyp)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{origin}: unknown hyperparameter(s) {unknown}; known keys are {sorted(known)}")
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    unknown = sorted(set(values) - known)
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(overrides) - known - set(HEAD_FLAGS))
     if unknown:
         raise ValueError(f"unknown hyperparameter override(s) {unknown}")
+    values["head"].update({HEAD_FLAGS[key]: value for key, value in overrides.items() if key in HEAD_FLAGS})
+    values.update({key: value for key, value in overrides.items() if key not in HEAD_FLAGS})
     try:
         return Hyp(**values)
     except ValueError as error:
         raise ValueError(f"{origin}: {error}") from None
 
 
-def _map_legacy_keys(values: dict[str, Any]) -> None:
-    """Older files' ``cbbl_in`` -> ``cbbl_grid``: true = the paper's 'in', false = its uniform row ('in', beta 0)."""
-    if "cbbl_in" not in values:
-        return
-    if not values.pop("cbbl_in"):
-        values["cbbl_beta"] = 0.0
-    values.setdefault("cbbl_grid", "in")
+def _flat_head_keys_moved(values: dict[str, Any], origin: str) -> dict[str, Any]:
+    """The ``head:`` section with older files' flat keys (``box_loss``, ``cbbl_bins``, ...; ``cbbl_in``: true =
+    the paper's grid 'in', false = its uniform row, 'in' with beta 0) moved into it, popped from ``values``;
+    one log line says how to update the file."""
+    section = _head_settings(values.pop("head", None) or {}, f"{origin}: head")
+    flat = [key for key in values if key in HEAD_FLAGS or key == "cbbl_in"]
+    if not flat:
+        return section
+    logger.warning("%s: flat head keys %s are the older form of this file: move them into its 'head:' section "
+                   "without the cbbl_ prefix (e.g. head: {box_loss: cbbl, bins: 11}; cbbl_in: true is grid: in)",
+                   origin, flat)
+    if "cbbl_in" in values:
+        if not values.pop("cbbl_in"):
+            values["cbbl_beta"] = 0.0
+        values.setdefault("cbbl_grid", "in")
+    moved = {HEAD_FLAGS[key]: values.pop(key) for key in list(values) if key in HEAD_FLAGS}
+    both = sorted(set(moved) & set(section))
+    if both:
+        raise ValueError(f"{origin}: head setting(s) {both} given both as flat keys and in 'head:'; keep 'head:'")
+    return {**section, **moved}

@@ -32,14 +32,15 @@ INTERRUPTED_EXIT = 130
 
 
 def option(default: Any, help: str = "", *, flags: Sequence[str] = (), cli: bool = True,
-           aliases: Sequence[tuple[str, dict[str, Any]]] = (), **argparse_kwargs: Any) -> Any:
+           aliases: Sequence[tuple[str, dict[str, Any]]] = (), group: str = "", **argparse_kwargs: Any) -> Any:
     """A dataclass field that is also a CLI flag ``--field-name`` (plus ``flags``).
 
     ``aliases`` adds separate flags that write the same field (e.g. ``--adam`` storing ``"Adam"`` into
     ``optimizer``); ``argparse_kwargs`` (nargs, const, choices, type, metavar) go to ``add_argument``.
-    ``cli=False`` keeps a field out of the parser (set from Python only).
+    ``cli=False`` keeps a field out of the parser (set from Python only); ``group`` lists the flag under that
+    title in --help.
     """
-    metadata = {"help": help, "flags": tuple(flags), "cli": cli, "aliases": tuple(aliases),
+    metadata = {"help": help, "flags": tuple(flags), "cli": cli, "aliases": tuple(aliases), "group": group,
                 "argparse": argparse_kwargs}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
@@ -66,11 +67,15 @@ def _field_default(field: dataclasses.Field) -> Any:
 def build_parser(options_cls: type, description: str = "") -> argparse.ArgumentParser:
     """The argparse parser of an options dataclass: one flag per :func:`option` field, same defaults."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups: dict[str, Any] = {"": parser}
     hints = typing.get_type_hints(options_cls)
     for field in dataclasses.fields(options_cls):
         meta = field.metadata
         if not field.init or not meta.get("cli", False):
             continue
+        if meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
+        target = groups[meta["group"]]
         kwargs = {"dest": field.name, "help": meta["help"], **meta["argparse"]}
         default = _field_default(field)
         kwargs.setdefault("default", default)
@@ -81,10 +86,26 @@ def build_parser(options_cls: type, description: str = "") -> argparse.ArgumentP
             kwargs.setdefault("type", element if element in (int, float, str) else str)
             if is_sequence:
                 kwargs.setdefault("nargs", "+")
-        parser.add_argument(f"--{field.name.replace('_', '-')}", *meta["flags"], **kwargs)
+        target.add_argument(f"--{field.name.replace('_', '-')}", *meta["flags"], **kwargs)
         for alias, alias_kwargs in meta["aliases"]:
-            parser.add_argument(alias, dest=field.name, default=argparse.SUPPRESS, **alias_kwargs)
+            target.add_argument(alias, dest=field.name, default=argparse.SUPPRESS, **alias_kwargs)
     return parser
+
+
+def override_fields(options_cls: type, names: dict[str, str], group: str) -> list[tuple[str, Any, Any]]:
+    """``dataclasses.make_dataclass`` fields that override single settings of ``options_cls`` (whose fields carry
+    the defaults): ``names`` maps each setting to its override's name; every override defaults to None (= keep
+    the setting's value) and keeps the setting's help (with its default) and argparse settings, listed under
+    ``group`` in --help."""
+    hints = typing.get_type_hints(options_cls)
+    found = []
+    for field in dataclasses.fields(options_cls):
+        if field.name in names:
+            meta, default = field.metadata, _field_default(field)
+            help_text = meta["help"] if default is None else f"{meta['help']} (default: {default})"
+            found.append((names[field.name], Optional[hints[field.name]],
+                          option(None, help_text, flags=meta["flags"], group=group, **meta["argparse"])))
+    return found
 
 
 def parse_into(options_cls: type[T], argv: Optional[Sequence[str]] = None, description: str = "") -> T:

@@ -21,12 +21,12 @@ def test_mutation_stays_in_bounds_and_changes_something(seed):
     child = mutate(parent, np.random.default_rng(seed))
     assert child != parent
     for key, (_, low, high) in SEARCH_SPACE.items():
-        assert low <= getattr(child, key) <= high
-    assert child.box_loss == parent.box_loss and child.cbbl_bins == parent.cbbl_bins
+        assert low <= child.value(key) <= high
+    assert child.head.box_loss == parent.head.box_loss and child.head.bins == parent.head.bins
 
 
 def test_parent_is_drawn_from_the_fittest_rows():
-    rows = [{**{key: str(getattr(Hyp(), key)) for key in SEARCH_SPACE}, "fitness": str(f)} for f in (0.0, 0.0)]
+    rows = [{**{key: str(Hyp().value(key)) for key in SEARCH_SPACE}, "fitness": str(f)} for f in (0.0, 0.0)]
     rows.append({**rows[0], "lr0": "0.0123", "fitness": "0.9"})
     picks = [select_parent(rows, Hyp(), np.random.default_rng(i)).lr0 for i in range(20)]
     assert picks.count(0.0123) >= 15
@@ -49,4 +49,4 @@ def test_evolve_records_each_generation(tmp_path):
     assert [o.name for o in seen] == ["gen0", "gen1", "gen2"]
     best = load_hyp(tmp_path / "evo" / "hyp_evolve.yaml")
     assert best.lr0 == max(float(row["lr0"]) for row in rows)
-    assert yaml.safe_load((tmp_path / "evo" / "hyp_evolve.yaml").read_text())["box_loss"] == "ciou"
+    assert yaml.safe_load((tmp_path / "evo" / "hyp_evolve.yaml").read_text())["head"]["box_loss"] == "ciou"

@@ -18,7 +18,7 @@ def test_defaults_make_a_small_run_with_the_demo_datas_recommended_recipe():
     assert opts.optimizer is None and opts.hyp.optimizer == "AdamW"  # the demo hyp file names its optimizer
     assert (opts.batch_size, opts.nbs, opts.imgsz, opts.recommended) == (8, 8, 320, ("hyp", "nbs"))
     assert opts.hyp_path.endswith("data/hyps/hyp.demo.yaml") and opts.hyp.lr0 == load_hyp(opts.hyp_path).lr0
-    assert opts.hyp.box_loss == "ciou" and opts.freeze == (0,)
+    assert opts.hyp.head.box_loss == "ciou" and opts.freeze == (0,)
     explicit = parse_options(["--hyp", "hyp.scratch-low.yaml", "--nbs", "64"])
     assert explicit.hyp == Hyp() and explicit.nbs == 64 and explicit.recommended == ()
 
@@ -46,12 +46,13 @@ def test_yolov5_flag_names_and_aliases():
 
 def test_cli_overrides_win_over_the_hyp_file(tmp_path):
     hyp_file = tmp_path / "hyp.yaml"
-    hyp_file.write_text(yaml.safe_dump({"lr0": 0.002, "box_loss": "ciou", "cbbl_bins": 9}))
+    hyp_file.write_text(yaml.safe_dump({"lr0": 0.002, "head": {"box_loss": "ciou", "bins": 9}}))
     opts = parse_options(["--hyp", str(hyp_file), "--box-loss", "cbbl", "--cbbl-bins", "15", "--cbbl-grid", "quantile",
                           "--cbbl-um-mode", "min", "--label-smoothing", "0.1", "--cbbl-space", "linear"])
     hyp = opts.hyp
-    assert hyp.lr0 == 0.002 and hyp.box_loss == "cbbl" and hyp.cbbl_bins == 15 and hyp.cbbl_grid == "quantile"
-    assert hyp.cbbl_um_mode == "min" and hyp.label_smoothing == 0.1 and hyp.cbbl_space == "linear"
+    head = hyp.head
+    assert hyp.lr0 == 0.002 and head.box_loss == "cbbl" and head.bins == 15 and head.grid == "quantile"
+    assert head.um_mode == "min" and hyp.label_smoothing == 0.1 and head.space == "linear"
     assert opts.hyp_path == str(hyp_file)
 
 

@@ -114,7 +114,7 @@ def test_cbbl_on_a_tph_config_with_transfer(one_epoch_run, tiny_data, tmp_path, 
     outcome = run(parse_options(argv))
     checkpoint = load_checkpoint(outcome.save_dir / "weights/last.pt")
     assert checkpoint["model_yaml"]["detect"]["box_loss"] == "cbbl" and checkpoint["model_yaml"]["nc"] == 1
-    assert checkpoint["hyp"]["box_loss"] == "cbbl" and checkpoint["names"] == ["item"]
+    assert checkpoint["hyp"]["head"]["box_loss"] == "cbbl" and checkpoint["names"] == ["item"]
     assert any(message.startswith("transferred ") for message in caplog.messages)
     assert any("head differs from the requested one (box regress -> cbbl)" in message for message in caplog.messages)
     source = load_checkpoint(one_epoch_run.save_dir / "weights/last.pt")  # stripped: EMA weights in fp16

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 
-from models.yolo import Model, layers_on_meta, load_model_yaml, main, transfer_state_dict
+from models.yolo import Model, layers_on_meta, load_model_yaml, main, resolve_model_config, transfer_state_dict
 from tests.conftest import REPO_ROOT
 from utils.head import HeadConfig
 
@@ -141,7 +142,7 @@ def test_layers_on_meta_count_what_model_builds():
 def test_cli_names_the_bad_row(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text((MODELS / "yolov5n.yaml").read_text().replace("[-1, 3, C3, [512, False]]", "[-1, 3, C4, [512]]"))
-    with pytest.raises(ValueError, match="line 30: layer 13.*unknown module 'C4'"):
+    with pytest.raises(ValueError, match="line 28: layer 13.*unknown module 'C4'"):
         main(["--cfg", str(broken)])
 
 
@@ -184,3 +185,14 @@ def test_onnx_export_matches_pytorch(tmp_path, swin_row):
     exported = session.run(None, {"images": images.numpy()})[0]
     with torch.no_grad():
         assert abs(exported - model(images).numpy()).max() < 1e-4
+
+
+def test_bare_config_names_resolve_as_train_py_resolves_them(tmp_path, monkeypatch):
+    from utils.engine.options import parse_options
+
+    monkeypatch.chdir(tmp_path)
+    found = resolve_model_config("yolov5n.yaml")
+    assert found == REPO_ROOT / "models" / "yolov5n.yaml" == Path(parse_options(["--cfg", "yolov5n.yaml"]).cfg)
+    assert load_model_yaml("yolov5n.yaml")["_source"] == str(found)
+    with pytest.raises(FileNotFoundError, match="model config nope.yaml not found"):
+        load_model_yaml("nope.yaml")

@@ -23,7 +23,8 @@ from utils.hyp import Hyp
 
 logger = logging.getLogger(__name__)
 
-# Evolvable hyps: (mutation scale, lower bound, upper bound). Others stay as in the --hyp file.
+# Evolvable hyps by hyp key or head flag key (cbbl_um: the head's um): (mutation scale, lower bound, upper bound).
+# Others stay as in the --hyp file.
 SEARCH_SPACE: dict[str, tuple[float, float, float]] = {
     "lr0": (1.0, 1e-5, 1e-1), "lrf": (1.0, 0.01, 1.0), "momentum": (0.3, 0.6, 0.98),
     "weight_decay": (1.0, 0.0, 0.001), "warmup_epochs": (1.0, 0.0, 5.0), "warmup_momentum": (1.0, 0.0, 0.95),
@@ -42,7 +43,6 @@ METRIC_COLUMNS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "met
 
 def mutate(parent: Hyp, rng: np.random.Generator) -> Hyp:
     """A child of ``parent``: each evolvable value times a factor in MUTATION_FACTOR_RANGE, clipped to bounds."""
-    values = parent.to_dict()
     keys = list(SEARCH_SPACE)
     scales = np.array([SEARCH_SPACE[key][0] for key in keys])
     factors = np.ones(len(keys))
@@ -50,10 +50,11 @@ def mutate(parent: Hyp, rng: np.random.Generator) -> Hyp:
         chosen = rng.random(len(keys)) < MUTATION_PROBABILITY
         factors = (chosen * rng.standard_normal(len(keys)) * rng.random() * scales * MUTATION_SIGMA + 1)
         factors = factors.clip(*MUTATION_FACTOR_RANGE)
+    values = {}
     for key, factor in zip(keys, factors):
         low, high = SEARCH_SPACE[key][1:]
-        values[key] = float(np.clip(values[key] * factor, low, high))
-    return parent.replace(**{key: values[key] for key in keys})
+        values[key] = float(np.clip(parent.value(key) * factor, low, high))
+    return parent.replace(**values)
 
 
 def read_evolve_csv(path: Path) -> list[dict[str, Any]]:
@@ -75,7 +76,7 @@ def select_parent(rows: list[dict[str, Any]], base: Hyp, rng: np.random.Generato
 
 def append_row(path: Path, metrics: dict[str, float], hyp: Hyp) -> None:
     row = {key: metrics.get(key, float("nan")) for key in METRIC_COLUMNS}
-    row.update({key: getattr(hyp, key) for key in SEARCH_SPACE})
+    row.update({key: hyp.value(key) for key in SEARCH_SPACE})
     header = [] if path.is_file() else [list(row)]
     append_csv_rows(path, [*header, [f"{value:.6g}" for value in row.values()]])
 

@@ -1,8 +1,9 @@
 """TrainOptions: the one frozen, validated object a training run is driven by, and train.py's flags.
 
 Each field is declared once with its default and help (:func:`utils.options.option`); train.py's parser
-is generated from it, so ``python train.py`` and ``train.run(**kwargs)`` train the same recipe. The --hyp
-YAML, with the C-BBL/box-loss flags applied over it, is merged here once; a bad value is an error at
+is generated from it, so ``python train.py`` and ``train.run(**kwargs)`` train the same recipe. The box head's
+flags (--box-loss, --cbbl-*) come from utils/head.py (HeadFlags, generated from HeadConfig). The --hyp
+YAML, with those flags applied over its head: section, is merged here once; a bad value is an error at
 construction, never halfway through training. ``to_dict()`` is what opt.yaml and checkpoints store.
 """
 
@@ -17,15 +18,14 @@ from typing import Any, Optional, Union
 
 import torch
 
-from utils.boxes import OFFSET_SPACES
-from utils.cbbl.grid import RESTORE_MODES
+from models.yolo import resolve_model_config
 from utils.data.config import recommended_training
 from utils.data.dataset import check_cache_mode
 from utils.data.tiles import TileSettings
 from utils.engine.optim import OPTIMIZERS, YOLOV5_NOMINAL_BATCH
 from utils.files import REPO_ROOT, resolve_path
-from utils.head import GRID_MODES
-from utils.hyp import BOX_LOSSES, UM_MODES, Hyp, load_hyp
+from utils.head import HEAD_FLAGS, HeadFlags
+from utils.hyp import Hyp, load_hyp
 from utils.options import build_parser as build_options_parser
 from utils.options import option, parse_into
 
@@ -38,9 +38,10 @@ DESCRIPTION = "Train a TPH-YOLOv5-style detector (regression or C-BBL box head)"
 
 
 @dataclass(frozen=True)
-class TrainOptions:
+class TrainOptions(HeadFlags):
     """Everything one run needs. ``hyp`` may be given as a YAML path, a dict or a Hyp; after construction it is
-    the merged, validated :class:`Hyp` (the box-loss/C-BBL fields below override single keys of it)."""
+    the merged, validated :class:`Hyp` (the head flags inherited from HeadFlags and label_smoothing override
+    single settings of it)."""
 
     weights: str = option("", "initial weights: a checkpoint ('' = from scratch)")
     cfg: str = option("", f"model YAML, bare names look in models/ (default {DEFAULT_CFG}, or the --weights "
@@ -91,20 +92,8 @@ class TrainOptions:
     tile_overlap: float = option(0.25, "overlap ratio of neighbouring --tile windows")
     tile_scale: float = option(1.0, "frame scale the --tile windows are cut at (0.5: windows of 2x --tile "
                                       "frame pixels, halved)")
-    # Single keys of the hyp file (None = keep the file's value).
-    box_loss: Optional[str] = option(None, "box loss (cbbl = C-BBL head)", choices=BOX_LOSSES)
+    # A single key of the hyp file (None = keep the file's value), like the inherited head flags.
     label_smoothing: Optional[float] = option(None, "class label smoothing epsilon")
-    cbbl_bins: Optional[int] = option(None, "C-BBL grid points per coordinate (K)")
-    cbbl_alpha: Optional[float] = option(None, "C-BBL offset range [-alpha, alpha]")
-    cbbl_beta: Optional[float] = option(None, "C-BBL IN strength of --cbbl-grid in (default by the training size)")
-    cbbl_um: Optional[float] = option(None, "weight of the uncertainty-matching loss (0 = off)")
-    cbbl_um_mode: Optional[str] = option(None, "uncertainty-matching target", choices=UM_MODES)
-    cbbl_grid: Optional[str] = option(None, "C-BBL grid: in (the paper, with --cbbl-beta), auto (IN family fitted to "
-                                            "the training targets), quantile (equal target mass), uniform",
-                                      choices=GRID_MODES)
-    cbbl_restore: Optional[str] = option(None, "box from the distribution", choices=RESTORE_MODES)
-    cbbl_space: Optional[str] = option(None, "offset space of the grid", choices=OFFSET_SPACES)
-    cbbl_ciou: Optional[float] = option(None, "weight of an extra CIoU term on C-BBL boxes")
     hyp_path: str = option("", "the resolved --hyp file ('' = none); set from hyp", cli=False)
     recommended: tuple[str, ...] = option((), "options taken from the --data YAML's recommendations", cli=False)
 
@@ -113,7 +102,7 @@ class TrainOptions:
         if not self.resume and not self.cfg and not self.weights:
             fix(self, "cfg", DEFAULT_CFG)
         if self.cfg and not self.resume:
-            fix(self, "cfg", str(resolve_path(self.cfg, "--cfg", "models")))
+            fix(self, "cfg", str(resolve_model_config(self.cfg, "--cfg")))
         if self.weights and not self.resume:
             fix(self, "weights", str(resolve_path(self.weights, "--weights")))
         if not self.resume:
@@ -171,7 +160,7 @@ class TrainOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (hyp as the merged dict, tuples as lists) for opt.yaml and checkpoints."""
-        values = dataclasses.asdict(self)
+        values = {**dataclasses.asdict(self), "hyp": self.hyp.to_dict()}
         values["freeze"], values["recommended"] = list(self.freeze), list(self.recommended)
         return values
 
@@ -186,9 +175,8 @@ class TrainOptions:
         return cls(**{**values, **changes})
 
 
-# The fields above that override single keys of the --hyp file.
-HYP_OVERRIDES = ("box_loss", "label_smoothing", "cbbl_bins", "cbbl_alpha", "cbbl_beta", "cbbl_um",
-                 "cbbl_um_mode", "cbbl_grid", "cbbl_restore", "cbbl_space", "cbbl_ciou")
+# The fields that override single keys of the --hyp file: label_smoothing and the head flags.
+HYP_OVERRIDES = ("label_smoothing", *HEAD_FLAGS)
 
 
 def build_parser() -> argparse.ArgumentParser:

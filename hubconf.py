@@ -18,6 +18,7 @@ from typing import Callable, Optional, Union
 import torch.nn as nn
 
 from models.yolo import Model, model_from_checkpoint
+from utils.cbbl.calibration import UncertaintyCalibration
 from utils.checkpoint import load_checkpoint
 from utils.data.tiles import TileSettings
 from utils.infer.hub import AutoShape
@@ -27,10 +28,14 @@ dependencies = ["torch", "numpy", "cv2", "yaml"]
 MODELS = Path(__file__).resolve().parent / "models"
 
 
-def _finish(model: Model, autoshape: bool, device: Optional[str], trained_tile: Optional[TileSettings] = None
-            ) -> nn.Module:
+def _finish(model: Model, autoshape: bool, device: Optional[str], checkpoint: Optional[dict] = None) -> nn.Module:
+    """The model on its device; with ``autoshape``, YOLOv5's AutoShape, slicing and reading the uncertainty as
+    the ``checkpoint`` it came from says (its training tiles, its calibration)."""
     model = model.to(select_device(device or "")).eval()
-    return AutoShape(model, trained_tile) if autoshape else model
+    if not autoshape:
+        return model
+    return AutoShape(model, TileSettings.of_checkpoint(checkpoint or {}),
+                     UncertaintyCalibration.of_checkpoint(checkpoint or {}))
 
 
 def custom(path: Union[str, Path], autoshape: bool = True, _verbose: bool = True, device: Optional[str] = None
@@ -43,7 +48,7 @@ def custom(path: Union[str, Path], autoshape: bool = True, _verbose: bool = True
                          f"run an exported file with detect.py or val.py --weights {path}")
     checkpoint = load_checkpoint(path)
     model = model_from_checkpoint(checkpoint, use_ema=True, source=path)
-    return _finish(model, autoshape, device, TileSettings.of_checkpoint(checkpoint))
+    return _finish(model, autoshape, device, checkpoint)
 
 
 def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, device: Optional[str]

@@ -3,6 +3,7 @@
     python benchmarks/visdrone_real.py                         # 5 configs x 3 seeds at 640 px, 2 at a time
     python benchmarks/visdrone_real.py --img 1024 --configs ciou cbbl --out benchmarks/results/visdrone_real_1024
     python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv and the plots
+    python benchmarks/visdrone_real.py --gradient-share --configs ciou cbbl   # why: the box term's gradient share
 
 What a YOLOv5 user does: train.py from ``yolov5n-coco-v6.1.pt`` on the real frames in ../shared (a working
 copy under datasets/, labels by data/scripts/visdrone2yolo.py), YOLOv5's recipe (hyp.scratch-low SGD, nominal
@@ -253,6 +254,58 @@ def plot_results(out_dir: Path) -> None:
         plt.close(fig)
 
 
+def gradient_share(args: argparse.Namespace, data: Path) -> list[dict]:
+    """Each loss term's gradient (with its training gain) at the features the head's final convolutions read, on
+    4 fixed batches of train frames, for each config's seed-0 run at its start (COCO weights transferred into the
+    run's own head: its fitted grid and anchors) and trained (best.pt): the box term's share and its cosine with
+    objectness + class (negative: it pulls the shared features against detection)."""
+    import dataclasses
+
+    import torch
+
+    from models.yolo import Model, model_from_checkpoint
+    from utils.checkpoint import load_checkpoint
+    from utils.data.dataset import create_dataloader
+    from utils.engine.transfer import transfer_weights
+    from utils.hyp import load_hyp
+    from utils.loss import ComputeLoss, LossSettings
+
+    terms, rows = ("box", "obj", "cls"), []
+    loader, _ = create_dataloader(str(data.parent / SPLITS[0] / "images"), args.img, args.batch, 32, workers=0)
+    batches = [(images.float() / 255, targets) for (images, targets, _, _), _ in zip(loader, range(4))]
+    for config in args.configs:
+        checkpoint = load_checkpoint(args.project / f"{config}_s0" / "weights" / "best.pt")
+        trained = model_from_checkpoint(checkpoint, use_ema=False)
+        torch.manual_seed(0)  # the fresh head the run started from: any draw, the same each time
+        start = Model(checkpoint["model_yaml"])
+        transfer_weights(start, load_checkpoint(COCO_WEIGHTS), f"--weights {COCO_WEIGHTS}")
+        start.detect.anchors.copy_(trained.detect.anchors)
+        settings = LossSettings.from_hyp(load_hyp(checkpoint["hyp"]))
+        for state, model in (("start", start), ("trained", trained)):
+            features: list[torch.Tensor] = []
+            for conv in model.detect.m:
+                conv.register_forward_pre_hook(lambda _module, inputs, seen=features: seen.append(inputs[0]))
+            criteria = {term: ComputeLoss(model, dataclasses.replace(settings, **{
+                other: 0.0 for other in terms if other != term}), imgsz=args.img) for term in terms}
+            model.train().apply(lambda m: m.eval() if isinstance(m, torch.nn.BatchNorm2d) else None)
+            sums = dict.fromkeys((*terms, "dot", "rest"), 0.0)
+            for images, targets in batches:
+                features.clear()
+                raw = model(images)
+                grads = {term: torch.cat([g.flatten() for g in torch.autograd.grad(
+                    criteria[term](raw, targets)[0], features, retain_graph=True)]) for term in terms}
+                rest = grads["obj"] + grads["cls"]
+                for term in terms:
+                    sums[term] += float(grads[term].square().sum())
+                sums["dot"], sums["rest"] = sums["dot"] + float(grads["box"] @ rest), sums["rest"] + float(rest @ rest)
+            norms = {term: sums[term] ** 0.5 for term in terms}
+            rows.append({"run": f"{config}_s0", "state": state, **{f"grad_{t}": round(norms[t], 6) for t in terms},
+                         "box_share": round(norms["box"] / sum(norms.values()), 4),
+                         "cos_box_vs_obj_cls": round(sums["dot"] / (sums["box"] * sums["rest"]) ** 0.5, 4)})
+            logger.info("%s", rows[-1])
+    return rows
+
+
 def pending_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
     """(config, seed) pairs without an 'ok' row, seed-major so a cut-short study has every config at equal seeds."""
     done = {(row["config"], int(row["seed"])) for row in read_csv(args.out / "runs.csv") if row["status"] == "ok"}
@@ -268,6 +321,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once (1 thread each)")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: rewrite summary and plots")
+    parser.add_argument("--gradient-share", action="store_true",
+                        help="train nothing: the loss terms' gradient shares of each config's finished seed-0 run")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "visdrone_real")
     parser.add_argument("--work", type=Path, default=ROOT / "datasets" / "visdrone-real",
                         help="working copy of the frames (git-ignored)")
@@ -283,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     if not FRAMES.is_dir() or not COCO_WEIGHTS.is_file():
         logger.error("needs the real frames and weights in %s (not shipped with the project)", SHARED)
         return 2
+    if args.gradient_share:
+        write_csv(args.out / "gradient_share.csv", gradient_share(args, prepare_data(args.work)))
+        return 0
     if not args.summary_only:
         write_json(args.out / "settings.json", {"header": header_lines({k: str(v) for k, v in vars(args).items()})})
         data = prepare_data(args.work)

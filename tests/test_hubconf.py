@@ -43,3 +43,27 @@ def test_custom_slices_a_tile_trained_checkpoint_as_detect_py_does(tmp_path, tin
     np.testing.assert_allclose(ours, theirs, atol=1e-3)  # sorted by position: equal confidences come in any order
     model.slice = "off"
     assert not np.array_equal(model(image, size=64).xyxy[0].numpy(), sliced.numpy())
+
+
+def test_the_hub_model_of_a_cbbl_checkpoint_adds_its_localization_column(tmp_path, tiny_checkpoint):
+    """YOLOv5's pandas columns first; then C-BBL's uncertainty, or expected IoU where the checkpoint is calibrated."""
+    from utils.cbbl.calibration import CHECKPOINT_KEY, UncertaintyCalibration
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    raw = tiny_checkpoint("cbbl", name="raw.pt")
+    calibration = UncertaintyCalibration((0.5, 2.5), (0.9, 0.3), 100)
+    calibrated = tmp_path / "calibrated.pt"
+    save_checkpoint({**load_checkpoint(raw), CHECKPOINT_KEY: calibration.to_dict()}, calibrated)
+    tables = {}
+    for name, path in (("raw", raw), ("calibrated", calibrated)):
+        model = hubconf.custom(path=str(path), device="cpu")
+        model.conf = 0.1
+        tables[name] = model(image, size=64).pandas().xyxy[0]
+    assert list(tables["raw"].columns)[:7] == ["xmin", "ymin", "xmax", "ymax", "confidence", "class", "name"]
+    assert list(tables["raw"].columns)[7:] == ["uncertainty"] and list(tables["calibrated"].columns)[7:] == \
+        ["expected_iou"] and len(tables["raw"])
+    np.testing.assert_allclose(tables["calibrated"]["expected_iou"],
+                               calibration.expected_iou(tables["raw"]["uncertainty"].to_numpy()), rtol=1e-6)
+    assert list(hubconf.custom(path=str(tiny_checkpoint(name="ciou.pt")), device="cpu")(image, size=64)
+                .pandas().xyxy[0].columns) == ["xmin", "ymin", "xmax", "ymax", "confidence", "class", "name"]

@@ -42,13 +42,14 @@ from typing import IO, Any, Optional, Union
 import numpy as np
 import torch
 
+from utils.cbbl.calibration import CHECKPOINT_KEY as CALIBRATION_KEY
 from utils.files import atomic_write_bytes, remove_stale_temps
 from utils.head import HeadConfig
 
 logger = logging.getLogger(__name__)
 
 # What a stripped checkpoint keeps: enough to rebuild, run, fine-tune from and describe the model.
-STRIPPED_KEYS = ("model", "model_yaml", "names", "hyp", "opt", "epoch", "best_fitness")
+STRIPPED_KEYS = ("model", "model_yaml", "names", "hyp", "opt", "epoch", "best_fitness", CALIBRATION_KEY)
 
 # The box head of YOLOv5/TPH-YOLOv5 files: 4 regressed offsets per anchor.
 FOREIGN_HEAD = HeadConfig().to_dict()  # YOLOv5's regression head (CIoU)

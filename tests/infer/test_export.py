@@ -213,3 +213,15 @@ def test_an_export_of_a_tile_trained_checkpoint_remembers_its_tiles(tiny_checkpo
     (plain,) = export.main(["--weights", str(tiny_checkpoint(name="whole.pt")), "--include", "onnx", "--imgsz", "64",
                             "--dynamic", "--project", str(weights.parent / "export")])
     assert DetectBackend(plain).trained_tile is None
+
+
+def test_an_export_keeps_the_checkpoints_uncertainty_calibration(tiny_checkpoint):
+    from utils.cbbl.calibration import CHECKPOINT_KEY, UncertaintyCalibration
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    weights = tiny_checkpoint("cbbl", name="best.pt")
+    calibration = UncertaintyCalibration((0.5, 2.5), (0.9, 0.3), 100)
+    save_checkpoint({**load_checkpoint(weights), CHECKPOINT_KEY: calibration.to_dict()}, weights)
+    (onnx_file,) = export.main(["--weights", str(weights), "--include", "onnx", "--imgsz", "64", "--dynamic",
+                                "--project", str(weights.parent / "export")])
+    assert DetectBackend(onnx_file).calibration == DetectBackend(weights).calibration == calibration

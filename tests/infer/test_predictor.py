@@ -201,3 +201,28 @@ def test_a_tile_trained_checkpoint_is_sliced_by_default(tmp_path, tiny_checkpoin
     np.testing.assert_array_equal(auto.xyxy, explicit.xyxy)
     np.testing.assert_array_equal(off.xyxy, whole.xyxy)
     assert len(auto.conf) and not np.array_equal(auto.xyxy, off.xyxy)
+
+
+def test_a_calibrated_cbbl_checkpoint_reports_expected_iou(tmp_path, tiny_checkpoint):
+    """The calibration training stores in best.pt turns the uncertainty into expected IoU: in ImageResult and as
+    the txt rows' last column; weights without one keep the raw entropy there."""
+    from utils.cbbl.calibration import CHECKPOINT_KEY, UncertaintyCalibration
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    raw = tiny_checkpoint("cbbl", name="raw.pt")
+    calibration = UncertaintyCalibration((0.5, 2.5), (0.9, 0.3), 100)
+    calibrated = tmp_path / "calibrated.pt"
+    save_checkpoint({**load_checkpoint(raw), CHECKPOINT_KEY: calibration.to_dict()}, calibrated)
+    common = {"source": str(image), "imgsz": 64, "conf_thres": 0.1, "save_txt": True, "save_conf": True,
+              "nosave": True, "project": str(tmp_path)}
+    plain = run(weights=str(raw), name="raw", **common)[0]
+    read = run(weights=str(calibrated), name="calibrated", **common)[0]
+    assert plain.expected_iou is None and len(read.conf)
+    np.testing.assert_array_equal(read.uncertainty, plain.uncertainty)
+    np.testing.assert_allclose(read.expected_iou, calibration.expected_iou(read.uncertainty), rtol=1e-6)
+    assert ((read.expected_iou >= 0.3) & (read.expected_iou <= 0.9)).all()
+    rows = {name: np.loadtxt(tmp_path / name / "labels" / "frame.txt", ndmin=2) for name in ("raw", "calibrated")}
+    np.testing.assert_allclose(rows["calibrated"][:, 6], read.expected_iou, rtol=1e-5)
+    np.testing.assert_allclose(rows["raw"][:, 6], plain.uncertainty, rtol=1e-5)

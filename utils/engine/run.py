@@ -16,7 +16,8 @@ import torch
 
 from models.yolo import model_from_checkpoint
 from utils.anchors import check_anchors
-from utils.checkpoint import is_stripped, load_checkpoint
+from utils.cbbl.calibration import CHECKPOINT_KEY as CALIBRATION_KEY
+from utils.checkpoint import is_stripped, load_checkpoint, save_checkpoint
 from utils.data.config import load_data_config
 from utils.data.tiles import TileSettings
 from utils.distributed import DistContext, cleanup, init_distributed, wrap_ddp
@@ -279,6 +280,11 @@ class FinalValidation:
         logger.info("validating %s%s", path, sliced)
         self.results = validate(model, self.val_loader, self.names, verbose=True, plots=self.plots,
                                 save_dir=self.save_dir, slicing=self.slicing)
+        calibration = (self.results.uncertainty or {}).get("calibration")
+        if calibration is not None:  # detect.py and the hub model then report the uncertainty as expected IoU
+            save_checkpoint({**load_checkpoint(path), CALIBRATION_KEY: calibration}, path)
+            logger.info("%s: the C-BBL uncertainty is now read as expected IoU (fitted on %d true positives)", path,
+                        calibration["num_boxes"])
         return self.results
 
 

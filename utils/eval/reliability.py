@@ -1,28 +1,21 @@
-"""C-BBL uncertainty as a number a user can read: the expected IoU of a box with its object.
+"""How well the C-BBL uncertainty reads as expected IoU, measured by val.py on a validation set.
 
-The head's raw uncertainty (mean entropy of the four side distributions, in nats) ranks boxes by how well they
-are placed but has no unit. Expected IoU has one, and the one YOLOv5 users already think in: objectness is
-trained towards IoU and AP counts a box at IoU 0.5 .. 0.95, so "expected IoU 0.62" says whether a box clears
-a threshold (a pixel corner error would not: the same error is fatal to a 10 px pedestrian and harmless to a
-bus). The map from entropy to IoU is the isotonic (monotone non-increasing) regression of the true positives'
-measured IoU on their entropy, fitted on a validation set: no parametric form assumed, order kept.
-
-Reliability (predicted vs measured IoU, binned) is scored out of fold: the images are split in two, each half
-is predicted by the map fitted on the other, so the plot does not grade a map on the boxes it was fitted to.
+The map itself (entropy -> expected IoU, isotonic) is utils/cbbl/calibration.py. Reliability (predicted vs
+measured IoU, binned) is scored out of fold: the images are split in two, each half is predicted by the map
+fitted on the other, so the plot does not grade a map on the boxes it was fitted to.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
+from utils.cbbl.calibration import UncertaintyCalibration
 from utils.eval.metrics import BoxSet
 from utils.eval.yolov5 import pairwise_iou
 
 RELIABILITY_BINS = 10  # equal-count bins of the predicted IoU in the plot and its CSV
-MIN_CALIBRATION_BOXES = 20  # fewer true positives than this: no map (the column stays raw entropy)
 
 
 def true_positive_ious(dets: BoxSet, gts: BoxSet, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,55 +46,6 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(values))
     ranks[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
     return ranks
-
-
-def isotonic_non_increasing(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pool-adjacent-violators fit of y on x, non-increasing in x: (knots_x, knots_y), one knot per block
-    (the block's mean x and mean y), knots_x increasing, knots_y non-increasing."""
-    order = np.argsort(x, kind="stable")
-    means_x, means_y, weights = [], [], []
-    for value_x, value_y in zip(np.asarray(x, float)[order], np.asarray(y, float)[order]):
-        means_x.append(value_x)
-        means_y.append(value_y)
-        weights.append(1.0)
-        while len(means_y) > 1 and means_y[-2] < means_y[-1]:  # a rise violates non-increasing: pool
-            weight = weights[-2] + weights[-1]
-            means_x[-2] = (means_x[-2] * weights[-2] + means_x[-1] * weights[-1]) / weight
-            means_y[-2] = (means_y[-2] * weights[-2] + means_y[-1] * weights[-1]) / weight
-            weights[-2] = weight
-            del means_x[-1], means_y[-1], weights[-1]
-    return np.array(means_x), np.array(means_y)
-
-
-@dataclass(frozen=True)
-class UncertaintyCalibration:
-    """Entropy -> expected IoU: a non-increasing piecewise-linear map through the isotonic fit's knots."""
-
-    entropy: tuple[float, ...]
-    iou: tuple[float, ...]
-    num_boxes: int
-
-    @classmethod
-    def fit(cls, entropy: np.ndarray, iou: np.ndarray) -> Optional[UncertaintyCalibration]:
-        """The map fitted to true positives' (entropy, IoU); None with fewer than MIN_CALIBRATION_BOXES."""
-        if len(entropy) < MIN_CALIBRATION_BOXES:
-            return None
-        knots_x, knots_y = isotonic_non_increasing(entropy, iou)
-        return cls(tuple(float(v) for v in knots_x), tuple(float(v) for v in knots_y), len(entropy))
-
-    def expected_iou(self, entropy: np.ndarray) -> np.ndarray:
-        """Expected IoU of boxes with this raw uncertainty (constant beyond the fitted range)."""
-        return np.interp(entropy, self.entropy, self.iou)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"entropy": list(self.entropy), "iou": list(self.iou), "num_boxes": self.num_boxes}
-
-    @classmethod
-    def from_dict(cls, values: Optional[dict[str, Any]]) -> Optional[UncertaintyCalibration]:
-        if not values:
-            return None
-        return cls(tuple(float(v) for v in values["entropy"]), tuple(float(v) for v in values["iou"]),
-                   int(values["num_boxes"]))
 
 
 def out_of_fold_expected_iou(entropy: np.ndarray, iou: np.ndarray, image: np.ndarray) -> Optional[np.ndarray]:

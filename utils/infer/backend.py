@@ -23,6 +23,8 @@ import torch.nn as nn
 
 from models.detect import SIDE_VARIANCE_COLUMNS
 from models.yolo import model_from_checkpoint
+from utils.cbbl.calibration import CHECKPOINT_KEY as CALIBRATION_KEY
+from utils.cbbl.calibration import UncertaintyCalibration
 from utils.checkpoint import load_checkpoint
 from utils.data.tiles import TileSettings
 from utils.torch_utils import autocast, autocast_dtype, max_stride
@@ -37,14 +39,16 @@ UNCERTAINTY_OUTPUT = "uncertainty"  # name of an exported C-BBL model's second o
 
 
 def model_metadata(model: nn.Module, imgsz: Sequence[int], batch_size: int, dynamic: bool,
-                   tile: Optional[TileSettings] = None) -> dict[str, Any]:
-    """What a backend needs to know about an exported model: classes, stride, box mode, input shape, and the
-    tiles it was trained on (so ``--slice auto`` slices an export as it slices its checkpoint)."""
+                   checkpoint: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """What a backend needs to know about an exported model: classes, stride, box mode, input shape, and from
+    its ``checkpoint`` the tiles it was trained on and its uncertainty calibration (so an export slices and
+    reads its uncertainty as its checkpoint does)."""
+    tile = TileSettings.of_checkpoint(checkpoint or {})
     detect = model.detect
     return {"names": list(model.names), "nc": int(model.nc), "stride": max_stride(model.stride),
             "box_mode": str(detect.box_mode), "num_extra": int(detect.num_extra),
             "imgsz": [int(s) for s in imgsz], "batch_size": int(batch_size), "dynamic": bool(dynamic),
-            "tile": None if tile is None else tile.to_dict()}
+            "tile": None if tile is None else tile.to_dict(), "calibration": (checkpoint or {}).get(CALIBRATION_KEY)}
 
 
 def _parse_metadata(text: str, path: Path) -> dict[str, Any]:
@@ -98,6 +102,7 @@ class DetectBackend(nn.Module):
         self.fixed_batch: int | None = None
         self.channels_last = False  # set for PyTorch checkpoints on CPU
         self.trained_tile: Optional[TileSettings] = None  # the --tile windows the weights were trained on
+        self.calibration: Optional[UncertaintyCalibration] = None  # C-BBL entropy -> expected IoU, when stored
         if self.is_onnx:
             self._load_onnx(paths[0])
         elif self.is_torchscript:
@@ -106,10 +111,11 @@ class DetectBackend(nn.Module):
             self._load_checkpoints(paths, fuse)
 
     def _load_checkpoints(self, paths: list[Path], fuse: bool) -> None:
-        models, tiles = [], set()
+        models, tiles, calibrations = [], set(), []
         for path in paths:
             checkpoint = load_checkpoint(path, map_location="cpu")
             tiles.add(TileSettings.of_checkpoint(checkpoint))
+            calibrations.append(UncertaintyCalibration.of_checkpoint(checkpoint))
             model = model_from_checkpoint(checkpoint, use_ema=True, source=path)
             check_finite_weights(model, path)
             if fuse and hasattr(model, "fuse"):
@@ -127,6 +133,7 @@ class DetectBackend(nn.Module):
             logger.warning("ensemble mixes C-BBL and regression heads: the uncertainty column is dropped")
         self.num_extra = min(extras)
         self.trained_tile = tiles.pop() if len(tiles) == 1 else None  # an ensemble slices only if all agree
+        self.calibration = calibrations[0] if len(calibrations) == 1 else None  # an ensemble's entropy is mixed
         self.nc, self.names = int(first.nc), list(first.names)
         self.stride = max(max_stride(m.stride) for m in models)
         self.channels_last = self.device.type == "cpu"
@@ -175,6 +182,7 @@ class DetectBackend(nn.Module):
             self.fixed_imgsz = (int(meta["imgsz"][0]), int(meta["imgsz"][1]))
             self.fixed_batch = int(meta["batch_size"])
         self.trained_tile = TileSettings.from_dict(meta.get("tile"))
+        self.calibration = UncertaintyCalibration.from_dict(meta.get("calibration"))
 
     def decode_only_above(self, conf_thres: float) -> None:
         """Sparse C-BBL decode for PyTorch models: box distributions only where NMS at ``conf_thres`` can keep a

@@ -27,7 +27,6 @@ import torch.nn as nn
 
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
-from utils.data.tiles import TileSettings
 from utils.files import REPO_ROOT, atomic_write_bytes, increment_path
 from utils.infer.backend import METADATA_KEY, UNCERTAINTY_OUTPUT, model_metadata
 from utils.infer.options import exist_ok_option
@@ -205,7 +204,7 @@ def export(opts: ExportOptions) -> list[Path]:
     example = torch.rand(opts.batch_size, 3, *opts.imgsz, generator=torch.Generator().manual_seed(0)).to(device)
     if opts.half:
         model, example = model.half(), example.half()
-    metadata = model_metadata(model, opts.imgsz, opts.batch_size, opts.dynamic, TileSettings.of_checkpoint(checkpoint))
+    metadata = model_metadata(model, opts.imgsz, opts.batch_size, opts.dynamic, checkpoint)
     base = output_folder(opts) / weights.name
     written = []
     if "onnx" in opts.include:

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from utils.annotate import crop_box, draw_detections
 from utils.boxes import xyxy_to_cxcywh
+from utils.cbbl.calibration import UncertaintyCalibration
 from utils.data.tiles import TileSettings
 from utils.files import checked_imwrite, increment_path, read_image
 from utils.infer.options import DetectOptions
@@ -68,12 +69,14 @@ class AutoShape(nn.Module):
     slice: SliceRequest = DETECT_DEFAULTS.slice  # 'auto' (a --tile model's training windows), 'off', or (h, w)
     overlap: Optional[float] = DETECT_DEFAULTS.overlap  # None: the training tiles' under auto, else 0.2
 
-    def __init__(self, model: nn.Module, trained_tile: Optional[TileSettings] = None):
+    def __init__(self, model: nn.Module, trained_tile: Optional[TileSettings] = None,
+                 calibration: Optional[UncertaintyCalibration] = None):
         super().__init__()
         self.model = model.eval()
         self.names, self.nc = list(model.names), int(model.nc)
         self.stride = max_stride(model.stride, TRAIN_GRID_FLOOR)
-        self.trained_tile = trained_tile
+        self.has_uncertainty = int(getattr(model.detect, "num_extra", 0)) > 0  # C-BBL: one column after the classes
+        self.trained_tile, self.calibration = trained_tile, calibration
 
     @torch.no_grad()
     def forward(self, images: Union[ImageInput, Sequence[ImageInput]],
@@ -85,7 +88,7 @@ class AutoShape(nn.Module):
                              agnostic_nms=self.agnostic, classes=self.classes, slice=self.slice, overlap=self.overlap)
         imgsz = check_imgsz(opts.imgsz, self.stride)
         device = next(self.model.parameters()).device
-        width = 5 + self.nc
+        width = 5 + self.nc + int(self.has_uncertainty)
 
         def forward(tensor: torch.Tensor) -> torch.Tensor:
             with autocast(device, self.amp):
@@ -101,14 +104,21 @@ class AutoShape(nn.Module):
         else:
             dets = [sliced_detect(detect_fn, image, slicing[0], slicing[1], opts.iou_thres, opts.agnostic_nms,
                                   max_det=opts.max_det, batch_size=opts.slice_batch) for image in images]
-        return Detections(list(arrays), [d[:, :6] for d in dets], list(files), self.names)
+        localization = None
+        if self.has_uncertainty:
+            read = self.calibration.expected_iou if self.calibration is not None else np.asarray
+            localization = [read(d[:, 6].numpy()) for d in dets]
+        return Detections(list(arrays), [d[:, :6] for d in dets], list(files), self.names, localization,
+                          "uncertainty" if self.calibration is None else "expected_iou")
 
 
 class Detections:
     """Per image (n, 6) ``x1, y1, x2, y2, conf, cls`` detections in its pixels, with YOLOv5's views and helpers."""
 
-    def __init__(self, ims: list[np.ndarray], pred: list[torch.Tensor], files: list[str], names: Sequence[str]):
+    def __init__(self, ims: list[np.ndarray], pred: list[torch.Tensor], files: list[str], names: Sequence[str],
+                 localization: Optional[list[np.ndarray]] = None, localization_name: str = "uncertainty"):
         self.ims, self.pred, self.files, self.names = ims, pred, files, list(names)
+        self.localization, self.localization_name = localization, localization_name  # C-BBL: per box, per image
         self.n = len(pred)
         gains = [torch.tensor([im.shape[1], im.shape[0], im.shape[1], im.shape[0], 1.0, 1.0]) for im in ims]
         self.xyxy = pred
@@ -197,8 +207,11 @@ class Detections:
         for view, columns in (("xyxy", XYXY_COLUMNS), ("xyxyn", XYXY_COLUMNS), ("xywh", XYWH_COLUMNS),
                               ("xywhn", XYWH_COLUMNS)):
             tables = []
-            for pred in getattr(self, view):
+            for index, pred in enumerate(getattr(self, view)):
                 rows = [[*row[:5].tolist(), int(row[5]), self.names[int(row[5])]] for row in pred]
-                tables.append(pandas.DataFrame(rows, columns=columns))
+                table = pandas.DataFrame(rows, columns=columns)
+                if self.localization is not None:  # after YOLOv5's columns, so scripts that read those still do
+                    table[self.localization_name] = self.localization[index]
+                tables.append(table)
             setattr(frames, view, tables)
         return frames

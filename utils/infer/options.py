@@ -11,6 +11,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from utils.cbbl.calibration import UncertaintyCalibration
 from utils.files import REPO_ROOT
 from utils.infer.slicing import OVERLAP_HELP, SLICE_AUTO, SLICE_HELP, SliceRequest, parse_slice
 from utils.options import option
@@ -129,6 +130,8 @@ class ImageResult:
         xyxy: (n, 4) float32 xyxy pixels. conf: (n,) float32. cls: (n,) int64.
         uncertainty: (n,) float32 C-BBL localization uncertainty (nats), or None for regression models.
         shape: (height, width) of the original frame.
+        expected_iou: (n,) float32 the uncertainty read as the expected IoU of each box with its object, for
+            C-BBL checkpoints that carry a calibration (utils/cbbl/calibration.py); None otherwise.
     """
 
     path: str
@@ -138,12 +141,16 @@ class ImageResult:
     cls: np.ndarray
     uncertainty: Optional[np.ndarray]
     shape: tuple[int, int]
+    expected_iou: Optional[np.ndarray] = None
 
     @classmethod
     def from_detections(cls, dets: torch.Tensor, path: str, frame: int, shape: Sequence[int],
-                        has_uncertainty: bool) -> ImageResult:
-        """From (n, 6 + E) ``x1, y1, x2, y2, conf, cls, extra..`` detections."""
+                        has_uncertainty: bool, calibration: Optional[UncertaintyCalibration] = None) -> ImageResult:
+        """From (n, 6 + E) ``x1, y1, x2, y2, conf, cls, extra..`` detections (``calibration``: the weights')."""
         array = dets.detach().float().cpu().numpy()
+        uncertainty = array[:, 6].copy() if has_uncertainty else None
+        expected_iou = (calibration.expected_iou(uncertainty).astype(np.float32)
+                        if calibration is not None and uncertainty is not None else None)
         return cls(path=path, frame=frame, xyxy=array[:, :4].copy(), conf=array[:, 4].copy(),
-                   cls=array[:, 5].astype(np.int64), uncertainty=array[:, 6].copy() if has_uncertainty else None,
-                   shape=(int(shape[0]), int(shape[1])))
+                   cls=array[:, 5].astype(np.int64), uncertainty=uncertainty, shape=(int(shape[0]), int(shape[1])),
+                   expected_iou=expected_iou)

@@ -71,12 +71,14 @@ class OutputWriter:
         return f"{stem}_{frame.index + 1}" if frame.is_video else stem
 
     def write_txt(self, path: Path, result: ImageResult) -> None:
-        """YOLO rows ``cls cx cy w h`` normalised, + ``conf`` (+ ``uncertainty`` for C-BBL) with --save-conf.
+        """YOLO rows ``cls cx cy w h`` normalised, + ``conf`` (+ for C-BBL the expected IoU where the weights carry
+        a calibration, else the uncertainty) with --save-conf.
 
         As YOLOv5 v7.0's detect.py writes them: the box rounded to whole pixels (half to even, torch.round's
         rule), then normalised in float32, printed with ``%g``.
         """
-        extra = ([result.conf] + ([result.uncertainty] if self.has_uncertainty else [])) if self.opts.save_conf else []
+        localization = result.expected_iou if result.expected_iou is not None else result.uncertainty
+        extra = ([result.conf] + ([localization] if self.has_uncertainty else [])) if self.opts.save_conf else []
         boxes = np.round(result.xyxy.astype(np.float32))  # (n, 4)
         atomic_write_text(path, prediction_txt(boxes, result.cls, result.shape, extra))
 

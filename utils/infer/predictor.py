@@ -11,13 +11,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
 from utils.annotate import save_feature_maps
 from utils.boxes import scale_boxes_to_original
+from utils.cbbl.calibration import UncertaintyCalibration
 from utils.data.augment import letterbox
 from utils.files import load_yaml_file, resolve_path
 from utils.infer.backend import DetectBackend
@@ -121,11 +122,15 @@ def run(opts: DetectOptions) -> list[ImageResult]:
         return detect_images(images, forward, imgsz, backend.stride, backend.nc, opts, backend.fixed_imgsz is not None,
                              fusion)
 
+    if backend.num_extra and opts.save_txt and opts.save_conf:
+        logger.info("txt rows end in %s", "each box's expected IoU (the calibration stored in the weights)"
+                    if backend.calibration else "each box's C-BBL uncertainty in nats (these weights carry no "
+                    "calibration: a training run of this version stores one in best.pt)")
     writer = OutputWriter(opts, names, backend.num_extra > 0, files or ())
     results, completed = [], False
     try:
         for frame in iterate_frames(opts.source, opts.vid_stride, files):
-            results.append(detect_frame(frame, detect_fn, opts, backend.num_extra > 0, names))
+            results.append(detect_frame(frame, detect_fn, opts, backend.num_extra > 0, names, backend.calibration))
             if opts.visualize:
                 visualize(backend, frame, imgsz, writer.save_dir / "features" / writer.frame_stem(frame))
             writer.write(frame, results[-1])
@@ -150,7 +155,8 @@ def inference_size(backend: DetectBackend, imgsz: Sequence[int]) -> tuple[int, i
 
 
 def detect_frame(frame: Frame, detect_fn: Callable[[list[np.ndarray]], list[torch.Tensor]], opts: DetectOptions,
-                 has_uncertainty: bool, names: Sequence[str]) -> ImageResult:
+                 has_uncertainty: bool, names: Sequence[str],
+                 calibration: Optional[UncertaintyCalibration] = None) -> ImageResult:
     """One frame, sliced (``opts.slice`` resolved to tile sides) or in a single pass, as an :class:`ImageResult`
     (and one log line)."""
     start = time.perf_counter()
@@ -159,7 +165,8 @@ def detect_frame(frame: Frame, detect_fn: Callable[[list[np.ndarray]], list[torc
                              opts.slice_full_pass, opts.max_det, opts.slice_batch)
     else:
         dets = detect_fn([frame.image])[0]
-    result = ImageResult.from_detections(dets, frame.path, frame.index, frame.image.shape, has_uncertainty)
+    result = ImageResult.from_detections(dets, frame.path, frame.index, frame.image.shape, has_uncertainty,
+                                         calibration)
     classes, counts = np.unique(result.cls, return_counts=True)
     found = ", ".join(f"{n} {names[c] if c < len(names) else c}" for c, n in zip(classes, counts)) or "no detections"
     logger.info("%s%s %dx%d: %s, %.1f ms", frame.path, f" frame {frame.index + 1}" if frame.is_video else "",

@@ -2,8 +2,8 @@
 behind is complete: each checkpoint loads, each image decodes, each JSON parses, each label file has whole
 rows, each cache loads, results.csv has whole rows. A killed training run must also --resume to the end.
 
-    python benchmarks/kill_soak.py --kills 12            # ~10 minutes on 2 busy cores
-    python benchmarks/kill_soak.py --kills 60 --seed 3
+    python tests/kill_soak.py --kills 12            # ~10 minutes on 2 busy cores
+    python tests/kill_soak.py --kills 60 --seed 3
 
 Runs in a temporary folder on a tiny synthetic set (yolov5n, --img 64, CPU). Kill moments are drawn
 uniformly over each command's measured unkilled duration, so kills land while starting, training, saving,

@@ -227,7 +227,7 @@ def object_gradient_norms(model, loss_fn, images: torch.Tensor, targets: torch.T
         if detect.grid is None:
             entropies.append(torch.full_like(norms[-1], float("nan")))
         else:
-            entropies.append(entropy(positive.detach().view(-1, 4, detect.bins)).mean(1))  # (P,)
+            entropies.append(entropy(positive.detach().view(-1, 4, detect.head.bins)).mean(1))  # (P,)
     if not norms:
         return torch.zeros(0), torch.zeros(0), torch.zeros(0)
     return torch.cat(norms), torch.cat(areas), torch.cat(entropies)

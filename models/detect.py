@@ -79,21 +79,6 @@ class Detect(nn.Module):
         """'cbbl' or 'regress', derived from the head's box_loss."""
         return self.head.box_mode
 
-    @property
-    def bins(self) -> int:
-        """The head's K (read from ``self.head``, never a copy that could drift from it)."""
-        return self.head.bins
-
-    @property
-    def space(self) -> str:
-        """The head's offset space."""
-        return self.head.space
-
-    @property
-    def restore(self) -> str:
-        """The head's box-from-distribution rule."""
-        return self.head.restore
-
     def set_head(self, head: HeadConfig) -> None:
         """Swap in new grid points (a fitted C-BBL grid): same box loss and K, so the weights still fit."""
         if (head.box_loss, head.bins) != (self.head.box_loss, self.head.bins):
@@ -149,22 +134,22 @@ class Detect(nn.Module):
         """
         if self.grid is None:
             return box_raw, None
-        logits = box_raw.unflatten(-1, (4, self.bins))  # (..., 4, K)
+        logits = box_raw.unflatten(-1, (4, self.head.bins))  # (..., 4, K)
         offsets, coord_entropy = expectation_and_entropy(logits, self.grid_points)  # (..., 4) each
         return self._restored(logits, offsets, coord_entropy, box_raw.dtype)
 
     def _restored(self, logits: torch.Tensor, expectation: torch.Tensor, coord_entropy: torch.Tensor,
                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(offsets (..., 4), uncertainty (..., 1)): the expectation, or the top-2 restore; the mean entropy."""
-        offsets = self.grid.decode(logits, "top2") if self.restore == "top2" else expectation  # (..., 4)
+        offsets = self.grid.decode(logits, "top2") if self.head.restore == "top2" else expectation  # (..., 4)
         return offsets.to(dtype), coord_entropy.mean(-1, keepdim=True).to(dtype)
 
     def box_statistics(self, box_raw: torch.Tensor) -> SideStats:
         """Raw C-BBL box channels (..., box_channels) -> per-coordinate (x, y, w, h) statistics of the distributions
         (utils.cbbl.distribution.SideStats: mean, variance, top-k, entropy, and the variance of the decoded cells / size
         ratios)."""
-        logits = box_raw.unflatten(-1, (4, self.bins))  # (..., 4, K)
-        return side_statistics(logits, self.grid_points, decoded_points(self.grid_points, self.space))
+        logits = box_raw.unflatten(-1, (4, self.head.bins))  # (..., 4, K)
+        return side_statistics(logits, self.grid_points, decoded_points(self.grid_points, self.head.space))
 
     def sparse_box_offsets(self, box_raw: torch.Tensor, scores: torch.Tensor, conf_thres: Optional[float],
                            with_variance: bool = False
@@ -195,8 +180,8 @@ class Detect(nn.Module):
             return offsets, uncertainty, None
         variance = box_raw.new_zeros(*box_raw.shape[:-1], 4)
         stats = self.box_statistics(rows)
-        offsets[candidates], uncertainty[candidates] = self._restored(rows.unflatten(-1, (4, self.bins)), stats.mean,
-                                                                      stats.entropy, box_raw.dtype)
+        logits = rows.unflatten(-1, (4, self.head.bins))
+        offsets[candidates], uncertainty[candidates] = self._restored(logits, stats.mean, stats.entropy, box_raw.dtype)
         variance[candidates] = stats.value_variance.to(box_raw.dtype)
         return offsets, uncertainty, variance
 
@@ -227,7 +212,7 @@ class Detect(nn.Module):
                 raw[..., :self.box_channels], scores, self.decode_conf, self.side_variance)
         else:
             offsets, uncertainty = self.box_offsets(raw[..., :self.box_channels])
-        cell_offset, size_ratio = decode_offsets(offsets, self.space)  # (B, A, H, W, 2) each
+        cell_offset, size_ratio = decode_offsets(offsets, self.head.space)  # (B, A, H, W, 2) each
         stride = self.stride[level]
         ys = torch.arange(height, device=raw.device, dtype=raw.dtype)
         xs = torch.arange(width, device=raw.device, dtype=raw.dtype)

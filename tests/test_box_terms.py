@@ -79,7 +79,7 @@ def test_cbbl_term_is_the_fused_two_hot_loss_plus_the_optional_ciou(ciou, restor
     result = BOX_TERMS["cbbl"](raw, assigned, detect)
     labels, logits = offset_labels(assigned, "logit"), raw.unflatten(-1, (4, 11))
     left, weight = detect.grid.two_hot(labels)
-    fused, _ = two_hot_loss(logits, left, weight, detect.grid_points, 0.7)
+    fused, _ = two_hot_loss(logits, left, weight, detect.grid_points, 0.7, "abs")
     pred_box = decoded_box(detect.grid.decode(logits, restore), assigned, "logit")
     torch.testing.assert_close(result.pred_box, pred_box)
     torch.testing.assert_close(result.loss, fused.mean() + ciou_loss(pred_box, assigned.box, ciou))

@@ -119,7 +119,7 @@ def test_objectness_target_is_the_best_ciou_of_the_decoded_box() -> None:
     pred = torch.zeros(1, 2, 8, 8, loss_fn.detect.no)
     assigned = assign_level(targets, loss_fn.detect.anchors[0], (8, 8), hyp.anchor_t)
     first = assigned.gt == 0
-    exact = encode_offsets(assigned.box[first, :2], assigned.box[first, 2:] / assigned.anchor_wh[first])
+    exact = encode_offsets(assigned.box[first, :2], assigned.box[first, 2:] / assigned.anchor_wh[first], "logit")
     pred[assigned.batch[first], assigned.anchor[first], assigned.cell_y[first], assigned.cell_x[first], :4] = exact
     obj_target = torch.zeros(1, 2, 8, 8)
     flat_index = ((assigned.batch * 2 + assigned.anchor) * 8 + assigned.cell_y) * 8 + assigned.cell_x

@@ -50,7 +50,7 @@ def ciou_loss(pred_box: torch.Tensor, target_box: torch.Tensor, weight: float = 
 
 def ciou_term(raw_box: torch.Tensor, assigned: LevelTargets, detect: Any) -> BoxTermResult:
     """YOLOv5's box loss: 1 - CIoU of the decoded box (raw_box (P, 4) offsets)."""
-    pred_box = decoded_box(raw_box, assigned, detect.space)
+    pred_box = decoded_box(raw_box, assigned, detect.head.space)
     return BoxTermResult(pred_box, ciou_loss(pred_box, assigned.box), None)
 
 
@@ -58,9 +58,9 @@ def offset_term(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -
     """A box term comparing the raw offsets (P, 4) with their labels, clamped to +-alpha, by ``loss_fn``."""
 
     def term(raw_box: torch.Tensor, assigned: LevelTargets, detect: Any) -> BoxTermResult:
-        labels, alpha = offset_labels(assigned, detect.space), detect.head.alpha
+        labels, alpha = offset_labels(assigned, detect.head.space), detect.head.alpha
         loss = loss_fn(raw_box, labels.clamp(-alpha, alpha))
-        return BoxTermResult(decoded_box(raw_box, assigned, detect.space), loss, labels.abs() > alpha)
+        return BoxTermResult(decoded_box(raw_box, assigned, detect.head.space), loss, labels.abs() > alpha)
 
     return term
 
@@ -75,14 +75,14 @@ def cbbl_term(raw_box: torch.Tensor, assigned: LevelTargets, detect: Any) -> Box
     gradient only when the CIoU term needs one.
     """
     grid, head = detect.grid, detect.head
-    labels = offset_labels(assigned, detect.space)
-    logits = raw_box.unflatten(-1, (4, detect.bins))  # (P, 4, K)
+    labels = offset_labels(assigned, detect.head.space)
+    logits = raw_box.unflatten(-1, (4, head.bins))  # (P, 4, K)
     left, weight_left = grid.two_hot(labels)  # (P, 4) each, clamped to each group's range
     loss, offsets = two_hot_loss(logits, left, weight_left, detect.grid_points, head.um, head.um_mode)
-    if head.ciou > 0 or detect.restore != "expectation":
+    if head.ciou > 0 or head.restore != "expectation":
         with torch.set_grad_enabled(head.ciou > 0 and torch.is_grad_enabled()):
-            offsets = grid.decode(logits, detect.restore)  # (P, 4)
-    pred_box, loss = decoded_box(offsets, assigned, detect.space), loss.mean()
+            offsets = grid.decode(logits, head.restore)  # (P, 4)
+    pred_box, loss = decoded_box(offsets, assigned, detect.head.space), loss.mean()
     if head.ciou > 0:
         loss = loss + ciou_loss(pred_box, assigned.box, head.ciou)
     return BoxTermResult(pred_box, loss, grid.outside(labels))

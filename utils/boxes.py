@@ -187,7 +187,7 @@ OFFSET_SPACES = ("logit", "linear")
 _LOGIT_EPS = 1e-6
 
 
-def decode_offsets(t: torch.Tensor, space: str = "logit") -> tuple[torch.Tensor, torch.Tensor]:
+def decode_offsets(t: torch.Tensor, space: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw offsets (..., 4) -> (dxy (..., 2) in cells, size ratio (..., 2) to the anchor).
 
     logit: dxy = 2 sigmoid(t) - 0.5, ratio = (2 sigmoid(t))^2 (YOLOv5). linear: dxy = t + 0.5, ratio = exp(t).
@@ -201,7 +201,7 @@ def decode_offsets(t: torch.Tensor, space: str = "logit") -> tuple[torch.Tensor,
     raise ValueError(f"unknown offset space {space!r}; expected one of {OFFSET_SPACES}")
 
 
-def encode_offsets(dxy: torch.Tensor, ratio: torch.Tensor, space: str = "logit") -> torch.Tensor:
+def encode_offsets(dxy: torch.Tensor, ratio: torch.Tensor, space: str) -> torch.Tensor:
     """(dxy (..., 2) cells, ratio (..., 2)) -> raw offsets (..., 4); inverse of :func:`decode_offsets`.
 
     logit: t = logit((dxy + 0.5) / 2) and logit(sqrt(ratio) / 2); linear: t = dxy - 0.5 and ln(ratio).

@@ -54,7 +54,7 @@ def test_fused_two_hot_loss_equals_the_reference_losses(um_mode: str) -> None:
     (reference_grad,) = torch.autograd.grad((reference * row_weights).sum(), logits)
     torch.testing.assert_close(fused.double(), reference.double(), rtol=0, atol=1e-5)
     torch.testing.assert_close(fused_grad, reference_grad, rtol=0, atol=1e-5)
-    torch.testing.assert_close(expectation, grid.decode(logits.detach()), rtol=0, atol=1e-5)
+    torch.testing.assert_close(expectation, grid.decode(logits.detach(), "expectation"), rtol=0, atol=1e-5)
     assert not expectation.requires_grad
 
 
@@ -62,7 +62,7 @@ def test_fused_loss_rejects_an_unknown_um_mode() -> None:
     grid = paper_grid()
     left, weight_left = grid.two_hot(torch.zeros(3))
     with pytest.raises(ValueError, match="UM mode"):
-        two_hot_loss(torch.zeros(3, 11), left, weight_left, grid.points, um_mode="max")
+        two_hot_loss(torch.zeros(3, 11), left, weight_left, grid.points, 1.0, "max")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -74,9 +74,9 @@ def test_everything_finite_in_low_precision_and_extreme_logits(dtype: torch.dtyp
     offsets = (torch.randn(8, 4, generator=generator) * 3).to(dtype)
     target = dense_two_hot(grid, offsets)
     left, weight_left = grid.two_hot(offsets)
-    fused, expectation = two_hot_loss(logits, left, weight_left, grid.points)
+    fused, expectation = two_hot_loss(logits, left, weight_left, grid.points, 1.0, "abs")
     values = [ce_loss(logits, target), um_loss(logits, target), um_loss(logits, target, "min"), entropy(logits),
-              grid.decode(logits), grid.decode(logits, "top2"), fused, expectation]
+              grid.decode(logits, "expectation"), grid.decode(logits, "top2"), fused, expectation]
     assert all(torch.isfinite(value).all() for value in values)
     (grad,) = torch.autograd.grad(sum(value.float().sum() for value in values[:3] + [fused]), logits)
     assert torch.isfinite(grad).all()

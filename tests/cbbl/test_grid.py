@@ -81,8 +81,8 @@ def test_two_hot_clamps_outside_the_range() -> None:
     grid = paper_grid()
     target = dense_two_hot(grid, torch.tensor([9.0, -7.5, 4.0]))
     assert target[0, -1] == 1 and target[1, 0] == 1 and target[2, -1] == 1
-    torch.testing.assert_close(grid.decode(torch.log(target.clamp(min=1e-12))), torch.tensor([4.0, -4.0, 4.0]),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(grid.decode(torch.log(target.clamp(min=1e-12)), "expectation"),
+                               torch.tensor([4.0, -4.0, 4.0]), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("restore", ["expectation", "top2"])
@@ -128,13 +128,13 @@ def test_box_grids_encode_each_group_on_its_grid_and_the_fused_loss_agrees():
         column_left, column_weight = grid.two_hot(t[:, column])
         assert torch.equal(left[:, column], column_left) and torch.equal(weight[:, column], column_weight)
     logits = torch.randn(2, 4, 11, generator=torch.Generator().manual_seed(0))
-    loss, expectation = two_hot_loss(logits, left, weight, grids.points)
+    loss, expectation = two_hot_loss(logits, left, weight, grids.points, 1.0, "abs")
     for column, grid in enumerate((centre, centre, size, size)):
         column_loss, column_expectation = two_hot_loss(logits[:, column], left[:, column], weight[:, column],
-                                                       grid.points)
+                                                       grid.points, 1.0, "abs")
         torch.testing.assert_close(loss[:, column], column_loss)
         torch.testing.assert_close(expectation[:, column], column_expectation)
-    torch.testing.assert_close(expectation, grids.decode(logits))
+    torch.testing.assert_close(expectation, grids.decode(logits, "expectation"))
 
 
 def test_box_grids_mark_the_offsets_each_group_clamps():

@@ -38,7 +38,8 @@ def test_assigned_offsets_are_the_loss_labels():
     anchors = torch.tensor([[[1.5, 2.0]]])  # one level, one anchor, grid units
     offsets = assigned_offsets(targets, anchors, torch.tensor([8.0]), 64, 4.0, "logit")
     assert offsets.shape == (3, 4)  # its own cell and the two nearer neighbours
-    expected_size = encode_offsets(torch.zeros(1, 2), torch.tensor([[1.6, 2.0]]) / torch.tensor([[1.5, 2.0]]))[:, 2:]
+    ratio = torch.tensor([[1.6, 2.0]]) / torch.tensor([[1.5, 2.0]])
+    expected_size = encode_offsets(torch.zeros(1, 2), ratio, "logit")[:, 2:]
     torch.testing.assert_close(offsets[:, 2:], expected_size.expand(3, 2))
 
 

@@ -100,7 +100,7 @@ def test_export_friendly_expectation_matches_grid_decode():
     detect = make_detect(box_loss="cbbl", bins=11, beta=3.0)
     logits = torch.randn(6, 4, 11) * 3
     offsets, uncertainty = detect.box_offsets(logits.flatten(1))
-    assert torch.allclose(offsets, detect.grid.decode(logits), atol=1e-6)
+    assert torch.allclose(offsets, detect.grid.decode(logits, "expectation"), atol=1e-6)
     assert uncertainty.shape == (6, 1)
 
 

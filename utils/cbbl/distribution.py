@@ -87,7 +87,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(-1)
 
 
-def decoded_points(points: torch.Tensor, space: str = "logit") -> torch.Tensor:
+def decoded_points(points: torch.Tensor, space: str) -> torch.Tensor:
     """Grid points (4, K) of the offsets x, y, w, h -> the values they decode to (4, K): cells for x, y, size ratios
     to the anchor for w, h (:func:`decode_offsets` applied to every bin)."""
     dxy, ratio = decode_offsets(points.float().T, space)  # (K, 2) each
@@ -140,7 +140,7 @@ class _TwoHotLoss(torch.autograd.Function):
 
 
 def two_hot_loss(logits: torch.Tensor, left: torch.Tensor, weight_left: torch.Tensor, points: torch.Tensor,
-                 um_weight: float = 1.0, um_mode: str = "abs") -> tuple[torch.Tensor, torch.Tensor]:
+                 um_weight: float, um_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """C-BBL box loss per coordinate, fused, and the expectation decode of the same softmax.
 
     Args:

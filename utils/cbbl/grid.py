@@ -93,7 +93,7 @@ class CBBLGrid:
         y_left, y_right = points.take(left), points.take(left + 1)
         return left, ((y_right - t) / (y_right - y_left)).clamp(0, 1)
 
-    def decode(self, logits: torch.Tensor, restore: str = "expectation") -> torch.Tensor:
+    def decode(self, logits: torch.Tensor, restore: str) -> torch.Tensor:
         """Logits (..., K) -> offsets (...).
 
         ``expectation``: sum_i softmax(l)_i y'_i (the paper's choice). ``top2``: the two largest
@@ -128,7 +128,7 @@ class BoxGrids:
         size_left, size_weight = self.size.two_hot(t[..., 2:])
         return torch.cat([centre_left, size_left], -1), torch.cat([centre_weight, size_weight], -1)
 
-    def decode(self, logits: torch.Tensor, restore: str = "expectation") -> torch.Tensor:
+    def decode(self, logits: torch.Tensor, restore: str) -> torch.Tensor:
         """Logits (..., 4, K) -> offsets (..., 4) (see :meth:`CBBLGrid.decode`)."""
         return torch.cat([self.centre.decode(logits[..., :2, :], restore),
                           self.size.decode(logits[..., 2:, :], restore)], -1)

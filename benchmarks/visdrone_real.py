@@ -1,6 +1,6 @@
 """C-BBL against CIoU on real VisDrone frames, fine-tuned from the real COCO yolov5n release (issue 20).
 
-    python benchmarks/visdrone_real.py                         # 5 configs x 3 seeds at 640 px, 2 at a time
+    python benchmarks/visdrone_real.py                         # 6 configs x 3 seeds at 640 px, 2 at a time
     python benchmarks/visdrone_real.py --img 1024 --configs ciou cbbl --out benchmarks/results/visdrone_real_1024
     python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv and the plots
     python benchmarks/visdrone_real.py --gradient-share --configs ciou cbbl   # why: the box term's gradient share
@@ -56,13 +56,15 @@ SPLITS = ("VisDrone2019-DET-train", "VisDrone2019-DET-val")
 # the two box terms' gradient norms at the head's inputs measured by benchmarks/gradient_share.py on seed 0.
 CBBL_BOX_GAIN = 0.032
 # name -> train.py flags ({work}: the study's working folder): the regression baseline, C-BBL at its default grid,
-# with the CIoU term, the paper's grid, and with the box gain scaled (a hyp file written by prepare_data).
+# with the CIoU term, the paper's grid, with the box gain scaled (a hyp file written by prepare_data), and
+# scored by objectness x class x the quality branch's IoU estimate.
 CONFIGS = {
     "ciou": [],
     "cbbl": ["--box-loss", "cbbl"],
     "cbbl_ciou": ["--box-loss", "cbbl", "--cbbl-ciou", "1.0"],
     "cbbl_paper": ["--box-loss", "cbbl", "--cbbl-grid", "in"],
     "cbbl_gain": ["--box-loss", "cbbl", "--hyp", f"{{work}}/hyp.box{CBBL_BOX_GAIN}.yaml"],
+    "cbbl_quality": ["--box-loss", "cbbl", "--cbbl-score", "quality"],
 }
 # summary column -> (protocol, ValResults field or extra key)
 METRICS = {

@@ -15,7 +15,14 @@ import torch
 import torch.nn as nn
 
 from utils.boxes import decode_offsets
-from utils.cbbl.distribution import SideStats, decoded_points, expectation_and_entropy, side_statistics
+from utils.cbbl.distribution import (
+    QUALITY_FEATURES,
+    SideStats,
+    decoded_points,
+    expectation_and_entropy,
+    quality_features,
+    side_statistics,
+)
 from utils.cbbl.grid import BoxGrids
 from utils.head import DetectOutput, HeadConfig, as_head_config
 from utils.torch_utils import float32_under_cpu_autocast
@@ -28,11 +35,26 @@ PRIOR_IMAGE_SIZE = 640.0
 SIDE_VARIANCE_COLUMNS = 4
 # Floor of a box side (pixels) when its variance is made relative to the side's squared length.
 _MIN_SIDE_PX = 1e-3
+# Hidden width of the quality branch (GFLv2's DGQP uses 64).
+QUALITY_HIDDEN = 64
 
 
 def _exporting() -> bool:
     """True while torch.onnx / TorchScript trace the model: export keeps the dense, shape-static decode."""
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
+class QualityBranch(nn.Module):
+    """``--cbbl-score quality``: the IoU of a box with its object, estimated from the shape of its four side
+    distributions (top-k probabilities and their mean), one small MLP shared by every level and anchor."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(QUALITY_FEATURES, QUALITY_HIDDEN), nn.ReLU(), nn.Linear(QUALITY_HIDDEN, 1))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Box logits (..., 4, K) -> (..., 1) IoU logits (the sigmoid is the estimate)."""
+        return self.mlp(quality_features(logits))
 
 
 class Detect(nn.Module):
@@ -73,6 +95,7 @@ class Detect(nn.Module):
         self.register_buffer("stride", torch.ones(self.nl))
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(self.nl, self.na, 2))
         self.m = nn.ModuleList(nn.Conv2d(channels, self.no * self.na, 1) for channels in ch)
+        self.quality = QualityBranch() if self.head.score == "quality" else None
 
     @property
     def box_mode(self) -> str:
@@ -80,10 +103,11 @@ class Detect(nn.Module):
         return self.head.box_mode
 
     def set_head(self, head: HeadConfig) -> None:
-        """Swap in new grid points (a fitted C-BBL grid): same box loss and K, so the weights still fit."""
-        if (head.box_loss, head.bins) != (self.head.box_loss, self.head.bins):
-            raise ValueError(f"set_head keeps box_loss and bins ({self.head.box_loss}, {self.head.bins}); "
-                             f"got ({head.box_loss}, {head.bins})")
+        """Swap in new grid points (a fitted C-BBL grid): same box loss, K and score, so the weights still fit."""
+        layout = (self.head.box_loss, self.head.bins, self.head.score)
+        if (head.box_loss, head.bins, head.score) != layout:
+            raise ValueError(f"set_head keeps box_loss, bins and score (the weights' layout): {layout}, got "
+                             f"{(head.box_loss, head.bins, head.score)}")
         self.head, self.grid = head, head.box_grids()
         if self.grid is not None:
             self.grid_points.copy_(self.grid.points)
@@ -185,6 +209,19 @@ class Detect(nn.Module):
         variance[candidates] = stats.value_variance.to(box_raw.dtype)
         return offsets, uncertainty, variance
 
+    def quality_scored(self, box_raw: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Scores (..., 1 + nc) with the objectness times the quality branch's IoU estimate, so NMS ranks by
+        objectness x class x quality. With ``decode_conf`` only rows whose objectness passes it are estimated
+        (the estimate only lowers a score, so no other row can pass): the rows the sparse decode then decodes are
+        those the dense decode keeps."""
+        if self.decode_conf is None or _exporting():
+            quality = self.quality(box_raw.unflatten(-1, (4, self.head.bins))).sigmoid()  # (..., 1)
+            return torch.cat((scores[..., :1] * quality, scores[..., 1:]), -1)
+        rows = scores[..., 0] > self.decode_conf
+        scores = scores.clone()
+        scores[rows, 0] *= self.quality(box_raw[rows].unflatten(-1, (4, self.head.bins))).sigmoid().squeeze(-1)
+        return scores
+
     def relative_side_variance(self, variance: torch.Tensor, stride: torch.Tensor, anchor_wh: torch.Tensor,
                                box_wh: torch.Tensor) -> torch.Tensor:
         """Decoded variances (..., 4) of x, y (cells) and w, h (size ratios) -> (..., 4) variances of x1, y1, x2, y2
@@ -206,6 +243,8 @@ class Detect(nn.Module):
         raw = raw.float()
         batch, _, height, width, _ = raw.shape
         scores = raw[..., self.box_channels:].sigmoid()  # (B, A, H, W, 1 + nc)
+        if self.quality is not None:
+            scores = self.quality_scored(raw[..., :self.box_channels], scores)
         variance = None
         if self.grid is not None and (self.decode_conf is not None or self.side_variance) and not _exporting():
             offsets, uncertainty, variance = self.sparse_box_offsets(

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.detect import QualityBranch
 from utils.assign import LevelTargets
 from utils.box_terms import BOX_LOSSES, BOX_TERMS, ciou_loss, decoded_box, offset_labels
 from utils.boxes import aligned_iou
@@ -30,8 +31,8 @@ def detect_for(**settings) -> SimpleNamespace:
     """What a term reads of the Detect head (models/detect.py), built from a HeadConfig."""
     head = HeadConfig(**settings)
     grid = head.box_grids()
-    return SimpleNamespace(head=head, space=head.space, restore=head.restore, bins=head.bins, grid=grid,
-                           grid_points=grid.points if grid is not None else None)
+    return SimpleNamespace(head=head, grid=grid, grid_points=grid.points if grid is not None else None,
+                           quality=QualityBranch() if head.score == "quality" else None)
 
 
 def test_the_table_is_the_list_of_box_losses_everywhere():
@@ -84,3 +85,24 @@ def test_cbbl_term_is_the_fused_two_hot_loss_plus_the_optional_ciou(ciou, restor
     torch.testing.assert_close(result.pred_box, pred_box)
     torch.testing.assert_close(result.loss, fused.mean() + ciou_loss(pred_box, assigned.box, ciou))
     assert torch.equal(result.clamped, detect.grid.outside(labels)) and result.clamped.any()
+
+
+def test_the_quality_term_trains_the_branch_on_each_positives_iou_and_leaves_the_distributions_alone():
+    """--cbbl-score quality adds BCE(branch(logits), IoU of the decoded box); both inputs are detached, so the
+    box logits get exactly the plain C-BBL gradient and the branch gets one of its own."""
+    assigned = positives()
+    plain, scored = detect_for(box_loss="cbbl", grid="uniform"), detect_for(box_loss="cbbl", grid="uniform",
+                                                                            score="quality")
+    raw = torch.randn(6, 4 * 11, generator=torch.Generator().manual_seed(2))
+    gradients, results = [], []
+    for detect in (plain, scored):
+        leaf = raw.clone().requires_grad_(True)
+        results.append(BOX_TERMS["cbbl"](leaf, assigned, detect))
+        results[-1].loss.backward()
+        gradients.append(leaf.grad)
+    logits = raw.unflatten(-1, (4, 11))
+    iou = aligned_iou(results[0].pred_box, assigned.box, kind="iou").clamp(0, 1)
+    expected = F.binary_cross_entropy_with_logits(scored.quality(logits).squeeze(-1), iou)
+    torch.testing.assert_close(results[1].loss - results[0].loss, expected)
+    torch.testing.assert_close(gradients[1], gradients[0])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in scored.quality.parameters())

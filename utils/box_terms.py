@@ -85,7 +85,16 @@ def cbbl_term(raw_box: torch.Tensor, assigned: LevelTargets, detect: Any) -> Box
     pred_box, loss = decoded_box(offsets, assigned, detect.head.space), loss.mean()
     if head.ciou > 0:
         loss = loss + ciou_loss(pred_box, assigned.box, head.ciou)
+    if detect.quality is not None:
+        loss = loss + quality_loss(detect.quality, logits, pred_box, assigned.box)
     return BoxTermResult(pred_box, loss, grid.outside(labels))
+
+
+def quality_loss(branch: Any, logits: torch.Tensor, pred_box: torch.Tensor, target_box: torch.Tensor) -> torch.Tensor:
+    """``--cbbl-score quality``: BCE of the branch's IoU estimate against each positive's IoU with its target, both
+    detached from the distributions (the two-hot loss alone shapes them; the branch learns to read them)."""
+    iou = aligned_iou(pred_box.detach(), target_box, kind="iou").clamp(0, 1)  # (P,)
+    return F.binary_cross_entropy_with_logits(branch(logits.detach()).squeeze(-1), iou)
 
 
 BOX_TERMS: dict[str, Callable[[torch.Tensor, LevelTargets, Any], BoxTermResult]] = {

@@ -22,7 +22,7 @@ import torch
 
 from utils.box_terms import BOX_LOSSES
 from utils.boxes import OFFSET_SPACES
-from utils.cbbl.distribution import UM_MODES
+from utils.cbbl.distribution import SCORE_MODES, UM_MODES
 from utils.cbbl.grid import RESTORE_MODES, BoxGrids, CBBLGrid, check_points
 from utils.cbbl.modes import FITTED_GRIDS, GRID_MODE_TABLE, GRID_MODES, FittedGridMode, GridMode, GridRanges
 from utils.options import option, override_fields
@@ -81,13 +81,16 @@ class HeadConfig:
     um: float = option(1.0, "weight of the uncertainty-matching loss (0 = off)")
     um_mode: str = option("abs", "uncertainty-matching target", choices=UM_MODES)
     ciou: float = option(0.0, "weight of an extra CIoU term on C-BBL's decoded boxes (0 = off)")
+    score: str = option("cls", "C-BBL detection score: cls (objectness x class, YOLOv5's) or quality (times an IoU "
+                               "estimate a small branch reads from the distributions' top-k, GFLv2's DGQP)",
+                        choices=SCORE_MODES)
     centre_points: tuple[float, ...] = option((), "(K,) grid of x and y", cli=False)
     size_points: tuple[float, ...] = option((), "(K,) grid of w and h", cli=False)
 
     def __post_init__(self) -> None:
         for name, value, choices in (("box_loss", self.box_loss, BOX_LOSSES), ("grid", self.grid, GRID_MODES),
                                      ("space", self.space, OFFSET_SPACES), ("restore", self.restore, RESTORE_MODES),
-                                     ("um_mode", self.um_mode, UM_MODES)):
+                                     ("um_mode", self.um_mode, UM_MODES), ("score", self.score, SCORE_MODES)):
             if value not in choices:
                 raise ValueError(f"head setting {name}={value!r} is not one of {choices}")
         if self.bins < 2 or self.alpha <= 0 or (self.beta is not None and self.beta < 0):
@@ -97,6 +100,8 @@ class HeadConfig:
                              f"{self.ciou}")
         if not self.is_cbbl and self.space != "logit":
             raise ValueError(f"regression always decodes in the 'logit' space, got space={self.space!r}")
+        if not self.is_cbbl and self.score != "cls":
+            raise ValueError(f"score={self.score!r} reads the C-BBL distributions: it needs box_loss cbbl")
         if not self.is_cbbl:
             return
         if not self.centre_points or not self.size_points:

@@ -108,13 +108,16 @@ def test_one_epoch_writes_every_output(one_epoch_run):
 def test_cbbl_on_a_tph_config_with_transfer(one_epoch_run, tiny_data, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     argv = [*FAST, "--data", str(tiny_data), "--epochs", "1", "--project", str(tmp_path), "--noplots",
-            "--box-loss", "cbbl", "--cbbl-bins", "7", "--single-cls", "--noautoanchor",
+            "--box-loss", "cbbl", "--cbbl-bins", "7", "--cbbl-score", "quality", "--single-cls", "--noautoanchor",
             "--weights", str(one_epoch_run.save_dir / "weights/last.pt"), "--cfg", "models/yolov5n-xs-tph.yaml",
             "--adam", "--cos-lr", "--freeze", "2", "--multi-scale", "--noval"]
     outcome = run(parse_options(argv))
     checkpoint = load_checkpoint(outcome.save_dir / "weights/last.pt")
     assert checkpoint["model_yaml"]["detect"]["box_loss"] == "cbbl" and checkpoint["model_yaml"]["nc"] == 1
     assert checkpoint["hyp"]["head"]["box_loss"] == "cbbl" and checkpoint["names"] == ["item"]
+    assert checkpoint["model_yaml"]["detect"]["score"] == "quality"  # the quality branch trained with the head
+    branch = [name for name in checkpoint["model"] if ".quality." in name]
+    assert branch and model_from_checkpoint(checkpoint).detect.quality is not None
     assert any(message.startswith("transferred ") for message in caplog.messages)
     assert any("head differs from the requested one (box regress -> cbbl)" in message for message in caplog.messages)
     source = load_checkpoint(one_epoch_run.save_dir / "weights/last.pt")  # stripped: EMA weights in fp16

@@ -225,3 +225,14 @@ def test_an_export_keeps_the_checkpoints_uncertainty_calibration(tiny_checkpoint
     (onnx_file,) = export.main(["--weights", str(weights), "--include", "onnx", "--imgsz", "64", "--dynamic",
                                 "--project", str(weights.parent / "export")])
     assert DetectBackend(onnx_file).calibration == DetectBackend(weights).calibration == calibration
+
+
+def test_a_quality_scored_cbbl_model_exports_with_its_branch(tiny_checkpoint):
+    """--cbbl-score quality: the ONNX graph scores as PyTorch does (objectness x the branch's IoU estimate)."""
+    weights = tiny_checkpoint("cbbl", name="quality.pt", head={"score": "quality"})
+    (onnx_file,) = export.main(["--weights", str(weights), "--include", "onnx", "--imgsz", "64", "--dynamic",
+                                "--project", str(weights.parent / "export")])
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    expected, got = DetectBackend(weights)(images), DetectBackend(onnx_file)(images)
+    assert ((got - expected).abs() / expected.abs().clamp(min=1)).max() < 1e-4
+    assert DetectBackend(weights).models[0].detect.quality is not None

@@ -12,6 +12,7 @@ import torch
 
 from models.detect import Detect
 from tests.cbbl.reference import paper_grid
+from utils.head import HeadConfig
 from utils.nms import non_max_suppression
 
 NC, STRIDE = 2, 8.0
@@ -114,18 +115,21 @@ def test_per_group_grids_decode_each_coordinate_on_its_own_points():
     assert torch.allclose(offsets, torch.tensor(expected), atol=1e-6)
 
 
-@pytest.mark.parametrize("grid", ["in", "uniform", "quantile"])
-def test_sparse_decode_keeps_the_dense_boxes_bit_for_bit(grid):
+@pytest.mark.parametrize("grid, score", [("in", "cls"), ("uniform", "cls"), ("quantile", "cls"), ("in", "quality")])
+def test_sparse_decode_keeps_the_dense_boxes_bit_for_bit(grid, score):
     torch.manual_seed(0)
-    detect = make_detect(box_loss="cbbl", bins=11, grid=grid)
+    detect = make_detect(box_loss="cbbl", bins=11, grid=grid, score=score)
     with torch.no_grad():
         detect.m[0].bias.normal_()  # objectness around 0.5: the threshold keeps some anchors and drops others
+        if detect.quality is not None:
+            detect.quality.mlp[-1].bias.fill_(2.0)  # estimates around 0.9: they lower some scores below it
     features = [torch.randn(2, 4, 12, 10)]
     dense, _ = detect(features)
-    detect.decode_conf = 0.3
+    conf = 0.3 if score == "cls" else 0.2  # quality lowers every score
+    detect.decode_conf = conf
     sparse, _ = detect(features)
-    dense_kept = non_max_suppression(dense, conf_thres=0.3, iou_thres=0.6, nc=NC)
-    sparse_kept = non_max_suppression(sparse, conf_thres=0.3, iou_thres=0.6, nc=NC)
+    dense_kept = non_max_suppression(dense, conf_thres=conf, iou_thres=0.6, nc=NC)
+    sparse_kept = non_max_suppression(sparse, conf_thres=conf, iou_thres=0.6, nc=NC)
     assert sum(len(kept) for kept in dense_kept) > 5
     assert (sparse != dense).any()  # the rows NMS cannot keep were not decoded
     for dense_image, sparse_image in zip(dense_kept, sparse_kept):
@@ -187,7 +191,7 @@ def test_set_head_swaps_the_grid_but_keeps_the_layout():
     fitted = detect.head.replace(size_points=(-1.0, -0.5, 0.0, 1.0, 2.0))
     detect.set_head(fitted)
     assert detect.head == fitted and torch.equal(detect.grid_points[2], torch.tensor(fitted.size_points))
-    with pytest.raises(ValueError, match="keeps box_loss and bins"):
+    with pytest.raises(ValueError, match="keeps box_loss, bins and score"):
         detect.set_head(fitted.replace(bins=7, centre_points=(), size_points=()))
 
 
@@ -216,3 +220,21 @@ def test_under_cpu_bf16_autocast_the_head_convs_and_decode_stay_float32(box_loss
     with torch.no_grad():
         decoded = torch.cat([model.detect.decode_level(level, index) for index, level in enumerate(raw)], 1)
     assert torch.equal(pred, decoded)
+
+
+def test_the_quality_score_multiplies_objectness_by_the_branchs_iou_estimate():
+    """--cbbl-score quality: objectness x class x quality, the estimate read from each box's four distributions."""
+    torch.manual_seed(0)
+    detect = make_detect(box_loss="cbbl", bins=11, score="quality")
+    plain = make_detect(box_loss="cbbl", bins=11)
+    plain.load_state_dict({k: v for k, v in detect.state_dict().items() if not k.startswith("quality.")})
+    features = [torch.randn(2, 4, 12, 10)]
+    scored, raw = detect(features)
+    unscored, _ = plain(features)
+    logits = raw[0][..., :detect.box_channels].unflatten(-1, (4, 11)).reshape(-1, 4, 11)
+    quality = detect.quality(logits).sigmoid().squeeze(-1)  # (N,)
+    assert torch.equal(scored[0, :, :4], unscored[0, :, :4]) and torch.equal(scored[..., 5:], unscored[..., 5:])
+    torch.testing.assert_close(scored[0, :, 4], unscored[0, :, 4] * quality[: scored.shape[1]])
+    assert make_detect(box_loss="cbbl", bins=11).quality is None
+    with pytest.raises(ValueError, match="score='quality' reads the C-BBL distributions"):
+        HeadConfig(box_loss="ciou", score="quality")

@@ -18,6 +18,10 @@ from utils.boxes import decode_offsets
 UM_MODES = ("abs", "min")
 # Probabilities per coordinate kept as the distribution's top-k mass (GFLv2's DGQP reads the top 4).
 TOP_K = 4
+# The detection score: YOLOv5's objectness x class, or times a learned IoU estimate read from the distributions.
+SCORE_MODES = ("cls", "quality")
+# Inputs of the quality estimate: per coordinate the top-k probabilities and their mean (GFLv2's DGQP).
+QUALITY_FEATURES = 4 * (TOP_K + 1)
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -79,6 +83,13 @@ def side_statistics(logits: torch.Tensor, points: torch.Tensor, values: Optional
         value_variance = (probs * (values - value_mean) ** 2).sum(-1)
     topk = probs.topk(min(k, probs.shape[-1]), dim=-1).values  # (..., C, k)
     return SideStats(mean, variance, topk, -(probs * log_probs).sum(-1), value_variance)
+
+
+def quality_features(logits: torch.Tensor) -> torch.Tensor:
+    """Box logits (..., 4, K) -> (..., QUALITY_FEATURES): each coordinate's top-k probabilities and their mean, the
+    shape of the distribution a sharp, well-placed box has (GFLv2's DGQP input), whatever the offset."""
+    topk = log_softmax(logits).exp().topk(min(TOP_K, logits.shape[-1]), dim=-1).values  # (..., 4, k)
+    return torch.cat((topk, topk.mean(-1, keepdim=True)), -1).flatten(-2)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:

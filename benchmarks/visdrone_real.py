@@ -2,6 +2,7 @@
 
     python benchmarks/visdrone_real.py                         # 6 configs x 3 seeds at 640 px, 2 at a time
     python benchmarks/visdrone_real.py --img 1024 --configs ciou cbbl --out benchmarks/results/visdrone_real_1024
+    python benchmarks/visdrone_real.py --tile 640 --configs ciou cbbl --out benchmarks/results/visdrone_real_tile640
     python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv and the plots
     python benchmarks/visdrone_real.py --gradient-share --configs ciou cbbl   # why: the box term's gradient share
 
@@ -76,6 +77,7 @@ METRICS = {
 }
 MAX_DET = {"yolov5": 300, "coco": 300, "visdrone": 500}  # each protocol's own default
 CSV_LOCK = threading.Lock()
+TILE_OVERLAP = 0.25  # --tile runs: train.py's default overlap
 
 
 def prepare_data(work: Path) -> Path:
@@ -103,13 +105,26 @@ def prepare_data(work: Path) -> Path:
     return data
 
 
+def tile_epochs(args: argparse.Namespace, data: Path) -> int:
+    """Epochs of a --tile run that see the pixels --epochs whole-frame epochs at --img see (equal training compute:
+    images x network pixels; a tile and a letterboxed frame are both --img at the network)."""
+    from utils.data.dataset import TiledImagesAndLabels
+    from utils.data.tiles import TileSettings
+
+    frames = str(data.parent / SPLITS[0] / "images")
+    tiles = len(TiledImagesAndLabels(frames, args.img, TileSettings(args.tile, TILE_OVERLAP), augment=True, nc=10))
+    frame_count = len(list(Path(frames).glob("*.jpg")))
+    return max(1, round(args.epochs * frame_count / tiles))
+
+
 def train_command(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> list[str]:
     """train.py's command line for one run, or its --resume when the run already has a last.pt."""
     last = run_dir / "weights" / "last.pt"
     if last.is_file():
         return [sys.executable, str(ROOT / "train.py"), "--resume", str(last)]
+    tiles = ["--tile", str(args.tile), "--tile-overlap", str(TILE_OVERLAP)] if args.tile else []
     return [sys.executable, str(ROOT / "train.py"), "--weights", str(COCO_WEIGHTS), "--data", str(data),
-            "--img", str(args.img), "--epochs", str(args.epochs), "--batch", str(args.batch),
+            "--img", str(args.img), "--epochs", str(args.train_epochs), "--batch", str(args.batch), *tiles,
             "--hyp", "hyp.scratch-low.yaml", "--nbs", "64", "--no-amp", "--seed", str(seed), "--workers", "1",
             "--noplots", "--device", "cpu", "--project", str(run_dir.parent), "--name", run_dir.name, "--exist-ok",
             *(flag.format(work=args.work) for flag in CONFIGS[config])]
@@ -123,7 +138,7 @@ def run_training(args: argparse.Namespace, data: Path, config: str, seed: int, r
     """Train (or resume) one run in its own 1-thread process; its wall time accumulates in <run>.time.json."""
     timer_file = run_dir.parent / f"{run_dir.name}.time.json"
     spent = json.loads(timer_file.read_text())["wall_s"] if timer_file.is_file() else 0.0
-    if trained_epochs(run_dir) >= args.epochs and (run_dir / "weights" / "best.pt").is_file():
+    if trained_epochs(run_dir) >= args.train_epochs and (run_dir / "weights" / "best.pt").is_file():
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = train_command(args, data, config, seed, run_dir)
@@ -159,19 +174,25 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
     from utils.data.dataset import create_dataloader
     from utils.eval.reliability import spearman, true_positive_ious
     from utils.eval.scoring import PROTOCOLS
-    from utils.eval.validator import collect
+    from utils.eval.validator import Slicing, collect, collect_sliced
     from utils.eval.yolov5 import evaluate as yolov5_evaluate
     from utils.infer.runtime import load_backend
 
     config_dict = load_data_config(str(data), splits=("val",))
     backend = load_backend([str(run_dir / "weights" / "best.pt")], torch.device("cpu"))
     loader, _ = create_dataloader(config_dict["val"], args.img, 16, backend.stride, rect=True, pad=0.5, workers=0)
-    collected = collect(backend, loader, config_dict["nc"], conf_thres=0.001, iou_thres=0.6,
-                        max_det=max(MAX_DET.values()))
+    detection = {"conf_thres": 0.001, "iou_thres": 0.6, "max_det": max(MAX_DET.values())}
+    if backend.trained_tile is None:
+        collected = collect(backend, loader, config_dict["nc"], **detection)
+    else:  # a --tile run is validated as val.py --slice auto runs it: the frames cut into its training windows
+        window = backend.trained_tile.window
+        slicing = Slicing((window, window), backend.trained_tile.overlap, args.img)
+        collected = collect_sliced(backend, loader.dataset, config_dict["nc"], slicing, **detection)
     scored = {protocol: PROTOCOLS[protocol].score(first_per_image(collected, limit), config_dict["names"])[0]
               for protocol, limit in MAX_DET.items()}
     row = {name: round(float(scored[protocol].get(key, scored[protocol].get("extra", {}).get(key, float("nan")))), 5)
            for name, (protocol, key) in METRICS.items()}
+    row["infer_ms_per_frame"] = round(sum(collected.speed_ms.values()), 1)
     if collected.det_extra.shape[1]:
         yolo = first_per_image(collected, MAX_DET["yolov5"])
         correct = yolov5_evaluate(yolo.dets, yolo.gts, np.arange(len(yolo.image_paths))).correct[:, 0]
@@ -187,7 +208,8 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
 def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> None:
     """Train, evaluate and record one (config, seed); a failure is recorded, not raised."""
     run_dir = args.project / f"{config}_s{seed}"
-    row = {"config": config, "seed": seed, "img": args.img, "epochs": args.epochs}
+    row = {"config": config, "seed": seed, "img": args.img, "epochs": args.train_epochs,
+           **({"tile": args.tile} if args.tile else {})}
     try:
         run_training(args, data, config, seed, run_dir)
         figures = evaluate(args, data, config, seed, run_dir)
@@ -321,6 +343,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--img", type=int, default=640)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--tile", type=int, default=0, help="train on --tile windows (overlap 0.25), epochs scaled to "
+                        "the whole-frame runs' training compute, validated sliced (0 = whole frames)")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once (1 thread each)")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: rewrite summary and plots")
     parser.add_argument("--gradient-share", action="store_true",
@@ -331,6 +355,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--project", type=Path, default=None, help="run folders (default runs/visdrone_real/<out>)")
     args = parser.parse_args(argv)
     args.project = args.project or ROOT / "runs" / "visdrone_real" / args.out.name
+    args.train_epochs = args.epochs
     return args
 
 
@@ -346,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary_only:
         write_json(args.out / "settings.json", {"header": header_lines({k: str(v) for k, v in vars(args).items()})})
         data = prepare_data(args.work)
+        if args.tile:
+            args.train_epochs = tile_epochs(args, data)
+            logger.info("--tile %d: %d epochs see the pixels of %d whole-frame epochs", args.tile, args.train_epochs,
+                        args.epochs)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for future in [pool.submit(study_one, args, data, config, seed) for config, seed in pending_runs(args)]:
                 future.result()

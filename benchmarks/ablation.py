@@ -1,4 +1,4 @@
-"""The C-BBL grid study at small scale (issue 13), on the synthetic small-object data, CPU budget.
+"""The C-BBL grid study at small scale, on the synthetic small-object data, CPU budget.
 
     python benchmarks/ablation.py                      # every config x 3 seeds, resumable
     python benchmarks/ablation.py --configs ciou cbbl_paper --seeds 1 2 --budget-min 35
@@ -47,7 +47,7 @@ from utils.hyp import load_hyp  # noqa: E402
 
 logger = logging.getLogger("benchmarks.ablation")
 ROOT = Path(__file__).resolve().parents[1]
-# name -> hyp overrides (issue 13's study). The paper's grid ('in', beta by training size) against the grids
+# name -> hyp overrides. The paper's grid ('in', beta by training size) against the grids
 # fitted to YOLO's targets; "best_*" rows vary the better of auto and quantile (auto, at 320 and 640 px alike)
 # without the uncertainty loss and with an extra CIoU term.
 CONFIGS = {

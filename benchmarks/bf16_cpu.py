@@ -1,4 +1,4 @@
-"""What bfloat16 on the CPU's matrix units (issue 25) does to val mAP; its speed is in speed_vs_yolov5.py.
+"""What bfloat16 on the CPU's matrix units does to val mAP; its speed is in speed_vs_yolov5.py.
 
     python benchmarks/bf16_cpu.py --weights runs/train/exp/weights/best.pt --data synthetic.yaml
     python benchmarks/bf16_cpu.py --weights ../shared/weights/yolov5n-coco-v6.1.pt \

@@ -1,4 +1,4 @@
-"""C-BBL against CIoU on real VisDrone frames, fine-tuned from the real COCO yolov5n release (issue 20).
+"""C-BBL against CIoU on real VisDrone frames, fine-tuned from the real COCO yolov5n release.
 
     python benchmarks/visdrone_real.py                         # 6 configs x 3 seeds at 640 px, 2 at a time
     python benchmarks/visdrone_real.py --img 1024 --configs ciou cbbl --out benchmarks/results/visdrone_real_1024

@@ -1,8 +1,9 @@
 """The Detect head: per level a 1x1 conv predicting, per anchor, box channels + objectness + classes.
 
-Two box modes (DESIGN.md section 3): ``regress`` (4 raw offsets, YOLOv5) and ``cbbl`` (4*K logits, one
-distribution over the C-BBL grid per coordinate). The head only predicts and decodes; assignment and loss
-live in utils/loss.py. Everything after the eval-mode decode sees ordinary cx, cy, w, h boxes.
+Two box modes: ``regress`` (4 raw offsets, YOLOv5) and ``cbbl`` (4*K logits, one distribution over the C-BBL
+grid per coordinate); a C-BBL head with ``score: quality`` also scales objectness by :class:`QualityBranch`'s
+IoU estimate. The head only predicts and decodes; assignment and loss live in utils/loss.py and
+utils/box_terms.py. Everything after the eval-mode decode sees ordinary cx, cy, w, h boxes.
 """
 
 from __future__ import annotations

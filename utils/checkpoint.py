@@ -1,6 +1,6 @@
 """Checkpoints: plain data only, written atomically, read with ``weights_only=True``.
 
-A checkpoint is a dict of tensors and builtins (DESIGN.md section 6):
+A checkpoint is a dict of tensors and builtins:
     model        state_dict (float32) of the trained model
     ema          state_dict of the EMA model or None (what val/detect use when present)
     model_yaml   dict that rebuilds the architecture exactly (nc, resolved anchors, head settings)

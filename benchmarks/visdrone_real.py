@@ -166,14 +166,24 @@ def first_per_image(collected, limit: int):
     return replace(collected, dets=collected.dets.subset(keep), det_extra=collected.det_extra[keep])
 
 
+def scored_row(collected, names: list[str], suffix: str = "") -> dict:
+    """METRICS of one collection, each protocol scoring its own --max-det first detections per image."""
+    from utils.eval.scoring import PROTOCOLS
+
+    scored = {protocol: PROTOCOLS[protocol].score(first_per_image(collected, limit), names)[0]
+              for protocol, limit in MAX_DET.items()}
+    return {name + suffix: round(float(scored[protocol].get(key, scored[protocol].get("extra", {}).get(
+        key, float("nan")))), 5) for name, (protocol, key) in METRICS.items()}
+
+
 def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> dict:
-    """best.pt on the val frames under the three protocols (one inference pass) and the uncertainty check."""
+    """best.pt on the val frames under the three protocols (one inference pass) and the uncertainty check; a
+    C-BBL run also with variance voting (``--cbbl-fusion``, columns ``*_vote``)."""
     import torch
 
     from utils.data.config import load_data_config
     from utils.data.dataset import create_dataloader
     from utils.eval.reliability import spearman, true_positive_ious
-    from utils.eval.scoring import PROTOCOLS
     from utils.eval.validator import Slicing, collect, collect_sliced
     from utils.eval.yolov5 import evaluate as yolov5_evaluate
     from utils.infer.runtime import load_backend
@@ -182,17 +192,23 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
     backend = load_backend([str(run_dir / "weights" / "best.pt")], torch.device("cpu"))
     loader, _ = create_dataloader(config_dict["val"], args.img, 16, backend.stride, rect=True, pad=0.5, workers=0)
     detection = {"conf_thres": 0.001, "iou_thres": 0.6, "max_det": max(MAX_DET.values())}
-    if backend.trained_tile is None:
-        collected = collect(backend, loader, config_dict["nc"], **detection)
-    else:  # a --tile run is validated as val.py --slice auto runs it: the frames cut into its training windows
-        window = backend.trained_tile.window
+
+    def collected_with(fusion: bool):
+        if backend.trained_tile is None:
+            return collect(backend, loader, config_dict["nc"], cbbl_fusion=fusion, **detection)
+        window = backend.trained_tile.window  # a --tile run is validated as val.py --slice auto runs it
         slicing = Slicing((window, window), backend.trained_tile.overlap, args.img)
-        collected = collect_sliced(backend, loader.dataset, config_dict["nc"], slicing, **detection)
-    scored = {protocol: PROTOCOLS[protocol].score(first_per_image(collected, limit), config_dict["names"])[0]
-              for protocol, limit in MAX_DET.items()}
-    row = {name: round(float(scored[protocol].get(key, scored[protocol].get("extra", {}).get(key, float("nan")))), 5)
-           for name, (protocol, key) in METRICS.items()}
-    row["infer_ms_per_frame"] = round(sum(collected.speed_ms.values()), 1)
+        return collect_sliced(backend, loader.dataset, config_dict["nc"], slicing, cbbl_fusion=fusion, **detection)
+
+    collected = collected_with(False)
+    row = {**scored_row(collected, config_dict["names"]),
+           "infer_ms_per_frame": round(sum(collected.speed_ms.values()), 1)}
+    if collected.det_extra.shape[1] and backend.decode_side_variance(True):
+        backend.decode_only_above(detection["conf_thres"])
+        voted = collected_with(True)
+        row.update(scored_row(voted, config_dict["names"], "_vote"),
+                   infer_ms_per_frame_vote=round(sum(voted.speed_ms.values()), 1))
+        backend.decode_side_variance(False)
     if collected.det_extra.shape[1]:
         yolo = first_per_image(collected, MAX_DET["yolov5"])
         correct = yolov5_evaluate(yolo.dets, yolo.gts, np.arange(len(yolo.image_paths))).correct[:, 0]
@@ -230,7 +246,7 @@ def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> N
 def summarize(rows: list[dict]) -> list[dict]:
     """Per config: seeds, mean and sample std of every metric, Welch's t against ciou."""
     ok = [row for row in rows if row["status"] == "ok"]
-    columns = [*METRICS, "spearman_unc_vs_1-iou"]
+    columns = [*METRICS, "spearman_unc_vs_1-iou", *(f"{name}_vote" for name in METRICS)]
     summary = []
     for config in CONFIGS:
         done = [row for row in ok if row["config"] == config]

@@ -14,7 +14,6 @@ from utils.data.tiles import (
     IGNORED_FILL,
     MAX_EMPTY_SHARE,
     TileSettings,
-    covered_fraction,
     plan_tiles,
     tile_grid,
     window_labels,
@@ -147,12 +146,6 @@ def _labels(boxes_xyxy: list, width: int, height: int) -> np.ndarray:
     boxes = np.asarray(boxes_xyxy, np.float64)
     return np.c_[np.zeros(len(boxes)), (boxes[:, :2] + boxes[:, 2:]) / 2 / [width, height],
                  (boxes[:, 2:] - boxes[:, :2]) / [width, height]]
-
-
-def test_covered_fraction_counts_pixels_inside_the_union_of_regions():
-    regions = np.array([[0, 0, 50, 100], [40, 0, 60, 100]], np.float64)  # overlapping: union x in [0, 60)
-    labels = _labels([[10, 10, 20, 20], [50, 10, 70, 20], [70, 0, 90, 10], [55, 0, 65, 10]], 100, 100)
-    np.testing.assert_allclose(covered_fraction(labels, regions, 100, 100), [1.0, 0.5, 0.0, 0.5])
 
 
 def test_ignored_regions_drop_the_labels_inside_and_follow_each_window():

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import REPO_ROOT
 from utils.data.visdrone import (
     LABELS_MARKER,
     annotation_path,
     convert_split,
+    ignored_fraction,
     read_annotation,
     split_dirs,
     to_yolo_labels,
@@ -195,3 +198,42 @@ def test_an_unreadable_image_or_annotation_is_one_line_naming_it(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"{split / 'annotations' / 'im2.txt'}: not a UTF-8")):
         convert_split(split)
     assert not (split / "labels").exists()
+
+
+def test_ignored_fraction_follows_the_toolkit_pixel_map():
+    region = np.array([[1, 1, 10, 10]], float)  # MATLAB paints rows/cols 1..11 (inclusive)
+    boxes = np.array([[1, 1, 4, 4], [10, 10, 4, 4], [30, 30, 5, 5]], float)
+    fraction = ignored_fraction(boxes, region, 40, 40)
+    assert fraction.tolist() == pytest.approx([1.0, 1 / 16, 0.0])
+
+
+def _toolkit_fraction(boxes_xywh: np.ndarray, regions_xywh: np.ndarray, height: int, width: int) -> np.ndarray:
+    """dropObjectsInIgr.m transcribed literally: a pixel map, its integral image, four corner lookups."""
+    igr_map = np.zeros((height + 1, width + 1))  # index 0 unused: 1-based like MATLAB
+    for x, y, w, h in np.maximum(1, regions_xywh).astype(int):
+        igr_map[y : min(height, y + h) + 1, x : min(width, x + w) + 1] = 1
+    integral = igr_map.cumsum(0).cumsum(1)
+    out = []
+    for box in boxes_xywh:
+        x, y, w, h = np.maximum(1, np.floor(box + 0.5)).astype(int)
+        x, y = max(1, min(width, x)), max(1, min(height, y))
+        y2, x2 = max(1, min(height, y + h)), min(width, x + w)
+        out.append((integral[y, x] + integral[y2, x2] - integral[y, x2] - integral[y2, x]) / (w * h))
+    return np.array(out)
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.integers(0, 10_000))
+def test_ignored_fraction_equals_the_literal_pixel_map(seed: int):
+    rng = np.random.default_rng(seed)
+    height, width = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+    regions = np.c_[rng.integers(0, 50, (3, 2)), rng.integers(1, 25, (3, 2))].astype(float)
+    boxes = np.c_[rng.uniform(-3, 55, (30, 2)), rng.uniform(0.6, 20, (30, 2))]
+    assert ignored_fraction(boxes, regions, height, width) == pytest.approx(
+        _toolkit_fraction(boxes, regions, height, width))
+
+
+def test_ignored_fraction_counts_pixels_inside_the_union_of_regions():
+    regions = np.array([[0, 0, 50, 100], [40, 0, 20, 100]], float)  # overlapping: union x in [0, 60)
+    boxes = np.array([[10, 10, 10, 10], [50, 10, 20, 10], [70, 0, 20, 10], [55, 0, 10, 10]], float)
+    np.testing.assert_allclose(ignored_fraction(boxes, regions, 100, 100), [1.0, 0.5, 0.0, 0.5])

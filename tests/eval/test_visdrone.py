@@ -6,13 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from utils.eval.metrics import BoxSet
 from utils.eval.visdrone import (
     evaluate,
-    ignored_fraction,
     load_folders,
     read_results_txt,
     result_lines,
@@ -84,13 +81,6 @@ def test_no_gt_at_all_is_undefined():
     assert result.stats["AP"] == -1.0
 
 
-def test_ignored_fraction_follows_the_toolkit_pixel_map():
-    region = np.array([[1, 1, 10, 10]], float)  # MATLAB paints rows/cols 1..11 (inclusive)
-    boxes = np.array([[1, 1, 4, 4], [10, 10, 4, 4], [30, 30, 5, 5]], float)
-    fraction = ignored_fraction(boxes, region, 40, 40)
-    assert fraction.tolist() == pytest.approx([1.0, 1 / 16, 0.0])
-
-
 def test_result_lines_round_trip_and_folder_errors(tmp_path: Path):
     gt_dir, pred_dir = tmp_path / "annotations", tmp_path / "pred"
     gt_dir.mkdir()
@@ -124,29 +114,3 @@ def test_shared_sample_ground_truth_scores_itself(visdrone_sample: Path, tmp_pat
     assert len(sizes) == len(image_ids)
     stats = evaluate(gts.subset(gts.image < 8), dets, image_ids[:8], sizes).stats
     assert stats["AP"] == pytest.approx(1.0)
-
-
-def _toolkit_fraction(boxes_xywh: np.ndarray, regions_xywh: np.ndarray, height: int, width: int) -> np.ndarray:
-    """dropObjectsInIgr.m transcribed literally: a pixel map, its integral image, four corner lookups."""
-    igr_map = np.zeros((height + 1, width + 1))  # index 0 unused: 1-based like MATLAB
-    for x, y, w, h in np.maximum(1, regions_xywh).astype(int):
-        igr_map[y : min(height, y + h) + 1, x : min(width, x + w) + 1] = 1
-    integral = igr_map.cumsum(0).cumsum(1)
-    out = []
-    for box in boxes_xywh:
-        x, y, w, h = np.maximum(1, np.floor(box + 0.5)).astype(int)
-        x, y = max(1, min(width, x)), max(1, min(height, y))
-        y2, x2 = max(1, min(height, y + h)), min(width, x + w)
-        out.append((integral[y, x] + integral[y2, x2] - integral[y, x2] - integral[y2, x]) / (w * h))
-    return np.array(out)
-
-
-@settings(deadline=None, max_examples=20)
-@given(st.integers(0, 10_000))
-def test_ignored_fraction_equals_the_literal_pixel_map(seed: int):
-    rng = np.random.default_rng(seed)
-    height, width = int(rng.integers(20, 60)), int(rng.integers(20, 60))
-    regions = np.c_[rng.integers(0, 50, (3, 2)), rng.integers(1, 25, (3, 2))].astype(float)
-    boxes = np.c_[rng.uniform(-3, 55, (30, 2)), rng.uniform(0.6, 20, (30, 2))]
-    assert ignored_fraction(boxes, regions, height, width) == pytest.approx(
-        _toolkit_fraction(boxes, regions, height, width))

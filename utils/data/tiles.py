@@ -14,8 +14,8 @@ Decisions:
 - An object cut by a window is clipped to it and kept when at least ``box_min_area_frac`` (the hyp of the
   mosaic/affine survival rule, 0.1 by default) of its area is inside: the rule YOLOv5 applies to cut boxes.
 - VisDrone's ignored regions (category 0 in the official annotation file beside a frame, which the YOLO labels
-  do not carry) are treated as the official evaluation treats them: a label at least IGNORED_DROP_FRACTION
-  inside them is dropped (the toolkit drops such objects and detections), and their pixels are painted
+  do not carry) are treated as the official evaluation treats them: a label at least half inside them is
+  dropped (the toolkit's own rule, utils.data.visdrone.ignored_fraction), and their pixels are painted
   the letterbox grey in the tiles, so the unlabelled crowds they hide are neither positives nor negatives.
 - Empty tiles (no object kept) are background images. YOLOv5 recommends 0-10 % of those; tiles keep all
   non-empty tiles and at most MAX_EMPTY_SHARE of the tile set as empty ones, picked evenly over the frames.
@@ -30,13 +30,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from utils.boxes import cxcywhn_to_xyxy, xyxy_to_cxcywhn
+from utils.boxes import cxcywhn_to_xyxy, xyxy_to_cxcywhn, xyxy_to_ltwh
 from utils.data.augment import clip_to_window
+from utils.data.visdrone import DROP_FRACTION, ignored_fraction
 
 # Largest share of empty (background) tiles kept in a tile set: YOLOv5's 0-10 % background images advice.
 MAX_EMPTY_SHARE = 0.1
-# A label this much inside ignored regions is dropped (the official toolkit's dropObjectsInIgr.m threshold).
-IGNORED_DROP_FRACTION = 0.5
 # Ignored regions are painted with YOLOv5's letterbox grey.
 IGNORED_FILL = 114
 
@@ -124,19 +123,6 @@ def window_labels(labels: np.ndarray, width: int, height: int, window: np.ndarra
     return np.concatenate((kept[:, :1], xyxy_to_cxcywhn(boxes, x2 - x1, y2 - y1)), 1).astype(np.float32)
 
 
-def covered_fraction(labels: np.ndarray, regions: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(n,) share of each label's pixel area inside the union of ``regions`` ((r, 4) xyxy pixels) of a
-    (height, width) frame; labels (n, 5) normalised ``[class, cx, cy, w, h]``."""
-    painted = np.zeros((height + 1, width + 1), np.int64)  # integral image with a zero first row and column
-    for x1, y1, x2, y2 in np.round(regions).astype(np.int64).clip(0, [width, height, width, height]):
-        painted[y1 + 1 : y2 + 1, x1 + 1 : x2 + 1] = 1
-    summed = painted.cumsum(0).cumsum(1)
-    boxes = np.round(cxcywhn_to_xyxy(labels[:, 1:5], width, height)).astype(np.int64)
-    x1, y1, x2, y2 = boxes.clip(0, [width, height, width, height]).T
-    inside = summed[y2, x2] - summed[y1, x2] - summed[y2, x1] + summed[y1, x1]
-    return inside / np.maximum((x2 - x1) * (y2 - y1), 1)
-
-
 def window_regions(regions: np.ndarray, window: np.ndarray) -> np.ndarray:
     """Ignored regions (r, 4) xyxy frame pixels -> the parts inside ``window``, in window pixels (k, 4) int64."""
     x1, y1, x2, y2 = (int(v) for v in window)
@@ -182,8 +168,9 @@ def plan_tiles(shapes: np.ndarray, labels: list[np.ndarray], tile: TileSettings,
         width, height = int(width), int(height)
         frame_regions = regions[index] if regions is not None else np.zeros((0, 4))
         if len(frame_regions) and len(frame_labels):
-            frame_labels = frame_labels[covered_fraction(frame_labels, frame_regions, width, height)
-                                        < IGNORED_DROP_FRACTION]
+            boxes = xyxy_to_ltwh(cxcywhn_to_xyxy(frame_labels[:, 1:5], width, height))
+            frame_labels = frame_labels[ignored_fraction(boxes, xyxy_to_ltwh(frame_regions), height, width)
+                                        < DROP_FRACTION]
         for window in tile_grid(height, width, tile.window, tile.window, tile.overlap):
             frames.append(index)
             windows.append(window)

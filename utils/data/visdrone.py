@@ -37,6 +37,8 @@ CATEGORY_NAMES = ("ignored-region", "pedestrian", "people", "bicycle", "car", "v
                   "awning-tricycle", "bus", "motor", "others")
 IGNORED_REGION, OTHERS = 0, 11
 ANNOTATION_COLUMNS = 8
+# A box with at least this fraction of its area inside ignored regions is dropped (dropObjectsInIgr.m).
+DROP_FRACTION = 0.5
 # Written inside labels/ by the converter: the names and sha256 of the files it wrote there.
 LABELS_MARKER = ".visdrone2yolo.json"
 
@@ -93,6 +95,44 @@ def ignored_regions(image_path: Union[str, Path]) -> np.ndarray:
         return np.zeros((0, 4))
     annotation = read_annotation(path)
     return annotation.boxes[annotation.category == IGNORED_REGION]
+
+
+def _matlab_round(values: np.ndarray) -> np.ndarray:
+    """MATLAB ``round``: halves away from zero (numpy rounds them to even)."""
+    return np.sign(values) * np.floor(np.abs(values) + 0.5)
+
+
+def ignored_fraction(boxes_xywh: np.ndarray, regions_xywh: np.ndarray, height: int, width: int) -> np.ndarray:
+    """dropObjectsInIgr.m: the fraction of each box's rounded area covered by the ignored-region map.
+
+    Args:
+        boxes_xywh: (N, 4) [left, top, w, h] pixels; regions_xywh: (R, 4) ignored regions, same format.
+        height, width: image size in pixels (the map's size).
+    Returns:
+        (N,) covered fraction (the toolkit's integral-image sum, 1-based inclusive ranges, divided by w * h).
+        The map's integral image is evaluated exactly on the cells between region edges (no pixel array).
+    """
+    painted = np.maximum(1, np.round(regions_xywh)).astype(np.int64)  # (R, 4), 1-based as the toolkit
+    row_start, row_end = painted[:, 1] - 1, np.minimum(height, painted[:, 1] + painted[:, 3])  # 0-based [start, end)
+    col_start, col_end = painted[:, 0] - 1, np.minimum(width, painted[:, 0] + painted[:, 2])
+    row_edges, col_edges = np.unique(np.r_[row_start, row_end]), np.unique(np.r_[col_start, col_end])
+    # The map is constant on the cells between consecutive region edges: (Ry, Cx) painted flags.
+    row_cover = (row_start[:, None] <= row_edges[None, :-1]) & (row_end[:, None] >= row_edges[None, 1:])  # (R, Ry)
+    col_cover = (col_start[:, None] <= col_edges[None, :-1]) & (col_end[:, None] >= col_edges[None, 1:])  # (R, Cx)
+    cells = (row_cover[:, :, None] & col_cover[:, None, :]).any(0).astype(np.float64)  # (Ry, Cx)
+
+    def summed(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The toolkit's intIgrMap(y, x) (1-based): painted pixels in rows 1..y, columns 1..x, for (N,) points."""
+        rows_in = (np.minimum(y[:, None], row_edges[None, 1:]) - row_edges[None, :-1]).clip(min=0)  # (N, Ry)
+        cols_in = (np.minimum(x[:, None], col_edges[None, 1:]) - col_edges[None, :-1]).clip(min=0)  # (N, Cx)
+        return ((rows_in @ cells) * cols_in).sum(1)
+
+    pos = np.maximum(1, _matlab_round(boxes_xywh)).astype(np.int64)
+    x, y = np.clip(pos[:, 0], 1, width), np.clip(pos[:, 1], 1, height)
+    w, h = pos[:, 2], pos[:, 3]
+    x2, y2 = np.minimum(width, x + w), np.clip(y + h, 1, height)
+    covered = summed(y, x) + summed(y2, x2) - summed(y, x2) - summed(y2, x)
+    return covered / (w * h)
 
 
 def annotation_path(image_path: Union[str, Path]) -> Path:

@@ -275,14 +275,15 @@ class FinalValidation:
         path = path if path.is_file() else path.with_name("last.pt")
         if not path.is_file():
             return None
-        model = model_from_checkpoint(load_checkpoint(path), source=path).to(self.device)
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, source=path).to(self.device)
         sliced = "" if self.slicing is None else " on {}x{} slices of the full frames".format(*self.slicing.tile_hw)
         logger.info("validating %s%s", path, sliced)
         self.results = validate(model, self.val_loader, self.names, verbose=True, plots=self.plots,
                                 save_dir=self.save_dir, slicing=self.slicing)
         calibration = (self.results.uncertainty or {}).get("calibration")
         if calibration is not None:  # detect.py and the hub model then report the uncertainty as expected IoU
-            save_checkpoint({**load_checkpoint(path), CALIBRATION_KEY: calibration}, path)
+            save_checkpoint({**checkpoint, CALIBRATION_KEY: calibration}, path)
             logger.info("%s: the C-BBL uncertainty is now read as expected IoU (fitted on %d true positives)", path,
                         calibration["num_boxes"])
         return self.results

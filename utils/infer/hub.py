@@ -25,7 +25,7 @@ from utils.boxes import xyxy_to_cxcywh
 from utils.cbbl.calibration import UncertaintyCalibration
 from utils.data.tiles import TileSettings
 from utils.files import checked_imwrite, increment_path, read_image
-from utils.infer.options import DetectOptions
+from utils.infer.options import DetectOptions, ImageResult
 from utils.infer.predictor import check_imgsz, detect_images
 from utils.infer.slicing import SliceRequest, resolve_slice, sliced_detect
 from utils.torch_utils import TRAIN_GRID_FLOOR, autocast, max_stride
@@ -105,9 +105,9 @@ class AutoShape(nn.Module):
             dets = [sliced_detect(detect_fn, image, slicing[0], slicing[1], opts.iou_thres, opts.agnostic_nms,
                                   max_det=opts.max_det, batch_size=opts.slice_batch) for image in images]
         localization = None
-        if self.has_uncertainty:
-            read = self.calibration.expected_iou if self.calibration is not None else np.asarray
-            localization = [read(d[:, 6].numpy()) for d in dets]
+        if self.has_uncertainty:  # read as detect.py reads it (utils.infer.options.ImageResult.localization)
+            localization = [ImageResult.from_detections(d, file, 0, array.shape, True, self.calibration).localization
+                            for d, file, array in zip(dets, files, arrays)]
         return Detections(list(arrays), [d[:, :6] for d in dets], list(files), self.names, localization,
                           "uncertainty" if self.calibration is None else "expected_iou")
 

@@ -143,6 +143,12 @@ class ImageResult:
     shape: tuple[int, int]
     expected_iou: Optional[np.ndarray] = None
 
+    @property
+    def localization(self) -> Optional[np.ndarray]:
+        """What a C-BBL box's localization column reports: the expected IoU where the weights carry a
+        calibration, else the raw uncertainty (None for regression models)."""
+        return self.expected_iou if self.expected_iou is not None else self.uncertainty
+
     @classmethod
     def from_detections(cls, dets: torch.Tensor, path: str, frame: int, shape: Sequence[int],
                         has_uncertainty: bool, calibration: Optional[UncertaintyCalibration] = None) -> ImageResult:

@@ -77,8 +77,8 @@ class OutputWriter:
         As YOLOv5 v7.0's detect.py writes them: the box rounded to whole pixels (half to even, torch.round's
         rule), then normalised in float32, printed with ``%g``.
         """
-        localization = result.expected_iou if result.expected_iou is not None else result.uncertainty
-        extra = ([result.conf] + ([localization] if self.has_uncertainty else [])) if self.opts.save_conf else []
+        localization = [result.localization] if self.has_uncertainty else []
+        extra = [result.conf, *localization] if self.opts.save_conf else []
         boxes = np.round(result.xyxy.astype(np.float32))  # (n, 4)
         atomic_write_text(path, prediction_txt(boxes, result.cls, result.shape, extra))
 

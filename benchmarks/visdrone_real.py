@@ -54,7 +54,7 @@ FRAMES = SHARED / "data" / "visdrone-real"
 COCO_WEIGHTS = SHARED / "weights" / "yolov5n-coco-v6.1.pt"
 SPLITS = ("VisDrone2019-DET-train", "VisDrone2019-DET-val")
 # C-BBL's box gain scaled to CIoU's share of the gradient at the start of fine-tuning: 0.05 / 1.56, the ratio of
-# the two box terms' gradient norms at the head's inputs measured by benchmarks/gradient_share.py on seed 0.
+# the two box terms' gradient norms at the head's inputs on seed 0 (--gradient-share; 1.45 with its seeded head).
 CBBL_BOX_GAIN = 0.032
 # name -> train.py flags ({work}: the study's working folder): the regression baseline, C-BBL at its default grid,
 # with the CIoU term, the paper's grid, with the box gain scaled (a hyp file written by prepare_data), and

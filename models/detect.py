@@ -70,10 +70,10 @@ class Detect(nn.Module):
 
     ``decode_conf``: when set (inference, see :meth:`sparse_box_offsets`), C-BBL boxes are decoded only where
     objectness x class can pass that confidence; None (the default, training, export) decodes every anchor.
-    ``side_variance``: when True (inference, C-BBL, not while exporting), the decode appends
-    SIDE_VARIANCE_COLUMNS columns after the uncertainty: each side's (x1, y1, x2, y2) variance under the predicted
-    distributions, divided by the squared box width (x) or height (y), so that it survives the rescaling of test-time
-    augmentation and the letterbox undo; computed only for the rows the sparse decode decodes.
+    ``side_variance``: when True (inference and export, C-BBL), the decode appends SIDE_VARIANCE_COLUMNS columns
+    after the uncertainty: each side's (x1, y1, x2, y2) variance under the predicted distributions, divided by the
+    squared box width (x) or height (y), so that it survives the rescaling of test-time augmentation and the
+    letterbox undo; computed only for the rows the sparse decode decodes (every row in an exported graph).
     """
 
     extra_inputs = 0  # input feature maps beyond one per output level (CLLADetect: 1)
@@ -204,11 +204,16 @@ class Detect(nn.Module):
             offsets[candidates], uncertainty[candidates] = self.box_offsets(rows)
             return offsets, uncertainty, None
         variance = box_raw.new_zeros(*box_raw.shape[:-1], 4)
-        stats = self.box_statistics(rows)
-        logits = rows.unflatten(-1, (4, self.head.bins))
-        offsets[candidates], uncertainty[candidates] = self._restored(logits, stats.mean, stats.entropy, box_raw.dtype)
-        variance[candidates] = stats.value_variance.to(box_raw.dtype)
+        offsets[candidates], uncertainty[candidates], variance[candidates] = self.box_offsets_with_variance(rows)
         return offsets, uncertainty, variance
+
+    def box_offsets_with_variance(self, box_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`box_offsets` plus the decoded variance (..., 4) of x, y (cells) and w, h (size ratios), all from one
+        softmax per coordinate."""
+        stats = self.box_statistics(box_raw)
+        logits = box_raw.unflatten(-1, (4, self.head.bins))
+        offsets, uncertainty = self._restored(logits, stats.mean, stats.entropy, box_raw.dtype)
+        return offsets, uncertainty, stats.value_variance.to(box_raw.dtype)
 
     def quality_scored(self, box_raw: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Scores (..., 1 + nc) with the objectness times the quality branch's IoU estimate, so NMS ranks by
@@ -243,15 +248,17 @@ class Detect(nn.Module):
         """
         raw = raw.float()
         batch, _, height, width, _ = raw.shape
-        scores = raw[..., self.box_channels:].sigmoid()  # (B, A, H, W, 1 + nc)
+        box_raw, scores = raw[..., :self.box_channels], raw[..., self.box_channels:].sigmoid()  # scores (..., 1 + nc)
         if self.quality is not None:
-            scores = self.quality_scored(raw[..., :self.box_channels], scores)
+            scores = self.quality_scored(box_raw, scores)
         variance = None
-        if self.grid is not None and (self.decode_conf is not None or self.side_variance) and not _exporting():
-            offsets, uncertainty, variance = self.sparse_box_offsets(
-                raw[..., :self.box_channels], scores, self.decode_conf, self.side_variance)
+        if self.grid is not None and not _exporting() and (self.decode_conf is not None or self.side_variance):
+            offsets, uncertainty, variance = self.sparse_box_offsets(box_raw, scores, self.decode_conf,
+                                                                     self.side_variance)
+        elif self.grid is not None and self.side_variance:  # an exported graph: every row, static shapes
+            offsets, uncertainty, variance = self.box_offsets_with_variance(box_raw)
         else:
-            offsets, uncertainty = self.box_offsets(raw[..., :self.box_channels])
+            offsets, uncertainty = self.box_offsets(box_raw)
         cell_offset, size_ratio = decode_offsets(offsets, self.head.space)  # (B, A, H, W, 2) each
         stride = self.stride[level]
         ys = torch.arange(height, device=raw.device, dtype=raw.dtype)

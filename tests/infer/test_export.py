@@ -4,6 +4,7 @@ the C-BBL decode inside the graph, dynamic and fixed shapes, and detect.py on th
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -49,25 +50,32 @@ def test_export_matches_pytorch(tiny_checkpoint, box, caplog):
         got = backend(images)
         assert got.shape == expected.shape
         assert ((got - expected).abs() / expected.abs().clamp(min=1)).max() < 1e-4
+        if box == "cbbl":  # --cbbl-fusion reads the export's side variances as it reads the checkpoint's
+            assert backend.decode_side_variance(True) and reference.decode_side_variance(True)
+            got, want = backend(images), reference(images)
+            assert got.shape[-1] == 5 + 3 + 1 + 4 and ((got - want).abs() / want.abs().clamp(min=1)).max() < 1e-4
+            reference.decode_side_variance(False)
     graph = onnx.load(str(written[0]))
     assert any(prop.key == METADATA_KEY for prop in graph.metadata_props)
     ops = {node.op_type for node in graph.graph.node}
     if box == "cbbl":
         assert {"Mul", "ReduceSum"} <= ops and ops & {"Softmax", "LogSoftmax", "Exp"}, "C-BBL softmax + grid projection"
     outputs = [output.name for output in graph.graph.output]
-    assert outputs == (["output0", "uncertainty"] if box == "cbbl" else ["output0"])
+    assert outputs == (["output0", "uncertainty", "side_variance"] if box == "cbbl" else ["output0"])
 
 
 def test_cbbl_export_keeps_yolov5_layout_first(tmp_path, tiny_checkpoint):
-    """YOLOv5-style post-processors read output0 as (1, N, 5 + nc); the uncertainty is a second output."""
+    """YOLOv5-style post-processors read output0 as (1, N, 5 + nc); the uncertainty and the side variances
+    follow as outputs of their own."""
     weights = tiny_checkpoint("cbbl", name="best.pt")
     onnx_path, script_path = export_run(weights, include=["onnx", "torchscript"], imgsz=64)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    predictions, uncertainty = session.run(None, {"images": np.zeros((1, 3, 64, 64), np.float32)})
+    predictions, uncertainty, variance = session.run(None, {"images": np.zeros((1, 3, 64, 64), np.float32)})
     num_boxes = predictions.shape[1]
     assert predictions.shape == (1, num_boxes, 5 + 3) and uncertainty.shape == (1, num_boxes, 1)
+    assert variance.shape == (1, num_boxes, 4) and (variance >= 0).all() and (variance > 0).any()
     traced = torch.jit.load(str(script_path))(torch.zeros(1, 3, 64, 64))
-    assert [tuple(t.shape) for t in traced] == [(1, num_boxes, 8), (1, num_boxes, 1)]
+    assert [tuple(t.shape) for t in traced] == [(1, num_boxes, 8), (1, num_boxes, 1), (1, num_boxes, 4)]
     image_dir = tmp_path / "images"
     image_dir.mkdir()
     cv2.imwrite(str(image_dir / "x.png"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
@@ -143,6 +151,27 @@ def test_fixed_shape_onnx_and_detect_on_it(tmp_path, tiny_checkpoint):
     assert len(from_onnx.conf) == len(from_pt.conf) > 0
     np.testing.assert_allclose(from_onnx.xyxy, from_pt.xyxy, atol=1e-2)
     np.testing.assert_allclose(from_onnx.uncertainty, from_pt.uncertainty, atol=1e-4)
+    voted_onnx = detect_run(weights=str(onnx_path), cbbl_fusion=True, **options)[0]
+    voted_pt = detect_run(weights=str(weights), cbbl_fusion=True, **options)[0]
+    np.testing.assert_allclose(voted_onnx.xyxy, voted_pt.xyxy, atol=1e-2)
+
+
+def test_an_export_without_side_variances_keeps_plain_nms(tiny_checkpoint, caplog):
+    """An ONNX file exported before the side_variance output (its metadata does not name it) runs as it did:
+    --cbbl-fusion says it cannot and NMS stays plain."""
+    weights = tiny_checkpoint("cbbl", name="best.pt")
+    onnx_path = export_run(weights, include=["onnx"], imgsz=64)[0]
+    graph = onnx.load(str(onnx_path))
+    entry = next(prop for prop in graph.metadata_props if prop.key == METADATA_KEY)
+    meta = json.loads(entry.value)
+    del meta["side_variance"]
+    entry.value = json.dumps(meta)
+    onnx.save(graph, str(onnx_path))
+    backend = DetectBackend(onnx_path)
+    with caplog.at_level(logging.WARNING):
+        assert not backend.decode_side_variance(True)
+    assert "no C-BBL box distributions" in caplog.text
+    assert backend(torch.rand(1, 3, 64, 64)).shape[-1] == 5 + 3 + 1
 
 
 def test_export_bad_inputs(tmp_path, tiny_checkpoint):

@@ -4,7 +4,8 @@ ONNX files (ONNX Runtime) and TorchScript files.
 Every backend takes float images (B, 3, H, W) in [0, 1] and returns the eval-mode decoded head
 output (B, N, 5 + nc + num_extra) described in docs/ARCHITECTURE.md, so detect/val never need
 to know which file they were given. Exported files give YOLOv5's (B, N, 5 + nc) first and a C-BBL
-model's uncertainty as a second output (utils/infer/export.py); the backend joins them again.
+model's uncertainty and side variances as further outputs (utils/infer/export.py); the backend joins them
+again.
 Exported files carry the model's facts (names, stride, box mode) as JSON metadata written by
 :func:`model_metadata`.
 """
@@ -36,18 +37,20 @@ WeightsArg = Union[str, Path, Sequence[Union[str, Path]]]
 METADATA_KEY = "cbbl_tph"
 SUFFIXES = (".pt", ".onnx", ".torchscript")
 UNCERTAINTY_OUTPUT = "uncertainty"  # name of an exported C-BBL model's second output (B, N, 1)
+SIDE_VARIANCE_OUTPUT = "side_variance"  # and of its third (B, N, 4), for --cbbl-fusion
 
 
 def model_metadata(model: nn.Module, imgsz: Sequence[int], batch_size: int, dynamic: bool,
                    checkpoint: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """What a backend needs to know about an exported model: classes, stride, box mode, input shape, and from
-    its ``checkpoint`` the tiles it was trained on and its uncertainty calibration (so an export slices and
-    reads its uncertainty as its checkpoint does)."""
+    """What a backend needs to know about an exported model: classes, stride, box mode, input shape, whether it
+    outputs side variances (a C-BBL export), and from its ``checkpoint`` the tiles it was trained on and its
+    uncertainty calibration (so an export slices and reads its uncertainty as its checkpoint does)."""
     tile = TileSettings.of_checkpoint(checkpoint or {})
     detect = model.detect
     return {"names": list(model.names), "nc": int(model.nc), "stride": max_stride(model.stride),
             "box_mode": str(detect.box_mode), "num_extra": int(detect.num_extra),
-            "imgsz": [int(s) for s in imgsz], "batch_size": int(batch_size), "dynamic": bool(dynamic),
+            "side_variance": bool(detect.num_extra), "imgsz": [int(s) for s in imgsz], "batch_size": int(batch_size),
+            "dynamic": bool(dynamic),
             "tile": None if tile is None else tile.to_dict(), "calibration": (checkpoint or {}).get(CALIBRATION_KEY)}
 
 
@@ -103,6 +106,9 @@ class DetectBackend(nn.Module):
         self.channels_last = False  # set for PyTorch checkpoints on CPU
         self.trained_tile: Optional[TileSettings] = None  # the --tile windows the weights were trained on
         self.calibration: Optional[UncertaintyCalibration] = None  # C-BBL entropy -> expected IoU, when stored
+        self.head_extra = 0  # the head's columns after the class scores (C-BBL: the uncertainty)
+        self.has_side_variance = False  # the model can output per-side variances (decode_side_variance)
+        self.side_variance_on = False
         if self.is_onnx:
             self._load_onnx(paths[0])
         elif self.is_torchscript:
@@ -131,7 +137,8 @@ class DetectBackend(nn.Module):
         extras = {int(m.detect.num_extra) for m in models}
         if len(extras) > 1:
             logger.warning("ensemble mixes C-BBL and regression heads: the uncertainty column is dropped")
-        self.num_extra = min(extras)
+        self.head_extra = min(extras)
+        self.has_side_variance = self.box_mode == "cbbl"
         self.trained_tile = tiles.pop() if len(tiles) == 1 else None  # an ensemble slices only if all agree
         self.calibration = calibrations[0] if len(calibrations) == 1 else None  # an ensemble's entropy is mixed
         self.nc, self.names = int(first.nc), list(first.names)
@@ -177,10 +184,11 @@ class DetectBackend(nn.Module):
 
     def _apply_metadata(self, meta: dict[str, Any]) -> None:
         self.nc, self.names = int(meta["nc"]), list(meta["names"])
-        self.stride, self.box_mode, self.num_extra = int(meta["stride"]), str(meta["box_mode"]), int(meta["num_extra"])
+        self.stride, self.box_mode, self.head_extra = int(meta["stride"]), str(meta["box_mode"]), int(meta["num_extra"])
         if not meta.get("dynamic", True):
             self.fixed_imgsz = (int(meta["imgsz"][0]), int(meta["imgsz"][1]))
             self.fixed_batch = int(meta["batch_size"])
+        self.has_side_variance = bool(meta.get("side_variance", False))  # exports before it have none
         self.trained_tile = TileSettings.from_dict(meta.get("tile"))
         self.calibration = UncertaintyCalibration.from_dict(meta.get("calibration"))
 
@@ -194,17 +202,24 @@ class DetectBackend(nn.Module):
 
     def decode_side_variance(self, enabled: bool) -> bool:
         """Turn the per-side variance columns for --cbbl-fusion on or off (models.detect.Detect.side_variance;
-        appended after the uncertainty). Returns whether the predictions carry them: only PyTorch C-BBL models have
-        distributions to read; other models keep today's output and NMS stays plain (said once)."""
-        able = not (self.is_onnx or self.is_torchscript) and self.box_mode == "cbbl"
+        appended after the uncertainty). Returns whether the predictions carry them: only C-BBL models (checkpoints,
+        and exports that have the ``side_variance`` output) have distributions to read; other models keep today's
+        output and NMS stays plain (said once)."""
+        able = self.has_side_variance
         if enabled and not able:
             logger.warning("--cbbl-fusion: %s has no C-BBL box distributions at inference (regression head, mixed "
-                           "ensemble or exported graph); plain NMS", self.weights_name)
-        if able:
+                           "ensemble or an export made before side variances were exported); plain NMS",
+                           self.weights_name)
+        self.side_variance_on = enabled and able
+        if able and not (self.is_onnx or self.is_torchscript):
             for model in self.models:
                 model.detect.side_variance = enabled
-            self.num_extra = int(self.models[0].detect.num_extra) + (SIDE_VARIANCE_COLUMNS if enabled else 0)
-        return enabled and able
+        return self.side_variance_on
+
+    @property
+    def num_extra(self) -> int:
+        """Columns after the class scores: the head's (C-BBL: uncertainty), then the side variances when on."""
+        return self.head_extra + (SIDE_VARIANCE_COLUMNS if self.side_variance_on else 0)
 
     @torch.no_grad()
     def forward_each(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -226,14 +241,14 @@ class DetectBackend(nn.Module):
             raise ValueError(f"this exported model takes {self.fixed_imgsz} (h, w) inputs, got "
                              f"{tuple(images.shape[2:])}; export with --dynamic or use --imgsz {self.fixed_imgsz[0]}")
         images = images.to(self.device)
+        width = 5 + self.nc + self.num_extra  # an export's side variances are dropped unless asked for
         if self.is_onnx:
-            return [self._run_onnx(images)]
+            return [self._run_onnx(images)[..., :width]]
         images = images.half() if self.fp16 else images.float()
         if self.is_torchscript:
-            return [_joined(self.script_module(images)).float()]
+            return [_joined(self.script_module(images))[..., :width].float()]
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        width = 5 + self.nc + self.num_extra
         with autocast(self.device, self.bf16):
             return [_pred_of(model(images))[..., :width].float() for model in self.models]
 
@@ -260,7 +275,7 @@ class DetectBackend(nn.Module):
 
 
 def _joined(output: Union[torch.Tensor, tuple, list]) -> torch.Tensor:
-    """An exported model's (predictions, uncertainty) outputs -> one (B, N, 5 + nc + 1) tensor."""
+    """An exported model's outputs (predictions [, uncertainty, side variances]) -> one (B, N, width) tensor."""
     return torch.cat(list(output), -1) if isinstance(output, (tuple, list)) else output
 
 

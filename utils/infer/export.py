@@ -4,9 +4,11 @@ only when it is an earlier export of this project (it carries our metadata): any
 
 The exported graph returns YOLOv5's eval-mode layout as its first output ``output0`` (B, N, 5 + nc):
 ``cx, cy, w, h`` pixels, objectness, class scores, so YOLOv5-style post-processors read it unchanged. A
-C-BBL model adds a second output ``uncertainty`` (B, N, 1): the per-box localization uncertainty; the
-expectation decode (softmax, then a fixed projection on the grid values) is in the graph, so every
-runtime gets ordinary boxes. The model's facts travel as JSON metadata (utils/infer/backend.py reads
+C-BBL model adds ``uncertainty`` (B, N, 1), the per-box localization uncertainty, and ``side_variance``
+(B, N, 4), each side's variance over the squared box size, which variance voting (``--cbbl-fusion``) reads;
+a model scored by its quality branch has it multiplied into the objectness of ``output0``. The expectation
+decode (softmax, then a fixed projection on the grid values) is in the graph, so every runtime gets
+ordinary boxes. The model's facts travel as JSON metadata (utils/infer/backend.py reads
 them). ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``). ``--include`` takes YOLOv5's
 format names; those this project does not export are refused by name.
 """
@@ -28,7 +30,7 @@ import torch.nn as nn
 from models.yolo import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.files import REPO_ROOT, atomic_write_bytes, increment_path
-from utils.infer.backend import METADATA_KEY, UNCERTAINTY_OUTPUT, model_metadata
+from utils.infer.backend import METADATA_KEY, SIDE_VARIANCE_OUTPUT, UNCERTAINTY_OUTPUT, model_metadata
 from utils.infer.options import exist_ok_option
 from utils.options import option
 from utils.torch_utils import max_stride, select_device
@@ -97,30 +99,32 @@ class ExportOptions:
 
 class PredictionOnly(nn.Module):
     """Wraps a model so that its forward returns the decoded predictions alone (no raw level list):
-    YOLOv5's (B, N, 5 + nc) tensor, and for a C-BBL head also the (B, N, num_extra) uncertainty."""
+    YOLOv5's (B, N, 5 + nc) tensor, and for a C-BBL head also the (B, N, 1) uncertainty and the (B, N, 4) side
+    variances (the wrapper turns the head's ``side_variance`` on)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model, self.width = model, 5 + int(model.nc)
         self.num_extra = int(model.detect.num_extra)
+        model.detect.side_variance = bool(self.num_extra)
         self.train(model.training)  # exporters restore the wrapper's mode afterwards: keep it the model's
 
-    def forward(self, images: torch.Tensor) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """(B, 3, H, W) float [0, 1] -> (B, N, 5 + nc) [, (B, N, num_extra)]."""
+    def forward(self, images: torch.Tensor) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(B, 3, H, W) float [0, 1] -> (B, N, 5 + nc) [, (B, N, 1), (B, N, 4)]."""
         pred = self.model(images)[0]
         if not self.num_extra:
             return pred
-        return pred[..., : self.width], pred[..., self.width : self.width + self.num_extra]
+        return pred[..., : self.width], pred[..., self.width : self.width + 1], pred[..., self.width + 1 :]
 
     @property
     def output_names(self) -> list[str]:
-        return [OUTPUT_NAME, UNCERTAINTY_OUTPUT] if self.num_extra else [OUTPUT_NAME]
+        return [OUTPUT_NAME, UNCERTAINTY_OUTPUT, SIDE_VARIANCE_OUTPUT] if self.num_extra else [OUTPUT_NAME]
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict, opset: int = 17,
                 dynamic: bool = False, simplify: bool = False) -> Path:
-    """Write an ONNX file with input ``images`` and outputs ``output0`` [+ ``uncertainty``]; dynamic
-    batch/height/width if asked; simplified with onnxsim if asked."""
+    """Write an ONNX file with input ``images`` and outputs ``output0`` [+ ``uncertainty``, ``side_variance``];
+    dynamic batch/height/width if asked; simplified with onnxsim if asked."""
     import onnx
 
     wrapper = PredictionOnly(model)

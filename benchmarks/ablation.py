@@ -74,7 +74,7 @@ def train_options(args: argparse.Namespace, config: str, seed: int):
                         noplots=True, project=str(args.project / args.out.name),
                         name=f"{config}_s{seed}", exist_ok=True, seed=seed,
                         nbs=args.batch, save_period=1 if seed == 0 else -1, device="cpu",
-                        noval=not args.val_every_epoch)
+                        noval=not args.val_every_epoch, amp=args.amp)
 
 
 def model_cfg(args: argparse.Namespace) -> Path:
@@ -101,7 +101,7 @@ def run_one(args: argparse.Namespace, config: str, seed: int) -> dict:
     cbbl = head.is_cbbl
     row = {"config": config, "seed": seed, "box_loss": head.box_loss, "grid": head.grid if cbbl else "",
            "um": head.um if cbbl else "", "ciou_term": head.ciou if cbbl else "", "epochs": args.epochs,
-           "img": args.img}
+           "img": args.img, "amp": args.amp}
     start = time.perf_counter()
     try:
         outcome = run(opts)
@@ -118,11 +118,13 @@ def run_one(args: argparse.Namespace, config: str, seed: int) -> dict:
             "wall_s": round(time.perf_counter() - start, 1)}
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def summarize(rows: list[dict], reference: list[dict] | None = None) -> list[dict]:
     """Per config: finished seeds, the grid used, mean and sample std of each metric (std empty below 2 seeds)
-    and Welch's t against ciou."""
+    and Welch's t against ciou; with ``reference`` (another study's runs, e.g. its float32 twin) also Welch's t
+    against the same config there."""
     ok = [row for row in rows if row["status"] == "ok"]
     baseline = {name: [float(row[name]) for row in ok if row["config"] == "ciou"] for name in METRICS}
+    reference_ok = [row for row in reference or [] if row["status"] == "ok"]
     summary = []
     for config in CONFIGS:
         done = [row for row in ok if row["config"] == config]
@@ -134,12 +136,17 @@ def summarize(rows: list[dict]) -> list[dict]:
             entry[f"{name}_mean"] = round(statistics.mean(values), 5) if values else ""
             entry[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else ""
             entry[f"{name}_t_vs_ciou"] = round(welch_t(values, baseline[name]), 2) if config != "ciou" else ""
+            if reference is not None:
+                twin = [float(row[name]) for row in reference_ok if row["config"] == config]
+                entry[f"{name}_reference_mean"] = round(statistics.mean(twin), 5) if twin else ""
+                entry[f"{name}_t_vs_reference"] = round(welch_t(values, twin), 2) if values and twin else ""
         summary.append(entry)
     return summary
 
 
 def markdown_tables(summary: list[dict], grid_rows: list[dict]) -> str:
-    """summary.md: the accuracy table (mean +- std, Welch t vs ciou) and each grid's target mass (first seed)."""
+    """summary.md: the accuracy table (mean +- std, Welch t vs ciou [and vs the reference study]) and each grid's
+    target mass (first seed)."""
     lines = ["| config | grid | seeds | mAP50 | mAP50-95 | AP_small |", "| --- | --- | --- | --- | --- | --- |"]
     for entry in summary:
         if not entry["seeds_ok"]:
@@ -151,6 +158,9 @@ def markdown_tables(summary: list[dict], grid_rows: list[dict]) -> str:
                 cell += f" +- {float(entry[f'{name}_std']):.3f}"
             if entry[f"{name}_t_vs_ciou"] != "":
                 cell += f" (t {float(entry[f'{name}_t_vs_ciou']):+.1f})"
+            if entry.get(f"{name}_t_vs_reference", "") != "":
+                cell += (f"; reference {float(entry[f'{name}_reference_mean']):.3f} "
+                         f"(t {float(entry[f'{name}_t_vs_reference']):+.1f})")
             cells.append(cell)
         lines.append(f"| {entry['config']} | {entry['grid'] or '-'} | {entry['seeds_ok']} | {' | '.join(cells)} |")
     lines += ["", "| config | group | beta | points | % of training targets per interval |",
@@ -325,6 +335,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-every-epoch", action="store_true",
                         help="validate after every epoch (default: only after the last; early-epoch validation "
                              "is NMS-bound, thousands of low-confidence boxes per image, and costs more than training)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision where train.py's automatic check passes (bfloat16 on CPUs with AMX or "
+                             "AVX512-BF16); default float32, the recipe of the committed studies")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="another study's results folder (e.g. this study's float32 twin): the summary adds "
+                             "each metric's mean there and Welch's t of this study's config against it")
     parser.add_argument("--budget-min", type=float, default=45.0, help="start no new run after this many minutes")
     parser.add_argument("--retry-failed", action="store_true", help="run failed (config, seed) pairs again")
     parser.add_argument("--summary-only", action="store_true",
@@ -357,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run_one(args, config, seed)
         append_csv_row(runs_csv, row)
         logger.info("%s seed %d: %s", config, seed, {k: row.get(k) for k in (*METRICS, "wall_s", "status")})
-    summary = summarize(read_csv(runs_csv))
+    summary = summarize(read_csv(runs_csv), read_csv(args.reference / "runs.csv") if args.reference else None)
     write_csv(out_dir / "summary.csv", summary)
     (out_dir / "summary.md").write_text(markdown_tables(summary, read_csv(out_dir / "grid_mass.csv")), encoding="utf-8")
     logger.info("\n".join(header))

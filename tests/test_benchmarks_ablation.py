@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks.ablation import main
+from benchmarks.ablation import main, markdown_tables, summarize
 from benchmarks.common import read_csv
 from tests.conftest import make_yolo_dataset
 
@@ -33,3 +33,18 @@ def test_study_records_metrics_grid_mass_and_summary(tmp_path):
     rows = read_csv(out / "gradients.csv")
     assert [row["config"] for row in rows] == ["ciou", "cbbl_auto"]  # one epoch: first == last
     assert all(float(row["small_mean"]) > 0 or float(row["normal_mean"]) > 0 for row in rows)
+
+
+def test_summary_compares_each_config_with_the_same_config_of_a_reference_study():
+    """--reference (e.g. the float32 twin of a bf16 study): each config's mean there and Welch's t against it."""
+    def runs(config, values):
+        return [{"config": config, "seed": seed, "status": "ok", "grid": "", "map50": v, "map50_95": v / 2,
+                 "ap_small": v / 4} for seed, v in enumerate(values)]
+
+    bf16 = runs("ciou", [0.30, 0.31, 0.32]) + runs("cbbl_auto", [0.20, 0.21, 0.22])
+    fp32 = runs("ciou", [0.40, 0.41, 0.42])  # no cbbl_auto twin
+    summary = {entry["config"]: entry for entry in summarize(bf16, fp32) if entry["seeds_ok"]}
+    assert summary["ciou"]["map50_reference_mean"] == 0.41 and summary["ciou"]["map50_t_vs_reference"] < -10
+    assert summary["cbbl_auto"]["map50_t_vs_reference"] == "" and summary["cbbl_auto"]["map50_t_vs_ciou"] < -10
+    assert "reference 0.410 (t" in markdown_tables(list(summary.values()), [])
+    assert "map50_t_vs_reference" not in summarize(bf16)[0], "no reference, no column"

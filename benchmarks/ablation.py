@@ -101,7 +101,7 @@ def run_one(args: argparse.Namespace, config: str, seed: int) -> dict:
     cbbl = head.is_cbbl
     row = {"config": config, "seed": seed, "box_loss": head.box_loss, "grid": head.grid if cbbl else "",
            "um": head.um if cbbl else "", "ciou_term": head.ciou if cbbl else "", "epochs": args.epochs,
-           "img": args.img, "amp": args.amp}
+           "img": args.img}
     start = time.perf_counter()
     try:
         outcome = run(opts)
@@ -115,7 +115,7 @@ def run_one(args: argparse.Namespace, config: str, seed: int) -> dict:
     last = curve[-1] if curve else {}
     figures = {name: round(float(last.get(column, "nan")), 5) for name, column in METRICS.items()}
     return {**row, "status": "ok", "error": "", **figures, "epochs_done": outcome.epochs_done,
-            "wall_s": round(time.perf_counter() - start, 1)}
+            "amp": outcome.amp, "wall_s": round(time.perf_counter() - start, 1)}
 
 
 def summarize(rows: list[dict], reference: list[dict] | None = None) -> list[dict]:

@@ -19,7 +19,8 @@ def test_study_records_metrics_grid_mass_and_summary(tmp_path):
                  "--width-multiple", "0.125", "--data", str(data), "--out", str(out),
                  "--project", str(tmp_path / "runs")]) == 0
     rows = read_csv(out / "runs.csv")
-    assert [(row["config"], row["status"]) for row in rows] == [("ciou", "ok"), ("cbbl_auto", "ok")]
+    assert [(row["config"], row["status"], row["amp"]) for row in rows] == [("ciou", "ok", "False"),
+                                                                            ("cbbl_auto", "ok", "False")]
     assert all(not math.isnan(float(row[name])) for row in rows for name in ("map50", "map50_95", "ap_small"))
     groups = [(row["config"], row["group"]) for row in read_csv(out / "grid_mass.csv")]
     assert groups == [("cbbl_auto", "centre"), ("cbbl_auto", "size")]

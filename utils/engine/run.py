@@ -57,12 +57,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainOutcome:
-    """What a finished run leaves: its folder, the last epoch's metrics row, and the final validation."""
+    """What a finished run leaves: its folder, the last epoch's metrics row, the final validation, and whether it
+    trained in mixed precision (--amp after its automatic check)."""
 
     save_dir: Path
     epochs_done: int
     metrics: dict[str, float] = field(default_factory=dict)
     final: Optional[Any] = None
+    amp: bool = False
 
 
 def find_resume_checkpoint(opts: TrainOptions) -> Path:
@@ -214,7 +216,7 @@ def _train(opts: TrainOptions, context: DistContext, device: torch.device, save_
     if context.is_main:
         logger.info("Results saved to %s", save_dir)
     return TrainOutcome(save_dir=save_dir, epochs_done=trainer.epoch + 1, metrics=dict(trainer.metrics),
-                        final=final and final.results)
+                        final=final and final.results, amp=trainer.amp)
 
 
 def build_optimization(opts: TrainOptions, model: torch.nn.Module, num_images: int,

@@ -5,6 +5,7 @@
     python benchmarks/visdrone_real.py --tile 640 --configs ciou cbbl --out benchmarks/results/visdrone_real_tile640
     python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv and the plots
     python benchmarks/visdrone_real.py --gradient-share --configs ciou cbbl   # why: the box term's gradient share
+    python benchmarks/visdrone_real.py --inference-cost --configs cbbl cbbl_quality   # what voting/quality cost
 
 What a YOLOv5 user does: train.py from ``yolov5n-coco-v6.1.pt`` on the real frames in ../shared (a working
 copy under datasets/, labels by data/scripts/visdrone2yolo.py), YOLOv5's recipe (hyp.scratch-low SGD, nominal
@@ -77,6 +78,8 @@ METRICS = {
 }
 MAX_DET = {"yolov5": 300, "coco": 300, "visdrone": 500}  # each protocol's own default
 CSV_LOCK = threading.Lock()
+# --inference-cost: detect.py end to end on the first COST_FRAMES val frames, at each COST_SIZES, COST_ROUNDS rounds.
+COST_FRAMES, COST_SIZES, COST_ROUNDS = 16, (640, 1536), 3
 TILE_OVERLAP = 0.25  # --tile runs: train.py's default overlap
 
 
@@ -346,6 +349,50 @@ def gradient_share(args: argparse.Namespace, data: Path) -> list[dict]:
     return rows
 
 
+def inference_cost(args: argparse.Namespace, data: Path) -> list[dict]:
+    """detect.py's wall time per frame, end to end (read, letterbox, forward, NMS; its defaults), on the
+    first COST_FRAMES val frames at each of COST_SIZES: each C-BBL config's first finished run plain and with
+    variance voting (``--cbbl-fusion``), and ``cbbl_quality`` (its quality branch) against ``cbbl`` plain.
+    Interleaved rounds: each round times every variant once; the ratio to plain is taken per round."""
+    from detect import run as detect_run
+
+    frames = args.work / "cost_frames"
+    frames.mkdir(exist_ok=True)
+    for image in sorted((data.parent / SPLITS[1] / "images").glob("*.jpg"))[:COST_FRAMES]:
+        if not (frames / image.name).exists():
+            (frames / image.name).symlink_to(image.resolve())
+    runs = {config: next((args.project / f"{config}_s{seed}" / "weights" / "best.pt" for seed in args.seeds
+                          if (args.project / f"{config}_s{seed}" / "weights" / "best.pt").is_file()), None)
+            for config in args.configs if config != "ciou"}
+    variants = {f"{config} vote" if vote else config: (str(weights), vote)
+                for config, weights in runs.items() if weights for vote in (False, True)}
+    if not variants:
+        raise ValueError(f"no finished C-BBL run of {args.configs} under {args.project}")
+
+    def plain_of(name: str) -> str:
+        config = name.removesuffix(" vote")
+        return "cbbl" if config == "cbbl_quality" and "cbbl" in variants else config
+
+    seconds: dict[tuple[str, int], list[float]] = {}
+    for _ in range(COST_ROUNDS):
+        for size in COST_SIZES:
+            for name, (weights, vote) in variants.items():
+                start = time.perf_counter()
+                detect_run(weights=weights, source=str(frames), imgsz=size, cbbl_fusion=vote, nosave=True,
+                           project=str(args.work / "cost_runs"), exist_ok=True)
+                seconds.setdefault((name, size), []).append(time.perf_counter() - start)
+    rows = []
+    for (name, size), times in seconds.items():
+        ratios = [t / base for t, base in zip(times, seconds[plain_of(name), size])]
+        rows.append({"variant": name, "weights": variants[name][0], "img": size, "frames": COST_FRAMES,
+                     "ms_per_frame_median": round(1e3 * statistics.median(times) / COST_FRAMES, 1),
+                     "ratio_to_plain_median": round(statistics.median(ratios), 3),
+                     "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
+                     "plain": plain_of(name), "load_1min": round(os.getloadavg()[0], 2)})
+        logger.info("%s", rows[-1])
+    return rows
+
+
 def pending_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
     """(config, seed) pairs without an 'ok' row, seed-major so a cut-short study has every config at equal seeds."""
     done = {(row["config"], int(row["seed"])) for row in read_csv(args.out / "runs.csv") if row["status"] == "ok"}
@@ -365,6 +412,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--summary-only", action="store_true", help="train nothing: rewrite summary and plots")
     parser.add_argument("--gradient-share", action="store_true",
                         help="train nothing: the loss terms' gradient shares of each config's finished seed-0 run")
+    parser.add_argument("--inference-cost", action="store_true",
+                        help="train nothing: detect.py's time per frame with and without variance voting and the "
+                             "quality branch, interleaved (inference_cost.csv)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "visdrone_real")
     parser.add_argument("--work", type=Path, default=ROOT / "datasets" / "visdrone-real",
                         help="working copy of the frames (git-ignored)")
@@ -383,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.gradient_share:
         write_csv(args.out / "gradient_share.csv", gradient_share(args, prepare_data(args.work)))
+        return 0
+    if args.inference_cost:
+        write_csv(args.out / "inference_cost.csv", inference_cost(args, prepare_data(args.work)))
         return 0
     if not args.summary_only:
         write_json(args.out / "settings.json", {"header": header_lines({k: str(v) for k, v in vars(args).items()})})

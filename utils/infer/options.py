@@ -18,9 +18,9 @@ from utils.options import option
 
 # What runs a .pt checkpoint: PyTorch, or ONNX Runtime after an in-memory export (utils/infer/runtime.py).
 RUNTIMES = ("torch", "onnxruntime")
-# --cbbl-fusion off by default although it measured better on the synthetic set (+0.9 mAP50-95 points, one seed):
-# on, val.py would disagree with train.py's final validation and a .pt with its ONNX export, which carry no
-# variances yet; the default follows the real-frame study.
+# --cbbl-fusion off by default although it measured better on the synthetic set (+0.9 mAP50-95 points, one seed)
+# and on one real-frame seed: on, val.py would disagree with train.py's final validation; the default follows the
+# real-frame study's three seeds.
 CBBL_FUSION_DEFAULT = False
 WEIGHTS_HELP = ".pt (several = ensemble), .onnx, .torchscript"
 
@@ -38,7 +38,7 @@ def cbbl_fusion_option() -> Any:
     """The ``--cbbl-fusion`` field."""
     return option(CBBL_FUSION_DEFAULT, "C-BBL variance voting: each kept box becomes the average of the same-class "
                   "boxes overlapping it above --iou-thres, weighted by IoU and each side's inverse variance (KL-Loss, "
-                  "He et al. 2019); regression heads and exported models: plain NMS")
+                  "He et al. 2019); regression heads: plain NMS")
 
 
 def exist_ok_option() -> Any:

@@ -49,8 +49,8 @@ def model_metadata(model: nn.Module, imgsz: Sequence[int], batch_size: int, dyna
     detect = model.detect
     return {"names": list(model.names), "nc": int(model.nc), "stride": max_stride(model.stride),
             "box_mode": str(detect.box_mode), "num_extra": int(detect.num_extra),
-            "side_variance": bool(detect.num_extra), "imgsz": [int(s) for s in imgsz], "batch_size": int(batch_size),
-            "dynamic": bool(dynamic),
+            "side_variance": bool(detect.num_extra),  # C-BBL exports carry them since the side_variance output
+            "imgsz": [int(s) for s in imgsz], "batch_size": int(batch_size), "dynamic": bool(dynamic),
             "tile": None if tile is None else tile.to_dict(), "calibration": (checkpoint or {}).get(CALIBRATION_KEY)}
 
 

@@ -247,20 +247,26 @@ def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> N
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per config: seeds, mean and sample std of every metric, Welch's t against ciou."""
+    """Per config: seeds, mean and sample std of every metric, Welch's t against ciou; for the C-BBL variants
+    (another config, or variance voting's ``*_vote`` columns) also Welch's t against plain ``cbbl``."""
     ok = [row for row in rows if row["status"] == "ok"]
     columns = [*METRICS, "spearman_unc_vs_1-iou", *(f"{name}_vote" for name in METRICS)]
+
+    def values(config: str, name: str) -> list[float]:
+        return [float(row[name]) for row in ok if row["config"] == config and row.get(name, "") not in ("", "nan")]
+
     summary = []
     for config in CONFIGS:
-        done = [row for row in ok if row["config"] == config]
-        entry = {"config": config, "seeds_ok": len(done)}
+        entry = {"config": config, "seeds_ok": sum(row["config"] == config for row in ok)}
         for name in columns:
-            values = [float(row[name]) for row in done if row.get(name, "") not in ("", "nan")]
-            baseline = [float(row[name]) for row in ok if row["config"] == "ciou" and row.get(name, "") != ""]
-            entry[f"{name}_mean"] = round(statistics.mean(values), 5) if values else ""
-            entry[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else ""
-            entry[f"{name}_t_vs_ciou"] = (round(welch_t(values, baseline), 2)
+            mine, metric = values(config, name), name.removesuffix("_vote")
+            entry[f"{name}_mean"] = round(statistics.mean(mine), 5) if mine else ""
+            entry[f"{name}_std"] = round(statistics.stdev(mine), 5) if len(mine) > 1 else ""
+            entry[f"{name}_t_vs_ciou"] = (round(welch_t(mine, values("ciou", name)), 2)
                                           if config != "ciou" and name in METRICS else "")
+            variant = config not in ("ciou", "cbbl") or name != metric
+            entry[f"{name}_t_vs_cbbl"] = (round(welch_t(mine, values("cbbl", metric)), 2)
+                                          if variant and metric in METRICS and mine else "")
         summary.append(entry)
     return summary
 

@@ -13,16 +13,24 @@ from benchmarks import visdrone_real
 from benchmarks.common import welch_t
 
 
-def test_summary_takes_mean_std_and_welch_t_against_ciou():
-    def row(config, seed, value):
-        return {"config": config, "seed": seed, "status": "ok", **{name: value for name in visdrone_real.METRICS}}
+def test_summary_takes_mean_std_and_welch_t_against_ciou_and_plain_cbbl():
+    def row(config, seed, value, voted=None):
+        return {"config": config, "seed": seed, "status": "ok", **{name: value for name in visdrone_real.METRICS},
+                **({f"{name}_vote": voted for name in visdrone_real.METRICS} if voted else {})}
 
-    rows = [row("ciou", 0, 0.040), row("ciou", 1, 0.042), row("cbbl", 0, 0.030), row("cbbl", 1, 0.034),
-            {"config": "cbbl", "seed": 2, "status": "failed"}]
+    rows = [row("ciou", 0, 0.040), row("ciou", 1, 0.042), row("cbbl", 0, 0.030, 0.033), row("cbbl", 1, 0.034),
+            {"config": "cbbl", "seed": 2, "status": "failed"}, row("cbbl_quality", 0, 0.036, 0.037),
+            row("cbbl_quality", 1, 0.038, 0.040)]
     summary = {entry["config"]: entry for entry in visdrone_real.summarize(rows)}
-    assert summary["cbbl"]["seeds_ok"] == 2 and summary["cbbl"]["yolov5_map50_95_mean"] == 0.032
-    assert summary["cbbl"]["yolov5_map50_95_t_vs_ciou"] == round(welch_t([0.030, 0.034], [0.040, 0.042]), 2) < 0
+    cbbl, quality = summary["cbbl"], summary["cbbl_quality"]
+    assert cbbl["seeds_ok"] == 2 and cbbl["yolov5_map50_95_mean"] == 0.032
+    assert cbbl["yolov5_map50_95_t_vs_ciou"] == round(welch_t([0.030, 0.034], [0.040, 0.042]), 2) < 0
     assert summary["ciou"]["yolov5_map50_95_t_vs_ciou"] == "" and summary["cbbl_paper"]["seeds_ok"] == 0
+    # the variants against plain C-BBL: another config, voting (one voted seed: no std), and both
+    assert cbbl["yolov5_map50_95_t_vs_cbbl"] == "" and cbbl["yolov5_map50_95_vote_mean"] == 0.033
+    assert cbbl["yolov5_map50_95_vote_std"] == "" and cbbl["yolov5_map50_95_vote_t_vs_ciou"] == ""
+    assert quality["yolov5_map50_95_t_vs_cbbl"] == round(welch_t([0.036, 0.038], [0.030, 0.034]), 2) > 0
+    assert quality["yolov5_map50_95_vote_t_vs_cbbl"] == round(welch_t([0.037, 0.040], [0.030, 0.034]), 2) > 0
 
 
 def test_inference_cost_times_each_variant_against_its_plain_twin(tmp_path, tiny_checkpoint, monkeypatch):

@@ -36,7 +36,7 @@ def export_run(weights, **options):
 def test_export_matches_pytorch(tiny_checkpoint, box, caplog):
     weights = tiny_checkpoint(box, name="best.pt")
     written = export.main(["--weights", str(weights), "--include", "onnx", "torchscript", "--imgsz", "64",
-                           "--dynamic", "--project", str(weights.parent / "export")])
+                           "--dynamic", "--side-variance", "--project", str(weights.parent / "export")])
     assert written == [weights.parent / "export" / "exp" / name for name in ("best.onnx", "best.torchscript")]
     reference = DetectBackend(weights)
     images = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(3))
@@ -65,17 +65,20 @@ def test_export_matches_pytorch(tiny_checkpoint, box, caplog):
 
 
 def test_cbbl_export_keeps_yolov5_layout_first(tmp_path, tiny_checkpoint):
-    """YOLOv5-style post-processors read output0 as (1, N, 5 + nc); the uncertainty and the side variances
-    follow as outputs of their own."""
+    """YOLOv5-style post-processors read output0 as (1, N, 5 + nc); the uncertainty is a second output, and with
+    --side-variance the side variances a third."""
     weights = tiny_checkpoint("cbbl", name="best.pt")
     onnx_path, script_path = export_run(weights, include=["onnx", "torchscript"], imgsz=64)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    predictions, uncertainty, variance = session.run(None, {"images": np.zeros((1, 3, 64, 64), np.float32)})
+    predictions, uncertainty = session.run(None, {"images": np.zeros((1, 3, 64, 64), np.float32)})
     num_boxes = predictions.shape[1]
     assert predictions.shape == (1, num_boxes, 5 + 3) and uncertainty.shape == (1, num_boxes, 1)
-    assert variance.shape == (1, num_boxes, 4) and (variance >= 0).all() and (variance > 0).any()
     traced = torch.jit.load(str(script_path))(torch.zeros(1, 3, 64, 64))
-    assert [tuple(t.shape) for t in traced] == [(1, num_boxes, 8), (1, num_boxes, 1), (1, num_boxes, 4)]
+    assert [tuple(t.shape) for t in traced] == [(1, num_boxes, 8), (1, num_boxes, 1)]
+    with_variance = export_run(weights, include=["onnx"], imgsz=64, side_variance=True)[0]
+    session = onnxruntime.InferenceSession(str(with_variance), providers=["CPUExecutionProvider"])
+    *_, variance = session.run(None, {"images": np.zeros((1, 3, 64, 64), np.float32)})
+    assert variance.shape == (1, num_boxes, 4) and (variance >= 0).all() and (variance > 0).any()
     image_dir = tmp_path / "images"
     image_dir.mkdir()
     cv2.imwrite(str(image_dir / "x.png"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
@@ -133,13 +136,14 @@ def test_every_grid_mode_exports_to_onnx_and_matches(tiny_checkpoint, grid):
 
 def test_fixed_shape_onnx_and_detect_on_it(tmp_path, tiny_checkpoint):
     weights = tiny_checkpoint("cbbl", name="best.pt")
-    onnx_path = export_run(weights, include=["onnx"], imgsz=64, batch_size=2)[0]
+    onnx_path = export_run(weights, include=["onnx"], imgsz=64, batch_size=2, side_variance=True)[0]
     backend = DetectBackend(onnx_path)
     assert backend.is_onnx and backend.fixed_imgsz == (64, 64) and backend.fixed_batch == 2
     assert backend(torch.rand(3, 3, 64, 64)).shape[0] == 3, "batches are chunked and padded to the fixed batch"
     with pytest.raises(ValueError, match="takes \\(64, 64\\)"):
         backend(torch.rand(1, 3, 32, 64))
     model = DetectBackend(weights).models[0]
+    model.detect.side_variance = True  # as the export ran it
     assert onnx_max_error(onnx_path, model, torch.rand(2, 3, 64, 64)) < 1e-4
     image_dir = tmp_path / "images"
     image_dir.mkdir()
@@ -157,16 +161,14 @@ def test_fixed_shape_onnx_and_detect_on_it(tmp_path, tiny_checkpoint):
 
 
 def test_an_export_without_side_variances_keeps_plain_nms(tiny_checkpoint, caplog):
-    """An ONNX file exported before the side_variance output (its metadata does not name it) runs as it did:
-    --cbbl-fusion says it cannot and NMS stays plain."""
+    """A C-BBL export without --side-variance (the default; and every export made before the option, whose
+    metadata lacks the key) runs as it did: --cbbl-fusion says it cannot and NMS stays plain."""
     weights = tiny_checkpoint("cbbl", name="best.pt")
     onnx_path = export_run(weights, include=["onnx"], imgsz=64)[0]
     graph = onnx.load(str(onnx_path))
+    assert [output.name for output in graph.graph.output] == ["output0", "uncertainty"]
     entry = next(prop for prop in graph.metadata_props if prop.key == METADATA_KEY)
-    meta = json.loads(entry.value)
-    del meta["side_variance"]
-    entry.value = json.dumps(meta)
-    onnx.save(graph, str(onnx_path))
+    assert json.loads(entry.value)["side_variance"] is False
     backend = DetectBackend(onnx_path)
     with caplog.at_level(logging.WARNING):
         assert not backend.decode_side_variance(True)

@@ -28,6 +28,18 @@ def test_onnxruntime_runtime_matches_torch_and_writes_nothing_beside_the_weights
         load_backend([str(weights)], torch.device("cpu"), runtime="tensorrt")
 
 
+def test_onnxruntime_runtime_exports_the_side_variances_only_for_fusion(tiny_checkpoint):
+    """--cbbl-fusion with --runtime onnxruntime: the in-memory export carries the side variances, and fuses as the
+    PyTorch model does; without it the export skips them (they cost ONNX Runtime time on every call)."""
+    weights = tiny_checkpoint("cbbl")
+    assert not load_backend([str(weights)], torch.device("cpu"), runtime="onnxruntime").has_side_variance
+    ort = load_backend([str(weights)], torch.device("cpu"), runtime="onnxruntime", side_variance=True)
+    eager = load_backend([str(weights)], torch.device("cpu"))
+    assert ort.decode_side_variance(True) and eager.decode_side_variance(True)
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ort(images), eager(images), atol=1e-3, rtol=1e-4)
+
+
 def test_an_absurd_imgsz_is_refused_before_anything_is_allocated(tmp_path, tiny_checkpoint, monkeypatch):
     """--imgsz 100000 would letterbox a 30 GB image: refused in one line, under 1 GB of memory, no run folder."""
     monkeypatch.setattr("utils.infer.runtime.device_memory", lambda device: 128e9)

@@ -125,7 +125,8 @@ def _slicing(opts: ValOptions, imgsz: int, backend: DetectBackend) -> Optional[S
 
 
 def _backend(opts: ValOptions) -> DetectBackend:
-    return load_backend(opts.weights, select_device(opts.device, opts.batch_size), opts.half, opts.runtime)
+    return load_backend(opts.weights, select_device(opts.device, opts.batch_size), opts.half, opts.runtime,
+                        opts.cbbl_fusion)
 
 
 def run_study(opts: ValOptions, save_dir: Path, sizes: Sequence[int] = STUDY_SIZES) -> list[ValResults]:

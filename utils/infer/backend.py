@@ -37,19 +37,20 @@ WeightsArg = Union[str, Path, Sequence[Union[str, Path]]]
 METADATA_KEY = "cbbl_tph"
 SUFFIXES = (".pt", ".onnx", ".torchscript")
 UNCERTAINTY_OUTPUT = "uncertainty"  # name of an exported C-BBL model's second output (B, N, 1)
-SIDE_VARIANCE_OUTPUT = "side_variance"  # and of its third (B, N, 4), for --cbbl-fusion
+SIDE_VARIANCE_OUTPUT = "side_variance"  # and of its third (B, N, 4), for --cbbl-fusion (export --side-variance)
 
 
 def model_metadata(model: nn.Module, imgsz: Sequence[int], batch_size: int, dynamic: bool,
                    checkpoint: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """What a backend needs to know about an exported model: classes, stride, box mode, input shape, whether it
-    outputs side variances (a C-BBL export), and from its ``checkpoint`` the tiles it was trained on and its
-    uncertainty calibration (so an export slices and reads its uncertainty as its checkpoint does)."""
+    outputs side variances (a C-BBL head with ``side_variance`` on), and from its ``checkpoint`` the tiles it was
+    trained on and its uncertainty calibration (so an export slices and reads its uncertainty as its checkpoint
+    does)."""
     tile = TileSettings.of_checkpoint(checkpoint or {})
     detect = model.detect
     return {"names": list(model.names), "nc": int(model.nc), "stride": max_stride(model.stride),
             "box_mode": str(detect.box_mode), "num_extra": int(detect.num_extra),
-            "side_variance": bool(detect.num_extra),  # C-BBL exports carry them since the side_variance output
+            "side_variance": bool(detect.num_extra and detect.side_variance),  # export --side-variance
             "imgsz": [int(s) for s in imgsz], "batch_size": int(batch_size), "dynamic": bool(dynamic),
             "tile": None if tile is None else tile.to_dict(), "calibration": (checkpoint or {}).get(CALIBRATION_KEY)}
 
@@ -208,7 +209,7 @@ class DetectBackend(nn.Module):
         able = self.has_side_variance
         if enabled and not able:
             logger.warning("--cbbl-fusion: %s has no C-BBL box distributions at inference (regression head, mixed "
-                           "ensemble or an export made before side variances were exported); plain NMS",
+                           "ensemble or an export without them: export.py --side-variance); plain NMS",
                            self.weights_name)
         self.side_variance_on = enabled and able
         if able and not (self.is_onnx or self.is_torchscript):

@@ -4,9 +4,11 @@ only when it is an earlier export of this project (it carries our metadata): any
 
 The exported graph returns YOLOv5's eval-mode layout as its first output ``output0`` (B, N, 5 + nc):
 ``cx, cy, w, h`` pixels, objectness, class scores, so YOLOv5-style post-processors read it unchanged. A
-C-BBL model adds ``uncertainty`` (B, N, 1), the per-box localization uncertainty, and ``side_variance``
-(B, N, 4), each side's variance over the squared box size, which variance voting (``--cbbl-fusion``) reads;
-a model scored by its quality branch has it multiplied into the objectness of ``output0``. The expectation
+C-BBL model adds ``uncertainty`` (B, N, 1), the per-box localization uncertainty, and with ``--side-variance``
+``side_variance`` (B, N, 4), each side's variance over the squared box size, which variance voting
+(``--cbbl-fusion``) reads (opt-in: ONNX Runtime computes every output on every call, and this one cost 7-9% of a
+yolov5n forward at 640-1536 px); a model scored by its quality branch has it multiplied into the objectness of
+``output0``. The expectation
 decode (softmax, then a fixed projection on the grid values) is in the graph, so every runtime gets
 ordinary boxes. The model's facts travel as JSON metadata (utils/infer/backend.py reads
 them). ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``). ``--include`` takes YOLOv5's
@@ -63,6 +65,8 @@ class ExportOptions:
     simplify: bool = option(False, "ONNX: simplify with onnxsim (pip install onnxsim)")
     opset: int = option(17, "ONNX opset version")
     check: bool = option(True, "compare ONNX Runtime with PyTorch on a random batch (--no-check skips it)")
+    side_variance: bool = option(False, "C-BBL: add the side_variance output (B, N, 4) that --cbbl-fusion reads "
+                                        "(about 8% more ONNX Runtime time per image)")
     project: str = option("", f"write into project/name (incremented) instead of beside the weights (default "
                               f"project with --name: {DEFAULT_PROJECT})")
     name: str = option("", f"write into project/name instead of beside the weights (default name with --project: "
@@ -99,26 +103,28 @@ class ExportOptions:
 
 class PredictionOnly(nn.Module):
     """Wraps a model so that its forward returns the decoded predictions alone (no raw level list):
-    YOLOv5's (B, N, 5 + nc) tensor, and for a C-BBL head also the (B, N, 1) uncertainty and the (B, N, 4) side
-    variances (the wrapper turns the head's ``side_variance`` on)."""
+    YOLOv5's (B, N, 5 + nc) tensor, and for a C-BBL head also the (B, N, 1) uncertainty and, when the head's
+    ``side_variance`` is on, the (B, N, 4) side variances."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model, self.width = model, 5 + int(model.nc)
         self.num_extra = int(model.detect.num_extra)
-        model.detect.side_variance = bool(self.num_extra)
+        self.with_variance = bool(self.num_extra and model.detect.side_variance)
         self.train(model.training)  # exporters restore the wrapper's mode afterwards: keep it the model's
 
     def forward(self, images: torch.Tensor) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """(B, 3, H, W) float [0, 1] -> (B, N, 5 + nc) [, (B, N, 1), (B, N, 4)]."""
+        """(B, 3, H, W) float [0, 1] -> (B, N, 5 + nc) [, (B, N, 1) [, (B, N, 4)]]."""
         pred = self.model(images)[0]
         if not self.num_extra:
             return pred
-        return pred[..., : self.width], pred[..., self.width : self.width + 1], pred[..., self.width + 1 :]
+        extras = (pred[..., self.width + 1 :],) if self.with_variance else ()
+        return pred[..., : self.width], pred[..., self.width : self.width + 1], *extras
 
     @property
     def output_names(self) -> list[str]:
-        return [OUTPUT_NAME, UNCERTAINTY_OUTPUT, SIDE_VARIANCE_OUTPUT] if self.num_extra else [OUTPUT_NAME]
+        names = [OUTPUT_NAME, UNCERTAINTY_OUTPUT, SIDE_VARIANCE_OUTPUT]
+        return names[: 1 + (self.num_extra > 0) + self.with_variance]
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict, opset: int = 17,
@@ -202,6 +208,7 @@ def export(opts: ExportOptions) -> list[Path]:
             check_replaceable(weights.with_suffix(f".{file_format}"))
     checkpoint = load_checkpoint(weights)
     model = model_from_checkpoint(checkpoint, use_ema=True, source=weights).fuse().eval().to(device)
+    model.detect.side_variance = opts.side_variance and bool(model.detect.num_extra)
     stride = max_stride(model.stride)
     if any(size % stride for size in opts.imgsz):
         raise ValueError(f"--imgsz {list(opts.imgsz)} must be multiples of the model stride {stride}")

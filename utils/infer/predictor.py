@@ -105,7 +105,7 @@ def run(opts: DetectOptions) -> list[ImageResult]:
     --data names, the source) are checked before the run folder is made; a source none of whose frames can be
     read is an error.
     """
-    backend = load_backend(opts.weights, select_device(opts.device), opts.half, opts.runtime)
+    backend = load_backend(opts.weights, select_device(opts.device), opts.half, opts.runtime, opts.cbbl_fusion)
     backend.decode_only_above(opts.conf_thres)
     fusion = backend.decode_side_variance(opts.cbbl_fusion)
     names = load_names(opts.data, backend.nc) if opts.data else backend.names

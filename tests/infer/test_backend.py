@@ -148,7 +148,11 @@ def test_half_on_a_native_bf16_cpu_autocasts_with_a_float32_head(tiny_checkpoint
     images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     half, full = DetectBackend(path, device="cpu", half=True), DetectBackend(path, device="cpu")
     assert half.bf16 and not half.fp16
-    assert all(p.dtype == torch.float32 for p in half.models[0].parameters())  # weights stay float32
+    head = set(map(id, half.models[0].detect.parameters()))
+    dtypes = {p.dtype for p in half.models[0].parameters() if id(p) not in head}
+    assert dtypes == {torch.bfloat16} and all(p.dtype == torch.float32 for p in half.models[0].detect.parameters())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the weights cast once, as autocast casts
+        assert torch.equal(half(images), full.models[0](images.contiguous(memory_format=torch.channels_last))[0])
     inputs = []
     half.models[0].detect.m[0].register_forward_hook(lambda m, args, out: inputs.append(args[0].dtype))
     pred, reference = half(images), full(images)

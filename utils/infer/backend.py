@@ -191,7 +191,7 @@ class DetectBackend(nn.Module):
         if not meta.get("dynamic", True):
             self.fixed_imgsz = (int(meta["imgsz"][0]), int(meta["imgsz"][1]))
             self.fixed_batch = int(meta["batch_size"])
-        self.has_side_variance = bool(meta.get("side_variance", False))  # exports before it have none
+        self.has_side_variance = bool(meta.get("side_variance", False))  # export.py --side-variance
         self.trained_tile = TileSettings.from_dict(meta.get("tile"))
         self.calibration = UncertaintyCalibration.from_dict(meta.get("calibration"))
 

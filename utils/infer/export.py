@@ -8,9 +8,8 @@ C-BBL model adds ``uncertainty`` (B, N, 1), the per-box localization uncertainty
 ``side_variance`` (B, N, 4), each side's variance over the squared box size, which variance voting
 (``--cbbl-fusion``) reads (opt-in: ONNX Runtime computes every output on every call, and this one cost 7-9% of a
 yolov5n forward at 640-1536 px); a model scored by its quality branch has it multiplied into the objectness of
-``output0``. The expectation
-decode (softmax, then a fixed projection on the grid values) is in the graph, so every runtime gets
-ordinary boxes. The model's facts travel as JSON metadata (utils/infer/backend.py reads
+``output0``. The expectation decode (softmax, then a fixed projection on the grid values) is in the graph, so
+every runtime gets ordinary boxes. The model's facts travel as JSON metadata (utils/infer/backend.py reads
 them). ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``). ``--include`` takes YOLOv5's
 format names; those this project does not export are refused by name.
 """

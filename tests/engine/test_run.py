@@ -428,8 +428,10 @@ def test_ctrl_c_prints_where_last_pt_is_and_how_to_resume(exact_data, tmp_path):
     argv = [*tiny_argv(exact_data, tmp_path), "--epochs", "300", "--project", str(tmp_path / "runs")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("CBBL_TRACEBACK", None)
+    # SIGINT as a terminal delivers it, even when pytest itself runs in a background job (which inherits it ignored)
     process = subprocess.Popen([sys.executable, "-X", "faulthandler", "train.py", *argv], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = tmp_path / "runs" / "exp" / "weights" / "last.pt"
     deadline = time.time() + 240
     while not last.exists() and process.poll() is None and time.time() < deadline:

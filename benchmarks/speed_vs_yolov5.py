@@ -67,7 +67,8 @@ TASKS = ("train_step", "infer", "dataloader", "train_rss")
 MODEL_TASKS = ("train_step", "infer", "train_rss")
 HEADS = ("ciou", "cbbl")  # box loss -> our regression / C-BBL head
 SPARSE = "torch-sparse"  # detect.py's PyTorch path for C-BBL: box distributions decoded only above --conf-thres
-RUNTIMES = ("torch", SPARSE, "onnxruntime")
+ORT_VARIANCE = "onnxruntime-variance"  # C-BBL exported with its side_variance output (what --cbbl-fusion reads)
+RUNTIMES = ("torch", SPARSE, "onnxruntime", ORT_VARIANCE)
 PRECISIONS = ("fp32", "bf16")  # ours; bf16 = autocast on the CPU's matrix units (--amp / --half)
 CPU = torch.device("cpu")
 EXIT_LOADED = 3
@@ -135,6 +136,7 @@ def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str, precision
 def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str, precision: str = "fp32"):
     """Our DetectBackend for a random-weight checkpoint of ``cfg``, as detect/val load it (cached per run);
     ``torch-sparse`` is the PyTorch backend decoding as detect.py does at its default ``--conf-thres``;
+    ``onnxruntime-variance`` the ONNX export with the side_variance output (``export.py --side-variance``);
     bf16 is detect.py's ``--half`` on CPU."""
     from utils.checkpoint import save_checkpoint
     from utils.infer.options import DetectOptions
@@ -148,7 +150,8 @@ def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str
             save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml,
                              "names": [str(i) for i in range(NUM_CLASSES)], "epoch": 0}, path)
         backend = load_backend([str(path)], CPU, half=precision == "bf16",
-                               runtime="torch" if runtime == SPARSE else runtime)
+                               runtime={SPARSE: "torch", ORT_VARIANCE: "onnxruntime"}.get(runtime, runtime),
+                               side_variance=runtime == ORT_VARIANCE)
         if precision == "bf16" and not backend.bf16:
             raise RuntimeError(f"{cfg} {box_loss} {runtime}: --half did not enable bf16 on this CPU")
         if runtime == SPARSE:
@@ -263,8 +266,8 @@ def round_train_step(args: argparse.Namespace, cfg: str) -> list[dict]:
 
 def round_infer(args: argparse.Namespace, cfg: str) -> list[dict]:
     paths = [(box, rt, precision) for box in HEADS for rt in args.runtimes for precision in args.precisions
-             if (rt != SPARSE or box == "cbbl")  # sparse decode = dense decode for the regression head
-             and (precision == "fp32" or rt != "onnxruntime")]  # bf16 is a PyTorch autocast
+             if (rt not in (SPARSE, ORT_VARIANCE) or box == "cbbl")  # C-BBL-only paths
+             and (precision == "fp32" or not rt.startswith("onnxruntime"))]  # bf16 is a PyTorch autocast
     ours = {path: ours_infer(args, cfg, *path) for path in paths}
     theirs = run_reference(args, "infer", cfg)
     return [pair((f"infer b1 {size}px", cfg, head_name(box), variant(rt, precision)),

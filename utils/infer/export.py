@@ -2,16 +2,16 @@
 (best.pt -> best.onnx), or into ``--project/--name`` when asked. A file of that name beside the weights is replaced
 only when it is an earlier export of this project (it carries our metadata): anything else is the user's.
 
-The exported graph returns YOLOv5's eval-mode layout as its first output ``output0`` (B, N, 5 + nc):
-``cx, cy, w, h`` pixels, objectness, class scores, so YOLOv5-style post-processors read it unchanged. A
-C-BBL model adds ``uncertainty`` (B, N, 1), the per-box localization uncertainty, and with ``--side-variance``
-``side_variance`` (B, N, 4), each side's variance over the squared box size, which variance voting
-(``--cbbl-fusion``) reads (opt-in: ONNX Runtime computes every output on every call, and this one cost 7-9% of a
-yolov5n forward at 640-1536 px); a model scored by its quality branch has it multiplied into the objectness of
-``output0``. The expectation decode (softmax, then a fixed projection on the grid values) is in the graph, so
-every runtime gets ordinary boxes. The model's facts travel as JSON metadata (utils/infer/backend.py reads
-them). ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``). ``--include`` takes YOLOv5's
-format names; those this project does not export are refused by name.
+The exported graph returns YOLOv5's eval-mode layout as its first output ``output0`` (B, N, 5 + nc): ``cx, cy, w,
+h`` pixels, objectness, class scores, so YOLOv5-style post-processors read it unchanged. A C-BBL model adds
+``uncertainty`` (B, N, 1), the per-box localization uncertainty, and with ``--side-variance`` ``side_variance`` (B,
+N, 4), each side's variance over the squared box size, which variance voting (``--cbbl-fusion``) reads (opt-in: ONNX
+Runtime computes every output on every call, and this one adds about 11% to a C-BBL yolov5n forward at 640 and 1536
+px: benchmarks/speed_vs_yolov5.py's onnxruntime-variance rows); a model scored by its quality branch has it
+multiplied into the objectness of ``output0``. The expectation decode (softmax, then a fixed projection on the grid
+values) is in the graph, so every runtime gets ordinary boxes. The model's facts travel as JSON metadata
+(utils/infer/backend.py reads them). ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``).
+``--include`` takes YOLOv5's format names; those this project does not export are refused by name.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class ExportOptions:
     opset: int = option(17, "ONNX opset version")
     check: bool = option(True, "compare ONNX Runtime with PyTorch on a random batch (--no-check skips it)")
     side_variance: bool = option(False, "C-BBL: add the side_variance output (B, N, 4) that --cbbl-fusion reads "
-                                        "(about 8% more ONNX Runtime time per image)")
+                                        "(about 11% more ONNX Runtime time per image)")
     project: str = option("", f"write into project/name (incremented) instead of beside the weights (default "
                               f"project with --name: {DEFAULT_PROJECT})")
     name: str = option("", f"write into project/name instead of beside the weights (default name with --project: "

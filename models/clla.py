@@ -47,7 +47,8 @@ class CLLA(nn.Module):
 
 
 class CLLABlock(nn.Module):
-    """1x1 convs bring P2 and P3 to P2's width, CLLA fuses them, a 1x1 conv predicts the P3 level's channels."""
+    """1x1 convs bring P2 and P3 to P2's width and CLLA fuses them; ``det``, the 1x1 conv that predicts the P3
+    level's channels from the fused features, is applied by the head like its other levels' convolutions."""
 
     def __init__(self, c_fine: int, c_coarse: int, out: int):
         super().__init__()
@@ -57,7 +58,8 @@ class CLLABlock(nn.Module):
         self.det = nn.Conv2d(c_fine, out, 1)
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        return self.det(self.att(self.conv1(fine), self.conv2(coarse)))
+        """P2 (B, c_fine, 2H, 2W) and P3 (B, c_coarse, H, W) -> the fused features (B, c_fine, H, W) ``det`` reads."""
+        return self.att(self.conv1(fine), self.conv2(coarse))
 
 
 class CLLADetect(Detect):
@@ -77,5 +79,5 @@ class CLLADetect(Detect):
     def prediction_convs(self) -> list[nn.Conv2d]:
         return [self.det.det, *self.m]
 
-    def level_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.det(features[0], features[1])] + [conv(f) for conv, f in zip(self.m, features[2:])]
+    def level_inputs(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.det(features[0], features[1]), *features[2:]]

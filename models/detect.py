@@ -68,12 +68,13 @@ class Detect(nn.Module):
         ch: input channels per level.
         head: the box head's settings (utils.head.HeadConfig, or its dict form; None = CIoU regression).
 
-    ``decode_conf``: when set (inference, see :meth:`sparse_box_offsets`), C-BBL boxes are decoded only where
-    objectness x class can pass that confidence; None (the default, training, export) decodes every anchor.
+    ``decode_conf``: when set (inference, see :meth:`sparse_decode_level`), C-BBL boxes are predicted and decoded
+    only where objectness x class can pass that confidence; None (the default, training, export) decodes every
+    anchor and returns the raw maps.
     ``side_variance``: when True (inference and export, C-BBL), the decode appends SIDE_VARIANCE_COLUMNS columns
     after the uncertainty: each side's (x1, y1, x2, y2) variance under the predicted distributions, divided by the
     squared box width (x) or height (y), so that it survives the rescaling of test-time augmentation and the
-    letterbox undo; computed only for the rows the sparse decode decodes (every row in an exported graph).
+    letterbox undo; computed only for the rows the sparse decode decodes (else for every row).
     """
 
     extra_inputs = 0  # input feature maps beyond one per output level (CLLADetect: 1)
@@ -135,8 +136,13 @@ class Detect(nn.Module):
     @float32_under_cpu_autocast
     def forward(self, features: list[torch.Tensor]) -> DetectOutput:
         """Level features -> :class:`DetectOutput`: the raw outputs, and in eval mode the decoded predictions."""
+        pairs = list(zip(self.prediction_convs(), self.level_inputs(features)))
+        if self.decodes_sparsely():
+            return DetectOutput(torch.cat([self.sparse_decode_level(conv, inputs, level)
+                                           for level, (conv, inputs) in enumerate(pairs)], 1), None)
         raw = []
-        for out in self.level_maps(features):
+        for conv, inputs in pairs:
+            out = conv(inputs)
             batch, _, height, width = out.shape
             raw.append(out.view(batch, self.na, self.no, height, width).permute(0, 1, 3, 4, 2).contiguous())
             # raw[-1]: (B, A, H, W, no)
@@ -145,12 +151,16 @@ class Detect(nn.Module):
         return DetectOutput(torch.cat([self.decode_level(out, level) for level, out in enumerate(raw)], 1), raw)
 
     def prediction_convs(self) -> list[nn.Conv2d]:
-        """The convolution that predicts each level's (A * no) channels (subclasses may fuse levels first)."""
+        """The 1x1 convolution that predicts each level's (A * no) channels."""
         return list(self.m)
 
-    def level_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per level the raw prediction map (B, A * no, H, W) from the head's input features."""
-        return [conv(feature) for conv, feature in zip(self.m, features)]
+    def level_inputs(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per level the features (B, C, H, W) the prediction convolution reads (subclasses may fuse levels first)."""
+        return features
+
+    def decodes_sparsely(self) -> bool:
+        """Whether this forward takes :meth:`sparse_decode_level`: C-BBL inference with ``decode_conf`` set, eager."""
+        return not self.training and self.decode_conf is not None and self.grid is not None and not _exporting()
 
     def box_offsets(self, box_raw: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Raw box channels (..., box_channels) -> (offsets t (..., 4), uncertainty (..., 1) or None).
@@ -176,37 +186,6 @@ class Detect(nn.Module):
         logits = box_raw.unflatten(-1, (4, self.head.bins))  # (..., 4, K)
         return side_statistics(logits, self.grid_points, decoded_points(self.grid_points, self.head.space))
 
-    def sparse_box_offsets(self, box_raw: torch.Tensor, scores: torch.Tensor, conf_thres: Optional[float],
-                           with_variance: bool = False
-                           ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """:meth:`box_offsets` for the anchors NMS can keep, zeros elsewhere.
-
-        box_raw (..., box_channels), scores (..., 1 + nc) sigmoid -> (offsets (..., 4), uncertainty (..., 1),
-        decoded variance (..., 4) of x, y (cells) and w, h (size ratios), or None unless ``with_variance``).
-
-        A row can pass NMS only if objectness > conf_thres and some objectness x class > conf_thres
-        (utils.nms.non_max_suppression, the same float32 products), so the K-bin softmax runs for those rows
-        alone; each kept row's decode is the dense one's, bit for bit. ``conf_thres`` None decodes every row.
-        The statistics come from the same single softmax as the offsets, for the same rows.
-        """
-        if conf_thres is None:
-            candidates = torch.ones(scores.shape[:-1], dtype=torch.bool, device=scores.device)
-        else:
-            # Objectness first: few rows pass it, and only those need the nc class products (taken over every
-            # anchor, those cost as much as the decode this saves).
-            candidates = scores[..., 0] > conf_thres  # (...)
-            passing = scores[candidates]  # (n, 1 + nc)
-            candidates[candidates.clone()] = (passing[:, 1:] * passing[:, :1]).amax(-1) > conf_thres
-        offsets = box_raw.new_zeros(*box_raw.shape[:-1], 4)
-        uncertainty = box_raw.new_zeros(*box_raw.shape[:-1], 1)
-        rows = box_raw[candidates]  # (n, box_channels)
-        if not with_variance:
-            offsets[candidates], uncertainty[candidates] = self.box_offsets(rows)
-            return offsets, uncertainty, None
-        variance = box_raw.new_zeros(*box_raw.shape[:-1], 4)
-        offsets[candidates], uncertainty[candidates], variance[candidates] = self.box_offsets_with_variance(rows)
-        return offsets, uncertainty, variance
-
     def box_offsets_with_variance(self, box_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`box_offsets` plus the decoded variance (..., 4) of x, y (cells) and w, h (size ratios), all from one
         softmax per coordinate."""
@@ -214,19 +193,6 @@ class Detect(nn.Module):
         logits = box_raw.unflatten(-1, (4, self.head.bins))
         offsets, uncertainty = self._restored(logits, stats.mean, stats.entropy, box_raw.dtype)
         return offsets, uncertainty, stats.value_variance.to(box_raw.dtype)
-
-    def quality_scored(self, box_raw: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Scores (..., 1 + nc) with the objectness times the quality branch's IoU estimate, so NMS ranks by
-        objectness x class x quality. With ``decode_conf`` only rows whose objectness passes it are estimated
-        (the estimate only lowers a score, so no other row can pass): the rows the sparse decode then decodes are
-        those the dense decode keeps."""
-        if self.decode_conf is None or _exporting():
-            quality = self.quality(box_raw.unflatten(-1, (4, self.head.bins))).sigmoid()  # (..., 1)
-            return torch.cat((scores[..., :1] * quality, scores[..., 1:]), -1)
-        rows = scores[..., 0] > self.decode_conf
-        scores = scores.clone()
-        scores[rows, 0] *= self.quality(box_raw[rows].unflatten(-1, (4, self.head.bins))).sigmoid().squeeze(-1)
-        return scores
 
     def relative_side_variance(self, variance: torch.Tensor, stride: torch.Tensor, anchor_wh: torch.Tensor,
                                box_wh: torch.Tensor) -> torch.Tensor:
@@ -242,30 +208,71 @@ class Detect(nn.Module):
 
     def decode_level(self, raw: torch.Tensor, level: int) -> torch.Tensor:
         """One level's raw (B, A, H, W, no) -> (B, A*H*W, 5 + nc + num_extra [+ 4 side variances]) float32 decoded
-        predictions.
+        predictions, every anchor decoded.
 
         Float32 even for a half-precision model: fp16 spacing is 1 px above 1024 px, too coarse for tiny boxes.
         """
         raw = raw.float()
-        batch, _, height, width, _ = raw.shape
         box_raw, scores = raw[..., :self.box_channels], raw[..., self.box_channels:].sigmoid()  # scores (..., 1 + nc)
         if self.quality is not None:
-            scores = self.quality_scored(box_raw, scores)
-        variance = None
-        if self.grid is not None and not _exporting() and (self.decode_conf is not None or self.side_variance):
-            offsets, uncertainty, variance = self.sparse_box_offsets(box_raw, scores, self.decode_conf,
-                                                                     self.side_variance)
-        elif self.grid is not None and self.side_variance:  # an exported graph: every row, static shapes
+            quality = self.quality(box_raw.unflatten(-1, (4, self.head.bins))).sigmoid()  # (..., 1)
+            scores = torch.cat((scores[..., :1] * quality, scores[..., 1:]), -1)
+        if self.grid is not None and self.side_variance:
             offsets, uncertainty, variance = self.box_offsets_with_variance(box_raw)
         else:
-            offsets, uncertainty = self.box_offsets(box_raw)
+            (offsets, uncertainty), variance = self.box_offsets(box_raw), None
+        return self.assembled(level, scores, offsets, uncertainty, variance)
+
+    def sparse_decode_level(self, conv: nn.Conv2d, inputs: torch.Tensor, level: int) -> torch.Tensor:
+        """:meth:`decode_level` from the level's input features (B, C, H, W), computing the box logits and their
+        K-bin softmax only for the anchors NMS at ``decode_conf`` can keep; the other rows' boxes are zeros.
+
+        A row can pass NMS only if objectness > conf and some objectness x class > conf
+        (utils.nms.non_max_suppression, the same float32 products), so the prediction convolution runs as two
+        matrix products on the channels-last cells: objectness and classes for every anchor, then the box channels
+        (4K of the 4K + 1 + nc, most of the head's work) for the anchors whose objectness passes (their quality
+        estimate needs them). The kept rows equal the dense decode's up to float rounding (a product over fewer
+        columns may round its last bit differently), and the statistics come from the same single softmax.
+        """
+        conf, box = self.decode_conf, self.box_channels
+        batch, channels, height, width = inputs.shape
+        cells = inputs.permute(0, 2, 3, 1)  # (B, H, W, C): a view of a channels-last map
+        weight = conv.weight.view(self.na, self.no, channels)
+        bias = conv.bias.view(self.na, self.no)
+        scores = nn.functional.linear(cells, weight[:, box:].flatten(0, 1), bias[:, box:].flatten())
+        scores = scores.float().view(batch, height, width, self.na, -1).permute(0, 3, 1, 2, 4).sigmoid()
+        # scores: (B, A, H, W, 1 + nc)
+        passing = (scores[..., 0] > conf).nonzero(as_tuple=True)  # (b, a, y, x) of the objectness-passing anchors
+        box_raw = nn.functional.linear(cells[passing[0], passing[2], passing[3]], weight[:, :box].flatten(0, 1),
+                                       bias[:, :box].flatten())  # (n, A * box): every anchor of those cells
+        box_raw = box_raw.float().view(-1, self.na, box)[torch.arange(len(box_raw)), passing[1]]  # (n, box)
+        rows = scores[passing]  # (n, 1 + nc)
+        if self.quality is not None:
+            rows[:, 0] *= self.quality(box_raw.unflatten(-1, (4, self.head.bins))).sigmoid().squeeze(-1)
+            scores[passing] = rows
+        keep = (rows[:, 0] > conf) & ((rows[:, 1:] * rows[:, :1]).amax(-1) > conf)
+        kept, box_raw = tuple(index[keep] for index in passing), box_raw[keep]
+        offsets, uncertainty = scores.new_zeros(*scores.shape[:-1], 4), scores.new_zeros(*scores.shape[:-1], 1)
+        variance = None
+        if self.side_variance:
+            variance = scores.new_zeros(*scores.shape[:-1], 4)
+            offsets[kept], uncertainty[kept], variance[kept] = self.box_offsets_with_variance(box_raw)
+        else:
+            offsets[kept], uncertainty[kept] = self.box_offsets(box_raw)
+        return self.assembled(level, scores, offsets, uncertainty, variance)
+
+    def assembled(self, level: int, scores: torch.Tensor, offsets: torch.Tensor, uncertainty: Optional[torch.Tensor],
+                  variance: Optional[torch.Tensor]) -> torch.Tensor:
+        """One level's scores (B, A, H, W, 1 + nc), offsets (..., 4), uncertainty (..., 1) or None and decoded side
+        variances (..., 4) or None -> (B, A*H*W, 5 + nc + num_extra [+ 4]) rows of pixel boxes and scores."""
+        batch, _, height, width, _ = scores.shape
         cell_offset, size_ratio = decode_offsets(offsets, self.head.space)  # (B, A, H, W, 2) each
         stride = self.stride[level]
-        ys = torch.arange(height, device=raw.device, dtype=raw.dtype)
-        xs = torch.arange(width, device=raw.device, dtype=raw.dtype)
+        ys = torch.arange(height, device=scores.device, dtype=scores.dtype)
+        xs = torch.arange(width, device=scores.device, dtype=scores.dtype)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         cell_xy = torch.stack((grid_x, grid_y), -1).view(1, 1, height, width, 2)  # (1, 1, H, W, 2)
-        anchor_wh = (self.anchors[level] * stride).view(1, self.na, 1, 1, 2).to(raw.dtype)  # pixels
+        anchor_wh = (self.anchors[level] * stride).view(1, self.na, 1, 1, 2).to(scores.dtype)  # pixels
         box_xy = (cell_offset + cell_xy) * stride
         box_wh = size_ratio * anchor_wh
         parts = [box_xy, box_wh, scores] + ([uncertainty] if uncertainty is not None else [])

@@ -93,6 +93,17 @@ def test_empty_targets_give_objectness_only() -> None:
     assert loss_fn.stats.as_dict()["gt_total"] == 0
 
 
+def test_outputs_of_a_sparse_decode_have_no_raw_maps_to_score() -> None:
+    hyp = load_hyp(box_loss="cbbl")
+    head = HeadOnly(HeadConfig.from_hyp(hyp, 64))
+    loss_fn = ComputeLoss(head, LossSettings.from_hyp(hyp), imgsz=64)
+    head.detect.eval().decode_conf = 0.25
+    with torch.no_grad():
+        outputs = head.detect([torch.rand(1, 1, 8, 8), torch.rand(1, 1, 4, 4)])
+    with pytest.raises(ValueError, match="no raw maps to score"):
+        loss_fn(outputs, torch.zeros(0, 6))
+
+
 def test_box_settings_come_from_the_head_alone() -> None:
     targets = targets_px([[0, 0, 20, 20, 12, 10]])
     box_losses = {}

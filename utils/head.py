@@ -40,12 +40,13 @@ class DetectOutput(NamedTuple):
 
     pred: (B, N, 5 + nc + num_extra) decoded ``cx, cy, w, h`` (network-input pixels), sigmoid objectness and
         classes, and in C-BBL mode the mean entropy of the 4 box distributions; None in training mode.
-    raw: per level (B, A, H, W, box_channels + 1 + nc) raw outputs, what the loss reads.
+    raw: per level (B, A, H, W, box_channels + 1 + nc) raw outputs, what the loss reads; None when a C-BBL head
+        decoded sparsely (inference with ``decode_conf`` set computes box channels for a few anchors only).
     Unpacks as ``pred, raw = model(images)``.
     """
 
     pred: Optional[torch.Tensor]
-    raw: list[torch.Tensor]
+    raw: Optional[list[torch.Tensor]]
 
 
 def paper_beta(imgsz: int) -> float:

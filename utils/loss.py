@@ -154,6 +154,9 @@ class ComputeLoss:
             items: detached 0-dim ``box``, ``obj``, ``cls``.
         """
         preds = preds.raw if isinstance(preds, DetectOutput) else preds
+        if preds is None:
+            raise ValueError("these outputs have no raw maps to score: the head decoded sparsely (decode_conf set, "
+                             "inference only); run the model with decode_conf None for a loss")
         if len(preds) != self.detect.nl:
             raise ValueError(f"expected {self.detect.nl} prediction levels, got {len(preds)}")
         device = preds[0].device

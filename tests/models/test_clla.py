@@ -25,6 +25,21 @@ def test_levels_shapes_and_bias_priors():
     assert [tuple(level.shape) for level in raw] == [(2, 3, 16, 20, 9), (2, 3, 8, 10, 9), (2, 3, 4, 5, 9)]
 
 
+def test_sparse_decode_reads_the_clla_fused_features_like_the_dense_one():
+    torch.manual_seed(0)
+    head = CLLADetect(nc=4, anchors=ANCHORS, ch=[8, 16, 32, 64], head={"box_loss": "cbbl"}).eval()
+    head.set_stride(torch.tensor([8.0, 16.0, 32.0]))
+    features = [torch.rand(2, 8, 32, 40), torch.rand(2, 16, 16, 20), torch.rand(2, 32, 8, 10), torch.rand(2, 64, 4, 5)]
+    with torch.no_grad():
+        dense, _ = head(features)
+        head.decode_conf = 0.4
+        sparse, _ = head(features)
+    kept = dense[..., 4] * dense[..., 5:9].amax(-1) > 0.4  # rows NMS at 0.4 can keep (objectness ~0.5 here)
+    assert 0 < int(kept.sum()) < kept.numel()
+    torch.testing.assert_close(sparse[kept], dense[kept], rtol=1e-6, atol=1e-5)
+    assert (sparse[~kept][:, :4] != dense[~kept][:, :4]).any()  # the others were not decoded
+
+
 def test_clla_weighs_the_least_similar_fine_cell_most():
     """TPH's scoring: softmax over 2 * mean - score, so the 2x2 cell least like the query gets most weight."""
     attention = CLLA(1)

@@ -116,7 +116,7 @@ def test_per_group_grids_decode_each_coordinate_on_its_own_points():
 
 
 @pytest.mark.parametrize("grid, score", [("in", "cls"), ("uniform", "cls"), ("quantile", "cls"), ("in", "quality")])
-def test_sparse_decode_keeps_the_dense_boxes_bit_for_bit(grid, score):
+def test_sparse_decode_keeps_the_dense_boxes(grid, score):
     torch.manual_seed(0)
     detect = make_detect(box_loss="cbbl", bins=11, grid=grid, score=score)
     with torch.no_grad():
@@ -127,13 +127,13 @@ def test_sparse_decode_keeps_the_dense_boxes_bit_for_bit(grid, score):
     dense, _ = detect(features)
     conf = 0.3 if score == "cls" else 0.2  # quality lowers every score
     detect.decode_conf = conf
-    sparse, _ = detect(features)
+    sparse, raw = detect(features)
     dense_kept = non_max_suppression(dense, conf_thres=conf, iou_thres=0.6, nc=NC)
     sparse_kept = non_max_suppression(sparse, conf_thres=conf, iou_thres=0.6, nc=NC)
-    assert sum(len(kept) for kept in dense_kept) > 5
+    assert raw is None and sum(len(kept) for kept in dense_kept) > 5
     assert (sparse != dense).any()  # the rows NMS cannot keep were not decoded
-    for dense_image, sparse_image in zip(dense_kept, sparse_kept):
-        assert torch.equal(dense_image, sparse_image)
+    for dense_image, sparse_image in zip(dense_kept, sparse_kept):  # the same boxes, up to float rounding
+        torch.testing.assert_close(sparse_image, dense_image, rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("space", ["logit", "linear"])
@@ -143,8 +143,9 @@ def test_side_variance_columns_come_from_the_candidate_rows_softmax(space, monke
     with torch.no_grad():
         detect.m[0].bias.normal_()
     features = [torch.randn(2, 4, 12, 10)]
+    _, raw = detect(features)  # the dense forward's raw maps: a sparse one has none
     detect.decode_conf = 0.3
-    plain, raw = detect(features)
+    plain, _ = detect(features)
     statistics_rows = []
     box_statistics = detect.box_statistics
     monkeypatch.setattr(detect, "box_statistics",
@@ -220,6 +221,36 @@ def test_under_cpu_bf16_autocast_the_head_convs_and_decode_stay_float32(box_loss
     with torch.no_grad():
         decoded = torch.cat([model.detect.decode_level(level, index) for index, level in enumerate(raw)], 1)
     assert torch.equal(pred, decoded)
+
+
+def test_sparse_decode_under_bf16_autocast_on_channels_last_features_skips_the_full_head_convs():
+    """detect.py's CPU path: the backbone bf16 and channels-last, the head float32; with ``decode_conf`` the box
+    channels come from two matrix products on the cells (the prediction convs never run over every anchor), and
+    the kept boxes are the dense decode's."""
+    from models.yolo import Model
+    from tests.conftest import TINY_MODEL_YAML
+
+    torch.manual_seed(0)
+    model = Model(TINY_MODEL_YAML, head={"box_loss": "cbbl"}).eval().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for conv in model.detect.m:
+            conv.bias.view(model.detect.na, model.detect.no)[:, model.detect.box_channels:].normal_()  # scores ~0.5
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        dense, _ = model(images)
+        calls = []
+        hooks = [conv.register_forward_hook(lambda *_: calls.append(1)) for conv in model.detect.m]
+        model.detect.decode_conf = 0.3
+        sparse, raw = model(images)
+    for hook in hooks:
+        hook.remove()
+    assert calls == [] and raw is None and sparse.dtype == torch.float32
+    dense_kept = non_max_suppression(dense, conf_thres=0.3, iou_thres=0.6, nc=model.nc)
+    sparse_kept = non_max_suppression(sparse, conf_thres=0.3, iou_thres=0.6, nc=model.nc)
+    assert sum(map(len, dense_kept)) > 0
+    for dense_image, sparse_image in zip(dense_kept, sparse_kept):
+        torch.testing.assert_close(sparse_image, dense_image, rtol=1e-6, atol=1e-5)
 
 
 def test_the_quality_score_multiplies_objectness_by_the_branchs_iou_estimate():

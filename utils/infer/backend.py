@@ -197,7 +197,8 @@ class DetectBackend(nn.Module):
 
     def decode_only_above(self, conf_thres: float) -> None:
         """Sparse C-BBL decode for PyTorch models: box distributions only where NMS at ``conf_thres`` can keep a
-        box (models.detect.Detect.sparse_box_offsets; same kept boxes). Exported graphs stay dense."""
+        box (models.detect.Detect.sparse_decode_level; the same kept boxes up to float rounding). Exported graphs stay
+        dense."""
         if self.is_onnx or self.is_torchscript:
             return
         for model in self.models:
@@ -250,6 +251,8 @@ class DetectBackend(nn.Module):
         images = images.half() if self.fp16 else images.float()
         if self.is_torchscript:
             return [_joined(self.script_module(images))[..., :width].float()]
+        if self.bf16:  # autocast would cast in the first convolution; before the layout copy it halves its bytes
+            images = images.to(torch.bfloat16)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.bf16):

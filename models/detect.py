@@ -135,7 +135,8 @@ class Detect(nn.Module):
 
     @float32_under_cpu_autocast
     def forward(self, features: list[torch.Tensor]) -> DetectOutput:
-        """Level features -> :class:`DetectOutput`: the raw outputs, and in eval mode the decoded predictions."""
+        """Level features -> :class:`DetectOutput`: the raw outputs (None after a sparse decode), and in eval mode the
+        decoded predictions."""
         pairs = list(zip(self.prediction_convs(), self.level_inputs(features)))
         if self.decodes_sparsely():
             return DetectOutput(torch.cat([self.sparse_decode_level(conv, inputs, level)
@@ -245,7 +246,8 @@ class Detect(nn.Module):
         passing = (scores[..., 0] > conf).nonzero(as_tuple=True)  # (b, a, y, x) of the objectness-passing anchors
         box_raw = nn.functional.linear(cells[passing[0], passing[2], passing[3]], weight[:, :box].flatten(0, 1),
                                        bias[:, :box].flatten())  # (n, A * box): every anchor of those cells
-        box_raw = box_raw.float().view(-1, self.na, box)[torch.arange(len(box_raw)), passing[1]]  # (n, box)
+        box_raw = box_raw.float().view(-1, self.na, box)[torch.arange(len(box_raw), device=box_raw.device),
+                                                           passing[1]]  # (n, box)
         rows = scores[passing]  # (n, 1 + nc)
         if self.quality is not None:
             rows[:, 0] *= self.quality(box_raw.unflatten(-1, (4, self.head.bins))).sigmoid().squeeze(-1)

@@ -222,7 +222,7 @@ class Detect(nn.Module):
             offsets, uncertainty, variance = self.box_offsets_with_variance(box_raw)
         else:
             (offsets, uncertainty), variance = self.box_offsets(box_raw), None
-        return self.assembled(level, scores, offsets, uncertainty, variance)
+        return self.prediction_rows(level, scores, offsets, uncertainty, variance)
 
     def sparse_decode_level(self, conv: nn.Conv2d, inputs: torch.Tensor, level: int) -> torch.Tensor:
         """:meth:`decode_level` from the level's input features (B, C, H, W), computing the box logits and their
@@ -261,10 +261,10 @@ class Detect(nn.Module):
             offsets[kept], uncertainty[kept], variance[kept] = self.box_offsets_with_variance(box_raw)
         else:
             offsets[kept], uncertainty[kept] = self.box_offsets(box_raw)
-        return self.assembled(level, scores, offsets, uncertainty, variance)
+        return self.prediction_rows(level, scores, offsets, uncertainty, variance)
 
-    def assembled(self, level: int, scores: torch.Tensor, offsets: torch.Tensor, uncertainty: Optional[torch.Tensor],
-                  variance: Optional[torch.Tensor]) -> torch.Tensor:
+    def prediction_rows(self, level: int, scores: torch.Tensor, offsets: torch.Tensor,
+                        uncertainty: Optional[torch.Tensor], variance: Optional[torch.Tensor]) -> torch.Tensor:
         """One level's scores (B, A, H, W, 1 + nc), offsets (..., 4), uncertainty (..., 1) or None and decoded side
         variances (..., 4) or None -> (B, A*H*W, 5 + nc + num_extra [+ 4]) rows of pixel boxes and scores."""
         batch, _, height, width, _ = scores.shape

@@ -30,9 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import NUM_CLASSES, RESULTS_DIR, environment, quiet_start, synthetic_batch, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    NUM_CLASSES,
+    RESULTS_DIR,
+    environment,
+    header_lines,
+    quiet_start,
+    synthetic_batch,
+    write_json,
+)
+from benchmarks.speed_vs_yolov5 import build_ours, save_random_checkpoint, training_step  # noqa: E402
 from utils.files import atomic_write_text  # noqa: E402
-from utils.torch_utils import autocast, cpu_has_native_bf16  # noqa: E402
+from utils.torch_utils import cpu_has_native_bf16  # noqa: E402
 
 logger = logging.getLogger("benchmarks.compile_cpu")
 CPU = torch.device("cpu")
@@ -52,29 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build(args: argparse.Namespace):
-    """Our Model of --cfg with the --box-loss head (random weights, fixed seed) and its hyp."""
-    from models.yolo import Model
-    from utils.head import HeadConfig
-    from utils.hyp import load_hyp
-
-    hyp = load_hyp(None, box_loss=args.box_loss)
-    torch.manual_seed(0)
-    root = Path(__file__).resolve().parents[1]
-    return Model(root / "models" / f"{args.cfg}.yaml", nc=NUM_CLASSES, head=HeadConfig.from_hyp(hyp, args.img)), hyp
-
-
 def infer_calls(args: argparse.Namespace, folder: Path) -> tuple[Callable[[], Any], ...]:
     """detect.py's eager forward of one image (sparse C-BBL decode), the compiled forward, and the eager forward of
     the path that was compiled: the dense decode (the sparse one's data-dependent row count breaks the graph inside
     the layer loop, and dynamo then falls back to compiling each layer on its own)."""
-    from utils.checkpoint import save_checkpoint
     from utils.infer.runtime import load_backend
 
-    model, _ = build(args)
-    path = folder / "model.pt"
-    save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml,
-                     "names": [str(i) for i in range(NUM_CLASSES)], "epoch": 0}, path)
+    path = save_random_checkpoint(args.cfg, args.box_loss, args.img, folder / "model.pt")
     image = torch.rand(1, 3, args.img, args.img, generator=torch.Generator().manual_seed(0))
     sparse, dense, compiled = (load_backend([str(path)], CPU, half=args.precision == "bf16") for _ in range(3))
     sparse.decode_only_above(0.25)  # detect.py's default --conf-thres
@@ -96,22 +89,17 @@ def train_calls(args: argparse.Namespace) -> tuple[Callable[[], Any], ...]:
     images = (images.float() / 255).contiguous(memory_format=torch.channels_last)
     steps = []
     for compiled in (False, True):
-        model, hyp = build(args)
+        model, hyp = build_ours(args.cfg, args.box_loss, args.img)
         criterion = ComputeLoss(model.train(), LossSettings.from_hyp(hyp), imgsz=args.img)
         model = model.to(memory_format=torch.channels_last)
-        runner = torch.compile(model) if compiled else model
+        step = training_step(torch.compile(model) if compiled else model, criterion, images, targets,
+                             args.precision == "bf16")
 
-        def step(model=model, runner=runner, criterion=criterion) -> torch.Tensor:
-            model.zero_grad(set_to_none=True)
-            with autocast(CPU, args.precision == "bf16"):
-                preds = runner(images)
-                with torch.autocast("cpu", enabled=False):
-                    loss, _ = criterion(preds, targets)
-            loss.backward()
-            grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
-            return torch.cat([loss.detach().view(1), *grads])
-        steps.append(step)
-    return steps[0], steps[1]
+        def loss_and_gradient(step=step, model=model) -> torch.Tensor:
+            loss = step()
+            return torch.cat([loss.view(1), *(p.grad.flatten() for p in model.parameters() if p.grad is not None)])
+        steps.append(loss_and_gradient)
+    return tuple(steps)
 
 
 def measure(eager: Callable[[], torch.Tensor], compiled: Callable[[], torch.Tensor], repeats: int,
@@ -164,10 +152,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"task": task, **measure(*calls[:2], args.repeats, *calls[2:])})
             logger.info("%s", table(rows)[-1])
     name = f"compile_cpu_{args.cfg}_{args.box_loss}_{args.precision}"
-    settings = {key: value for key, value in vars(args).items()}
+    settings = vars(args)
     write_json(RESULTS_DIR / f"{name}.json", {"environment": environment(), "settings": settings, "rows": rows})
-    header = [f"{key}: {value}" for key, value in {**environment(), **settings}.items()]
-    atomic_write_text(RESULTS_DIR / f"{name}.md", "\n".join(header + [""] + table(rows)) + "\n")
+    atomic_write_text(RESULTS_DIR / f"{name}.md", "\n".join(header_lines(settings) + [""] + table(rows)) + "\n")
     print("\n".join(table(rows)))
 
 

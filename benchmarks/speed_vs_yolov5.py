@@ -111,9 +111,33 @@ def head_name(box_loss: str) -> str:
     return "cbbl" if box_loss == "cbbl" else "regress"
 
 
+def save_random_checkpoint(cfg: str, box_loss: str, imgsz: int, path: Path) -> Path:
+    """A checkpoint of :func:`build_ours`'s random-weight model, in the layout train.py writes, at ``path``."""
+    from utils.checkpoint import save_checkpoint
+
+    model, _ = build_ours(cfg, box_loss, imgsz)
+    save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml,
+                     "names": [str(i) for i in range(NUM_CLASSES)], "epoch": 0}, path)
+    return path
+
+
+def training_step(model: torch.nn.Module, criterion: Callable, images: torch.Tensor, targets: torch.Tensor,
+                  bf16: bool) -> Callable[[], torch.Tensor]:
+    """Trainer.train_step's forward + loss + backward on CPU: under bf16 the forward autocasts (the head stays fp32
+    by itself) and the loss runs in fp32. The returned call gives the loss; the gradients are in ``model``."""
+    def step() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        with autocast(CPU, bf16):
+            preds = model(images)
+            with torch.autocast("cpu", enabled=False):
+                loss, _ = criterion(preds, targets)
+        loss.backward()
+        return loss.detach()
+    return step
+
+
 def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str, precision: str = "fp32") -> dict:
-    """Forward + loss + backward on the shared batch, channels-last as the Trainer runs it on CPU: under bf16 the
-    forward autocasts (the head stays fp32 by itself) and the loss runs in fp32, as Trainer.train_step does."""
+    """:func:`training_step` on the shared batch, channels-last as the Trainer runs it on CPU."""
     from utils.loss import ComputeLoss, LossSettings
 
     batch = torch.load(args.inputs / "train_batch.pt", weights_only=True)
@@ -121,16 +145,8 @@ def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str, precision
     criterion = ComputeLoss(model.train(), LossSettings.from_hyp(hyp), imgsz=args.img)
     model = model.to(memory_format=torch.channels_last)
     images = (batch["images"].float() / 255).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
-
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        with autocast(CPU, precision == "bf16"):
-            preds = model(images)
-            with torch.autocast("cpu", enabled=False):
-                loss, _ = criterion(preds, batch["targets"])
-        loss.backward()
-
-    return time_call(step, args.warmup, args.repeats)
+    return time_call(training_step(model, criterion, images, batch["targets"], precision == "bf16"),
+                     args.warmup, args.repeats)
 
 
 def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str, precision: str = "fp32"):
@@ -138,7 +154,6 @@ def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str
     ``torch-sparse`` is the PyTorch backend decoding as detect.py does at its default ``--conf-thres``;
     ``onnxruntime-variance`` the ONNX export with the side_variance output (``export.py --side-variance``);
     bf16 is detect.py's ``--half`` on CPU."""
-    from utils.checkpoint import save_checkpoint
     from utils.infer.options import DetectOptions
     from utils.infer.runtime import load_backend
 
@@ -146,9 +161,7 @@ def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str
     if key not in args.backends:
         path = args.inputs / f"ours_{cfg}_{box_loss}.pt"
         if not path.exists():
-            model, _ = build_ours(cfg, box_loss, args.img)
-            save_checkpoint({"model": model.state_dict(), "ema": None, "model_yaml": model.yaml,
-                             "names": [str(i) for i in range(NUM_CLASSES)], "epoch": 0}, path)
+            save_random_checkpoint(cfg, box_loss, args.img, path)
         backend = load_backend([str(path)], CPU, half=precision == "bf16",
                                runtime={SPARSE: "torch", ORT_VARIANCE: "onnxruntime"}.get(runtime, runtime),
                                side_variance=runtime == ORT_VARIANCE)

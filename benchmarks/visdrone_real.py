@@ -1,11 +1,14 @@
 """C-BBL against CIoU on real VisDrone frames, fine-tuned from the real COCO yolov5n release.
 
     python benchmarks/visdrone_real.py                         # 6 configs x 3 seeds at 640 px, 2 at a time
-    python benchmarks/visdrone_real.py --img 1024 --configs ciou cbbl --out benchmarks/results/visdrone_real_1024
-    python benchmarks/visdrone_real.py --tile 640 --configs ciou cbbl --out benchmarks/results/visdrone_real_tile640
+    python benchmarks/visdrone_real.py --img 1024 --configs ciou cbbl_ciou --out benchmarks/results/visdrone_real_1024
+    python benchmarks/visdrone_real.py --tile 640 --configs ciou cbbl_ciou \
+        --out benchmarks/results/visdrone_real_tile640
     python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv and the plots
     python benchmarks/visdrone_real.py --gradient-share --configs ciou cbbl   # why: the box term's gradient share
     python benchmarks/visdrone_real.py --inference-cost --configs cbbl cbbl_quality   # what voting/quality cost
+    python benchmarks/visdrone_real.py --regimes --configs ciou cbbl_ciou   # whole 640 vs tile 640 vs whole 1024
+    python benchmarks/visdrone_real.py --regimes --inference-cost --configs ciou cbbl_ciou   # and their time
 
 What a YOLOv5 user does: train.py from ``yolov5n-coco-v6.1.pt`` on the real frames in ../shared (a working
 copy under datasets/, labels by data/scripts/visdrone2yolo.py), YOLOv5's recipe (hyp.scratch-low SGD, nominal
@@ -20,6 +23,7 @@ inference pass; for C-BBL runs also the Spearman correlation between each true p
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -30,7 +34,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +85,11 @@ CSV_LOCK = threading.Lock()
 # --inference-cost: detect.py end to end on the first COST_FRAMES val frames, at each COST_SIZES, COST_ROUNDS rounds.
 COST_FRAMES, COST_SIZES, COST_ROUNDS = 16, (640, 1536), 3
 TILE_OVERLAP = 0.25  # --tile runs: train.py's default overlap
+# --regimes (issue 24): regime -> (its study's results folder, beside --out; the runs' folder, beside --project;
+# the network size it trains and infers at). The first is the baseline the others are compared with.
+REGIMES = {"whole 640": ("visdrone_real", 640), "tile 640": ("visdrone_real_tile640", 640),
+           "whole 1024": ("visdrone_real_1024", 1024)}
+REGIME_METRICS = ("yolov5_map50", "yolov5_map50_95", "coco_ap_small", "visdrone_ap")
 
 
 def prepare_data(work: Path) -> Path:
@@ -108,16 +117,23 @@ def prepare_data(work: Path) -> Path:
     return data
 
 
-def tile_epochs(args: argparse.Namespace, data: Path) -> int:
-    """Epochs of a --tile run that see the pixels --epochs whole-frame epochs at --img see (equal training compute:
-    images x network pixels; a tile and a letterboxed frame are both --img at the network)."""
+@functools.cache
+def images_per_epoch(data: Path, img: int, tile: int) -> int:
+    """Training images one epoch draws: the train frames, or with ``tile`` the windows cut from them."""
     from utils.data.dataset import TiledImagesAndLabels
     from utils.data.tiles import TileSettings
 
-    frames = str(data.parent / SPLITS[0] / "images")
-    tiles = len(TiledImagesAndLabels(frames, args.img, TileSettings(args.tile, TILE_OVERLAP), augment=True, nc=10))
-    frame_count = len(list(Path(frames).glob("*.jpg")))
-    return max(1, round(args.epochs * frame_count / tiles))
+    frames = data.parent / SPLITS[0] / "images"
+    if not tile:
+        return len(list(frames.glob("*.jpg")))
+    return len(TiledImagesAndLabels(str(frames), img, TileSettings(tile, TILE_OVERLAP), augment=True, nc=10))
+
+
+def tile_epochs(args: argparse.Namespace, data: Path) -> int:
+    """Epochs of a --tile run that see the pixels --epochs whole-frame epochs at --img see (equal training compute:
+    images x network pixels; a tile and a letterboxed frame are both --img at the network)."""
+    frames, tiles = (images_per_epoch(data, args.img, tile) for tile in (0, args.tile))
+    return max(1, round(args.epochs * frames / tiles))
 
 
 def train_command(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> list[str]:
@@ -355,11 +371,53 @@ def gradient_share(args: argparse.Namespace, data: Path) -> list[dict]:
     return rows
 
 
-def inference_cost(args: argparse.Namespace, data: Path) -> list[dict]:
-    """detect.py's wall time per frame, end to end (read, letterbox, forward, NMS; its defaults), on the
-    first COST_FRAMES val frames at each of COST_SIZES: each C-BBL config's first finished run plain and with
-    variance voting (``--cbbl-fusion``), and ``cbbl_quality`` (its quality branch) against ``cbbl`` plain.
-    Interleaved rounds: each round times every variant once; the ratio to plain is taken per round."""
+@dataclass(frozen=True)
+class Timed:
+    """One detect.py setting that --inference-cost times, and the (variant, img) its time is divided by."""
+
+    variant: str
+    weights: Path
+    img: int
+    vote: bool
+    plain: tuple[str, int]
+
+
+def first_finished(project: Path, config: str, seeds: list[int]) -> Path | None:
+    """best.pt of ``config``'s first seed (in ``seeds`` order) whose run finished under ``project``."""
+    return next((project / f"{config}_s{seed}" / "weights" / "best.pt" for seed in seeds
+                 if (project / f"{config}_s{seed}" / "weights" / "best.pt").is_file()), None)
+
+
+def voting_variants(args: argparse.Namespace) -> list[Timed]:
+    """Each C-BBL config's first finished run at each COST_SIZES, plain and with variance voting
+    (``--cbbl-fusion``); ``cbbl_quality`` (its quality branch) is divided by ``cbbl`` plain where that ran."""
+    runs = {config: first_finished(args.project, config, args.seeds) for config in args.configs if config != "ciou"}
+    runs = {config: weights for config, weights in runs.items() if weights}
+    if not runs:
+        raise ValueError(f"no finished C-BBL run of {args.configs} under {args.project}")
+    plain = {config: "cbbl" if config == "cbbl_quality" and "cbbl" in runs else config for config in runs}
+    return [Timed(f"{config} vote" if vote else config, weights, size, vote, (plain[config], size))
+            for size in COST_SIZES for config, weights in runs.items() for vote in (False, True)]
+
+
+def regime_variants(args: argparse.Namespace) -> list[Timed]:
+    """Each config's first finished run in each of REGIMES at its own size (a --tile run slices, as detect.py does
+    for tile checkpoints), divided by the same config's whole-frame 640 run."""
+    baseline = next(iter(REGIMES))
+    variants = [Timed(f"{regime} {config}", weights, size, False, (f"{baseline} {config}", REGIMES[baseline][1]))
+                for regime, (folder, size) in REGIMES.items() for config in args.configs
+                if (weights := first_finished(args.project.parent / folder, config, args.seeds))]
+    timed = {(variant.variant, variant.img) for variant in variants}
+    variants = [variant for variant in variants if variant.plain in timed]
+    if not variants:
+        raise ValueError(f"no finished whole-frame 640 run of {args.configs} under {args.project.parent}")
+    return variants
+
+
+def inference_cost(args: argparse.Namespace, data: Path, variants: list[Timed]) -> list[dict]:
+    """detect.py's wall time per frame, end to end (read, letterbox, forward, NMS; its defaults), on the first
+    COST_FRAMES val frames, for each variant. Interleaved rounds: each round times every variant once; the ratio
+    to its plain variant is taken per round."""
     from detect import run as detect_run
 
     frames = args.work / "cost_frames"
@@ -367,36 +425,63 @@ def inference_cost(args: argparse.Namespace, data: Path) -> list[dict]:
     for image in sorted((data.parent / SPLITS[1] / "images").glob("*.jpg"))[:COST_FRAMES]:
         if not (frames / image.name).exists():
             (frames / image.name).symlink_to(image.resolve())
-    runs = {config: next((args.project / f"{config}_s{seed}" / "weights" / "best.pt" for seed in args.seeds
-                          if (args.project / f"{config}_s{seed}" / "weights" / "best.pt").is_file()), None)
-            for config in args.configs if config != "ciou"}
-    variants = {f"{config} vote" if vote else config: (str(weights), vote)
-                for config, weights in runs.items() if weights for vote in (False, True)}
-    if not variants:
-        raise ValueError(f"no finished C-BBL run of {args.configs} under {args.project}")
-
-    def plain_of(name: str) -> str:
-        config = name.removesuffix(" vote")
-        return "cbbl" if config == "cbbl_quality" and "cbbl" in variants else config
-
     seconds: dict[tuple[str, int], list[float]] = {}
     for _ in range(COST_ROUNDS):
-        for size in COST_SIZES:
-            for name, (weights, vote) in variants.items():
-                start = time.perf_counter()
-                detect_run(weights=weights, source=str(frames), imgsz=size, cbbl_fusion=vote, nosave=True,
-                           project=str(args.work / "cost_runs"), exist_ok=True)
-                seconds.setdefault((name, size), []).append(time.perf_counter() - start)
+        for variant in variants:
+            start = time.perf_counter()
+            detect_run(weights=str(variant.weights), source=str(frames), imgsz=variant.img, cbbl_fusion=variant.vote,
+                       nosave=True, project=str(args.work / "cost_runs"), exist_ok=True)
+            seconds.setdefault((variant.variant, variant.img), []).append(time.perf_counter() - start)
     rows = []
-    for (name, size), times in seconds.items():
-        ratios = [t / base for t, base in zip(times, seconds[plain_of(name), size])]
-        rows.append({"variant": name, "weights": variants[name][0], "img": size, "frames": COST_FRAMES,
+    for variant in variants:
+        times = seconds[variant.variant, variant.img]
+        ratios = [t / base for t, base in zip(times, seconds[variant.plain])]
+        rows.append({"variant": variant.variant, "weights": str(variant.weights), "img": variant.img,
+                     "frames": COST_FRAMES,
                      "ms_per_frame_median": round(1e3 * statistics.median(times) / COST_FRAMES, 1),
                      "ratio_to_plain_median": round(statistics.median(ratios), 3),
                      "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
-                     "plain": plain_of(name), "load_1min": round(os.getloadavg()[0], 2)})
+                     "plain": variant.plain[0], "load_1min": round(os.getloadavg()[0], 2)})
         logger.info("%s", rows[-1])
     return rows
+
+
+def mean_of(rows: list[dict], name: str, scale: float, digits: int) -> float | str:
+    """Mean of a column over the rows that have it (rows from before it was recorded have ''), scaled."""
+    values = [float(row[name]) * scale for row in rows if row.get(name, "") != ""]
+    return round(statistics.mean(values), digits) if values else ""
+
+
+def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
+    """Issue 24's table from the REGIMES studies' runs.csv: per regime and config over seeds, each REGIME_METRICS
+    mean, std and Welch t against the same config on whole frames at 640; the training compute relative to that
+    (epochs x images x network pixels, mean over seeds); training hours and the val pass's ms per frame."""
+    def compute(row: dict) -> float:
+        return int(row["epochs"]) * images_per_epoch(data, int(row["img"]), int(row.get("tile") or 0)) * int(
+            row["img"]) ** 2
+
+    studies = {regime: [row for row in read_csv(args.out.parent / folder / "runs.csv") if row["status"] == "ok"]
+               for regime, (folder, _) in REGIMES.items()}
+    baseline = studies[next(iter(REGIMES))]
+    table = []
+    for regime, rows in studies.items():
+        for config in (config for config in CONFIGS if config in args.configs):
+            mine, base = ([row for row in runs if row["config"] == config] for runs in (rows, baseline))
+            if not mine:
+                continue
+            entry = {"regime": regime, "config": config, "seeds_ok": len(mine),
+                     "train_compute_vs_whole640": round(statistics.mean(map(compute, mine)) / statistics.mean(
+                         map(compute, base)), 2) if base else "",
+                     "train_h_mean": mean_of(mine, "train_wall_s", 1 / 3600, 2),
+                     "val_ms_per_frame_mean": mean_of(mine, "infer_ms_per_frame", 1, 1)}
+            for name in REGIME_METRICS:
+                values, reference = ([float(row[name]) for row in runs] for runs in (mine, base))
+                entry[f"{name}_mean"] = round(statistics.mean(values), 5)
+                entry[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else ""
+                entry[f"{name}_t_vs_whole640"] = (round(welch_t(values, reference), 2)
+                                                  if rows is not baseline and reference else "")
+            table.append(entry)
+    return table
 
 
 def pending_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
@@ -421,6 +506,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inference-cost", action="store_true",
                         help="train nothing: detect.py's time per frame with and without variance voting and the "
                              "quality branch, interleaved (inference_cost.csv)")
+    parser.add_argument("--regimes", action="store_true",
+                        help="train nothing: compare the whole-frame 640, tile 640 and whole-frame 1024 studies "
+                             "(--out/regimes.csv; with --inference-cost, their time per frame)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "visdrone_real")
     parser.add_argument("--work", type=Path, default=ROOT / "datasets" / "visdrone-real",
                         help="working copy of the frames (git-ignored)")
@@ -441,7 +529,13 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(args.out / "gradient_share.csv", gradient_share(args, prepare_data(args.work)))
         return 0
     if args.inference_cost:
-        write_csv(args.out / "inference_cost.csv", inference_cost(args, prepare_data(args.work)))
+        data = prepare_data(args.work)
+        variants = regime_variants(args) if args.regimes else voting_variants(args)
+        name = "regimes_inference_cost.csv" if args.regimes else "inference_cost.csv"
+        write_csv(args.out / name, inference_cost(args, data, variants))
+        return 0
+    if args.regimes:
+        write_csv(args.out / "regimes.csv", compare_regimes(args, prepare_data(args.work)))
         return 0
     if not args.summary_only:
         write_json(args.out / "settings.json", {"header": header_lines({k: str(v) for k, v in vars(args).items()})})

@@ -1,5 +1,6 @@
-"""benchmarks/visdrone_real.py's parts that need no real frames: the summary's statistics and the inference-cost
-timing on tiny checkpoints (the study itself trains on ../shared; tests/engine/test_real_frames.py covers that path)."""
+"""benchmarks/visdrone_real.py's parts that need no real frames: the summary's and the regimes' statistics and the
+inference-cost timing on tiny checkpoints (the study itself trains on ../shared; tests/engine/test_real_frames.py
+covers that path)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import visdrone_real
-from benchmarks.common import welch_t
+from benchmarks.common import welch_t, write_csv
 
 
 def test_summary_takes_mean_std_and_welch_t_against_ciou_and_plain_cbbl():
@@ -49,12 +50,58 @@ def test_inference_cost_times_each_variant_against_its_plain_twin(tmp_path, tiny
                                                                                            dtype=np.uint8))
     args = visdrone_real.parse_args(["--configs", "ciou", "cbbl", "cbbl_quality", "--project", str(project),
                                      "--work", str(work), "--out", str(tmp_path / "out")])
-    rows = visdrone_real.inference_cost(args, work / "visdrone-real.yaml")
+    rows = visdrone_real.inference_cost(args, work / "visdrone-real.yaml", visdrone_real.voting_variants(args))
     assert {(row["variant"], row["plain"]) for row in rows} == {
         ("cbbl", "cbbl"), ("cbbl vote", "cbbl"), ("cbbl_quality", "cbbl"), ("cbbl_quality vote", "cbbl")}
     assert all(row["ms_per_frame_median"] > 0 and row["img"] == 64 for row in rows)
     assert next(row for row in rows if row["variant"] == "cbbl")["ratio_to_plain_median"] == 1.0
     assert len(list((work / "cost_frames").iterdir())) == 2, "the first COST_FRAMES frames, linked"
     with pytest.raises(ValueError, match="no finished C-BBL run"):
-        visdrone_real.inference_cost(visdrone_real.parse_args(["--configs", "cbbl_paper", "--project", str(project),
-                                                                "--work", str(work)]), work / "visdrone-real.yaml")
+        visdrone_real.voting_variants(visdrone_real.parse_args(["--configs", "cbbl_paper", "--project", str(project)]))
+
+
+def test_regime_variants_divide_each_regime_by_the_same_config_on_whole_frames(tmp_path, tiny_checkpoint):
+    runs = tmp_path / "runs"
+    for folder, run in (("visdrone_real", "ciou_s0"), ("visdrone_real_1024", "ciou_s1"),
+                        ("visdrone_real_tile640", "ciou_s2"), ("visdrone_real_tile640", "cbbl_ciou_s0")):
+        (runs / folder / run / "weights").mkdir(parents=True)
+        shutil.copy(tiny_checkpoint(), runs / folder / run / "weights" / "best.pt")
+    args = visdrone_real.parse_args(["--regimes", "--configs", "ciou", "cbbl_ciou", "--project",
+                                     str(runs / "visdrone_real")])
+    variants = {(v.variant, v.img): v for v in visdrone_real.regime_variants(args)}
+    # cbbl_ciou has no whole-frame 640 run to be divided by, so it is left out
+    assert set(variants) == {("whole 640 ciou", 640), ("tile 640 ciou", 640), ("whole 1024 ciou", 1024)}
+    assert {v.plain for v in variants.values()} == {("whole 640 ciou", 640)}
+    assert variants["tile 640 ciou", 640].weights == runs / "visdrone_real_tile640" / "ciou_s2" / "weights" / "best.pt"
+    (runs / "visdrone_real" / "ciou_s0" / "weights" / "best.pt").unlink()
+    with pytest.raises(ValueError, match="no finished whole-frame 640 run"):
+        visdrone_real.regime_variants(args)
+
+
+def test_compare_regimes_tests_each_regime_against_whole_frames_at_640(tmp_path, monkeypatch):
+    monkeypatch.setattr(visdrone_real, "images_per_epoch", lambda data, img, tile: 1000 if tile else 400)
+
+    def study(folder, img, epochs, values, **extra):
+        rows = [{"config": config, "seed": seed, "img": img, "epochs": epochs, **extra, "status": "ok",
+                 "train_wall_s": 3600 * (seed + 1), "infer_ms_per_frame": 10.0 * img / 640,
+                 **{name: value + 0.001 * seed for name in visdrone_real.REGIME_METRICS}}
+                for config, value in values.items() for seed in range(2)]
+        failed = {"config": "ciou", "seed": 9, "status": "failed"}
+        write_csv(tmp_path / "results" / folder / "runs.csv", [*rows, failed])
+
+    study("visdrone_real", 640, 30, {"ciou": 0.040, "cbbl_ciou": 0.035, "cbbl": 0.030})
+    study("visdrone_real_tile640", 640, 12, {"ciou": 0.050}, tile=640)
+    study("visdrone_real_1024", 1024, 30, {"ciou": 0.060, "cbbl_ciou": 0.045})
+    args = visdrone_real.parse_args(["--regimes", "--configs", "ciou", "cbbl_ciou", "--out",
+                                     str(tmp_path / "results" / "visdrone_real")])
+    table = {(row["regime"], row["config"]): row for row in visdrone_real.compare_regimes(args, tmp_path / "data.yaml")}
+    assert list(table) == [("whole 640", "ciou"), ("whole 640", "cbbl_ciou"), ("tile 640", "ciou"),
+                           ("whole 1024", "ciou"), ("whole 1024", "cbbl_ciou")]
+    tile, big = table["tile 640", "ciou"], table["whole 1024", "cbbl_ciou"]
+    assert tile["seeds_ok"] == 2 and tile["yolov5_map50_95_mean"] == 0.0505
+    assert tile["yolov5_map50_95_t_vs_whole640"] == round(welch_t([0.050, 0.051], [0.040, 0.041]), 2) > 0
+    assert big["coco_ap_small_t_vs_whole640"] == round(welch_t([0.045, 0.046], [0.035, 0.036]), 2)
+    assert tile["train_compute_vs_whole640"] == round(12 * 1000 / (30 * 400), 2)
+    assert big["train_compute_vs_whole640"] == round((1024 / 640) ** 2, 2)
+    assert table["whole 640", "ciou"]["yolov5_map50_t_vs_whole640"] == ""
+    assert big["train_h_mean"] == 1.5 and big["val_ms_per_frame_mean"] == 16.0

@@ -456,17 +456,18 @@ def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
     """Issue 24's table from the REGIMES studies' runs.csv: per regime and config over seeds, each REGIME_METRICS
     mean, std and Welch t against the same config on whole frames at 640; the training compute relative to that
     (epochs x images x network pixels, mean over seeds); training hours and the val pass's ms per frame."""
-    def compute(row: dict) -> float:
-        return int(row["epochs"]) * images_per_epoch(data, int(row["img"]), int(row.get("tile") or 0)) * int(
-            row["img"]) ** 2
+    def compute(row: dict) -> int:
+        img = int(row["img"])
+        return int(row["epochs"]) * images_per_epoch(data, img, int(row.get("tile") or 0)) * img ** 2
 
     studies = {regime: [row for row in read_csv(args.out.parent / folder / "runs.csv") if row["status"] == "ok"]
                for regime, (folder, _) in REGIMES.items()}
-    baseline = studies[next(iter(REGIMES))]
+    baseline_regime = next(iter(REGIMES))
     table = []
     for regime, rows in studies.items():
-        for config in (config for config in CONFIGS if config in args.configs):
-            mine, base = ([row for row in runs if row["config"] == config] for runs in (rows, baseline))
+        for config in [config for config in CONFIGS if config in args.configs]:
+            mine = [row for row in rows if row["config"] == config]
+            base = [row for row in studies[baseline_regime] if row["config"] == config]
             if not mine:
                 continue
             entry = {"regime": regime, "config": config, "seeds_ok": len(mine),
@@ -475,11 +476,11 @@ def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
                      "train_h_mean": mean_of(mine, "train_wall_s", 1 / 3600, 2),
                      "val_ms_per_frame_mean": mean_of(mine, "infer_ms_per_frame", 1, 1)}
             for name in REGIME_METRICS:
-                values, reference = ([float(row[name]) for row in runs] for runs in (mine, base))
+                values, reference = [float(row[name]) for row in mine], [float(row[name]) for row in base]
                 entry[f"{name}_mean"] = round(statistics.mean(values), 5)
                 entry[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else ""
                 entry[f"{name}_t_vs_whole640"] = (round(welch_t(values, reference), 2)
-                                                  if rows is not baseline and reference else "")
+                                                  if regime != baseline_regime and reference else "")
             table.append(entry)
     return table
 

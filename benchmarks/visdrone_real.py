@@ -61,16 +61,17 @@ SPLITS = ("VisDrone2019-DET-train", "VisDrone2019-DET-val")
 # C-BBL's box gain scaled to CIoU's share of the gradient at the start of fine-tuning: 0.05 / 1.56, the ratio of
 # the two box terms' gradient norms at the head's inputs on seed 0 (--gradient-share; 1.45 with its seeded head).
 CBBL_BOX_GAIN = 0.032
-# name -> train.py flags ({work}: the study's working folder): the regression baseline, C-BBL at its default grid,
-# with the CIoU term, the paper's grid, with the box gain scaled (a hyp file written by prepare_data), and
-# scored by objectness x class x the quality branch's IoU estimate.
+# name -> train.py flags ({work}: the study's working folder): the regression baseline; plain C-BBL (the paper's
+# loss, no CIoU term) at the default grid; with the CIoU term (C-BBL's default since this study); plain at the
+# paper's grid, with the box gain scaled (a hyp file written by prepare_data), and scored by objectness x class x
+# the quality branch's IoU estimate.
 CONFIGS = {
     "ciou": [],
-    "cbbl": ["--box-loss", "cbbl"],
+    "cbbl": ["--box-loss", "cbbl", "--cbbl-ciou", "0"],
     "cbbl_ciou": ["--box-loss", "cbbl", "--cbbl-ciou", "1.0"],
-    "cbbl_paper": ["--box-loss", "cbbl", "--cbbl-grid", "in"],
-    "cbbl_gain": ["--box-loss", "cbbl", "--hyp", f"{{work}}/hyp.box{CBBL_BOX_GAIN}.yaml"],
-    "cbbl_quality": ["--box-loss", "cbbl", "--cbbl-score", "quality"],
+    "cbbl_paper": ["--box-loss", "cbbl", "--cbbl-ciou", "0", "--cbbl-grid", "in"],
+    "cbbl_gain": ["--box-loss", "cbbl", "--cbbl-ciou", "0", "--hyp", f"{{work}}/hyp.box{CBBL_BOX_GAIN}.yaml"],
+    "cbbl_quality": ["--box-loss", "cbbl", "--cbbl-ciou", "0", "--cbbl-score", "quality"],
 }
 # summary column -> (protocol, ValResults field or extra key)
 METRICS = {
@@ -85,6 +86,7 @@ CSV_LOCK = threading.Lock()
 # --inference-cost: detect.py end to end on the first COST_FRAMES val frames, at each COST_SIZES, COST_ROUNDS rounds.
 COST_FRAMES, COST_SIZES, COST_ROUNDS = 16, (640, 1536), 3
 TILE_OVERLAP = 0.25  # --tile runs: train.py's default overlap
+BASE_IMG = 640  # every regime trains for the network pixels of --epochs whole-frame epochs at this size
 # --regimes (issue 24): regime -> (its study's results folder, beside --out; the runs' folder, beside --project;
 # the network size it trains and infers at). The first is the baseline the others are compared with.
 REGIMES = {"whole 640": ("visdrone_real", 640), "tile 640": ("visdrone_real_tile640", 640),
@@ -129,11 +131,12 @@ def images_per_epoch(data: Path, img: int, tile: int) -> int:
     return len(TiledImagesAndLabels(str(frames), img, TileSettings(tile, TILE_OVERLAP), augment=True, nc=10))
 
 
-def tile_epochs(args: argparse.Namespace, data: Path) -> int:
-    """Epochs of a --tile run that see the pixels --epochs whole-frame epochs at --img see (equal training compute:
-    images x network pixels; a tile and a letterboxed frame are both --img at the network)."""
-    frames, tiles = (images_per_epoch(data, args.img, tile) for tile in (0, args.tile))
-    return max(1, round(args.epochs * frames / tiles))
+def matched_epochs(args: argparse.Namespace, data: Path) -> int:
+    """Epochs that see the network pixels of --epochs whole-frame epochs at BASE_IMG (equal training compute:
+    images x network pixels; a tile and a letterboxed frame are both --img at the network), so that the regimes
+    (whole frames at 640 or 1024 px, tiles) compare at one training budget."""
+    frames, images = (images_per_epoch(data, args.img, tile) for tile in (0, args.tile))
+    return max(1, round(args.epochs * frames / images * (BASE_IMG / args.img) ** 2))
 
 
 def train_command(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> list[str]:
@@ -496,10 +499,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--img", type=int, default=640)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=30, help="whole-frame epochs at 640 px; another --img or a "
+                        "--tile trains the epochs of the same compute (images x network pixels)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--tile", type=int, default=0, help="train on --tile windows (overlap 0.25), epochs scaled to "
-                        "the whole-frame runs' training compute, validated sliced (0 = whole frames)")
+    parser.add_argument("--tile", type=int, default=0, help="train on --tile windows (overlap 0.25), validated sliced "
+                        "(0 = whole frames)")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once (1 thread each)")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: rewrite summary and plots")
     parser.add_argument("--gradient-share", action="store_true",
@@ -541,10 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary_only:
         write_json(args.out / "settings.json", {"header": header_lines({k: str(v) for k, v in vars(args).items()})})
         data = prepare_data(args.work)
-        if args.tile:
-            args.train_epochs = tile_epochs(args, data)
-            logger.info("--tile %d: %d epochs see the pixels of %d whole-frame epochs", args.tile, args.train_epochs,
-                        args.epochs)
+        args.train_epochs = matched_epochs(args, data)
+        if args.train_epochs != args.epochs:
+            logger.info("--img %d%s: %d epochs see the network pixels of %d whole-frame epochs at %d px", args.img,
+                        f" --tile {args.tile}" if args.tile else "", args.train_epochs, args.epochs, BASE_IMG)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for future in [pool.submit(study_one, args, data, config, seed) for config, seed in pending_runs(args)]:
                 future.result()

@@ -105,3 +105,15 @@ def test_compare_regimes_tests_each_regime_against_whole_frames_at_640(tmp_path,
     assert big["train_compute_vs_whole640"] == round((1024 / 640) ** 2, 2)
     assert table["whole 640", "ciou"]["yolov5_map50_t_vs_whole640"] == ""
     assert big["train_h_mean"] == 1.5 and big["val_ms_per_frame_mean"] == 16.0
+
+
+def test_every_regime_trains_the_compute_of_the_whole_frame_640_runs(monkeypatch):
+    monkeypatch.setattr(visdrone_real, "images_per_epoch", lambda data, img, tile: 2410 if tile else 400)
+
+    def epochs(*flags):
+        return visdrone_real.matched_epochs(visdrone_real.parse_args(list(flags)), None)
+
+    assert epochs() == 30 and epochs("--epochs", "20") == 20
+    assert epochs("--img", "1024") == round(30 * (640 / 1024) ** 2) == 12
+    assert epochs("--tile", "640") == round(30 * 400 / 2410) == 5
+    assert epochs("--img", "2048", "--epochs", "1") == 1, "at least one epoch"

@@ -66,8 +66,8 @@ def offset_term(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -
 
 
 def cbbl_term(raw_box: torch.Tensor, assigned: LevelTargets, detect: Any) -> BoxTermResult:
-    """C-BBL: mean over positives and coordinates of KL(p* || p) + um * L_UM on the head's grids, plus the
-    optional CIoU term on the decoded boxes (raw_box (P, 4 * K) coordinate-major logits).
+    """C-BBL: mean over positives and coordinates of KL(p* || p) + um * L_UM on the head's grids, plus ciou x the
+    CIoU term on the decoded boxes (ciou 0: the paper's loss). raw_box: (P, 4 * K) coordinate-major logits.
 
     KL = L_CE - H(p*): the paper's cross-entropy shifted by a constant of the labels, so the gradient
     is the same softmax - p*, but the logged box loss goes to 0 at the optimum like CIoU's (a two-hot

@@ -81,7 +81,8 @@ class HeadConfig:
                                   "file's top-level anchor_t)", cli=False)
     um: float = option(1.0, "weight of the uncertainty-matching loss (0 = off)")
     um_mode: str = option("abs", "uncertainty-matching target", choices=UM_MODES)
-    ciou: float = option(0.0, "weight of an extra CIoU term on C-BBL's decoded boxes (0 = off)")
+    ciou: float = option(1.0, "weight of the CIoU term on C-BBL's decoded boxes (0 = off, the paper's loss; 1 wins on "
+                              "real VisDrone frames, docs/benchmarks.md 0b)")
     score: str = option("cls", "C-BBL detection score: cls (objectness x class, YOLOv5's) or quality (times an IoU "
                                "estimate a small branch reads from the distributions' top-k, GFLv2's DGQP)",
                         choices=SCORE_MODES)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import fcntl
 import json
 import logging
 import math
@@ -186,14 +187,22 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def append_csv_row(path: Path, row: dict[str, Any]) -> Path:
-    """Add one row, so a long study keeps every finished result; rewrites the file if new columns appear."""
-    rows = read_csv(path)
-    known = list(rows[0].keys()) if rows else []
-    if rows and all(key in known for key in row):
-        with open(path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=known).writerow(row)
-        return Path(path)
-    return write_csv(path, [*rows, row])
+    """Add one row, so a long study keeps every finished result; rewrites the file if new columns appear. Holds an
+    flock on the file's folder meanwhile: two study processes sharing a results folder never lose a row."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor closes
+        rows = read_csv(path)
+        known = list(rows[0].keys()) if rows else []
+        if rows and all(key in known for key in row):
+            with open(path, "a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=known).writerow(row)
+            return path
+        return write_csv(path, [*rows, row])
+    finally:
+        os.close(folder)
 
 
 # The GPU check (gpu_check.py, and task gpu of _reference_yolov5.py): models come in as plain callables,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,25 @@ def test_append_csv_row_keeps_rows_and_widens_columns(tmp_path):
     rows = read_csv(path)
     assert [row["config"] for row in rows] == ["ciou", "cbbl", "l1"]
     assert rows[0]["error"] == "" and rows[2]["error"] == "boom"
+
+
+def append_rows(path, writer: str, count: int) -> None:
+    for index in range(count):  # a new column each time: every append rewrites the file
+        append_csv_row(path, {"writer": writer, "index": index, f"{writer}_{index}": 1})
+
+
+def test_append_csv_row_from_two_processes_loses_no_row(tmp_path):
+    path = tmp_path / "runs.csv"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=append_rows, args=(path, name, 40)) for name in ("a", "b")]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join()
+    assert [process.exitcode for process in writers] == [0, 0]
+    rows = read_csv(path)
+    assert sorted((row["writer"], int(row["index"])) for row in rows) == [(w, i) for w in "ab" for i in range(40)]
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_write_csv_and_json_round_trip(tmp_path):

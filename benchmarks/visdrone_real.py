@@ -6,7 +6,7 @@
         --out benchmarks/results/visdrone_real_tile640
     python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv and the plots
     python benchmarks/visdrone_real.py --gradient-share --configs ciou cbbl   # why: the box term's gradient share
-    python benchmarks/visdrone_real.py --inference-cost --configs cbbl cbbl_quality   # what voting/quality cost
+    python benchmarks/visdrone_real.py --inference-cost --configs cbbl_ciou cbbl_ciou_quality   # voting/quality cost
     python benchmarks/visdrone_real.py --regimes --configs ciou cbbl_ciou   # whole 640 vs tile 640 vs whole 1024
     python benchmarks/visdrone_real.py --regimes --inference-cost --configs ciou cbbl_ciou   # and their time
 
@@ -63,16 +63,20 @@ SPLITS = ("VisDrone2019-DET-train", "VisDrone2019-DET-val")
 CBBL_BOX_GAIN = 0.032
 # name -> train.py flags ({work}: the study's working folder): the regression baseline; plain C-BBL (the paper's
 # loss, no CIoU term) at the default grid; with the CIoU term (C-BBL's default since this study); plain at the
-# paper's grid, with the box gain scaled (a hyp file written by prepare_data), and scored by objectness x class x
-# the quality branch's IoU estimate.
+# paper's grid, with the box gain scaled (a hyp file written by prepare_data); the default scored by objectness x
+# class x the quality branch's IoU estimate.
 CONFIGS = {
     "ciou": [],
     "cbbl": ["--box-loss", "cbbl", "--cbbl-ciou", "0"],
     "cbbl_ciou": ["--box-loss", "cbbl", "--cbbl-ciou", "1.0"],
     "cbbl_paper": ["--box-loss", "cbbl", "--cbbl-ciou", "0", "--cbbl-grid", "in"],
     "cbbl_gain": ["--box-loss", "cbbl", "--cbbl-ciou", "0", "--hyp", f"{{work}}/hyp.box{CBBL_BOX_GAIN}.yaml"],
-    "cbbl_quality": ["--box-loss", "cbbl", "--cbbl-ciou", "0", "--cbbl-score", "quality"],
+    "cbbl_ciou_quality": ["--box-loss", "cbbl", "--cbbl-ciou", "1.0", "--cbbl-score", "quality"],
 }
+# plain config -> the configs that each differ from it by one setting. Each variant, and each voted (``*_vote``)
+# column of the plain config and of its variants, gets Welch's t against the plain config: the C-BBL changes against
+# the paper's loss, and the quality score, voting and both against C-BBL's default.
+VARIANTS = {"cbbl": ("cbbl_ciou", "cbbl_paper", "cbbl_gain"), "cbbl_ciou": ("cbbl_ciou_quality",)}
 # summary column -> (protocol, ValResults field or extra key)
 METRICS = {
     "yolov5_map50": ("yolov5", "map50"), "yolov5_map50_95": ("yolov5", "map50_95"),
@@ -87,7 +91,7 @@ CSV_LOCK = threading.Lock()
 COST_FRAMES, COST_SIZES, COST_ROUNDS = 16, (640, 1536), 3
 TILE_OVERLAP = 0.25  # --tile runs: train.py's default overlap
 BASE_IMG = 640  # every regime trains for the network pixels of --epochs whole-frame epochs at this size
-# --regimes (issue 24): regime -> (its study's results folder, beside --out; the runs' folder, beside --project;
+# --regimes: regime -> (its study's results folder, beside --out; the runs' folder, beside --project;
 # the network size it trains and infers at). The first is the baseline the others are compared with.
 REGIMES = {"whole 640": ("visdrone_real", 640), "tile 640": ("visdrone_real_tile640", 640),
            "whole 1024": ("visdrone_real_1024", 1024)}
@@ -267,7 +271,7 @@ def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> N
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per config: seeds, mean and sample std of every metric, Welch's t against ciou; for the C-BBL variants
-    (another config, or variance voting's ``*_vote`` columns) also Welch's t against plain ``cbbl``."""
+    (VARIANTS, and variance voting's ``*_vote`` columns) also Welch's t against their plain config."""
     ok = [row for row in rows if row["status"] == "ok"]
     columns = [*METRICS, "spearman_unc_vs_1-iou", *(f"{name}_vote" for name in METRICS)]
 
@@ -283,9 +287,10 @@ def summarize(rows: list[dict]) -> list[dict]:
             entry[f"{name}_std"] = round(statistics.stdev(mine), 5) if len(mine) > 1 else ""
             entry[f"{name}_t_vs_ciou"] = (round(welch_t(mine, values("ciou", name)), 2)
                                           if config != "ciou" and name in METRICS else "")
-            variant = config not in ("ciou", "cbbl") or name != metric
-            entry[f"{name}_t_vs_cbbl"] = (round(welch_t(mine, values("cbbl", metric)), 2)
-                                          if variant and metric in METRICS and mine else "")
+            for plain, variants in VARIANTS.items():
+                compared = config in variants or (config == plain and name != metric)
+                entry[f"{name}_t_vs_{plain}"] = (round(welch_t(mine, values(plain, metric)), 2)
+                                                 if compared and metric in METRICS and mine else "")
         summary.append(entry)
     return summary
 
@@ -393,12 +398,14 @@ def first_finished(project: Path, config: str, seeds: list[int]) -> Path | None:
 
 def voting_variants(args: argparse.Namespace) -> list[Timed]:
     """Each C-BBL config's first finished run at each COST_SIZES, plain and with variance voting
-    (``--cbbl-fusion``); ``cbbl_quality`` (its quality branch) is divided by ``cbbl`` plain where that ran."""
+    (``--cbbl-fusion``), divided by its plain twin's plain time (VARIANTS: ``cbbl_ciou_quality``'s quality branch
+    against ``cbbl_ciou``) where that ran, else by its own."""
     runs = {config: first_finished(args.project, config, args.seeds) for config in args.configs if config != "ciou"}
     runs = {config: weights for config, weights in runs.items() if weights}
     if not runs:
         raise ValueError(f"no finished C-BBL run of {args.configs} under {args.project}")
-    plain = {config: "cbbl" if config == "cbbl_quality" and "cbbl" in runs else config for config in runs}
+    twin = {variant: plain for plain, variants in VARIANTS.items() for variant in variants}
+    plain = {config: twin[config] if twin.get(config) in runs else config for config in runs}
     return [Timed(f"{config} vote" if vote else config, weights, size, vote, (plain[config], size))
             for size in COST_SIZES for config, weights in runs.items() for vote in (False, True)]
 
@@ -456,7 +463,7 @@ def mean_of(rows: list[dict], name: str, scale: float, digits: int) -> float | s
 
 
 def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
-    """Issue 24's table from the REGIMES studies' runs.csv: per regime and config over seeds, each REGIME_METRICS
+    """The regimes table from the REGIMES studies' runs.csv: per regime and config over seeds, each REGIME_METRICS
     mean, std and Welch t against the same config on whole frames at 640; the training compute relative to that
     (epochs x images x network pixels, mean over seeds); training hours and the val pass's ms per frame."""
     def compute(row: dict) -> int:

@@ -88,7 +88,7 @@ METRICS = {
 MAX_DET = {"yolov5": 300, "coco": 300, "visdrone": 500}  # each protocol's own default
 CSV_LOCK = threading.Lock()
 # --inference-cost: detect.py end to end on the first COST_FRAMES val frames, at each COST_SIZES, COST_ROUNDS rounds.
-COST_FRAMES, COST_SIZES, COST_ROUNDS = 16, (640, 1536), 3
+COST_FRAMES, COST_SIZES, COST_ROUNDS = 16, (640, 1536), 5
 TILE_OVERLAP = 0.25  # --tile runs: train.py's default overlap
 BASE_IMG = 640  # every regime trains for the network pixels of --epochs whole-frame epochs at this size
 # --regimes: regime -> (its study's results folder, beside --out; the runs' folder, beside --project;
@@ -426,8 +426,8 @@ def regime_variants(args: argparse.Namespace) -> list[Timed]:
 
 def inference_cost(args: argparse.Namespace, data: Path, variants: list[Timed]) -> list[dict]:
     """detect.py's wall time per frame, end to end (read, letterbox, forward, NMS; its defaults), on the first
-    COST_FRAMES val frames, for each variant. Interleaved rounds: each round times every variant once; the ratio
-    to its plain variant is taken per round."""
+    COST_FRAMES val frames, for each variant. Interleaved rounds after an untimed one: each round times every
+    variant once; the ratio to its plain variant is taken per round."""
     from detect import run as detect_run
 
     frames = args.work / "cost_frames"
@@ -436,12 +436,13 @@ def inference_cost(args: argparse.Namespace, data: Path, variants: list[Timed]) 
         if not (frames / image.name).exists():
             (frames / image.name).symlink_to(image.resolve())
     seconds: dict[tuple[str, int], list[float]] = {}
-    for _ in range(COST_ROUNDS):
+    for timed_round in range(COST_ROUNDS + 1):  # round 0 warms up (first imports, allocator, page cache): untimed
         for variant in variants:
             start = time.perf_counter()
             detect_run(weights=str(variant.weights), source=str(frames), imgsz=variant.img, cbbl_fusion=variant.vote,
                        nosave=True, project=str(args.work / "cost_runs"), exist_ok=True)
-            seconds.setdefault((variant.variant, variant.img), []).append(time.perf_counter() - start)
+            if timed_round:
+                seconds.setdefault((variant.variant, variant.img), []).append(time.perf_counter() - start)
     rows = []
     for variant in variants:
         times = seconds[variant.variant, variant.img]

@@ -88,7 +88,7 @@ METRICS = {
 MAX_DET = {"yolov5": 300, "coco": 300, "visdrone": 500}  # each protocol's own default
 CSV_LOCK = threading.Lock()
 # --inference-cost: detect.py end to end on the first COST_FRAMES val frames, at each COST_SIZES, COST_ROUNDS rounds.
-COST_FRAMES, COST_SIZES, COST_ROUNDS = 16, (640, 1536), 5
+COST_FRAMES, COST_SIZES, COST_ROUNDS = 16, (640, 1536), 9
 TILE_OVERLAP = 0.25  # --tile runs: train.py's default overlap
 BASE_IMG = 640  # every regime trains for the network pixels of --epochs whole-frame epochs at this size
 # --regimes: regime -> (its study's results folder, beside --out; the runs' folder, beside --project;

@@ -58,19 +58,22 @@ SHARED = ROOT.parent / "shared"
 FRAMES = SHARED / "data" / "visdrone-real"
 COCO_WEIGHTS = SHARED / "weights" / "yolov5n-coco-v6.1.pt"
 SPLITS = ("VisDrone2019-DET-train", "VisDrone2019-DET-val")
-# C-BBL's box gain scaled to CIoU's share of the gradient at the start of fine-tuning: 0.05 / 1.56, the ratio of
-# the two box terms' gradient norms at the head's inputs on seed 0 (--gradient-share; 1.45 with its seeded head).
-CBBL_BOX_GAIN = 0.032
-# name -> train.py flags ({work}: the study's working folder): the regression baseline; plain C-BBL (the paper's
-# loss, no CIoU term) at the default grid; with the CIoU term (C-BBL's default since this study); plain at the
-# paper's grid, with the box gain scaled (a hyp file written by prepare_data); the default scored by objectness x
-# class x the quality branch's IoU estimate.
+# YOLOv5's fine-tuning recipe, and the two values of it a run may change (checked in the file before a change).
+RECIPE = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
+RECIPE_WARMUP, RECIPE_BOX = 3.0, 0.05
+# Configs that train another box gain: C-BBL's scaled to CIoU's share of the gradient at the start of fine-tuning,
+# 0.05 / 1.56, the ratio of the two box terms' gradient norms at the head's inputs on seed 0 (--gradient-share; 1.45
+# with its seeded head).
+BOX_GAIN = {"cbbl_gain": 0.032}
+# name -> train.py flags: the regression baseline; plain C-BBL (the paper's loss, no CIoU term) at the default grid;
+# with the CIoU term (C-BBL's default since this study); plain at the paper's grid, with the box gain scaled
+# (BOX_GAIN); the default scored by objectness x class x the quality branch's IoU estimate.
 CONFIGS = {
     "ciou": [],
     "cbbl": ["--box-loss", "cbbl", "--cbbl-ciou", "0"],
     "cbbl_ciou": ["--box-loss", "cbbl", "--cbbl-ciou", "1.0"],
     "cbbl_paper": ["--box-loss", "cbbl", "--cbbl-ciou", "0", "--cbbl-grid", "in"],
-    "cbbl_gain": ["--box-loss", "cbbl", "--cbbl-ciou", "0", "--hyp", f"{{work}}/hyp.box{CBBL_BOX_GAIN}.yaml"],
+    "cbbl_gain": ["--box-loss", "cbbl", "--cbbl-ciou", "0"],
     "cbbl_ciou_quality": ["--box-loss", "cbbl", "--cbbl-ciou", "1.0", "--cbbl-score", "quality"],
 }
 # plain config -> the configs that each differ from it by one setting. Each variant, and each voted (``*_vote``)
@@ -111,11 +114,6 @@ def prepare_data(work: Path) -> Path:
         if not (target / "labels").is_dir():
             subprocess.run([sys.executable, str(ROOT / "data" / "scripts" / "visdrone2yolo.py"), "--src", str(target)],
                            check=True, cwd=ROOT)
-    recipe = (ROOT / "data" / "hyps" / "hyp.scratch-low.yaml").read_text(encoding="utf-8")
-    if "\nbox: 0.05 " not in recipe:
-        raise ValueError("hyp.scratch-low.yaml no longer says 'box: 0.05': update the cbbl_gain recipe")
-    (work / f"hyp.box{CBBL_BOX_GAIN}.yaml").write_text(recipe.replace("\nbox: 0.05 ", f"\nbox: {CBBL_BOX_GAIN} "),
-                                                       encoding="utf-8")
     data = work / "visdrone-real.yaml"
     names = "[pedestrian, people, bicycle, car, van, truck, tricycle, awning-tricycle, bus, motor]"
     data.write_text(f"path: {work}\ntrain: {SPLITS[0]}/images\nval: {SPLITS[1]}/images\nnc: 10\nnames: {names}\n",
@@ -143,17 +141,37 @@ def matched_epochs(args: argparse.Namespace, data: Path) -> int:
     return max(1, round(args.epochs * frames / images * (BASE_IMG / args.img) ** 2))
 
 
+def recipe(work: Path, warmup_epochs: float, box: float) -> str:
+    """--hyp of a run: YOLOv5's hyp.scratch-low.yaml, or a copy under ``work`` with another warmup_epochs or box gain
+    (written each time: ../shared and data/hyps are only read)."""
+    if (warmup_epochs, box) == (RECIPE_WARMUP, RECIPE_BOX):
+        return RECIPE.name
+    text = RECIPE.read_text(encoding="utf-8")
+    for old, new in ((f"\nwarmup_epochs: {RECIPE_WARMUP}\n", f"\nwarmup_epochs: {warmup_epochs:g}\n"),
+                     (f"\nbox: {RECIPE_BOX} ", f"\nbox: {box:g} ")):
+        if old not in text:
+            raise ValueError(f"{RECIPE} no longer has {old.strip()!r}: update benchmarks/visdrone_real.py's RECIPE_*")
+        text = text.replace(old, new)
+    path = work / f"{RECIPE.stem}.warmup{warmup_epochs:g}.box{box:g}.yaml"
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # atomic: another lane may be reading it
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+    return str(path)
+
+
 def train_command(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> list[str]:
     """train.py's command line for one run, or its --resume when the run already has a last.pt."""
     last = run_dir / "weights" / "last.pt"
     if last.is_file():
         return [sys.executable, str(ROOT / "train.py"), "--resume", str(last)]
     tiles = ["--tile", str(args.tile), "--tile-overlap", str(TILE_OVERLAP)] if args.tile else []
+    # a regime trained for fewer epochs (equal compute) warms up for the recipe's share of its training
+    hyp = recipe(args.work, RECIPE_WARMUP * args.train_epochs / args.epochs, BOX_GAIN.get(config, RECIPE_BOX))
     return [sys.executable, str(ROOT / "train.py"), "--weights", str(COCO_WEIGHTS), "--data", str(data),
             "--img", str(args.img), "--epochs", str(args.train_epochs), "--batch", str(args.batch), *tiles,
-            "--hyp", "hyp.scratch-low.yaml", "--nbs", "64", "--no-amp", "--seed", str(seed), "--workers", "1",
+            "--hyp", hyp, "--nbs", "64", "--no-amp", "--seed", str(seed), "--workers", "1",
             "--noplots", "--device", "cpu", "--project", str(run_dir.parent), "--name", run_dir.name, "--exist-ok",
-            *(flag.format(work=args.work) for flag in CONFIGS[config])]
+            *CONFIGS[config]]
 
 
 def trained_epochs(run_dir: Path) -> int:

@@ -125,3 +125,29 @@ def test_every_regime_trains_the_compute_of_the_whole_frame_640_runs(monkeypatch
     assert epochs("--img", "1024") == round(30 * (640 / 1024) ** 2) == 12
     assert epochs("--tile", "640") == round(30 * 400 / 2410) == 5
     assert epochs("--img", "2048", "--epochs", "1") == 1, "at least one epoch"
+
+
+def test_train_command_keeps_yolov5s_recipe_and_scales_warmup_with_the_epochs(tmp_path):
+    from utils.files import resolve_path
+    from utils.hyp import load_hyp
+
+    def command(config, *flags, train_epochs=30):
+        args = visdrone_real.parse_args(["--work", str(tmp_path), *flags])
+        args.train_epochs = train_epochs
+        line = visdrone_real.train_command(args, tmp_path / "data.yaml", config, 0, tmp_path / "runs" / config)
+        if "--hyp" not in line:
+            return line, None
+        return line, load_hyp(resolve_path(line[line.index("--hyp") + 1], "--hyp", "data/hyps"))
+
+    line, hyp = command("ciou")
+    assert line[line.index("--hyp") + 1] == "hyp.scratch-low.yaml" and "--tile" not in line
+    assert line[line.index("--epochs") + 1] == "30" and hyp.warmup_epochs == 3.0
+    line, hyp = command("cbbl_ciou", "--tile", "640", train_epochs=5)  # tiles at equal compute: 5 epochs
+    assert hyp.warmup_epochs == 0.5 and hyp.box == 0.05 and line[line.index("--tile") + 1] == "640"
+    assert line[-4:] == ["--box-loss", "cbbl", "--cbbl-ciou", "1.0"]
+    _, hyp = command("cbbl_gain")
+    assert hyp.box == visdrone_real.BOX_GAIN["cbbl_gain"] and hyp.warmup_epochs == 3.0 and hyp.lr0 == 0.01
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "runs" / "ciou" / "weights").mkdir(parents=True)
+    (tmp_path / "runs" / "ciou" / "weights" / "last.pt").touch()
+    assert command("ciou")[0][-2:] == ["--resume", str(tmp_path / "runs" / "ciou" / "weights" / "last.pt")]

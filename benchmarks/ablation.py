@@ -39,9 +39,11 @@ from benchmarks.common import (  # noqa: E402
     header_lines,
     quiet_start,
     read_csv,
+    summary_cell,
     welch_t,
     write_csv,
     write_json,
+    write_text,
 )
 from utils.hyp import load_hyp  # noqa: E402
 
@@ -154,11 +156,7 @@ def markdown_tables(summary: list[dict], grid_rows: list[dict]) -> str:
             continue
         cells = []
         for name in METRICS:
-            cell = f"{float(entry[f'{name}_mean']):.3f}"
-            if entry[f"{name}_std"] != "":
-                cell += f" +- {float(entry[f'{name}_std']):.3f}"
-            if entry[f"{name}_t_vs_ciou"] != "":
-                cell += f" (t {float(entry[f'{name}_t_vs_ciou']):+.1f})"
+            cell = summary_cell(entry, name, ["t_vs_ciou"], 3)
             if entry.get(f"{name}_t_vs_reference", "") != "":
                 cell += (f"; reference {float(entry[f'{name}_reference_mean']):.3f} "
                          f"(t {float(entry[f'{name}_t_vs_reference']):+.1f})")
@@ -376,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s seed %d: %s", config, seed, {k: row.get(k) for k in (*METRICS, "wall_s", "status")})
     summary = summarize(read_csv(runs_csv), read_csv(args.reference / "runs.csv") if args.reference else None)
     write_csv(out_dir / "summary.csv", summary)
-    (out_dir / "summary.md").write_text(markdown_tables(summary, read_csv(out_dir / "grid_mass.csv")), encoding="utf-8")
+    write_text(out_dir / "summary.md", markdown_tables(summary, read_csv(out_dir / "grid_mass.csv")))
     logger.info("\n".join(header))
     for entry in summary:
         cells = [f"{name} {entry[f'{name}_mean']!s:>8} +- {entry[f'{name}_std']!s:<8}" for name in METRICS]

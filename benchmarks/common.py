@@ -19,6 +19,7 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -152,14 +153,38 @@ def welch_t(values: list[float], baseline: list[float]) -> float:
     return difference / spread ** 0.5 if spread > 0 else float("nan")
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON (atomic: temp file then rename); returns the path."""
+def summary_cell(entry: dict[str, Any], name: str, t_columns: Sequence[str], digits: int) -> str:
+    """A summary row's ``name`` as a table cell: 'mean +- std (t a / b)', with the t's of the ``t_columns``
+    (``<name>_<t_column>``) that are set, in that order; '-' where the column has no mean."""
+    if entry.get(f"{name}_mean", "") == "":
+        return "-"
+    cell = f"{float(entry[f'{name}_mean']):.{digits}f}"
+    if entry.get(f"{name}_std", "") != "":
+        cell += f" +- {float(entry[f'{name}_std']):.{digits}f}"
+    ts = [entry.get(f"{name}_{t}", "") for t in t_columns]
+    shown = [f"{float(t):+.1f}" for t in ts if t != "" and not math.isnan(float(t))]  # '', nan: too few seeds
+    return cell + (f" (t {' / '.join(shown)})" if shown else "")
+
+
+def temporary_twin(path: Path) -> Path:
+    """Where an atomic write of ``path`` goes first: beside it, named per process (two study lanes may write the
+    same file)."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (atomic: temp file then rename); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp = temporary_twin(path)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as indented JSON (atomic); returns the path."""
+    return write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -167,7 +192,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = temporary_twin(path)
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

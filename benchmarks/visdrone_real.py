@@ -47,9 +47,11 @@ from benchmarks.common import (  # noqa: E402
     header_lines,
     quiet_start,
     read_csv,
+    summary_cell,
     welch_t,
     write_csv,
     write_json,
+    write_text,
 )
 
 logger = logging.getLogger("benchmarks.visdrone_real")
@@ -152,11 +154,7 @@ def recipe(work: Path, warmup_epochs: float, box: float) -> str:
         if old not in text:
             raise ValueError(f"{RECIPE} no longer has {old.strip()!r}: update benchmarks/visdrone_real.py's RECIPE_*")
         text = text.replace(old, new)
-    path = work / f"{RECIPE.stem}.warmup{warmup_epochs:g}.box{box:g}.yaml"
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # atomic: another lane may be reading it
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
-    return str(path)
+    return str(write_text(work / f"{RECIPE.stem}.warmup{warmup_epochs:g}.box{box:g}.yaml", text))
 
 
 def train_command(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> list[str]:
@@ -311,6 +309,27 @@ def summarize(rows: list[dict]) -> list[dict]:
                                                  if compared and metric in METRICS and mine else "")
         summary.append(entry)
     return summary
+
+
+def markdown_tables(summary: list[dict]) -> str:
+    """summary.md: every config with finished seeds under each METRICS (mean +- std, Welch t against CIoU, then
+    against its plain config), and the same with variance voting (t against each plain config it is compared to)."""
+    plains = [f"t_vs_{plain}" for plain in VARIANTS]
+    header = "| config | seeds | " + " | ".join(METRICS) + " | spearman_unc_vs_1-iou |"
+    lines = ["Mean +- std over seeds (t against ciou / against the plain config, VARIANTS).", "", header,
+             "|" + " --- |" * (len(METRICS) + 3)]
+    for entry in summary:
+        if entry["seeds_ok"]:
+            cells = [summary_cell(entry, name, ["t_vs_ciou", *plains], 4) for name in METRICS]
+            spearman = summary_cell(entry, "spearman_unc_vs_1-iou", [], 3)
+            lines.append(f"| {entry['config']} | {entry['seeds_ok']} | {' | '.join(cells)} | {spearman} |")
+    lines += ["", "With variance voting (`--cbbl-fusion`), t against the plain configs in VARIANTS order.", "",
+              "| config | " + " | ".join(METRICS) + " |", "|" + " --- |" * (len(METRICS) + 1)]
+    for entry in summary:
+        if entry.get(f"{next(iter(METRICS))}_vote_mean", "") != "":
+            cells = [summary_cell(entry, f"{name}_vote", plains, 4) for name in METRICS]
+            lines.append(f"| {entry['config']} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_results(out_dir: Path) -> None:
@@ -580,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
                 future.result()
     summary = summarize(read_csv(args.out / "runs.csv"))
     write_csv(args.out / "summary.csv", summary)
+    write_text(args.out / "summary.md", markdown_tables(summary))
     plot_results(args.out)
     for entry in summary:
         logger.info("%-11s n=%d  yolov5 mAP50-95 %s +- %s (t %s)  coco AP %s  visdrone AP %s", entry["config"],

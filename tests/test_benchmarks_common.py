@@ -18,6 +18,7 @@ from benchmarks.common import (
     peak_rss_mb,
     read_csv,
     result_of,
+    summary_cell,
     time_call,
     write_csv,
     write_json,
@@ -74,6 +75,15 @@ def test_append_csv_row_from_two_processes_loses_no_row(tmp_path):
     rows = read_csv(path)
     assert sorted((row["writer"], int(row["index"])) for row in rows) == [(w, i) for w in "ab" for i in range(40)]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_summary_cell_gives_mean_std_and_the_t_values_that_are_set():
+    entry = {"m_mean": 0.04, "m_std": 0.0012, "m_t_vs_a": -7.44, "m_t_vs_b": "", "m_t_vs_c": 5.46, "n_mean": ""}
+    assert summary_cell(entry, "m", ["t_vs_a", "t_vs_b", "t_vs_c"], 4) == "0.0400 +- 0.0012 (t -7.4 / +5.5)"
+    assert summary_cell({"m_mean": 0.5, "m_std": "", "m_t_vs_a": "nan"}, "m", ["t_vs_a"], 3) == "0.500"
+    assert summary_cell({"m_mean": 0.5, "m_t_vs_a": 0.0, "m_t_vs_b": float("nan")}, "m", ["t_vs_a", "t_vs_b"], 1) == (
+        "0.5 (t +0.0)")
+    assert summary_cell(entry, "n", ["t_vs_a"], 4) == "-" and summary_cell(entry, "missing", [], 4) == "-"
 
 
 def test_write_csv_and_json_round_trip(tmp_path):

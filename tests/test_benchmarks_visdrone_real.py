@@ -41,6 +41,22 @@ def test_summary_takes_mean_std_and_welch_t_against_ciou_and_each_variants_plain
     assert quality["yolov5_map50_95_t_vs_cbbl"] == "" and quality["yolov5_map50_95_vote_t_vs_cbbl"] == ""
 
 
+def test_summary_md_tables_the_finished_configs_and_their_voted_columns():
+    def row(config, seed, value, voted=None):
+        return {"config": config, "seed": seed, "status": "ok", **{name: value for name in visdrone_real.METRICS},
+                **({f"{name}_vote": voted for name in visdrone_real.METRICS} if voted else {})}
+
+    rows = [row("ciou", 0, 0.040), row("ciou", 1, 0.042), row("cbbl_ciou", 0, 0.035, 0.036),
+            row("cbbl_ciou", 1, 0.037, 0.039)]
+    text = visdrone_real.markdown_tables(visdrone_real.summarize(rows))
+    body = [line for line in text.splitlines() if line.startswith("| ciou") or line.startswith("| cbbl")]
+    assert [line.split(" | ")[0] for line in body] == ["| ciou", "| cbbl_ciou", "| cbbl_ciou"], "no row without seeds"
+    t_ciou = welch_t([0.035, 0.037], [0.040, 0.042])
+    assert body[1].startswith(f"| cbbl_ciou | 2 | 0.0360 +- 0.0014 (t {t_ciou:+.1f}) |")
+    t_vote = welch_t([0.036, 0.039], [0.035, 0.037])  # against the plain default (no plain cbbl rows here)
+    assert body[2].startswith(f"| cbbl_ciou | 0.0375 +- 0.0021 (t {t_vote:+.1f}) |")
+
+
 def test_inference_cost_times_each_variant_against_its_plain_twin(tmp_path, tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(visdrone_real, "COST_FRAMES", 2)
     monkeypatch.setattr(visdrone_real, "COST_SIZES", (64,))

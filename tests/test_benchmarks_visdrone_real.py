@@ -131,6 +131,20 @@ def test_compare_regimes_tests_each_regime_against_whole_frames_at_640(tmp_path,
     assert big["train_h_mean"] == 1.5 and big["val_ms_per_frame_mean"] == 16.0
 
 
+def test_images_per_epoch_counts_the_frames_or_their_windows(tmp_path):
+    images = tmp_path / visdrone_real.SPLITS[0] / "images"
+    labels = images.parent / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    for index in range(3):  # 96 x 160 frames, one box each
+        cv2.imwrite(str(images / f"frame{index}.jpg"), np.full((96, 160, 3), 60 * index, np.uint8))
+        (labels / f"frame{index}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    data = tmp_path / "visdrone-real.yaml"
+    assert visdrone_real.images_per_epoch(data, 64, 0) == 3
+    windows = visdrone_real.images_per_epoch(data, 64, 64)
+    assert windows > 3, "64 px windows at overlap 0.25 cut each 96 x 160 frame into several"
+
+
 def test_every_regime_trains_the_compute_of_the_whole_frame_640_runs(monkeypatch):
     monkeypatch.setattr(visdrone_real, "images_per_epoch", lambda data, img, tile: 2410 if tile else 400)
 
@@ -143,7 +157,7 @@ def test_every_regime_trains_the_compute_of_the_whole_frame_640_runs(monkeypatch
     assert epochs("--img", "2048", "--epochs", "1") == 1, "at least one epoch"
 
 
-def test_train_command_keeps_yolov5s_recipe_and_scales_warmup_with_the_epochs(tmp_path):
+def test_train_command_keeps_the_yolov5_recipe_and_scales_warmup_with_the_epochs(tmp_path):
     from utils.files import resolve_path
     from utils.hyp import load_hyp
 

@@ -4,7 +4,7 @@
     python benchmarks/visdrone_real.py --img 1024 --configs ciou cbbl_ciou --out benchmarks/results/visdrone_real_1024
     python benchmarks/visdrone_real.py --tile 640 --configs ciou cbbl_ciou \
         --out benchmarks/results/visdrone_real_tile640
-    python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv and the plots
+    python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv, summary.md and the plots
     python benchmarks/visdrone_real.py --gradient-share --configs ciou cbbl   # why: the box term's gradient share
     python benchmarks/visdrone_real.py --inference-cost --configs cbbl_ciou cbbl_ciou_quality   # voting/quality cost
     python benchmarks/visdrone_real.py --regimes --configs ciou cbbl_ciou   # whole 640 vs tile 640 vs whole 1024
@@ -12,7 +12,8 @@
 
 What a YOLOv5 user does: train.py from ``yolov5n-coco-v6.1.pt`` on the real frames in ../shared (a working
 copy under datasets/, labels by data/scripts/visdrone2yolo.py), YOLOv5's recipe (hyp.scratch-low SGD, nominal
-batch 64, float32 as YOLOv5 on a CPU), whole frames. Each (config, seed) is one train.py process (1 thread). A
+batch 64, float32 as YOLOv5 on a CPU), whole frames; another --img or --tile trains for the same compute (images x
+network pixels), its warmup scaled alike. Each (config, seed) is one train.py process (1 thread). A
 killed study continues where it stopped: a run with a last.pt resumes from it, a finished run is only
 evaluated, and every evaluated run appends its row to runs.csv at once. best.pt is then scored on the 73 val
 frames under YOLOv5's metric, the COCO protocol and the official VisDrone protocol (ignored regions), from one

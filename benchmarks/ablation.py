@@ -43,8 +43,8 @@ from benchmarks.common import (  # noqa: E402
     welch_t,
     write_csv,
     write_json,
-    write_text,
 )
+from utils.files import atomic_write_text  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 
 logger = logging.getLogger("benchmarks.ablation")
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s seed %d: %s", config, seed, {k: row.get(k) for k in (*METRICS, "wall_s", "status")})
     summary = summarize(read_csv(runs_csv), read_csv(args.reference / "runs.csv") if args.reference else None)
     write_csv(out_dir / "summary.csv", summary)
-    write_text(out_dir / "summary.md", markdown_tables(summary, read_csv(out_dir / "grid_mass.csv")))
+    atomic_write_text(out_dir / "summary.md", markdown_tables(summary, read_csv(out_dir / "grid_mass.csv")))
     logger.info("\n".join(header))
     for entry in summary:
         cells = [f"{name} {entry[f'{name}_mean']!s:>8} +- {entry[f'{name}_std']!s:<8}" for name in METRICS]

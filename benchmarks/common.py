@@ -172,19 +172,14 @@ def temporary_twin(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.tmp")
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write ``text`` (atomic: temp file then rename); returns the path."""
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as indented JSON (atomic: temp file then rename); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_twin(path)
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON (atomic); returns the path."""
-    return write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:

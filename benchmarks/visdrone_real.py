@@ -32,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -52,8 +51,8 @@ from benchmarks.common import (  # noqa: E402
     welch_t,
     write_csv,
     write_json,
-    write_text,
 )
+from utils.files import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger("benchmarks.visdrone_real")
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +91,6 @@ METRICS = {
     "visdrone_ap75": ("visdrone", "map75"), "visdrone_ar100": ("visdrone", "AR100"),
 }
 MAX_DET = {"yolov5": 300, "coco": 300, "visdrone": 500}  # each protocol's own default
-CSV_LOCK = threading.Lock()
 # --inference-cost: detect.py end to end on the first COST_FRAMES val frames, at each COST_SIZES, COST_ROUNDS rounds.
 COST_FRAMES, COST_SIZES, COST_ROUNDS = 16, (640, 1536), 9
 TILE_OVERLAP = 0.25  # --tile runs: train.py's default overlap
@@ -155,7 +153,7 @@ def recipe(work: Path, warmup_epochs: float, box: float) -> str:
         if old not in text:
             raise ValueError(f"{RECIPE} no longer has {old.strip()!r}: update benchmarks/visdrone_real.py's RECIPE_*")
         text = text.replace(old, new)
-    return str(write_text(work / f"{RECIPE.stem}.warmup{warmup_epochs:g}.box{box:g}.yaml", text))
+    return str(atomic_write_text(work / f"{RECIPE.stem}.warmup{warmup_epochs:g}.box{box:g}.yaml", text))
 
 
 def train_command(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> list[str]:
@@ -278,11 +276,10 @@ def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> N
         logger.error("%s seed %d failed: %s", config, seed, error)
     timer_file = run_dir.parent / f"{run_dir.name}.time.json"
     wall = json.loads(timer_file.read_text())["wall_s"] if timer_file.is_file() else ""
-    with CSV_LOCK:
-        if (run_dir / "results.csv").is_file():
-            write_csv(args.out / "curves" / f"{config}_s{seed}.csv", read_csv(run_dir / "results.csv"))
-        append_csv_row(args.out / "runs.csv", {**row, "status": status, "error": error, **figures,
-                                               "epochs_done": trained_epochs(run_dir), "train_wall_s": wall})
+    if (run_dir / "results.csv").is_file():
+        write_csv(args.out / "curves" / f"{config}_s{seed}.csv", read_csv(run_dir / "results.csv"))
+    append_csv_row(args.out / "runs.csv", {**row, "status": status, "error": error, **figures,  # locks the folder
+                                           "epochs_done": trained_epochs(run_dir), "train_wall_s": wall})
     logger.info("%s seed %d: %s %s", config, seed, status, figures)
 
 
@@ -600,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
                 future.result()
     summary = summarize(read_csv(args.out / "runs.csv"))
     write_csv(args.out / "summary.csv", summary)
-    write_text(args.out / "summary.md", markdown_tables(summary))
+    atomic_write_text(args.out / "summary.md", markdown_tables(summary))
     plot_results(args.out)
     for entry in summary:
         logger.info("%-11s n=%d  yolov5 mAP50-95 %s +- %s (t %s)  coco AP %s  visdrone AP %s", entry["config"],

@@ -164,7 +164,7 @@ def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str
             save_random_checkpoint(cfg, box_loss, args.img, path)
         backend = load_backend([str(path)], CPU, half=precision == "bf16",
                                runtime={SPARSE: "torch", ORT_VARIANCE: "onnxruntime"}.get(runtime, runtime),
-                               side_variance=runtime == ORT_VARIANCE)
+                               cbbl_fusion=runtime == ORT_VARIANCE)
         if precision == "bf16" and not backend.bf16:
             raise RuntimeError(f"{cfg} {box_loss} {runtime}: --half did not enable bf16 on this CPU")
         if runtime == SPARSE:

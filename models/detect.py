@@ -195,13 +195,21 @@ class Detect(nn.Module):
         offsets, uncertainty = self._restored(logits, stats.mean, stats.entropy, box_raw.dtype)
         return offsets, uncertainty, stats.value_variance.to(box_raw.dtype)
 
-    def relative_side_variance(self, variance: torch.Tensor, stride: torch.Tensor, anchor_wh: torch.Tensor,
-                               box_wh: torch.Tensor) -> torch.Tensor:
-        """Decoded variances (..., 4) of x, y (cells) and w, h (size ratios) -> (..., 4) variances of x1, y1, x2, y2
-        over the squared box width / height.
+    def anchor_pixels(self, level: int) -> torch.Tensor:
+        """The level's anchors (A, 2) in pixels."""
+        return self.anchors[level] * self.stride[level]
+
+    def relative_side_variance(self, variance: torch.Tensor, offsets: torch.Tensor, level: int,
+                               anchor_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Decoded variances (..., 4) of x, y (cells) and w, h (size ratios) of the boxes with ``offsets`` (..., 4) on
+        ``level`` -> (..., 4) variances of x1, y1, x2, y2 over the squared box width / height. ``anchor_index``: each
+        row's anchor for (n, 4) rows; None for the level's whole (B, A, H, W, 4) maps.
 
         The four distributions are independent, so var(x1) = var(x2) = var(cx) + var(w) / 4 (and y alike).
         """
+        stride, anchor_wh = self.stride[level], self.anchor_pixels(level)
+        anchor_wh = anchor_wh.view(1, self.na, 1, 1, 2) if anchor_index is None else anchor_wh[anchor_index]
+        box_wh = decode_offsets(offsets, self.head.space)[1] * anchor_wh  # (..., 2) pixels
         centre = variance[..., :2] * stride ** 2  # (..., 2) pixels^2
         size = variance[..., 2:] * anchor_wh ** 2  # (..., 2) pixels^2
         relative = (centre + size / 4) / box_wh.clamp(min=_MIN_SIDE_PX) ** 2  # (..., 2): x, y
@@ -218,11 +226,13 @@ class Detect(nn.Module):
         if self.quality is not None:
             quality = self.quality(box_raw.unflatten(-1, (4, self.head.bins))).sigmoid()  # (..., 1)
             scores = torch.cat((scores[..., :1] * quality, scores[..., 1:]), -1)
+        relative_variance = None
         if self.grid is not None and self.side_variance:
             offsets, uncertainty, variance = self.box_offsets_with_variance(box_raw)
+            relative_variance = self.relative_side_variance(variance, offsets, level)
         else:
-            (offsets, uncertainty), variance = self.box_offsets(box_raw), None
-        return self.prediction_rows(level, scores, offsets, uncertainty, variance)
+            offsets, uncertainty = self.box_offsets(box_raw)
+        return self.prediction_rows(level, scores, offsets, uncertainty, relative_variance)
 
     def sparse_decode_level(self, conv: nn.Conv2d, inputs: torch.Tensor, level: int) -> torch.Tensor:
         """:meth:`decode_level` from the level's input features (B, C, H, W), computing the box logits and their
@@ -255,18 +265,21 @@ class Detect(nn.Module):
         keep = (rows[:, 0] > conf) & ((rows[:, 1:] * rows[:, :1]).amax(-1) > conf)
         kept, box_raw = tuple(index[keep] for index in passing), box_raw[keep]
         offsets, uncertainty = scores.new_zeros(*scores.shape[:-1], 4), scores.new_zeros(*scores.shape[:-1], 1)
-        variance = None
-        if self.side_variance:
-            variance = scores.new_zeros(*scores.shape[:-1], 4)
-            offsets[kept], uncertainty[kept], variance[kept] = self.box_offsets_with_variance(box_raw)
+        relative_variance = None
+        if self.side_variance:  # only for the decoded rows: the others' stay 0
+            kept_offsets, uncertainty[kept], variance = self.box_offsets_with_variance(box_raw)
+            offsets[kept] = kept_offsets
+            relative_variance = scores.new_zeros(*scores.shape[:-1], SIDE_VARIANCE_COLUMNS)
+            relative_variance[kept] = self.relative_side_variance(variance, kept_offsets, level, kept[1])
         else:
             offsets[kept], uncertainty[kept] = self.box_offsets(box_raw)
-        return self.prediction_rows(level, scores, offsets, uncertainty, variance)
+        return self.prediction_rows(level, scores, offsets, uncertainty, relative_variance)
 
     def prediction_rows(self, level: int, scores: torch.Tensor, offsets: torch.Tensor,
-                        uncertainty: Optional[torch.Tensor], variance: Optional[torch.Tensor]) -> torch.Tensor:
-        """One level's scores (B, A, H, W, 1 + nc), offsets (..., 4), uncertainty (..., 1) or None and decoded side
-        variances (..., 4) or None -> (B, A*H*W, 5 + nc + num_extra [+ 4]) rows of pixel boxes and scores."""
+                        uncertainty: Optional[torch.Tensor], relative_variance: Optional[torch.Tensor]) -> torch.Tensor:
+        """One level's scores (B, A, H, W, 1 + nc), offsets (..., 4), uncertainty (..., 1) or None and relative side
+        variances (..., 4, :meth:`relative_side_variance`) or None -> (B, A*H*W, 5 + nc + num_extra [+ 4]) rows of
+        pixel boxes and scores."""
         batch, _, height, width, _ = scores.shape
         cell_offset, size_ratio = decode_offsets(offsets, self.head.space)  # (B, A, H, W, 2) each
         stride = self.stride[level]
@@ -274,11 +287,11 @@ class Detect(nn.Module):
         xs = torch.arange(width, device=scores.device, dtype=scores.dtype)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         cell_xy = torch.stack((grid_x, grid_y), -1).view(1, 1, height, width, 2)  # (1, 1, H, W, 2)
-        anchor_wh = (self.anchors[level] * stride).view(1, self.na, 1, 1, 2).to(scores.dtype)  # pixels
+        anchor_wh = self.anchor_pixels(level).view(1, self.na, 1, 1, 2).to(scores.dtype)
         box_xy = (cell_offset + cell_xy) * stride
         box_wh = size_ratio * anchor_wh
         parts = [box_xy, box_wh, scores] + ([uncertainty] if uncertainty is not None else [])
-        if variance is not None:
-            parts.append(self.relative_side_variance(variance, stride, anchor_wh, box_wh))
-        width_out = 5 + self.nc + self.num_extra + (SIDE_VARIANCE_COLUMNS if variance is not None else 0)
+        if relative_variance is not None:
+            parts.append(relative_variance)
+        width_out = 5 + self.nc + self.num_extra + (SIDE_VARIANCE_COLUMNS if relative_variance is not None else 0)
         return torch.cat(parts, -1).view(batch, -1, width_out)

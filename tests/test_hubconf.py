@@ -67,3 +67,25 @@ def test_the_hub_model_of_a_cbbl_checkpoint_adds_its_localization_column(tmp_pat
                                calibration.expected_iou(tables["raw"]["uncertainty"].to_numpy()), rtol=1e-6)
     assert list(hubconf.custom(path=str(tiny_checkpoint(name="ciou.pt")), device="cpu")(image, size=64)
                 .pandas().xyxy[0].columns) == ["xmin", "ymin", "xmax", "ymax", "confidence", "class", "name"]
+
+
+def test_the_hub_model_of_a_cbbl_checkpoint_votes_as_detect_py_does(tmp_path, tiny_checkpoint):
+    """Variance voting is detect.py's default for C-BBL models, so the hub model's too (``cbbl_fusion = False``:
+    plain NMS, as ``--no-cbbl-fusion``)."""
+    from detect import run
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)  # RGB; square: no stride padding
+    cv2.imwrite(str(tmp_path / "frame.png"), image[:, :, ::-1])
+    weights = tiny_checkpoint("cbbl", name="cbbl.pt")
+    model = hubconf.custom(path=str(weights), device="cpu")
+    model.conf, model.max_det = 0.1, 10_000
+    boxes = {}
+    for fusion in (None, False):
+        model.cbbl_fusion = fusion
+        ours = model(image, size=64).xyxy[0][:, :4].numpy()
+        theirs = run(weights=str(weights), source=str(tmp_path / "frame.png"), imgsz=64, conf_thres=0.1,
+                     max_det=10_000, cbbl_fusion=fusion, nosave=True, project=str(tmp_path))[0].xyxy
+        assert len(ours) and ours.shape == theirs.shape
+        np.testing.assert_allclose(*(b[np.lexsort(b.T[::-1])] for b in (ours, theirs)), atol=1e-3)
+        boxes[fusion] = ours
+    assert not np.array_equal(boxes[None], boxes[False])

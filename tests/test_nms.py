@@ -186,7 +186,9 @@ def test_nms_with_fusion_refines_the_kept_boxes_and_drops_the_variance_columns()
         non_max_suppression(rows[None, :, :8], nc=2, cbbl_fusion=True)
 
 
-def test_variance_voting_equals_a_box_by_box_loop():
+@pytest.mark.parametrize("per_class_min_boxes", [4000, 10])  # one pass over all candidates; class by class
+def test_variance_voting_equals_a_box_by_box_loop(per_class_min_boxes, monkeypatch):
+    monkeypatch.setattr(nms_module, "_PER_CLASS_MIN_BOXES", per_class_min_boxes)
     boxes = random_boxes(60, size=60.0, seed=3)
     classes = torch.randint(0, 3, (60,), generator=torch.Generator().manual_seed(3)).float()
     relative = torch.rand(60, 4, generator=torch.Generator().manual_seed(4)) * 0.1 + 1e-3

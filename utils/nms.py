@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 # Pairwise overlap matrices above this many boxes are built in row blocks to bound memory.
 _IOU_BLOCK_ROWS = 4096
-# Above this many boxes on CPU, class-aware NMS runs class by class: the kernel's pairwise work drops from
-# n^2 to the sum of n_c^2 (torchvision's own batched_nms switches at the same size on CPU).
+# Above this many boxes, class-aware NMS on CPU and variance voting run class by class: the pairwise work drops
+# from n^2 to the sum of n_c^2 (torchvision's own batched_nms switches at the same size on CPU).
 _PER_CLASS_MIN_BOXES = 4000
 # YOLOv5's per-class box offset (its max_wh): classes are kept apart by shifting boxes by class * this many
 # pixels. The shift is not exact in float32 (at class 79 a coordinate's step is 1/16 px), and YOLOv5's kept
@@ -151,19 +151,28 @@ def variance_voting(boxes: torch.Tensor, relative_variance: torch.Tensor, classe
     inverse_variance = 1 / (relative_variance * size ** 2).clamp(min=_MIN_RELATIVE_VARIANCE)  # (N, 4) 1 / px^2
     refined = boxes[keep].clone()  # (k, 4)
     kept_classes = classes[keep]
-    for value in kept_classes.unique():  # overlaps within a class only: the sum of k_c x n_c, not k x N
-        members = (classes == value).nonzero().flatten()  # (n_c,) ascending
-        positions = (kept_classes == value).nonzero().flatten()  # rows of ``refined``
+    for positions, members in _voting_groups(classes, kept_classes):
         for start in range(0, len(positions), _FUSION_BLOCK_ROWS):
-            rows = positions[start : start + _FUSION_BLOCK_ROWS]  # (b,)
-            iou = box_iou(boxes[keep[rows]], boxes[members])  # (b, n_c)
-            near = iou > iou_thres
+            rows = positions[start : start + _FUSION_BLOCK_ROWS]  # (b,) rows of ``refined``
+            iou = box_iou(boxes[keep[rows]], boxes[members])  # (b, n)
+            near = (iou > iou_thres) & (classes[members] == kept_classes[rows, None])
             near[torch.arange(len(rows), device=boxes.device), torch.searchsorted(members, keep[rows])] = True  # self
             row, column = near.nonzero(as_tuple=True)
             vote = torch.exp(-(1 - iou[row, column]) ** 2 / sigma_t)[:, None] * inverse_variance[members[column]]
             total = boxes.new_zeros(len(rows), 4).index_add_(0, row, vote * boxes[members[column]])
             refined[rows] = total / boxes.new_zeros(len(rows), 4).index_add_(0, row, vote)
     return refined
+
+
+def _voting_groups(classes: torch.Tensor, kept_classes: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(rows of the kept boxes, ascending candidate indices) whose overlaps variance voting computes: every kept
+    box against every candidate while there are few (one pass; a class loop costs more than the overlaps), class
+    by class above _PER_CLASS_MIN_BOXES (the sum of k_c x n_c, not k x N)."""
+    if len(classes) <= _PER_CLASS_MIN_BOXES:
+        return [(torch.arange(len(kept_classes), device=classes.device),
+                 torch.arange(len(classes), device=classes.device))]
+    return [((kept_classes == value).nonzero().flatten(), (classes == value).nonzero().flatten())
+            for value in kept_classes.unique()]
 
 
 # (conf_thres, max_candidates) settings whose cap has been logged: once per process, not once per batch.

@@ -449,8 +449,9 @@ def test_ctrl_c_prints_where_last_pt_is_and_how_to_resume(exact_data, tmp_path):
     assert "optimizer" in torch.load(last, weights_only=True), "an interrupted run keeps its full last.pt"
 
 
-def test_final_validation_stores_the_uncertainty_calibration_in_best_pt(tmp_path):
-    """A C-BBL run's final validation fits entropy -> expected IoU; best.pt keeps it (stripped or not)."""
+def test_final_validation_votes_and_stores_the_uncertainty_calibration_in_best_pt(tmp_path):
+    """A C-BBL run's final validation scores as val.py does by default (variance voting) and fits entropy ->
+    expected IoU; best.pt keeps it (stripped or not)."""
     from tests.conftest import make_tiny_checkpoint
     from utils.cbbl.calibration import CHECKPOINT_KEY
     from utils.checkpoint import strip_checkpoint
@@ -458,11 +459,12 @@ def test_final_validation_stores_the_uncertainty_calibration_in_best_pt(tmp_path
     best = make_tiny_checkpoint(tmp_path / "weights" / "best.pt", box="cbbl")
     calibration = {"entropy": [0.5, 2.5], "iou": [0.9, 0.3], "num_boxes": 40}
     results = SimpleNamespace(uncertainty={"tp": 1.0, "fp": 2.0, "calibration": calibration})
-    with mock.patch("utils.engine.run.validate", return_value=results):
+    with mock.patch("utils.engine.run.validate", return_value=results) as validate:
         assert FinalValidation(tmp_path, [], ["a", "b", "c"], torch.device("cpu"), plots=False)() is results
+    assert validate.call_args.kwargs["cbbl_fusion"] and validate.call_args.args[0].detect.side_variance  # val.py's
     stored = load_checkpoint(best)
     assert stored[CHECKPOINT_KEY] == calibration and strip_checkpoint(stored)[CHECKPOINT_KEY] == calibration
     plain = make_tiny_checkpoint(tmp_path / "weights" / "best.pt", box="regress")
-    with mock.patch("utils.engine.run.validate", return_value=SimpleNamespace(uncertainty=None)):
+    with mock.patch("utils.engine.run.validate", return_value=SimpleNamespace(uncertainty=None)) as validate:
         FinalValidation(tmp_path, [], ["a", "b", "c"], torch.device("cpu"), plots=False)()
-    assert CHECKPOINT_KEY not in load_checkpoint(plain)
+    assert CHECKPOINT_KEY not in load_checkpoint(plain) and not validate.call_args.kwargs["cbbl_fusion"]

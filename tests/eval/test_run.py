@@ -201,7 +201,7 @@ def test_an_absurd_imgsz_is_refused_in_one_line(tiny_checkpoint: Path, tmp_path:
     assert sorted(p.name for p in (tmp_path / "runs" / "exp").iterdir()) == ["mine.txt", "options.json"]
 
 
-def test_cbbl_fusion_reaches_nms_for_cbbl_models_only(tmp_path: Path, monkeypatch):
+def test_cbbl_fusion_is_on_by_default_for_cbbl_models_only(tmp_path: Path, monkeypatch):
     from tests.conftest import make_tiny_checkpoint
     from utils.eval import validator
 
@@ -217,9 +217,11 @@ def test_cbbl_fusion_reaches_nms_for_cbbl_models_only(tmp_path: Path, monkeypatc
         return original(prediction, **kwargs)
 
     monkeypatch.setattr(validator, "non_max_suppression", recording)
-    for box, expected in (("cbbl", (5 + 3 + 1 + 4, True)), ("regress", (5 + 3, False))):
+    cases = (("cbbl", [], (5 + 3 + 1 + 4, True)), ("cbbl", ["--no-cbbl-fusion"], (5 + 3 + 1, False)),
+             ("regress", [], (5 + 3, False)), ("regress", ["--cbbl-fusion"], (5 + 3, False)))
+    for box, flags, expected in cases:
         calls.clear()
         weights = make_tiny_checkpoint(tmp_path / f"{box}.pt", box=box)
         val.main(["--weights", str(weights), "--data", str(data), "--img", "64", "--workers", "0", "--noplots",
-                  "--project", str(tmp_path / "runs"), "--cbbl-fusion"])
-        assert calls and set(calls) == {expected}
+                  "--project", str(tmp_path / "runs"), *flags])
+        assert calls and set(calls) == {expected}, (box, flags)

@@ -123,8 +123,12 @@ def test_side_variance_columns_toggle_for_cbbl_and_never_touch_a_regression_mode
     assert with_variance.shape == (*plain.shape[:2], plain.shape[2] + 4)
     assert torch.equal(with_variance[..., : plain.shape[2]], plain)
     assert not cbbl.decode_side_variance(False) and cbbl.num_extra == 1 and torch.equal(cbbl(images), plain)
+    assert cbbl.decode_side_variance(None) and cbbl.num_extra == 5  # the default: on for C-BBL
     regress = DetectBackend([str(tiny_checkpoint("regress"))], device=torch.device("cpu"))
     before = regress(images)
+    with caplog.at_level(logging.WARNING):
+        assert not regress.decode_side_variance(None)
+    assert not caplog.text  # by default a regression model is not told what it lacks
     with caplog.at_level(logging.WARNING):
         assert not regress.decode_side_variance(True)
     assert "no C-BBL box distributions" in caplog.text

@@ -86,6 +86,7 @@ def test_autoshape_amp_runs_bf16_on_a_native_cpu_with_a_float32_head():
 def test_autoshape_settings_are_detect_py_defaults():
     """torch.hub users get detect.py's operating point: AutoShape reads DetectOptions' defaults, not copies."""
     defaults = DetectOptions()
-    assert (AutoShape.conf, AutoShape.iou, AutoShape.agnostic, AutoShape.classes, AutoShape.max_det) == (
-        defaults.conf_thres, defaults.iou_thres, defaults.agnostic_nms, defaults.classes, defaults.max_det)
+    assert (AutoShape.conf, AutoShape.iou, AutoShape.agnostic, AutoShape.classes, AutoShape.max_det,
+            AutoShape.cbbl_fusion) == (defaults.conf_thres, defaults.iou_thres, defaults.agnostic_nms, defaults.classes,
+                                       defaults.max_det, defaults.cbbl_fusion)
     assert inspect.signature(AutoShape.forward).parameters["size"].default == defaults.imgsz

@@ -147,15 +147,15 @@ def test_run_returns_arrays_matching_the_txt_files(tmp_path, tiny_checkpoint, bo
 
 
 @pytest.mark.parametrize("box", ["regress", "cbbl"])
-def test_cbbl_fusion_moves_cbbl_boxes_only(tmp_path, tiny_checkpoint, box):
+def test_cbbl_fusion_by_default_moves_cbbl_boxes_only(tmp_path, tiny_checkpoint, box):
     images = tmp_path / "images"
     images.mkdir()
     cv2.imwrite(str(images / "a.png"), np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
     weights = str(tiny_checkpoint(box))
     common = dict(weights=weights, source=str(images), imgsz=64, conf_thres=0.1, iou_thres=0.3, nosave=True,
                   project=str(tmp_path / "runs"))
-    plain = run(**common, name="plain")[0]
-    fused = run(**common, name="fused", cbbl_fusion=True)[0]
+    plain = run(**common, name="plain", cbbl_fusion=False)[0]
+    fused = run(**common, name="fused")[0]
     np.testing.assert_array_equal(fused.conf, plain.conf)
     np.testing.assert_array_equal(fused.cls, plain.cls)
     if box == "cbbl":
@@ -171,8 +171,9 @@ def test_cbbl_fusion_flag_parses_for_detect_and_val():
 
     assert detect.parse_options(["--cbbl-fusion"]).cbbl_fusion and val.parse_options(["--weights", "x.pt",
                                                                                       "--cbbl-fusion"]).cbbl_fusion
+    assert detect.parse_options(["--no-cbbl-fusion"]).cbbl_fusion is False
     default = CBBL_FUSION_DEFAULT
-    assert detect.parse_options([]).cbbl_fusion == default == val.parse_options(["--weights", "x.pt"]).cbbl_fusion
+    assert detect.parse_options([]).cbbl_fusion is default is val.parse_options(["--weights", "x.pt"]).cbbl_fusion
 
 
 @pytest.mark.parametrize("argv, expected", [([], "auto"), (["--slice", "auto"], "auto"), (["--slice", "off"], "off"),

@@ -33,7 +33,7 @@ def test_onnxruntime_runtime_exports_the_side_variances_only_for_fusion(tiny_che
     PyTorch model does; without it the export skips them (they cost ONNX Runtime time on every call)."""
     weights = tiny_checkpoint("cbbl")
     assert not load_backend([str(weights)], torch.device("cpu"), runtime="onnxruntime").has_side_variance
-    ort = load_backend([str(weights)], torch.device("cpu"), runtime="onnxruntime", side_variance=True)
+    ort = load_backend([str(weights)], torch.device("cpu"), runtime="onnxruntime", cbbl_fusion=True)
     eager = load_backend([str(weights)], torch.device("cpu"))
     assert ort.decode_side_variance(True) and eager.decode_side_variance(True)
     images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))

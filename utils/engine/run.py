@@ -50,6 +50,7 @@ from utils.engine.trainer import Trainer
 from utils.engine.writers import PlotsHook, ResultsCsvHook, TensorBoardHook
 from utils.eval.validator import Slicing, validate
 from utils.files import folder_lock
+from utils.infer.options import CBBL_FUSION_DEFAULT, votes
 from utils.torch_utils import TRAIN_GRID_FLOOR, ModelEMA, init_seeds, max_stride, select_device
 
 logger = logging.getLogger(__name__)
@@ -264,8 +265,9 @@ def tile_slicing(opts: TrainOptions, imgsz: int) -> Optional[Slicing]:
 
 
 class FinalValidation:
-    """After training: validate best.pt (last.pt if no best) verbosely, per class, with plots; a tile run's
-    sliced (per-epoch validation stays whole-frame at --img: about 6x cheaper, and it reports the val losses)."""
+    """After training: validate best.pt (last.pt if no best) verbosely, per class, with plots, as val.py scores it
+    by default: a tile run's sliced, a C-BBL model's with variance voting (per-epoch validation stays whole-frame at
+    --img and plain NMS: about 6x cheaper for tiles, and it reports the val losses)."""
 
     def __init__(self, save_dir: Path, val_loader: Any, names: list[str], device: torch.device, plots: bool,
                  slicing: Optional[Slicing] = None):
@@ -281,8 +283,9 @@ class FinalValidation:
         model = model_from_checkpoint(checkpoint, source=path).to(self.device)
         sliced = "" if self.slicing is None else " on {}x{} slices of the full frames".format(*self.slicing.tile_hw)
         logger.info("validating %s%s", path, sliced)
+        model.detect.side_variance = votes(CBBL_FUSION_DEFAULT, model.detect.box_mode == "cbbl")
         self.results = validate(model, self.val_loader, self.names, verbose=True, plots=self.plots,
-                                save_dir=self.save_dir, slicing=self.slicing)
+                                save_dir=self.save_dir, slicing=self.slicing, cbbl_fusion=model.detect.side_variance)
         calibration = (self.results.uncertainty or {}).get("calibration")
         if calibration is not None:  # detect.py and the hub model then report the uncertainty as expected IoU
             save_checkpoint({**checkpoint, CALIBRATION_KEY: calibration}, path)

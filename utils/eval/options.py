@@ -65,7 +65,7 @@ class ValOptions:
     overlap: Optional[float] = overlap_option()
     slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame at --img")
     runtime: str = runtime_option()
-    cbbl_fusion: bool = cbbl_fusion_option()
+    cbbl_fusion: Optional[bool] = cbbl_fusion_option()
 
     def __post_init__(self) -> None:
         weights = [self.weights] if isinstance(self.weights, (str, Path)) else self.weights

@@ -28,6 +28,7 @@ from utils.cbbl.calibration import CHECKPOINT_KEY as CALIBRATION_KEY
 from utils.cbbl.calibration import UncertaintyCalibration
 from utils.checkpoint import load_checkpoint
 from utils.data.tiles import TileSettings
+from utils.infer.options import votes
 from utils.torch_utils import autocast, autocast_dtype, max_stride
 
 logger = logging.getLogger(__name__)
@@ -204,20 +205,21 @@ class DetectBackend(nn.Module):
         for model in self.models:
             model.detect.decode_conf = float(conf_thres)
 
-    def decode_side_variance(self, enabled: bool) -> bool:
+    def decode_side_variance(self, requested: Optional[bool]) -> bool:
         """Turn the per-side variance columns for --cbbl-fusion on or off (models.detect.Detect.side_variance;
-        appended after the uncertainty). Returns whether the predictions carry them: only C-BBL models (checkpoints,
-        and exports that have the ``side_variance`` output) have distributions to read; other models keep today's
-        output and NMS stays plain (said once)."""
+        appended after the uncertainty; ``requested`` None: on where possible, utils.infer.options.votes). Returns
+        whether the predictions carry them: only C-BBL models (checkpoints, and exports that have the
+        ``side_variance`` output) have distributions to read; other models keep today's output and NMS stays plain
+        (said once when voting was asked for, or when a C-BBL export cannot vote)."""
         able = self.has_side_variance
-        if enabled and not able:
-            logger.warning("--cbbl-fusion: %s has no C-BBL box distributions at inference (regression head, mixed "
-                           "ensemble or an export without them: export.py --side-variance); plain NMS",
-                           self.weights_name)
-        self.side_variance_on = enabled and able
+        if not able and (requested or (requested is None and self.box_mode == "cbbl")):
+            logger.warning("variance voting (--cbbl-fusion): %s has no C-BBL box distributions at inference "
+                           "(regression head, mixed ensemble or an export without them: export.py --side-variance); "
+                           "plain NMS", self.weights_name)
+        self.side_variance_on = votes(requested, able)
         if able and not (self.is_onnx or self.is_torchscript):
             for model in self.models:
-                model.detect.side_variance = enabled
+                model.detect.side_variance = self.side_variance_on
         return self.side_variance_on
 
     @property

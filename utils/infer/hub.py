@@ -20,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.detect import SIDE_VARIANCE_COLUMNS
 from utils.annotate import crop_box, draw_detections
 from utils.boxes import xyxy_to_cxcywh
 from utils.cbbl.calibration import UncertaintyCalibration
 from utils.data.tiles import TileSettings
 from utils.files import checked_imwrite, increment_path, read_image
-from utils.infer.options import DetectOptions, ImageResult
+from utils.infer.options import DetectOptions, ImageResult, votes
 from utils.infer.predictor import check_imgsz, detect_images
 from utils.infer.slicing import SliceRequest, resolve_slice, sliced_detect
 from utils.torch_utils import TRAIN_GRID_FLOOR, autocast, max_stride
@@ -68,6 +69,7 @@ class AutoShape(nn.Module):
     amp = False  # autocast inference: fp16 on CUDA, bf16 on a CPU with native bf16 (head and decode float32)
     slice: SliceRequest = DETECT_DEFAULTS.slice  # 'auto' (a --tile model's training windows), 'off', or (h, w)
     overlap: Optional[float] = DETECT_DEFAULTS.overlap  # None: the training tiles' under auto, else 0.2
+    cbbl_fusion: Optional[bool] = DETECT_DEFAULTS.cbbl_fusion  # variance voting; None: on for C-BBL models
 
     def __init__(self, model: nn.Module, trained_tile: Optional[TileSettings] = None,
                  calibration: Optional[UncertaintyCalibration] = None):
@@ -88,14 +90,16 @@ class AutoShape(nn.Module):
                              agnostic_nms=self.agnostic, classes=self.classes, slice=self.slice, overlap=self.overlap)
         imgsz = check_imgsz(opts.imgsz, self.stride)
         device = next(self.model.parameters()).device
-        width = 5 + self.nc + int(self.has_uncertainty)
+        fusion = votes(self.cbbl_fusion, self.has_uncertainty)
+        self.model.detect.side_variance = fusion
+        width = 5 + self.nc + int(self.has_uncertainty) + (SIDE_VARIANCE_COLUMNS if fusion else 0)
 
         def forward(tensor: torch.Tensor) -> torch.Tensor:
             with autocast(device, self.amp):
                 return self.model(tensor.to(device))[0][..., :width].float()
 
         def detect_fn(images: list[np.ndarray]) -> list[torch.Tensor]:
-            return detect_images(images, forward, imgsz, self.stride, self.nc, opts)
+            return detect_images(images, forward, imgsz, self.stride, self.nc, opts, cbbl_fusion=fusion)
 
         images = [np.ascontiguousarray(a[:, :, ::-1]) for a in arrays]
         slicing = resolve_slice(opts.slice, opts.overlap, self.trained_tile, "the model")

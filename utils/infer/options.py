@@ -18,10 +18,10 @@ from utils.options import option
 
 # What runs a .pt checkpoint: PyTorch, or ONNX Runtime after an in-memory export (utils/infer/runtime.py).
 RUNTIMES = ("torch", "onnxruntime")
-# --cbbl-fusion off by default although it measured better on the synthetic set (+0.9 mAP50-95 points, one seed)
-# and on one real-frame seed: on, val.py would disagree with train.py's final validation; the default follows the
-# real-frame study's three seeds.
-CBBL_FUSION_DEFAULT = False
+# --cbbl-fusion's default, None: on for models with C-BBL distributions, plain NMS for the others. On the real
+# VisDrone val frames voting raised C-BBL's YOLOv5 mAP50-95 from 0.0397 +- 0.0005 to 0.0418 +- 0.0006 (three seeds,
+# t +4.7; benchmarks/results/visdrone_real/summary.md) for 1.023x / 1.013x detect.py's time at 640 / 1536 px.
+CBBL_FUSION_DEFAULT: Optional[bool] = None
 WEIGHTS_HELP = ".pt (several = ensemble), .onnx, .torchscript"
 
 
@@ -35,10 +35,15 @@ def runtime_option() -> Any:
 
 
 def cbbl_fusion_option() -> Any:
-    """The ``--cbbl-fusion`` field."""
+    """The ``--cbbl-fusion`` / ``--no-cbbl-fusion`` field."""
     return option(CBBL_FUSION_DEFAULT, "C-BBL variance voting: each kept box becomes the average of the same-class "
                   "boxes overlapping it above --iou-thres, weighted by IoU and each side's inverse variance (KL-Loss, "
-                  "He et al. 2019); regression heads: plain NMS")
+                  "He et al. 2019); default: on for C-BBL models, plain NMS for regression heads")
+
+
+def votes(requested: Optional[bool], has_distributions: bool) -> bool:
+    """Whether NMS votes (--cbbl-fusion): as ``requested``, None meaning wherever there are C-BBL distributions."""
+    return has_distributions and requested is not False
 
 
 def exist_ok_option() -> Any:
@@ -91,7 +96,7 @@ class DetectOptions:
     slice_full_pass: bool = option(False, "with --slice, also detect on the whole frame")
     slice_batch: int = option(8, "tiles per forward pass")
     runtime: str = runtime_option()
-    cbbl_fusion: bool = cbbl_fusion_option()
+    cbbl_fusion: Optional[bool] = cbbl_fusion_option()
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # normalise CLI/list inputs once; the object stays frozen afterwards

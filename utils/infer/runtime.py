@@ -7,6 +7,7 @@ import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -18,12 +19,12 @@ from utils.torch_utils import device_memory
 
 
 def load_backend(weights: Sequence[str], device: torch.device, half: bool = False, runtime: str = "torch",
-                 side_variance: bool = False) -> DetectBackend:
+                 cbbl_fusion: Optional[bool] = False) -> DetectBackend:
     """The weights as a :class:`DetectBackend`; ``runtime="onnxruntime"`` runs a single .pt through ONNX Runtime.
 
-    The checkpoint is exported (fused, dynamic shapes; with the C-BBL side variances when ``side_variance``, for
-    --cbbl-fusion) to a temporary ONNX file that ONNX Runtime loads into memory; nothing is written beside the
-    weights. On CPU this is faster than PyTorch eager (docs/benchmarks.md).
+    The checkpoint is exported (fused, dynamic shapes; with the C-BBL side variances unless ``cbbl_fusion`` is
+    False, for variance voting) to a temporary ONNX file that ONNX Runtime loads into memory; nothing is written
+    beside the weights. On CPU this is faster than PyTorch eager (docs/benchmarks.md).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"--runtime {runtime!r}: choose one of {RUNTIMES}")
@@ -34,7 +35,7 @@ def load_backend(weights: Sequence[str], device: torch.device, half: bool = Fals
         raise ValueError("--runtime onnxruntime takes one .pt checkpoint, not an ensemble")
     with tempfile.TemporaryDirectory(prefix="cbbl_tph_ort_") as folder:
         (path,) = export(ExportOptions(weights=weights[0], include=("onnx",), dynamic=True, check=False,
-                                       side_variance=side_variance, project=folder, name="onnx"))
+                                       side_variance=cbbl_fusion is not False, project=folder, name="onnx"))
         return DetectBackend(path, device=device, half=half)
 
 

@@ -80,7 +80,8 @@ CONFIGS = {
 }
 # plain config -> the configs that each differ from it by one setting. Each variant, and each voted (``*_vote``)
 # column of the plain config and of its variants, gets Welch's t against the plain config: the C-BBL changes against
-# the paper's loss, and the quality score, voting and both against C-BBL's default.
+# the paper's loss, and the quality score, voting and both against C-BBL's default; a variant's voted columns also
+# against the plain config's voted ones (the quality score on top of voting, C-BBL's inference default).
 VARIANTS = {"cbbl": ("cbbl_ciou", "cbbl_paper", "cbbl_gain"), "cbbl_ciou": ("cbbl_ciou_quality",)}
 # summary column -> (protocol, ValResults field or extra key)
 METRICS = {
@@ -305,6 +306,9 @@ def summarize(rows: list[dict]) -> list[dict]:
                 compared = config in variants or (config == plain and name != metric)
                 entry[f"{name}_t_vs_{plain}"] = (round(welch_t(mine, values(plain, metric)), 2)
                                                  if compared and metric in METRICS and mine else "")
+                if name != metric:
+                    entry[f"{name}_t_vs_{plain}_vote"] = (round(welch_t(mine, values(plain, name)), 2)
+                                                          if config in variants and mine else "")
         summary.append(entry)
     return summary
 
@@ -321,11 +325,13 @@ def markdown_tables(summary: list[dict]) -> str:
             cells = [summary_cell(entry, name, ["t_vs_ciou", *plains], 4) for name in METRICS]
             spearman = summary_cell(entry, "spearman_unc_vs_1-iou", [], 3)
             lines.append(f"| {entry['config']} | {entry['seeds_ok']} | {' | '.join(cells)} | {spearman} |")
-    lines += ["", "With variance voting (`--cbbl-fusion`), t against the plain configs in VARIANTS order.", "",
+    lines += ["", "With variance voting (`--cbbl-fusion`), t against the plain configs in VARIANTS order, then against "
+              "their voted columns.", "",
               "| config | " + " | ".join(METRICS) + " |", "|" + " --- |" * (len(METRICS) + 1)]
     for entry in summary:
         if entry.get(f"{next(iter(METRICS))}_vote_mean", "") != "":
-            cells = [summary_cell(entry, f"{name}_vote", plains, 4) for name in METRICS]
+            cells = [summary_cell(entry, f"{name}_vote", [*plains, *(f"{t}_vote" for t in plains)], 4)
+                     for name in METRICS]
             lines.append(f"| {entry['config']} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 

@@ -38,6 +38,8 @@ def test_summary_takes_mean_std_and_welch_t_against_ciou_and_each_variants_plain
     # the quality score, and quality + voting, against the default, not against the paper's loss
     assert quality["yolov5_map50_95_t_vs_cbbl_ciou"] == round(welch_t([0.036, 0.038], [0.035, 0.037]), 2) > 0
     assert quality["yolov5_map50_95_vote_t_vs_cbbl_ciou"] == round(welch_t([0.037, 0.040], [0.035, 0.037]), 2)
+    assert quality["yolov5_map50_95_vote_t_vs_cbbl_ciou_vote"] == round(welch_t([0.037, 0.040], [0.036, 0.039]), 2)
+    assert default["yolov5_map50_95_vote_t_vs_cbbl_ciou_vote"] == ""  # not against itself
     assert quality["yolov5_map50_95_t_vs_cbbl"] == "" and quality["yolov5_map50_95_vote_t_vs_cbbl"] == ""
 
 

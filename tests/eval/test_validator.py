@@ -178,6 +178,7 @@ def test_a_cbbl_model_gets_a_reliability_table_and_plot(tmp_path: Path):
     results = validate(ScriptedDetector(preds), batches, NAMES, save_dir=tmp_path, plots=True)
     found = results.uncertainty
     assert found["spearman_vs_1-iou"] > 0.5 and 0 <= found["calibration_error"] < 0.2
+    assert 0.5 < found["spearman_calibrated"] <= 1  # expected IoU against IoU: the same sign as entropy vs 1 - IoU
     assert sum(row["boxes"] for row in found["reliability"]) == 60 and found["calibration"]["num_boxes"] == 60
     lines = (tmp_path / "reliability.csv").read_text().splitlines()
     assert lines[0] == "boxes,predicted_iou,measured_iou" and len(lines) == 1 + len(found["reliability"])

@@ -87,7 +87,9 @@ def expected_calibration_error(table: list[dict]) -> float:
 def uncertainty_summary(dets: BoxSet, gts: BoxSet, state50: np.ndarray, entropy: np.ndarray) -> dict[str, Any]:
     """What val.py reports of a C-BBL model's uncertainty: the mean of its true and false positives (IoU .5),
     its rank correlation with 1 - IoU of the true positives, and, with enough of them, the out-of-fold
-    reliability table, its calibration error and the map fitted on all of them (what a checkpoint stores)."""
+    reliability table, its calibration error, the rank correlation of the out-of-fold expected IoU with the
+    measured one (the isotonic map can tie ranks, so it is measured, not assumed equal) and the map fitted on all
+    of them (what a checkpoint stores)."""
     tp, fp = entropy[state50 == 1], entropy[state50 == 0]
     summary: dict[str, Any] = {"tp": float(tp.mean()) if len(tp) else float("nan"),
                                "fp": float(fp.mean()) if len(fp) else float("nan")}
@@ -97,5 +99,6 @@ def uncertainty_summary(dets: BoxSet, gts: BoxSet, state50: np.ndarray, entropy:
     if predicted is not None:
         summary["reliability"] = reliability_table(predicted, ious)
         summary["calibration_error"] = expected_calibration_error(summary["reliability"])
+        summary["spearman_calibrated"] = spearman(predicted, ious)
         summary["calibration"] = UncertaintyCalibration.fit(entropy[rows], ious).to_dict()
     return summary

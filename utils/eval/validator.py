@@ -382,8 +382,8 @@ def log_results(results: ValResults, num_images: int, num_instances: int, per_cl
         found = results.uncertainty
         logger.info("localization uncertainty (nats): TP %.3f  FP %.3f; Spearman with 1 - IoU of the TPs %.3f%s",
                     found["tp"], found["fp"], found["spearman_vs_1-iou"],
-                    f"; as expected IoU, calibration error {found['calibration_error']:.3f} (out of fold)"
-                    if "calibration_error" in found else "")
+                    f"; as expected IoU (out of fold), calibration error {found['calibration_error']:.3f}, Spearman "
+                    f"with the IoU {found['spearman_calibrated']:.3f}" if "calibration_error" in found else "")
     speed = results.speed_ms
     if speed:
         logger.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image", speed["preprocess"],

@@ -74,7 +74,7 @@ def test_the_hub_model_of_a_cbbl_checkpoint_votes_as_detect_py_does(tmp_path, ti
     plain NMS, as ``--no-cbbl-fusion``)."""
     from detect import run
 
-    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)  # RGB; square: no stride padding
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)  # RGB
     cv2.imwrite(str(tmp_path / "frame.png"), image[:, :, ::-1])
     weights = tiny_checkpoint("cbbl", name="cbbl.pt")
     model = hubconf.custom(path=str(weights), device="cpu")

@@ -21,7 +21,8 @@ from utils.torch_utils import cpu_has_native_bf16
 def test_pt_backend_matches_the_model(tiny_checkpoint, box, num_extra):
     path = tiny_checkpoint(box)
     backend = DetectBackend(path, device="cpu", fuse=True)
-    assert (backend.nc, backend.names, backend.stride) == (3, ["car", "pedestrian", "van"], 16)
+    # the model's largest stride is 16; images still pad to 32, YOLOv5's DetectMultiBackend floor (as training)
+    assert (backend.nc, backend.names, backend.stride) == (3, ["car", "pedestrian", "van"], 32)
     assert (backend.num_extra, backend.box_mode, backend.is_onnx) == (num_extra, box, False)
     images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     pred = backend(images)

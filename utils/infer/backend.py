@@ -29,7 +29,7 @@ from utils.cbbl.calibration import UncertaintyCalibration
 from utils.checkpoint import load_checkpoint
 from utils.data.tiles import TileSettings
 from utils.infer.options import votes
-from utils.torch_utils import autocast, autocast_dtype, max_stride
+from utils.torch_utils import TRAIN_GRID_FLOOR, autocast, autocast_dtype, max_stride
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class DetectBackend(nn.Module):
         self.trained_tile = tiles.pop() if len(tiles) == 1 else None  # an ensemble slices only if all agree
         self.calibration = calibrations[0] if len(calibrations) == 1 else None  # an ensemble's entropy is mixed
         self.nc, self.names = int(first.nc), list(first.names)
-        self.stride = max(max_stride(m.stride) for m in models)
+        self.stride = max(max_stride(m.stride, TRAIN_GRID_FLOOR) for m in models)  # as YOLOv5 DetectMultiBackend
         self.channels_last = self.device.type == "cpu"
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         self.models = nn.ModuleList((m.half() if self.fp16 else m).to(memory_format=layout) for m in models)

@@ -507,7 +507,8 @@ def mean_of(rows: list[dict], name: str, scale: float, digits: int) -> float | s
 def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
     """The regimes table from the REGIMES studies' runs.csv: per regime and config over seeds, each REGIME_METRICS
     mean, std and Welch t against the same config on whole frames at 640; the training compute relative to that
-    (epochs x images x network pixels, mean over seeds); training hours and the val pass's ms per frame."""
+    (epochs x images x network pixels, mean over seeds); training hours and the val pass's ms per frame. A config
+    scored also with variance voting (C-BBL's inference default) gets a second row, ``<config> vote``."""
     def compute(row: dict) -> int:
         img = int(row["img"])
         return int(row["epochs"]) * images_per_epoch(data, img, int(row.get("tile") or 0)) * img ** 2
@@ -516,19 +517,23 @@ def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
                for regime, (folder, _) in REGIMES.items()}
     baseline_regime = next(iter(REGIMES))
     table = []
+    def scored(rows: list[dict], config: str, suffix: str) -> list[dict]:
+        return [row for row in rows if row["config"] == config and row.get(f"yolov5_map50{suffix}")]
+
     for regime, rows in studies.items():
-        for config in [config for config in CONFIGS if config in args.configs]:
-            mine = [row for row in rows if row["config"] == config]
-            base = [row for row in studies[baseline_regime] if row["config"] == config]
+        for config, suffix in [(config, suffix) for config in CONFIGS if config in args.configs
+                               for suffix in ("", "_vote")]:
+            mine, base = scored(rows, config, suffix), scored(studies[baseline_regime], config, suffix)
             if not mine:
                 continue
-            entry = {"regime": regime, "config": config, "seeds_ok": len(mine),
+            entry = {"regime": regime, "config": config + suffix.replace("_", " "), "seeds_ok": len(mine),
                      "train_compute_vs_whole640": round(statistics.mean(map(compute, mine)) / statistics.mean(
                          map(compute, base)), 2) if base else "",
                      "train_h_mean": mean_of(mine, "train_wall_s", 1 / 3600, 2),
-                     "val_ms_per_frame_mean": mean_of(mine, "infer_ms_per_frame", 1, 1)}
+                     "val_ms_per_frame_mean": mean_of(mine, f"infer_ms_per_frame{suffix}", 1, 1)}
             for name in REGIME_METRICS:
-                values, reference = [float(row[name]) for row in mine], [float(row[name]) for row in base]
+                values = [float(row[name + suffix]) for row in mine]
+                reference = [float(row[name + suffix]) for row in base]
                 entry[f"{name}_mean"] = round(statistics.mean(values), 5)
                 entry[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else ""
                 entry[f"{name}_t_vs_whole640"] = (round(welch_t(values, reference), 2)

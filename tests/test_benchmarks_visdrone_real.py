@@ -110,7 +110,9 @@ def test_compare_regimes_tests_each_regime_against_whole_frames_at_640(tmp_path,
     def study(folder, img, epochs, values, **extra):
         rows = [{"config": config, "seed": seed, "img": img, "epochs": epochs, **extra, "status": "ok",
                  "train_wall_s": 3600 * (seed + 1), "infer_ms_per_frame": 10.0 * img / 640,
-                 **{name: value + 0.001 * seed for name in visdrone_real.REGIME_METRICS}}
+                 **{name: value + 0.001 * seed for name in visdrone_real.REGIME_METRICS},
+                 **({f"{name}_vote": value + 0.002 + 0.001 * seed for name in visdrone_real.REGIME_METRICS}
+                    if config != "ciou" else {})}  # C-BBL runs are also scored with voting
                 for config, value in values.items() for seed in range(2)]
         failed = {"config": "ciou", "seed": 9, "status": "failed"}
         write_csv(tmp_path / "results" / folder / "runs.csv", [*rows, failed])
@@ -121,8 +123,11 @@ def test_compare_regimes_tests_each_regime_against_whole_frames_at_640(tmp_path,
     args = visdrone_real.parse_args(["--regimes", "--configs", "ciou", "cbbl_ciou", "--out",
                                      str(tmp_path / "results" / "visdrone_real")])
     table = {(row["regime"], row["config"]): row for row in visdrone_real.compare_regimes(args, tmp_path / "data.yaml")}
-    assert list(table) == [("whole 640", "ciou"), ("whole 640", "cbbl_ciou"), ("tile 640", "ciou"),
-                           ("whole 1024", "ciou"), ("whole 1024", "cbbl_ciou")]
+    assert list(table) == [("whole 640", "ciou"), ("whole 640", "cbbl_ciou"), ("whole 640", "cbbl_ciou vote"),
+                           ("tile 640", "ciou"), ("whole 1024", "ciou"), ("whole 1024", "cbbl_ciou"),
+                           ("whole 1024", "cbbl_ciou vote")]
+    voted = table["whole 1024", "cbbl_ciou vote"]
+    assert voted["yolov5_map50_95_t_vs_whole640"] == round(welch_t([0.047, 0.048], [0.037, 0.038]), 2)
     tile, big = table["tile 640", "ciou"], table["whole 1024", "cbbl_ciou"]
     assert tile["seeds_ok"] == 2 and tile["yolov5_map50_95_mean"] == 0.0505
     assert tile["yolov5_map50_95_t_vs_whole640"] == round(welch_t([0.050, 0.051], [0.040, 0.041]), 2) > 0

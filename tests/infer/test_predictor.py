@@ -146,14 +146,15 @@ def test_run_returns_arrays_matching_the_txt_files(tmp_path, tiny_checkpoint, bo
     assert len(list((out / "crops").rglob("*.jpg"))) == sum(len(r.conf) for r in results)
 
 
-@pytest.mark.parametrize("box", ["regress", "cbbl"])
-def test_cbbl_fusion_by_default_moves_cbbl_boxes_only(tmp_path, tiny_checkpoint, box):
+@pytest.mark.parametrize("box, augment", [("regress", False), ("cbbl", False), ("cbbl", True)])
+def test_cbbl_fusion_by_default_moves_cbbl_boxes_only(tmp_path, tiny_checkpoint, box, augment):
+    """Also under TTA, whose flipped and rescaled passes keep each row's relative side variances valid."""
     images = tmp_path / "images"
     images.mkdir()
     cv2.imwrite(str(images / "a.png"), np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
     weights = str(tiny_checkpoint(box))
     common = dict(weights=weights, source=str(images), imgsz=64, conf_thres=0.1, iou_thres=0.3, nosave=True,
-                  project=str(tmp_path / "runs"))
+                  augment=augment, project=str(tmp_path / "runs"))
     plain = run(**common, name="plain", cbbl_fusion=False)[0]
     fused = run(**common, name="fused")[0]
     np.testing.assert_array_equal(fused.conf, plain.conf)

@@ -513,13 +513,13 @@ def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
         img = int(row["img"])
         return int(row["epochs"]) * images_per_epoch(data, img, int(row.get("tile") or 0)) * img ** 2
 
+    def scored(rows: list[dict], config: str, suffix: str) -> list[dict]:
+        return [row for row in rows if row["config"] == config and row.get(f"yolov5_map50{suffix}")]
+
     studies = {regime: [row for row in read_csv(args.out.parent / folder / "runs.csv") if row["status"] == "ok"]
                for regime, (folder, _) in REGIMES.items()}
     baseline_regime = next(iter(REGIMES))
     table = []
-    def scored(rows: list[dict], config: str, suffix: str) -> list[dict]:
-        return [row for row in rows if row["config"] == config and row.get(f"yolov5_map50{suffix}")]
-
     for regime, rows in studies.items():
         for config, suffix in [(config, suffix) for config in CONFIGS if config in args.configs
                                for suffix in ("", "_vote")]:

@@ -66,9 +66,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("train_step", "infer", "dataloader", "train_rss")
 MODEL_TASKS = ("train_step", "infer", "train_rss")
 HEADS = ("ciou", "cbbl")  # box loss -> our regression / C-BBL head
-SPARSE = "torch-sparse"  # detect.py's PyTorch path for C-BBL: box distributions decoded only above --conf-thres
+SPARSE = "torch-sparse"  # detect.py's PyTorch path for C-BBL: box distributions decoded only above --conf-thres,
+# with the side variances its default variance voting reads
+SPARSE_PLAIN = "torch-sparse-plain"  # the same under --no-cbbl-fusion: no side variances
 ORT_VARIANCE = "onnxruntime-variance"  # C-BBL exported with its side_variance output (what --cbbl-fusion reads)
-RUNTIMES = ("torch", SPARSE, "onnxruntime", ORT_VARIANCE)
+CBBL_ONLY_RUNTIMES = (SPARSE, SPARSE_PLAIN, ORT_VARIANCE)
+RUNTIMES = ("torch", SPARSE, SPARSE_PLAIN, "onnxruntime", ORT_VARIANCE)
+# our rows' labels (cl: channels-last; the ONNX Runtime paths keep their names)
+RUNTIME_LABELS = {"torch": "torch cl", SPARSE: "torch cl sparse", SPARSE_PLAIN: "torch cl sparse plain"}
 PRECISIONS = ("fp32", "bf16")  # ours; bf16 = autocast on the CPU's matrix units (--amp / --half)
 CPU = torch.device("cpu")
 EXIT_LOADED = 3
@@ -151,7 +156,8 @@ def ours_train_step(args: argparse.Namespace, cfg: str, box_loss: str, precision
 
 def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str, precision: str = "fp32"):
     """Our DetectBackend for a random-weight checkpoint of ``cfg``, as detect/val load it (cached per run);
-    ``torch-sparse`` is the PyTorch backend decoding as detect.py does at its default ``--conf-thres``;
+    ``torch-sparse`` is the PyTorch backend decoding as detect.py does by default (``--conf-thres`` 0.25, C-BBL's
+    side variances for variance voting), ``torch-sparse-plain`` the same under ``--no-cbbl-fusion``;
     ``onnxruntime-variance`` the ONNX export with the side_variance output (``export.py --side-variance``);
     bf16 is detect.py's ``--half`` on CPU."""
     from utils.infer.options import DetectOptions
@@ -163,12 +169,14 @@ def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str
         if not path.exists():
             save_random_checkpoint(cfg, box_loss, args.img, path)
         backend = load_backend([str(path)], CPU, half=precision == "bf16",
-                               runtime={SPARSE: "torch", ORT_VARIANCE: "onnxruntime"}.get(runtime, runtime),
+                               runtime={SPARSE: "torch", SPARSE_PLAIN: "torch",
+                                        ORT_VARIANCE: "onnxruntime"}.get(runtime, runtime),
                                cbbl_fusion=runtime == ORT_VARIANCE)
         if precision == "bf16" and not backend.bf16:
             raise RuntimeError(f"{cfg} {box_loss} {runtime}: --half did not enable bf16 on this CPU")
-        if runtime == SPARSE:
+        if runtime in (SPARSE, SPARSE_PLAIN):  # detect.py's decode, with or without the side variances voting reads
             backend.decode_only_above(DetectOptions().conf_thres)
+            backend.decode_side_variance(DetectOptions().cbbl_fusion if runtime == SPARSE else False)
         args.backends[key] = backend
     return args.backends[key]
 
@@ -264,8 +272,8 @@ def pair(key: tuple, ours: dict, theirs: dict, value: str = "min_s") -> dict:
 
 
 def variant(runtime: str, precision: str) -> str:
-    """A row's label for our side: runtime (cl = channels-last), then the precision where it is not fp32."""
-    label = {"torch": "torch cl", SPARSE: "torch cl sparse"}.get(runtime, runtime)
+    """A row's label for our side: runtime, then the precision where it is not fp32."""
+    label = RUNTIME_LABELS.get(runtime, runtime)
     return label if precision == "fp32" else f"{label} {precision}"
 
 
@@ -279,7 +287,7 @@ def round_train_step(args: argparse.Namespace, cfg: str) -> list[dict]:
 
 def round_infer(args: argparse.Namespace, cfg: str) -> list[dict]:
     paths = [(box, rt, precision) for box in HEADS for rt in args.runtimes for precision in args.precisions
-             if (rt not in (SPARSE, ORT_VARIANCE) or box == "cbbl")  # C-BBL-only paths
+             if (rt not in CBBL_ONLY_RUNTIMES or box == "cbbl")
              and (precision == "fp32" or not rt.startswith("onnxruntime"))]  # bf16 is a PyTorch autocast
     ours = {path: ours_infer(args, cfg, *path) for path in paths}
     theirs = run_reference(args, "infer", cfg)
@@ -359,7 +367,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loader-sizes", type=int, nargs="+", default=[640, 1536])
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES,
                         help="our inference runtimes to time (as detect/val --runtime; torch-sparse: "
-                             "the C-BBL rows as detect.py decodes them)")
+                             "the C-BBL rows as detect.py decodes them, -plain: under --no-cbbl-fusion)")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS,
                         default=list(PRECISIONS) if cpu_has_native_bf16() else ["fp32"],
                         help="our precisions for the train_step and infer rows (bf16: --amp / --half on a CPU "

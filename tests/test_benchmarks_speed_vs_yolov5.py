@@ -13,6 +13,7 @@ from benchmarks import speed_vs_yolov5
 from benchmarks.common import NUM_CLASSES, RESULT_PREFIX, synthetic_batch
 from benchmarks.speed_vs_yolov5 import (
     SPARSE,
+    SPARSE_PLAIN,
     markdown_table,
     ours_infer,
     ours_train_step,
@@ -32,10 +33,13 @@ def test_train_rss_child_trains_and_reports_its_peak_memory(tmp_path, capsys):
 
 def test_sparse_inference_rows_decode_as_detect_does(tmp_path):
     args = argparse.Namespace(inputs=tmp_path, img=64, backends={}, infer_sizes=[64], warmup=0, repeats=1)
-    timings = {runtime: ours_infer(args, "yolov5n", "cbbl", runtime) for runtime in ("torch", SPARSE)}
+    timings = {runtime: ours_infer(args, "yolov5n", "cbbl", runtime) for runtime in ("torch", SPARSE, SPARSE_PLAIN)}
     assert all(timing["64"]["min_s"] > 0 for timing in timings.values())
     assert args.backends["yolov5n", "cbbl", "torch", "fp32"].models[0].detect.decode_conf is None
-    assert args.backends["yolov5n", "cbbl", SPARSE, "fp32"].models[0].detect.decode_conf == 0.25
+    sparse = args.backends["yolov5n", "cbbl", SPARSE, "fp32"]
+    assert sparse.models[0].detect.decode_conf == 0.25
+    plain = args.backends["yolov5n", "cbbl", SPARSE_PLAIN, "fp32"]
+    assert sparse.side_variance_on and plain.models[0].detect.decode_conf == 0.25 and not plain.side_variance_on
 
 
 def test_bf16_rows_report_their_ratio_to_our_fp32_row_of_the_same_round():

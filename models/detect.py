@@ -182,8 +182,7 @@ class Detect(nn.Module):
 
     def box_statistics(self, box_raw: torch.Tensor) -> SideStats:
         """Raw C-BBL box channels (..., box_channels) -> per-coordinate (x, y, w, h) statistics of the distributions
-        (utils.cbbl.distribution.SideStats: mean, variance, top-k, entropy, and the variance of the decoded cells / size
-        ratios)."""
+        (utils.cbbl.distribution.SideStats: mean, entropy, and the variance of the decoded cells / size ratios)."""
         logits = box_raw.unflatten(-1, (4, self.head.bins))  # (..., 4, K)
         return side_statistics(logits, self.grid_points, decoded_points(self.grid_points, self.head.space))
 

@@ -87,28 +87,24 @@ def test_side_statistics_equal_a_direct_computation_from_the_softmax():
     logits = torch.randn(3, 4, 7) * 3  # (rows, coordinates, K)
     points = torch.sort(torch.randn(4, 7), -1).values
     values = points.sigmoid() * 2  # any per-bin decoded values
-    stats = side_statistics(logits, points, values, k=3)
+    stats = side_statistics(logits, points, values)
     probs = torch.softmax(logits.double(), -1)
-    mean = (probs * points.double()).sum(-1)
     close = functools.partial(torch.testing.assert_close, rtol=1e-5, atol=1e-6)
-    close(stats.mean.double(), mean)
-    close(stats.variance.double(), (probs * points.double() ** 2).sum(-1) - mean ** 2)
+    close(stats.mean.double(), (probs * points.double()).sum(-1))
     value_mean = (probs * values.double()).sum(-1)
     close(stats.value_variance.double(), (probs * values.double() ** 2).sum(-1) - value_mean ** 2)
     close(stats.entropy.double(), -(probs * probs.log()).sum(-1))
-    close(stats.topk.double(), probs.sort(-1, descending=True).values[..., :3])
     # the decode's expectation and entropy, bit for bit (boxes from either path are the same)
     expectation, coord_entropy = expectation_and_entropy(logits, points)
     assert torch.equal(stats.mean, expectation) and torch.equal(stats.entropy, coord_entropy)
-    assert side_statistics(logits, points).value_variance is None
 
 
-def test_a_peaked_distribution_has_small_variance_and_full_top_k_mass():
+def test_a_peaked_distribution_has_small_value_variance():
     points = torch.linspace(-2, 2, 5)
-    peaked = side_statistics(torch.tensor([[0.0, 0.0, 30.0, 0.0, 0.0]]), points)
-    flat = side_statistics(torch.zeros(1, 5), points)
-    assert peaked.variance.item() < 1e-9 < flat.variance.item() and peaked.topk[0, 0].item() == pytest.approx(1.0)
-    assert flat.topk.sum().item() == pytest.approx(4 / 5)  # top-4 mass of 5 equal bins
+    peaked = side_statistics(torch.tensor([[0.0, 0.0, 30.0, 0.0, 0.0]]), points, points)
+    flat = side_statistics(torch.zeros(1, 5), points, points)
+    assert peaked.value_variance.item() < 1e-9 < flat.value_variance.item()
+    assert flat.value_variance.item() == pytest.approx(2.0)  # the variance of 5 equal bins on -2..2
 
 
 @pytest.mark.parametrize("space", OFFSET_SPACES)

@@ -1,9 +1,9 @@
 """C-BBL distributions: the softmax over a grid's K logits, what the head decodes from it, and the loss.
 
 The head decodes the expectation of the softmax (and its entropy, the localization uncertainty);
-``side_statistics`` gives the richer per-coordinate view. The training loss is :func:`two_hot_loss`, fused:
-KL(p* || p) + w * L_UM in one softmax with a closed-form gradient (tests/cbbl/reference.py holds the plain
-cross-entropy and uncertainty-matching forms it is tested against).
+``side_statistics`` adds the variance of the decoded values, which variance voting reads. The training loss is
+:func:`two_hot_loss`, fused: KL(p* || p) + w * L_UM in one softmax with a closed-form gradient
+(tests/cbbl/reference.py holds the plain cross-entropy and uncertainty-matching forms it is tested against).
 """
 
 from __future__ import annotations
@@ -49,40 +49,31 @@ def expectation_and_entropy(logits: torch.Tensor, points: torch.Tensor) -> tuple
 
 
 class SideStats(NamedTuple):
-    """Per-coordinate statistics of C-BBL distributions, from one log-softmax (see :func:`side_statistics`).
+    """What variance voting reads from C-BBL distributions, from one log-softmax (see :func:`side_statistics`).
 
-    mean, variance, entropy: (..., C) on the grid's own offset scale (nats for the entropy); topk: (..., C, k) the
-    k largest probabilities, descending (their sum is the top-k mass); value_variance: (..., C) the variance of the
-    decoded values (cells for x, y; size ratios for w, h) when the decoded points were given, else None.
+    mean, entropy: (..., C) the decode's expectation on the grid's own offset scale and its entropy (nats);
+    value_variance: (..., C) the variance of the decoded values (cells for x, y; size ratios for w, h).
     """
 
     mean: torch.Tensor
-    variance: torch.Tensor
-    topk: torch.Tensor
     entropy: torch.Tensor
-    value_variance: Optional[torch.Tensor]
+    value_variance: torch.Tensor
 
 
-def side_statistics(logits: torch.Tensor, points: torch.Tensor, values: Optional[torch.Tensor] = None,
-                    k: int = TOP_K) -> SideStats:
-    """Logits (..., C, K) on grid ``points`` (C, K) or (K,) -> :class:`SideStats`.
+def side_statistics(logits: torch.Tensor, points: torch.Tensor, values: torch.Tensor) -> SideStats:
+    """Logits (..., C, K) on grid ``points`` (C, K) or (K,), decoding to ``values`` (same shape as ``points``:
+    :func:`decoded_points`) -> :class:`SideStats`.
 
-    ``values``: the points decoded to box units (same shape as ``points``; :func:`decoded_points`). The variance of
-    the decoded value is exact over the K bins (no linearisation of the sigmoid decode). mean and entropy are
-    computed exactly as :func:`expectation_and_entropy` computes them, so boxes decoded from either agree bit for bit.
+    The variance of the decoded value is exact over the K bins (no linearisation of the sigmoid decode). mean and
+    entropy are computed exactly as :func:`expectation_and_entropy` computes them, so boxes decoded from either agree
+    bit for bit. Nothing else is computed: exports evaluate this for every anchor.
     """
     log_probs = log_softmax(logits)  # (..., C, K)
     probs = log_probs.exp()
-    points = points.float()
-    mean = (probs * points).sum(-1)  # (..., C)
-    variance = (probs * (points - mean[..., None]) ** 2).sum(-1)
-    value_variance = None
-    if values is not None:
-        values = values.float()
-        value_mean = (probs * values).sum(-1, keepdim=True)  # (..., C, 1)
-        value_variance = (probs * (values - value_mean) ** 2).sum(-1)
-    topk = probs.topk(min(k, probs.shape[-1]), dim=-1).values  # (..., C, k)
-    return SideStats(mean, variance, topk, -(probs * log_probs).sum(-1), value_variance)
+    values = values.float()
+    value_mean = (probs * values).sum(-1, keepdim=True)  # (..., C, 1)
+    return SideStats((probs * points.float()).sum(-1), -(probs * log_probs).sum(-1),
+                     (probs * (values - value_mean) ** 2).sum(-1))
 
 
 def quality_features(logits: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@
     python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv, summary.md and the plots
     python benchmarks/visdrone_real.py --gradient-share --configs ciou cbbl   # why: the box term's gradient share
     python benchmarks/visdrone_real.py --inference-cost --configs cbbl_ciou cbbl_ciou_quality   # voting/quality cost
+    python benchmarks/visdrone_real.py --slice 640 --configs ciou cbbl_ciou \
+        --out benchmarks/results/visdrone_real_sliced640   # the whole-frame 640 runs scored sliced: the control
     python benchmarks/visdrone_real.py --regimes --configs ciou cbbl_ciou   # whole 640 vs tile 640 vs whole 1024
     python benchmarks/visdrone_real.py --regimes --inference-cost --configs ciou cbbl_ciou   # and their time
 
@@ -96,10 +98,24 @@ MAX_DET = {"yolov5": 300, "coco": 300, "visdrone": 500}  # each protocol's own d
 COST_FRAMES, COST_SIZES, COST_ROUNDS = 16, (640, 1536), 9
 TILE_OVERLAP = 0.25  # --tile runs: train.py's default overlap
 BASE_IMG = 640  # every regime trains for the network pixels of --epochs whole-frame epochs at this size
-# --regimes: regime -> (its study's results folder, beside --out; the runs' folder, beside --project;
-# the network size it trains and infers at). The first is the baseline the others are compared with.
-REGIMES = {"whole 640": ("visdrone_real", 640), "tile 640": ("visdrone_real_tile640", 640),
-           "whole 1024": ("visdrone_real_1024", 1024)}
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One way to train and score, as --regimes compares them."""
+
+    results: str  # its study's results folder, beside --out
+    runs: str  # its runs' folder, beside --project
+    img: int  # the network size it trains and infers at
+    slice: int = 0  # scored on slices of this many frame pixels (a --slice study of whole-frame runs)
+
+
+# --regimes: the first is the baseline the others are compared with. "whole 640, sliced" scores the whole-frame 640
+# runs as the tile runs are scored, so tile training and sliced inference are told apart.
+REGIMES = {"whole 640": Regime("visdrone_real", "visdrone_real", 640),
+           "whole 640, sliced": Regime("visdrone_real_sliced640", "visdrone_real", 640, slice=640),
+           "tile 640": Regime("visdrone_real_tile640", "visdrone_real_tile640", 640),
+           "whole 1024": Regime("visdrone_real_1024", "visdrone_real_1024", 1024)}
 REGIME_METRICS = ("yolov5_map50", "yolov5_map50_95", "coco_ap_small", "visdrone_ap")
 
 
@@ -176,11 +192,16 @@ def trained_epochs(run_dir: Path) -> int:
     return len(read_csv(run_dir / "results.csv"))
 
 
+def finished(args: argparse.Namespace, run_dir: Path) -> bool:
+    """Whether the run trained all its epochs and has its best.pt."""
+    return trained_epochs(run_dir) >= args.train_epochs and (run_dir / "weights" / "best.pt").is_file()
+
+
 def run_training(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> None:
     """Train (or resume) one run in its own 1-thread process; its wall time accumulates in <run>.time.json."""
     timer_file = run_dir.parent / f"{run_dir.name}.time.json"
     spent = json.loads(timer_file.read_text())["wall_s"] if timer_file.is_file() else 0.0
-    if trained_epochs(run_dir) >= args.train_epochs and (run_dir / "weights" / "best.pt").is_file():
+    if finished(args, run_dir):
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = train_command(args, data, config, seed, run_dir)
@@ -234,12 +255,13 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
     backend = load_backend([str(run_dir / "weights" / "best.pt")], torch.device("cpu"))
     loader, _ = create_dataloader(config_dict["val"], args.img, 16, backend.stride, rect=True, pad=0.5, workers=0)
     detection = {"conf_thres": 0.001, "iou_thres": 0.6, "max_det": max(MAX_DET.values())}
+    tile = backend.trained_tile  # a --tile run is validated as val.py --slice auto runs it; --slice slices any run
+    window, overlap = (args.slice, TILE_OVERLAP) if args.slice else (tile.window, tile.overlap) if tile else (0, 0)
 
     def collected_with(fusion: bool):
-        if backend.trained_tile is None:
+        if not window:
             return collect(backend, loader, config_dict["nc"], cbbl_fusion=fusion, **detection)
-        window = backend.trained_tile.window  # a --tile run is validated as val.py --slice auto runs it
-        slicing = Slicing((window, window), backend.trained_tile.overlap, args.img)
+        slicing = Slicing((window, window), overlap, args.img)
         return collect_sliced(backend, loader.dataset, config_dict["nc"], slicing, cbbl_fusion=fusion, **detection)
 
     collected = collected_with(False)
@@ -264,12 +286,17 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
 
 
 def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> None:
-    """Train, evaluate and record one (config, seed); a failure is recorded, not raised."""
+    """Train, evaluate and record one (config, seed); a failure is recorded, not raised. With --slice nothing is
+    trained: the run must have finished."""
     run_dir = args.project / f"{config}_s{seed}"
     row = {"config": config, "seed": seed, "img": args.img, "epochs": args.train_epochs,
-           **({"tile": args.tile} if args.tile else {})}
+           **({"tile": args.tile} if args.tile else {}), **({"slice": args.slice} if args.slice else {})}
     try:
-        run_training(args, data, config, seed, run_dir)
+        if not args.slice:
+            run_training(args, data, config, seed, run_dir)
+        elif not finished(args, run_dir):
+            raise ValueError(f"--slice scores finished runs only: {run_dir} has not trained {args.train_epochs} "
+                             "epochs yet")
         figures = evaluate(args, data, config, seed, run_dir)
         status, error = "ok", ""
     except (RuntimeError, ValueError, OSError) as err:
@@ -429,6 +456,7 @@ class Timed:
     img: int
     vote: bool
     plain: tuple[str, int]
+    slice: int = 0  # detect.py --slice of this many frame pixels (a tile checkpoint slices by itself)
 
 
 def first_finished(project: Path, config: str, seeds: list[int]) -> Path | None:
@@ -453,11 +481,13 @@ def voting_variants(args: argparse.Namespace) -> list[Timed]:
 
 def regime_variants(args: argparse.Namespace) -> list[Timed]:
     """Each config's first finished run in each of REGIMES at its own size (a --tile run slices, as detect.py does
-    for tile checkpoints), divided by the same config's whole-frame 640 run."""
+    for tile checkpoints; a sliced regime slices its whole-frame run), divided by the same config's whole-frame 640
+    run."""
     baseline = next(iter(REGIMES))
-    variants = [Timed(f"{regime} {config}", weights, size, False, (f"{baseline} {config}", REGIMES[baseline][1]))
-                for regime, (folder, size) in REGIMES.items() for config in args.configs
-                if (weights := first_finished(args.project.parent / folder, config, args.seeds))]
+    variants = [Timed(f"{name} {config}", weights, regime.img, False, (f"{baseline} {config}", REGIMES[baseline].img),
+                      regime.slice)
+                for name, regime in REGIMES.items() for config in args.configs
+                if (weights := first_finished(args.project.parent / regime.runs, config, args.seeds))]
     timed = {(variant.variant, variant.img) for variant in variants}
     variants = [variant for variant in variants if variant.plain in timed]
     if not variants:
@@ -480,8 +510,9 @@ def inference_cost(args: argparse.Namespace, data: Path, variants: list[Timed]) 
     for timed_round in range(COST_ROUNDS + 1):  # round 0 warms up (first imports, allocator, page cache): untimed
         for variant in variants:
             start = time.perf_counter()
+            slicing = {"slice": [variant.slice] * 2, "overlap": TILE_OVERLAP} if variant.slice else {}
             detect_run(weights=str(variant.weights), source=str(frames), imgsz=variant.img, cbbl_fusion=variant.vote,
-                       nosave=True, project=str(args.work / "cost_runs"), exist_ok=True)
+                       nosave=True, project=str(args.work / "cost_runs"), exist_ok=True, **slicing)
             if timed_round:
                 seconds.setdefault((variant.variant, variant.img), []).append(time.perf_counter() - start)
     rows = []
@@ -516,8 +547,8 @@ def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
     def scored(rows: list[dict], config: str, suffix: str) -> list[dict]:
         return [row for row in rows if row["config"] == config and row.get(f"yolov5_map50{suffix}")]
 
-    studies = {regime: [row for row in read_csv(args.out.parent / folder / "runs.csv") if row["status"] == "ok"]
-               for regime, (folder, _) in REGIMES.items()}
+    studies = {name: [row for row in read_csv(args.out.parent / regime.results / "runs.csv") if row["status"] == "ok"]
+               for name, regime in REGIMES.items()}
     baseline_regime = next(iter(REGIMES))
     table = []
     for regime, rows in studies.items():
@@ -558,6 +589,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tile", type=int, default=0, help="train on --tile windows (overlap 0.25), validated sliced "
                         "(0 = whole frames)")
+    parser.add_argument("--slice", type=int, default=0,
+                        help="train nothing: score the finished runs of --project on --slice windows of the full "
+                             "frames (overlap 0.25), as the --tile runs are scored")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once (1 thread each)")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: rewrite summary and plots")
     parser.add_argument("--gradient-share", action="store_true",
@@ -566,14 +600,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train nothing: detect.py's time per frame with and without variance voting and the "
                              "quality branch, interleaved (inference_cost.csv)")
     parser.add_argument("--regimes", action="store_true",
-                        help="train nothing: compare the whole-frame 640, tile 640 and whole-frame 1024 studies "
-                             "(--out/regimes.csv; with --inference-cost, their time per frame)")
+                        help="train nothing: compare the REGIMES studies (whole frames at 640, the same runs scored "
+                             "sliced, tiles at 640, whole frames at 1024; --out/regimes.csv; with --inference-cost, "
+                             "their time per frame)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "visdrone_real")
     parser.add_argument("--work", type=Path, default=ROOT / "datasets" / "visdrone-real",
                         help="working copy of the frames (git-ignored)")
-    parser.add_argument("--project", type=Path, default=None, help="run folders (default runs/visdrone_real/<out>)")
+    parser.add_argument("--project", type=Path, default=None,
+                        help="run folders (default runs/visdrone_real/<out>; with --slice, the whole-frame 640 runs)")
     args = parser.parse_args(argv)
-    args.project = args.project or ROOT / "runs" / "visdrone_real" / args.out.name
+    runs = REGIMES["whole 640"].runs if args.slice else args.out.name
+    args.project = args.project or ROOT / "runs" / "visdrone_real" / runs
     args.train_epochs = args.epochs
     return args
 

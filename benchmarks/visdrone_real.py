@@ -295,8 +295,8 @@ def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> N
         if not args.slice:
             run_training(args, data, config, seed, run_dir)
         elif not finished(args, run_dir):
-            raise ValueError(f"--slice scores finished runs only: {run_dir} has not trained {args.train_epochs} "
-                             "epochs yet")
+            raise ValueError(f"--slice scores finished runs only: {run_dir} has trained {trained_epochs(run_dir)} "
+                             f"of {args.train_epochs} epochs")
         figures = evaluate(args, data, config, seed, run_dir)
         status, error = "ok", ""
     except (RuntimeError, ValueError, OSError) as err:

@@ -7,8 +7,10 @@
     python benchmarks/visdrone_real.py --summary-only          # rewrite summary.csv, summary.md and the plots
     python benchmarks/visdrone_real.py --gradient-share --configs ciou cbbl   # why: the box term's gradient share
     python benchmarks/visdrone_real.py --inference-cost --configs cbbl_ciou cbbl_ciou_quality   # voting/quality cost
-    python benchmarks/visdrone_real.py --slice 640 --configs ciou cbbl_ciou \
-        --out benchmarks/results/visdrone_real_sliced640   # the whole-frame 640 runs scored sliced: the control
+    python benchmarks/visdrone_real.py --rescore sliced --configs ciou cbbl_ciou \
+        --out benchmarks/results/visdrone_real_sliced640   # the whole-frame 640 runs scored on 640 px slices
+    python benchmarks/visdrone_real.py --rescore whole --tile 640 --configs ciou cbbl_ciou \
+        --out benchmarks/results/visdrone_real_tile640_whole   # the tile runs scored on whole frames at 640 px
     python benchmarks/visdrone_real.py --regimes --configs ciou cbbl_ciou   # whole 640 vs tile 640 vs whole 1024
     python benchmarks/visdrone_real.py --regimes --inference-cost --configs ciou cbbl_ciou   # and their time
 
@@ -36,7 +38,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,14 +109,24 @@ class Regime:
     results: str  # its study's results folder, beside --out
     runs: str  # its runs' folder, beside --project
     img: int  # the network size it trains and infers at
-    slice: int = 0  # scored on slices of this many frame pixels (a --slice study of whole-frame runs)
+    rescore: str = ""  # RESCORE: its runs scored otherwise than they validate (a --rescore study of them)
+
+    def detect_slicing(self) -> dict:
+        """detect.py's slicing arguments for this regime (none: as the checkpoint says, --slice auto)."""
+        if self.rescore == "sliced":
+            return {"slice": [self.img, self.img], "overlap": TILE_OVERLAP}
+        return {"slice": "off"} if self.rescore == "whole" else {}
 
 
-# --regimes: the first is the baseline the others are compared with. "whole 640, sliced" scores the whole-frame 640
-# runs as the tile runs are scored, so tile training and sliced inference are told apart.
+# --rescore: score finished runs on --img slices of the full frames (overlap TILE_OVERLAP), as --tile runs are
+# scored, or on whole frames at --img
+RESCORE = ("sliced", "whole")
+# --regimes: the first is the baseline the others are compared with. The rescored regimes tell tile training and
+# sliced inference apart: the whole-frame runs sliced, and the tile runs on whole frames.
 REGIMES = {"whole 640": Regime("visdrone_real", "visdrone_real", 640),
-           "whole 640, sliced": Regime("visdrone_real_sliced640", "visdrone_real", 640, slice=640),
+           "whole 640, sliced": Regime("visdrone_real_sliced640", "visdrone_real", 640, rescore="sliced"),
            "tile 640": Regime("visdrone_real_tile640", "visdrone_real_tile640", 640),
+           "tile 640, whole": Regime("visdrone_real_tile640_whole", "visdrone_real_tile640", 640, rescore="whole"),
            "whole 1024": Regime("visdrone_real_1024", "visdrone_real_1024", 1024)}
 REGIME_METRICS = ("yolov5_map50", "yolov5_map50_95", "coco_ap_small", "visdrone_ap")
 
@@ -255,8 +267,9 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
     backend = load_backend([str(run_dir / "weights" / "best.pt")], torch.device("cpu"))
     loader, _ = create_dataloader(config_dict["val"], args.img, 16, backend.stride, rect=True, pad=0.5, workers=0)
     detection = {"conf_thres": 0.001, "iou_thres": 0.6, "max_det": max(MAX_DET.values())}
-    tile = backend.trained_tile  # a --tile run is validated as val.py --slice auto runs it; --slice slices any run
-    window, overlap = (args.slice, TILE_OVERLAP) if args.slice else (tile.window, tile.overlap) if tile else (0, 0)
+    tile = backend.trained_tile  # a --tile run is validated as val.py --slice auto runs it, unless rescored
+    window, overlap = ((args.img, TILE_OVERLAP) if args.rescore == "sliced" else
+                       (tile.window, tile.overlap) if tile and not args.rescore else (0, 0))
 
     def collected_with(fusion: bool):
         if not window:
@@ -286,16 +299,16 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
 
 
 def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> None:
-    """Train, evaluate and record one (config, seed); a failure is recorded, not raised. With --slice nothing is
+    """Train, evaluate and record one (config, seed); a failure is recorded, not raised. With --rescore nothing is
     trained: the run must have finished."""
     run_dir = args.project / f"{config}_s{seed}"
     row = {"config": config, "seed": seed, "img": args.img, "epochs": args.train_epochs,
-           **({"tile": args.tile} if args.tile else {}), **({"slice": args.slice} if args.slice else {})}
+           **({"tile": args.tile} if args.tile else {}), **({"rescore": args.rescore} if args.rescore else {})}
     try:
-        if not args.slice:
+        if not args.rescore:
             run_training(args, data, config, seed, run_dir)
         elif not finished(args, run_dir):
-            raise ValueError(f"--slice scores finished runs only: {run_dir} has trained {trained_epochs(run_dir)} "
+            raise ValueError(f"--rescore scores finished runs only: {run_dir} has trained {trained_epochs(run_dir)} "
                              f"of {args.train_epochs} epochs")
         figures = evaluate(args, data, config, seed, run_dir)
         status, error = "ok", ""
@@ -456,7 +469,7 @@ class Timed:
     img: int
     vote: bool
     plain: tuple[str, int]
-    slice: int = 0  # detect.py --slice of this many frame pixels (a tile checkpoint slices by itself)
+    slicing: dict = field(default_factory=dict)  # detect.py's slicing arguments (Regime.detect_slicing)
 
 
 def first_finished(project: Path, config: str, seeds: list[int]) -> Path | None:
@@ -480,12 +493,11 @@ def voting_variants(args: argparse.Namespace) -> list[Timed]:
 
 
 def regime_variants(args: argparse.Namespace) -> list[Timed]:
-    """Each config's first finished run in each of REGIMES at its own size (a --tile run slices, as detect.py does
-    for tile checkpoints; a sliced regime slices its whole-frame run), divided by the same config's whole-frame 640
-    run."""
+    """Each config's first finished run in each of REGIMES at its own size, sliced or not as the regime is scored,
+    divided by the same config's whole-frame 640 run."""
     baseline = next(iter(REGIMES))
     variants = [Timed(f"{name} {config}", weights, regime.img, False, (f"{baseline} {config}", REGIMES[baseline].img),
-                      regime.slice)
+                      regime.detect_slicing())
                 for name, regime in REGIMES.items() for config in args.configs
                 if (weights := first_finished(args.project.parent / regime.runs, config, args.seeds))]
     timed = {(variant.variant, variant.img) for variant in variants}
@@ -510,9 +522,8 @@ def inference_cost(args: argparse.Namespace, data: Path, variants: list[Timed]) 
     for timed_round in range(COST_ROUNDS + 1):  # round 0 warms up (first imports, allocator, page cache): untimed
         for variant in variants:
             start = time.perf_counter()
-            slicing = {"slice": [variant.slice] * 2, "overlap": TILE_OVERLAP} if variant.slice else {}
             detect_run(weights=str(variant.weights), source=str(frames), imgsz=variant.img, cbbl_fusion=variant.vote,
-                       nosave=True, project=str(args.work / "cost_runs"), exist_ok=True, **slicing)
+                       nosave=True, project=str(args.work / "cost_runs"), exist_ok=True, **variant.slicing)
             if timed_round:
                 seconds.setdefault((variant.variant, variant.img), []).append(time.perf_counter() - start)
     rows = []
@@ -589,9 +600,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tile", type=int, default=0, help="train on --tile windows (overlap 0.25), validated sliced "
                         "(0 = whole frames)")
-    parser.add_argument("--slice", type=int, default=0,
-                        help="train nothing: score the finished runs of --project on --slice windows of the full "
-                             "frames (overlap 0.25), as the --tile runs are scored")
+    parser.add_argument("--rescore", choices=RESCORE, default="",
+                        help="train nothing: score the finished runs of --project on --img slices of the full frames "
+                             "(overlap 0.25), as --tile runs are scored, or on whole frames at --img")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once (1 thread each)")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: rewrite summary and plots")
     parser.add_argument("--gradient-share", action="store_true",
@@ -600,17 +611,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train nothing: detect.py's time per frame with and without variance voting and the "
                              "quality branch, interleaved (inference_cost.csv)")
     parser.add_argument("--regimes", action="store_true",
-                        help="train nothing: compare the REGIMES studies (whole frames at 640, the same runs scored "
-                             "sliced, tiles at 640, whole frames at 1024; --out/regimes.csv; with --inference-cost, "
-                             "their time per frame)")
+                        help="train nothing: compare the REGIMES studies (whole frames at 640 and those runs "
+                             "scored sliced, tiles at 640 and those runs scored on whole frames, whole frames at 1024; "
+                             "--out/regimes.csv; with --inference-cost, their time per frame)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "visdrone_real")
     parser.add_argument("--work", type=Path, default=ROOT / "datasets" / "visdrone-real",
                         help="working copy of the frames (git-ignored)")
     parser.add_argument("--project", type=Path, default=None,
-                        help="run folders (default runs/visdrone_real/<out>; with --slice, the whole-frame 640 runs)")
+                        help="run folders (default runs/visdrone_real/<out>; with --rescore, the runs of the regime "
+                             "it rescores)")
     args = parser.parse_args(argv)
-    runs = REGIMES["whole 640"].runs if args.slice else args.out.name
-    args.project = args.project or ROOT / "runs" / "visdrone_real" / runs
+    rescored = [regime.runs for regime in REGIMES.values() if regime.rescore and regime.rescore == args.rescore]
+    args.project = args.project or ROOT / "runs" / "visdrone_real" / (rescored[0] if rescored else args.out.name)
     args.train_epochs = args.epochs
     return args
 

@@ -97,12 +97,15 @@ def test_regime_variants_divide_each_regime_by_the_same_config_on_whole_frames(t
     variants = {(v.variant, v.img): v for v in visdrone_real.regime_variants(args)}
     # cbbl_ciou has no whole-frame 640 run to be divided by, so it is left out
     assert set(variants) == {("whole 640 ciou", 640), ("whole 640, sliced ciou", 640), ("tile 640 ciou", 640),
-                             ("whole 1024 ciou", 1024)}
+                             ("tile 640, whole ciou", 640), ("whole 1024 ciou", 1024)}
     assert {v.plain for v in variants.values()} == {("whole 640 ciou", 640)}
     assert variants["tile 640 ciou", 640].weights == runs / "visdrone_real_tile640" / "ciou_s2" / "weights" / "best.pt"
     sliced = variants["whole 640, sliced ciou", 640]  # the whole-frame run, sliced; a tile run slices by itself
-    assert sliced.weights == variants["whole 640 ciou", 640].weights and sliced.slice == 640
-    assert variants["tile 640 ciou", 640].slice == 0
+    assert sliced.weights == variants["whole 640 ciou", 640].weights
+    assert sliced.slicing == {"slice": [640, 640], "overlap": visdrone_real.TILE_OVERLAP}
+    whole = variants["tile 640, whole ciou", 640]  # the tile run on whole frames
+    assert whole.weights == variants["tile 640 ciou", 640].weights and whole.slicing == {"slice": "off"}
+    assert variants["tile 640 ciou", 640].slicing == {} == variants["whole 640 ciou", 640].slicing
     (runs / "visdrone_real" / "ciou_s0" / "weights" / "best.pt").unlink()
     with pytest.raises(ValueError, match="no finished whole-frame 640 run"):
         visdrone_real.regime_variants(args)
@@ -123,15 +126,18 @@ def test_compare_regimes_tests_each_regime_against_whole_frames_at_640(tmp_path,
 
     study("visdrone_real", 640, 30, {"ciou": 0.040, "cbbl_ciou": 0.035, "cbbl": 0.030})
     study("visdrone_real_tile640", 640, 12, {"ciou": 0.050}, tile=640)
-    study("visdrone_real_sliced640", 640, 30, {"ciou": 0.045}, slice=640)
+    study("visdrone_real_sliced640", 640, 30, {"ciou": 0.045}, rescore="sliced")
+    study("visdrone_real_tile640_whole", 640, 12, {"ciou": 0.042}, tile=640, rescore="whole")
     study("visdrone_real_1024", 1024, 30, {"ciou": 0.060, "cbbl_ciou": 0.045})
     args = visdrone_real.parse_args(["--regimes", "--configs", "ciou", "cbbl_ciou", "--out",
                                      str(tmp_path / "results" / "visdrone_real")])
     table = {(row["regime"], row["config"]): row for row in visdrone_real.compare_regimes(args, tmp_path / "data.yaml")}
     assert list(table) == [("whole 640", "ciou"), ("whole 640", "cbbl_ciou"), ("whole 640", "cbbl_ciou vote"),
-                           ("whole 640, sliced", "ciou"), ("tile 640", "ciou"), ("whole 1024", "ciou"),
-                           ("whole 1024", "cbbl_ciou"), ("whole 1024", "cbbl_ciou vote")]
-    assert table["whole 640, sliced", "ciou"]["train_compute_vs_whole640"] == 1.0  # the same runs, scored sliced
+                           ("whole 640, sliced", "ciou"), ("tile 640", "ciou"), ("tile 640, whole", "ciou"),
+                           ("whole 1024", "ciou"), ("whole 1024", "cbbl_ciou"), ("whole 1024", "cbbl_ciou vote")]
+    # rescored runs keep the compute they trained with
+    assert table["whole 640, sliced", "ciou"]["train_compute_vs_whole640"] == 1.0
+    assert table["tile 640, whole", "ciou"]["train_compute_vs_whole640"] == round(12 * 1000 / (30 * 400), 2)
     voted = table["whole 1024", "cbbl_ciou vote"]
     assert voted["yolov5_map50_95_t_vs_whole640"] == round(welch_t([0.047, 0.048], [0.037, 0.038]), 2)
     tile, big = table["tile 640", "ciou"], table["whole 1024", "cbbl_ciou"]
@@ -144,16 +150,18 @@ def test_compare_regimes_tests_each_regime_against_whole_frames_at_640(tmp_path,
     assert big["train_h_mean"] == 1.5 and big["val_ms_per_frame_mean"] == 16.0
 
 
-def test_slice_scores_finished_runs_only_and_never_trains(tmp_path, monkeypatch):
+def test_rescore_scores_finished_runs_only_and_never_trains(tmp_path, monkeypatch):
     project = tmp_path / "runs"
     write_csv(project / "ciou_s0" / "results.csv", [{"epoch": epoch} for epoch in range(3)])  # 3 of 30 epochs
-    monkeypatch.setattr(visdrone_real, "run_training", lambda *args: pytest.fail("--slice trained a run"))
-    args = visdrone_real.parse_args(["--slice", "640", "--configs", "ciou", "--project", str(project),
+    monkeypatch.setattr(visdrone_real, "run_training", lambda *args: pytest.fail("--rescore trained a run"))
+    args = visdrone_real.parse_args(["--rescore", "sliced", "--configs", "ciou", "--project", str(project),
                                      "--out", str(tmp_path / "out")])
     visdrone_real.study_one(args, tmp_path / "data.yaml", "ciou", 0)
     (row,) = visdrone_real.read_csv(tmp_path / "out" / "runs.csv")
-    assert row["status"] == "failed" and "has trained 3 of 30 epochs" in row["error"] and row["slice"] == "640"
-    assert visdrone_real.parse_args(["--slice", "640"]).project.name == "visdrone_real"  # the whole-frame 640 runs
+    assert row["status"] == "failed" and "has trained 3 of 30 epochs" in row["error"] and row["rescore"] == "sliced"
+    # by default each rescores the runs of its regime: the whole-frame 640 runs sliced, the tile runs whole
+    assert visdrone_real.parse_args(["--rescore", "sliced"]).project.name == "visdrone_real"
+    assert visdrone_real.parse_args(["--rescore", "whole", "--tile", "640"]).project.name == "visdrone_real_tile640"
 
 
 def test_images_per_epoch_counts_the_frames_or_their_windows(tmp_path):

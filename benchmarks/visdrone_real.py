@@ -299,17 +299,13 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
 
 
 def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> None:
-    """Train, evaluate and record one (config, seed); a failure is recorded, not raised. With --rescore nothing is
-    trained: the run must have finished."""
+    """Train (unless --rescore), evaluate and record one (config, seed); a failure is recorded, not raised."""
     run_dir = args.project / f"{config}_s{seed}"
     row = {"config": config, "seed": seed, "img": args.img, "epochs": args.train_epochs,
            **({"tile": args.tile} if args.tile else {}), **({"rescore": args.rescore} if args.rescore else {})}
     try:
         if not args.rescore:
             run_training(args, data, config, seed, run_dir)
-        elif not finished(args, run_dir):
-            raise ValueError(f"--rescore scores finished runs only: {run_dir} has trained {trained_epochs(run_dir)} "
-                             f"of {args.train_epochs} epochs")
         figures = evaluate(args, data, config, seed, run_dir)
         status, error = "ok", ""
     except (RuntimeError, ValueError, OSError) as err:
@@ -585,9 +581,17 @@ def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
 
 
 def pending_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
-    """(config, seed) pairs without an 'ok' row, seed-major so a cut-short study has every config at equal seeds."""
+    """(config, seed) pairs without an 'ok' row, seed-major so a cut-short study has every config at equal seeds;
+    with --rescore only the finished runs (the others are said and left for a later call)."""
     done = {(row["config"], int(row["seed"])) for row in read_csv(args.out / "runs.csv") if row["status"] == "ok"}
-    return [(config, seed) for seed in args.seeds for config in args.configs if (config, seed) not in done]
+    pending = [(config, seed) for seed in args.seeds for config in args.configs if (config, seed) not in done]
+    if not args.rescore:
+        return pending
+    unfinished = [pair for pair in pending if not finished(args, args.project / f"{pair[0]}_s{pair[1]}")]
+    if unfinished:
+        logger.info("--rescore: not finished yet under %s, left for later: %s", args.project,
+                    " ".join(f"{config}_s{seed}" for config, seed in unfinished))
+    return [pair for pair in pending if pair not in unfinished]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -152,13 +152,20 @@ def test_compare_regimes_tests_each_regime_against_whole_frames_at_640(tmp_path,
 
 def test_rescore_scores_finished_runs_only_and_never_trains(tmp_path, monkeypatch):
     project = tmp_path / "runs"
-    write_csv(project / "ciou_s0" / "results.csv", [{"epoch": epoch} for epoch in range(3)])  # 3 of 30 epochs
+    for run, epochs in (("ciou_s0", 30), ("ciou_s1", 3), ("cbbl_ciou_s0", 30)):  # ciou_s1: 3 of 30 epochs
+        write_csv(project / run / "results.csv", [{"epoch": epoch} for epoch in range(epochs)])
+        (project / run / "weights").mkdir()
+        (project / run / "weights" / "best.pt").touch()
+    write_csv(tmp_path / "out" / "runs.csv", [{"config": "cbbl_ciou", "seed": 0, "status": "ok"}])  # scored already
+    args = visdrone_real.parse_args(["--rescore", "sliced", "--configs", "ciou", "cbbl_ciou", "--seeds", "0", "1",
+                                     "--project", str(project), "--out", str(tmp_path / "out")])
+    assert visdrone_real.pending_runs(args) == [("ciou", 0)]
+    scored = []
     monkeypatch.setattr(visdrone_real, "run_training", lambda *args: pytest.fail("--rescore trained a run"))
-    args = visdrone_real.parse_args(["--rescore", "sliced", "--configs", "ciou", "--project", str(project),
-                                     "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(visdrone_real, "evaluate", lambda *args: scored.append(args[2:4]) or {"yolov5_map50": 0.1})
     visdrone_real.study_one(args, tmp_path / "data.yaml", "ciou", 0)
-    (row,) = visdrone_real.read_csv(tmp_path / "out" / "runs.csv")
-    assert row["status"] == "failed" and "has trained 3 of 30 epochs" in row["error"] and row["rescore"] == "sliced"
+    assert scored == [("ciou", 0)]
+    assert visdrone_real.read_csv(tmp_path / "out" / "runs.csv")[-1]["rescore"] == "sliced"
     # by default each rescores the runs of its regime: the whole-frame 640 runs sliced, the tile runs whole
     assert visdrone_real.parse_args(["--rescore", "sliced"]).project.name == "visdrone_real"
     assert visdrone_real.parse_args(["--rescore", "whole", "--tile", "640"]).project.name == "visdrone_real_tile640"

@@ -204,16 +204,22 @@ def trained_epochs(run_dir: Path) -> int:
     return len(read_csv(run_dir / "results.csv"))
 
 
-def finished(args: argparse.Namespace, run_dir: Path) -> bool:
-    """Whether the run trained all its epochs and has its best.pt."""
-    return trained_epochs(run_dir) >= args.train_epochs and (run_dir / "weights" / "best.pt").is_file()
+def finished(run_dir: Path) -> bool:
+    """Whether the run trained all the epochs it was started with (its opt.yaml) and has its best.pt (which a
+    run in progress has too)."""
+    import yaml
+
+    opt = run_dir / "opt.yaml"
+    if not opt.is_file() or not (run_dir / "weights" / "best.pt").is_file():
+        return False
+    return trained_epochs(run_dir) >= int(yaml.safe_load(opt.read_text(encoding="utf-8"))["epochs"])
 
 
 def run_training(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> None:
     """Train (or resume) one run in its own 1-thread process; its wall time accumulates in <run>.time.json."""
     timer_file = run_dir.parent / f"{run_dir.name}.time.json"
     spent = json.loads(timer_file.read_text())["wall_s"] if timer_file.is_file() else 0.0
-    if finished(args, run_dir):
+    if finished(run_dir):
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = train_command(args, data, config, seed, run_dir)
@@ -471,7 +477,7 @@ class Timed:
 def first_finished(project: Path, config: str, seeds: list[int]) -> Path | None:
     """best.pt of ``config``'s first seed (in ``seeds`` order) whose run finished under ``project``."""
     return next((project / f"{config}_s{seed}" / "weights" / "best.pt" for seed in seeds
-                 if (project / f"{config}_s{seed}" / "weights" / "best.pt").is_file()), None)
+                 if finished(project / f"{config}_s{seed}")), None)
 
 
 def voting_variants(args: argparse.Namespace) -> list[Timed]:
@@ -587,7 +593,7 @@ def pending_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
     pending = [(config, seed) for seed in args.seeds for config in args.configs if (config, seed) not in done]
     if not args.rescore:
         return pending
-    unfinished = [pair for pair in pending if not finished(args, args.project / f"{pair[0]}_s{pair[1]}")]
+    unfinished = [pair for pair in pending if not finished(args.project / f"{pair[0]}_s{pair[1]}")]
     if unfinished:
         logger.info("--rescore: not finished yet under %s, left for later: %s", args.project,
                     " ".join(f"{config}_s{seed}" for config, seed in unfinished))

@@ -59,15 +59,24 @@ def test_summary_md_tables_the_finished_configs_and_their_voted_columns():
     assert body[2].startswith(f"| cbbl_ciou | 0.0375 +- 0.0021 (t {t_vote:+.1f}) |")
 
 
+def make_run(run_dir, checkpoint=None, epochs=2, trained=2):
+    """A run folder as train.py leaves it: opt.yaml, ``trained`` of ``epochs`` rows in results.csv, best.pt."""
+    (run_dir / "weights").mkdir(parents=True)
+    (run_dir / "opt.yaml").write_text(f"epochs: {epochs}\n", encoding="utf-8")
+    write_csv(run_dir / "results.csv", [{"epoch": epoch} for epoch in range(trained)])
+    if checkpoint:
+        shutil.copy(checkpoint, run_dir / "weights" / "best.pt")
+    else:
+        (run_dir / "weights" / "best.pt").touch()
+
+
 def test_inference_cost_times_each_variant_against_its_plain_twin(tmp_path, tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(visdrone_real, "COST_FRAMES", 2)
     monkeypatch.setattr(visdrone_real, "COST_SIZES", (64,))
     monkeypatch.setattr(visdrone_real, "COST_ROUNDS", 2)
     project, work = tmp_path / "runs", tmp_path / "work"
     for config, head in (("cbbl_ciou", {}), ("cbbl_ciou_quality", {"score": "quality"})):
-        weights = project / f"{config}_s1" / "weights"
-        weights.mkdir(parents=True)
-        shutil.copy(tiny_checkpoint("cbbl", name=f"{config}.pt", head=head), weights / "best.pt")
+        make_run(project / f"{config}_s1", tiny_checkpoint("cbbl", name=f"{config}.pt", head=head))
     images = work / visdrone_real.SPLITS[1] / "images"
     images.mkdir(parents=True)
     for index in range(3):
@@ -90,8 +99,8 @@ def test_regime_variants_divide_each_regime_by_the_same_config_on_whole_frames(t
     runs = tmp_path / "runs"
     for folder, run in (("visdrone_real", "ciou_s0"), ("visdrone_real_1024", "ciou_s1"),
                         ("visdrone_real_tile640", "ciou_s2"), ("visdrone_real_tile640", "cbbl_ciou_s0")):
-        (runs / folder / run / "weights").mkdir(parents=True)
-        shutil.copy(tiny_checkpoint(), runs / folder / run / "weights" / "best.pt")
+        make_run(runs / folder / run, tiny_checkpoint())
+    make_run(runs / "visdrone_real_1024" / "ciou_s0", tiny_checkpoint(), trained=1)  # still training: not picked
     args = visdrone_real.parse_args(["--regimes", "--configs", "ciou", "cbbl_ciou", "--project",
                                      str(runs / "visdrone_real")])
     variants = {(v.variant, v.img): v for v in visdrone_real.regime_variants(args)}
@@ -100,6 +109,7 @@ def test_regime_variants_divide_each_regime_by_the_same_config_on_whole_frames(t
                              ("tile 640, whole ciou", 640), ("whole 1024 ciou", 1024)}
     assert {v.plain for v in variants.values()} == {("whole 640 ciou", 640)}
     assert variants["tile 640 ciou", 640].weights == runs / "visdrone_real_tile640" / "ciou_s2" / "weights" / "best.pt"
+    assert variants["whole 1024 ciou", 1024].weights == runs / "visdrone_real_1024" / "ciou_s1" / "weights" / "best.pt"
     sliced = variants["whole 640, sliced ciou", 640]  # the whole-frame run, sliced; a tile run slices by itself
     assert sliced.weights == variants["whole 640 ciou", 640].weights
     assert sliced.slicing == {"slice": [640, 640], "overlap": visdrone_real.TILE_OVERLAP}
@@ -152,10 +162,8 @@ def test_compare_regimes_tests_each_regime_against_whole_frames_at_640(tmp_path,
 
 def test_rescore_scores_finished_runs_only_and_never_trains(tmp_path, monkeypatch):
     project = tmp_path / "runs"
-    for run, epochs in (("ciou_s0", 30), ("ciou_s1", 3), ("cbbl_ciou_s0", 30)):  # ciou_s1: 3 of 30 epochs
-        write_csv(project / run / "results.csv", [{"epoch": epoch} for epoch in range(epochs)])
-        (project / run / "weights").mkdir()
-        (project / run / "weights" / "best.pt").touch()
+    for run, trained in (("ciou_s0", 30), ("ciou_s1", 3), ("cbbl_ciou_s0", 30)):  # ciou_s1: 3 of 30 epochs
+        make_run(project / run, epochs=30, trained=trained)
     write_csv(tmp_path / "out" / "runs.csv", [{"config": "cbbl_ciou", "seed": 0, "status": "ok"}])  # scored already
     args = visdrone_real.parse_args(["--rescore", "sliced", "--configs", "ciou", "cbbl_ciou", "--seeds", "0", "1",
                                      "--project", str(project), "--out", str(tmp_path / "out")])

@@ -631,7 +631,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run folders (default runs/visdrone_real/<out>; with --rescore, the runs of the regime "
                              "it rescores)")
     args = parser.parse_args(argv)
-    rescored = [regime.runs for regime in REGIMES.values() if regime.rescore and regime.rescore == args.rescore]
+    rescored = [regime.runs for regime in REGIMES.values() if args.rescore and regime.rescore == args.rescore]
     args.project = args.project or ROOT / "runs" / "visdrone_real" / (rescored[0] if rescored else args.out.name)
     args.train_epochs = args.epochs
     return args

@@ -70,7 +70,8 @@ SPARSE = "torch-sparse"  # detect.py's PyTorch path for C-BBL: box distributions
 # with the side variances its default variance voting reads
 SPARSE_PLAIN = "torch-sparse-plain"  # the same under --no-cbbl-fusion: no side variances
 ORT_VARIANCE = "onnxruntime-variance"  # C-BBL exported with its side_variance output (what --cbbl-fusion reads)
-CBBL_ONLY_RUNTIMES = (SPARSE, SPARSE_PLAIN, ORT_VARIANCE)
+SPARSE_RUNTIMES = (SPARSE, SPARSE_PLAIN)  # PyTorch with detect.py's decode settings
+CBBL_ONLY_RUNTIMES = (*SPARSE_RUNTIMES, ORT_VARIANCE)
 RUNTIMES = ("torch", SPARSE, SPARSE_PLAIN, "onnxruntime", ORT_VARIANCE)
 # our rows' labels (cl: channels-last; the ONNX Runtime paths keep their names)
 RUNTIME_LABELS = {"torch": "torch cl", SPARSE: "torch cl sparse", SPARSE_PLAIN: "torch cl sparse plain"}
@@ -169,12 +170,12 @@ def ours_backend(args: argparse.Namespace, cfg: str, box_loss: str, runtime: str
         if not path.exists():
             save_random_checkpoint(cfg, box_loss, args.img, path)
         backend = load_backend([str(path)], CPU, half=precision == "bf16",
-                               runtime={SPARSE: "torch", SPARSE_PLAIN: "torch",
-                                        ORT_VARIANCE: "onnxruntime"}.get(runtime, runtime),
+                               runtime="torch" if runtime in SPARSE_RUNTIMES else
+                               {ORT_VARIANCE: "onnxruntime"}.get(runtime, runtime),
                                cbbl_fusion=runtime == ORT_VARIANCE)
         if precision == "bf16" and not backend.bf16:
             raise RuntimeError(f"{cfg} {box_loss} {runtime}: --half did not enable bf16 on this CPU")
-        if runtime in (SPARSE, SPARSE_PLAIN):  # detect.py's decode, with or without the side variances voting reads
+        if runtime in SPARSE_RUNTIMES:  # detect.py's decode, with or without the side variances voting reads
             backend.decode_only_above(DetectOptions().conf_thres)
             backend.decode_side_variance(DetectOptions().cbbl_fusion if runtime == SPARSE else False)
         args.backends[key] = backend

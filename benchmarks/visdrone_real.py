@@ -40,6 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -57,6 +58,9 @@ from benchmarks.common import (  # noqa: E402
     write_json,
 )
 from utils.files import atomic_write_text  # noqa: E402
+
+if TYPE_CHECKING:
+    from utils.data.tiles import TileSettings
 
 logger = logging.getLogger("benchmarks.visdrone_real")
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,6 +261,14 @@ def scored_row(collected, names: list[str], suffix: str = "") -> dict:
         key, float("nan")))), 5) for name, (protocol, key) in METRICS.items()}
 
 
+def scoring_window(rescore: str, img: int, trained_tile: TileSettings | None) -> tuple[int, float]:
+    """(window, overlap) of the slices a run is scored on, window 0 for whole frames: a --tile run as val.py --slice
+    auto scores it (its trained tile), any other on whole frames, unless --rescore says otherwise."""
+    if rescore:
+        return (img, TILE_OVERLAP) if rescore == "sliced" else (0, 0.0)
+    return (trained_tile.window, trained_tile.overlap) if trained_tile else (0, 0.0)
+
+
 def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_dir: Path) -> dict:
     """best.pt on the val frames under the three protocols (one inference pass) and the uncertainty check; a
     C-BBL run also with variance voting (``--cbbl-fusion``, columns ``*_vote``)."""
@@ -273,9 +285,7 @@ def evaluate(args: argparse.Namespace, data: Path, config: str, seed: int, run_d
     backend = load_backend([str(run_dir / "weights" / "best.pt")], torch.device("cpu"))
     loader, _ = create_dataloader(config_dict["val"], args.img, 16, backend.stride, rect=True, pad=0.5, workers=0)
     detection = {"conf_thres": 0.001, "iou_thres": 0.6, "max_det": max(MAX_DET.values())}
-    tile = backend.trained_tile  # a --tile run is validated as val.py --slice auto runs it, unless rescored
-    window, overlap = ((args.img, TILE_OVERLAP) if args.rescore == "sliced" else
-                       (tile.window, tile.overlap) if tile and not args.rescore else (0, 0))
+    window, overlap = scoring_window(args.rescore, args.img, backend.trained_tile)
 
     def collected_with(fusion: bool):
         if not window:

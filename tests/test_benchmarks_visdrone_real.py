@@ -179,6 +179,17 @@ def test_rescore_scores_finished_runs_only_and_never_trains(tmp_path, monkeypatc
     assert visdrone_real.parse_args(["--rescore", "whole", "--tile", "640"]).project.name == "visdrone_real_tile640"
 
 
+def test_runs_are_scored_as_trained_unless_rescored():
+    from utils.data.tiles import TileSettings
+
+    tile = TileSettings(512, 0.3)
+    assert visdrone_real.scoring_window("", 640, tile) == (tile.window, 0.3)  # a tile run: its own slices
+    assert visdrone_real.scoring_window("", 640, None) == (0, 0.0)  # a whole-frame run: whole frames
+    assert visdrone_real.scoring_window("sliced", 640, None) == (640, visdrone_real.TILE_OVERLAP)
+    assert visdrone_real.scoring_window("sliced", 640, tile) == (640, visdrone_real.TILE_OVERLAP)
+    assert visdrone_real.scoring_window("whole", 640, tile) == (0, 0.0)
+
+
 def test_images_per_epoch_counts_the_frames_or_their_windows(tmp_path):
     images = tmp_path / visdrone_real.SPLITS[0] / "images"
     labels = images.parent / "labels"

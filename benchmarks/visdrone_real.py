@@ -11,7 +11,7 @@
         --out benchmarks/results/visdrone_real_sliced640   # the whole-frame 640 runs scored on 640 px slices
     python benchmarks/visdrone_real.py --rescore whole --tile 640 --configs ciou cbbl_ciou \
         --out benchmarks/results/visdrone_real_tile640_whole   # the tile runs scored on whole frames at 640 px
-    python benchmarks/visdrone_real.py --regimes --configs ciou cbbl_ciou   # whole 640 vs tile 640 vs whole 1024
+    python benchmarks/visdrone_real.py --regimes --configs ciou cbbl_ciou   # the regimes side by side (regimes.md)
     python benchmarks/visdrone_real.py --regimes --inference-cost --configs ciou cbbl_ciou   # and their time
 
 What a YOLOv5 user does: train.py from ``yolov5n-coco-v6.1.pt`` on the real frames in ../shared (a working
@@ -31,6 +31,7 @@ import argparse
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 import statistics
@@ -133,6 +134,8 @@ REGIMES = {"whole 640": Regime("visdrone_real", "visdrone_real", 640),
            "tile 640, whole": Regime("visdrone_real_tile640_whole", "visdrone_real_tile640", 640, rescore="whole"),
            "whole 1024": Regime("visdrone_real_1024", "visdrone_real_1024", 1024)}
 REGIME_METRICS = ("yolov5_map50", "yolov5_map50_95", "coco_ap_small", "visdrone_ap")
+# --regimes tests every regime against whole-frame training at the baseline size and at the largest one trained
+REGIME_REFERENCES = ("whole 640", "whole 1024")
 
 
 def prepare_data(work: Path) -> Path:
@@ -560,9 +563,10 @@ def mean_of(rows: list[dict], name: str, scale: float, digits: int) -> float | s
 
 def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
     """The regimes table from the REGIMES studies' runs.csv: per regime and config over seeds, each REGIME_METRICS
-    mean, std and Welch t against the same config on whole frames at 640; the training compute relative to that
-    (epochs x images x network pixels, mean over seeds); training hours and the val pass's ms per frame. A config
-    scored also with variance voting (C-BBL's inference default) gets a second row, ``<config> vote``."""
+    mean, std and Welch t against the same config in each of REGIME_REFERENCES (``<metric>_t_vs_whole640``); the
+    training compute relative to whole frames at 640 (epochs x images x network pixels, mean over seeds); training
+    hours and the val pass's ms per frame. A config scored also with variance voting (C-BBL's inference default)
+    gets a second row, ``<config> vote``, tested against the voted rows."""
     def compute(row: dict) -> int:
         img = int(row["img"])
         return int(row["epochs"]) * images_per_epoch(data, img, int(row.get("tile") or 0)) * img ** 2
@@ -587,13 +591,39 @@ def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
                      "val_ms_per_frame_mean": mean_of(mine, f"infer_ms_per_frame{suffix}", 1, 1)}
             for name in REGIME_METRICS:
                 values = [float(row[name + suffix]) for row in mine]
-                reference = [float(row[name + suffix]) for row in base]
                 entry[f"{name}_mean"] = round(statistics.mean(values), 5)
                 entry[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else ""
-                entry[f"{name}_t_vs_whole640"] = (round(welch_t(values, reference), 2)
-                                                  if regime != baseline_regime and reference else "")
+                for against in REGIME_REFERENCES:
+                    reference = [float(row[name + suffix]) for row in scored(studies[against], config, suffix)]
+                    entry[f"{name}_t_vs_{against.replace(' ', '')}"] = (round(welch_t(values, reference), 2)
+                                                                        if regime != against and reference else "")
             table.append(entry)
     return table
+
+
+def regimes_markdown(table: list[dict], cost: list[dict]) -> str:
+    """regimes.md: the regimes table as the README shows it (mean +- std, t against each of REGIME_REFERENCES,
+    '-' where a side has too few seeds or is the row itself) with detect.py's time per frame from ``cost``
+    (``regimes_inference_cost.csv``; plain NMS, so a voted row shows its plain twin's time)."""
+    timed = {row["variant"]: row for row in cost}
+    references = " / ".join(REGIME_REFERENCES)
+    lines = [f"Mean +- std over seeds (Welch t against {references}); detect.py ms per frame, median of interleaved "
+             "rounds (ratio to whole 640).", "",
+             "| regime | config | seeds | train h | " + " | ".join(REGIME_METRICS) + " | detect.py ms / frame |",
+             "|" + " --- |" * (len(REGIME_METRICS) + 5)]
+    for entry in table:
+        cells = []
+        for name in REGIME_METRICS:
+            ts = [entry[f"{name}_t_vs_{against.replace(' ', '')}"] for against in REGIME_REFERENCES]
+            shown = [f"{float(t):+.1f}" if t != "" and not math.isnan(float(t)) else "-" for t in ts]
+            cells.append(summary_cell(entry, name, [], 4) + (f" (t {' / '.join(shown)})" if set(shown) != {"-"}
+                                                             else ""))
+        time_row = timed.get(f"{entry['regime']} {entry['config'].removesuffix(' vote')}")
+        time_cell = (f"{time_row['ms_per_frame_median']} ({float(time_row['ratio_to_plain_median']):.1f}x)"
+                     if time_row else "-")
+        lines.append(f"| {entry['regime']} | {entry['config']} | {entry['seeds_ok']} | {entry['train_h_mean']} | "
+                     f"{' | '.join(cells)} | {time_cell} |")
+    return "\n".join(lines) + "\n"
 
 
 def pending_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
@@ -663,7 +693,10 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(args.out / name, inference_cost(args, data, variants))
         return 0
     if args.regimes:
-        write_csv(args.out / "regimes.csv", compare_regimes(args, prepare_data(args.work)))
+        table = compare_regimes(args, prepare_data(args.work))
+        write_csv(args.out / "regimes.csv", table)
+        cost = read_csv(args.out / "regimes_inference_cost.csv")  # [] until --regimes --inference-cost ran
+        atomic_write_text(args.out / "regimes.md", regimes_markdown(table, cost))
         return 0
     if not args.summary_only:
         write_json(args.out / "settings.json", {"header": header_lines({k: str(v) for k, v in vars(args).items()})})

@@ -158,6 +158,31 @@ def test_compare_regimes_tests_each_regime_against_whole_frames_at_640(tmp_path,
     assert big["train_compute_vs_whole640"] == round((1024 / 640) ** 2, 2)
     assert table["whole 640", "ciou"]["yolov5_map50_t_vs_whole640"] == ""
     assert big["train_h_mean"] == 1.5 and big["val_ms_per_frame_mean"] == 16.0
+    # and against the largest whole-frame size, which is not tested against itself
+    assert tile["yolov5_map50_95_t_vs_whole1024"] == round(welch_t([0.050, 0.051], [0.060, 0.061]), 2) < 0
+    assert table["whole 640", "ciou"]["visdrone_ap_t_vs_whole1024"] == round(welch_t([0.040, 0.041],
+                                                                                     [0.060, 0.061]), 2)
+    assert big["yolov5_map50_t_vs_whole1024"] == ""
+    assert table["tile 640, whole", "ciou"]["yolov5_map50_t_vs_whole1024"] == round(
+        welch_t([0.042, 0.043], [0.060, 0.061]), 2)
+
+
+def test_regimes_markdown_shows_both_t_and_the_timed_plain_twin():
+    def entry(regime, config, seeds, t640, t1024):
+        row = {"regime": regime, "config": config, "seeds_ok": seeds, "train_h_mean": 1.1}
+        for name in visdrone_real.REGIME_METRICS:
+            row |= {f"{name}_mean": 0.05, f"{name}_std": 0.001 if seeds > 1 else "",
+                    f"{name}_t_vs_whole640": t640, f"{name}_t_vs_whole1024": t1024}
+        return row
+
+    table = [entry("whole 640", "ciou", 3, "", 2.04), entry("tile 640", "cbbl_ciou", 1, "nan", "nan"),
+             entry("tile 640", "cbbl_ciou vote", 2, 12.34, "nan")]
+    cost = [{"variant": "tile 640 cbbl_ciou", "ms_per_frame_median": "436.2", "ratio_to_plain_median": "7.358"}]
+    rows = visdrone_real.regimes_markdown(table, cost).splitlines()[4:]
+    assert rows[0] == ("| whole 640 | ciou | 3 | 1.1 | " + " | ".join(["0.0500 +- 0.0010 (t - / +2.0)"] * 4)
+                       + " | - |")  # not timed
+    assert rows[1] == "| tile 640 | cbbl_ciou | 1 | 1.1 | " + " | ".join(["0.0500"] * 4) + " | 436.2 (7.4x) |"
+    assert rows[2].endswith("0.0500 +- 0.0010 (t +12.3 / -) | 436.2 (7.4x) |")  # voting: its plain twin's time
 
 
 def test_rescore_scores_finished_runs_only_and_never_trains(tmp_path, monkeypatch):

@@ -340,8 +340,9 @@ def study_one(args: argparse.Namespace, data: Path, config: str, seed: int) -> N
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per config: seeds, mean and sample std of every metric, Welch's t against ciou; for the C-BBL variants
-    (VARIANTS, and variance voting's ``*_vote`` columns) also Welch's t against their plain config."""
+    """Per config: seeds, mean and sample std of every metric, Welch's t against ciou (voting's ``*_vote``
+    columns too: each head as it infers by default); for the C-BBL variants (VARIANTS, and the ``*_vote``
+    columns) also Welch's t against their plain config."""
     ok = [row for row in rows if row["status"] == "ok"]
     columns = [*METRICS, "spearman_unc_vs_1-iou", *(f"{name}_vote" for name in METRICS)]
 
@@ -355,8 +356,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             mine, metric = values(config, name), name.removesuffix("_vote")
             entry[f"{name}_mean"] = round(statistics.mean(mine), 5) if mine else ""
             entry[f"{name}_std"] = round(statistics.stdev(mine), 5) if len(mine) > 1 else ""
-            entry[f"{name}_t_vs_ciou"] = (round(welch_t(mine, values("ciou", name)), 2)
-                                          if config != "ciou" and name in METRICS else "")
+            entry[f"{name}_t_vs_ciou"] = (round(welch_t(mine, values("ciou", metric)), 2)  # CIoU has no voting
+                                          if config != "ciou" and metric in METRICS and mine else "")
             for plain, variants in VARIANTS.items():
                 compared = config in variants or (config == plain and name != metric)
                 entry[f"{name}_t_vs_{plain}"] = (round(welch_t(mine, values(plain, metric)), 2)
@@ -370,7 +371,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown_tables(summary: list[dict]) -> str:
     """summary.md: every config with finished seeds under each METRICS (mean +- std, Welch t against CIoU, then
-    against its plain config), and the same with variance voting (t against each plain config it is compared to)."""
+    against its plain config), and the same with variance voting (t against CIoU, then each plain config it is
+    compared to)."""
     plains = [f"t_vs_{plain}" for plain in VARIANTS]
     header = "| config | seeds | " + " | ".join(METRICS) + " | spearman_unc_vs_1-iou |"
     lines = ["Mean +- std over seeds (t against ciou / against the plain config, VARIANTS).", "", header,
@@ -380,12 +382,12 @@ def markdown_tables(summary: list[dict]) -> str:
             cells = [summary_cell(entry, name, ["t_vs_ciou", *plains], 4) for name in METRICS]
             spearman = summary_cell(entry, "spearman_unc_vs_1-iou", [], 3)
             lines.append(f"| {entry['config']} | {entry['seeds_ok']} | {' | '.join(cells)} | {spearman} |")
-    lines += ["", "With variance voting (`--cbbl-fusion`), t against the plain configs in VARIANTS order, then against "
-              "their voted columns.", "",
+    lines += ["", "With variance voting (`--cbbl-fusion`), t against ciou, then the plain configs in VARIANTS order, "
+              "then their voted columns.", "",
               "| config | " + " | ".join(METRICS) + " |", "|" + " --- |" * (len(METRICS) + 1)]
     for entry in summary:
         if entry.get(f"{next(iter(METRICS))}_vote_mean", "") != "":
-            cells = [summary_cell(entry, f"{name}_vote", [*plains, *(f"{t}_vote" for t in plains)], 4)
+            cells = [summary_cell(entry, f"{name}_vote", ["t_vs_ciou", *plains, *(f"{t}_vote" for t in plains)], 4)
                      for name in METRICS]
             lines.append(f"| {entry['config']} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"

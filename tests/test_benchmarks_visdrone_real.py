@@ -4,6 +4,7 @@ covers that path)."""
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import cv2
@@ -30,11 +31,13 @@ def test_summary_takes_mean_std_and_welch_t_against_ciou_and_each_variants_plain
     assert summary["ciou"]["yolov5_map50_95_t_vs_ciou"] == "" and summary["cbbl_paper"]["seeds_ok"] == 0
     # plain C-BBL's voting (one voted seed: no std, no t)
     assert cbbl["yolov5_map50_95_t_vs_cbbl"] == "" and cbbl["yolov5_map50_95_vote_mean"] == 0.033
-    assert cbbl["yolov5_map50_95_vote_std"] == "" and cbbl["yolov5_map50_95_vote_t_vs_ciou"] == ""
+    assert cbbl["yolov5_map50_95_vote_std"] == "" and math.isnan(cbbl["yolov5_map50_95_vote_t_vs_ciou"])
     # the CIoU term against the paper's loss; the default's voting against both plain configs
     assert default["yolov5_map50_95_t_vs_cbbl"] == round(welch_t([0.035, 0.037], [0.030, 0.034]), 2)
     assert default["yolov5_map50_95_t_vs_cbbl_ciou"] == ""
     assert default["yolov5_map50_95_vote_t_vs_cbbl_ciou"] == round(welch_t([0.036, 0.039], [0.035, 0.037]), 2) > 0
+    # each head as it infers by default: voted C-BBL against CIoU, which has no voting
+    assert default["yolov5_map50_95_vote_t_vs_ciou"] == round(welch_t([0.036, 0.039], [0.040, 0.042]), 2) < 0
     # the quality score, and quality + voting, against the default, not against the paper's loss
     assert quality["yolov5_map50_95_t_vs_cbbl_ciou"] == round(welch_t([0.036, 0.038], [0.035, 0.037]), 2) > 0
     assert quality["yolov5_map50_95_vote_t_vs_cbbl_ciou"] == round(welch_t([0.037, 0.040], [0.035, 0.037]), 2)
@@ -55,8 +58,9 @@ def test_summary_md_tables_the_finished_configs_and_their_voted_columns():
     assert [line.split(" | ")[0] for line in body] == ["| ciou", "| cbbl_ciou", "| cbbl_ciou"], "no row without seeds"
     t_ciou = welch_t([0.035, 0.037], [0.040, 0.042])
     assert body[1].startswith(f"| cbbl_ciou | 2 | 0.0360 +- 0.0014 (t {t_ciou:+.1f}) |")
+    t_vote_ciou = welch_t([0.036, 0.039], [0.040, 0.042])
     t_vote = welch_t([0.036, 0.039], [0.035, 0.037])  # against the plain default (no plain cbbl rows here)
-    assert body[2].startswith(f"| cbbl_ciou | 0.0375 +- 0.0021 (t {t_vote:+.1f}) |")
+    assert body[2].startswith(f"| cbbl_ciou | 0.0375 +- 0.0021 (t {t_vote_ciou:+.1f} / {t_vote:+.1f}) |")
 
 
 def make_run(run_dir, checkpoint=None, epochs=2, trained=2):

@@ -138,6 +138,11 @@ REGIME_METRICS = ("yolov5_map50", "yolov5_map50_95", "coco_ap_small", "visdrone_
 REGIME_REFERENCES = ("whole 640", "whole 1024")
 
 
+def regime_t_column(metric: str, against: str) -> str:
+    """regimes.csv's column of ``metric``'s Welch t against the regime ``against`` (``yolov5_map50_t_vs_whole640``)."""
+    return f"{metric}_t_vs_{against.replace(' ', '')}"
+
+
 def prepare_data(work: Path) -> Path:
     """A working copy of the real frames under ``work`` (images linked, annotations copied, YOLO labels made by
     the project's converter) and its dataset YAML; ../shared is only read."""
@@ -565,7 +570,7 @@ def mean_of(rows: list[dict], name: str, scale: float, digits: int) -> float | s
 
 def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
     """The regimes table from the REGIMES studies' runs.csv: per regime and config over seeds, each REGIME_METRICS
-    mean, std and Welch t against the same config in each of REGIME_REFERENCES (``<metric>_t_vs_whole640``); the
+    mean, std and Welch t against the same config in each of REGIME_REFERENCES (regime_t_column); the
     training compute relative to whole frames at 640 (epochs x images x network pixels, mean over seeds); training
     hours and the val pass's ms per frame. A config scored also with variance voting (C-BBL's inference default)
     gets a second row, ``<config> vote``, tested against the voted rows."""
@@ -597,8 +602,8 @@ def compare_regimes(args: argparse.Namespace, data: Path) -> list[dict]:
                 entry[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else ""
                 for against in REGIME_REFERENCES:
                     reference = [float(row[name + suffix]) for row in scored(studies[against], config, suffix)]
-                    entry[f"{name}_t_vs_{against.replace(' ', '')}"] = (round(welch_t(values, reference), 2)
-                                                                        if regime != against and reference else "")
+                    entry[regime_t_column(name, against)] = (round(welch_t(values, reference), 2)
+                                                             if regime != against and reference else "")
             table.append(entry)
     return table
 
@@ -616,10 +621,10 @@ def regimes_markdown(table: list[dict], cost: list[dict]) -> str:
     for entry in table:
         cells = []
         for name in REGIME_METRICS:
-            ts = [entry[f"{name}_t_vs_{against.replace(' ', '')}"] for against in REGIME_REFERENCES]
+            ts = [entry[regime_t_column(name, against)] for against in REGIME_REFERENCES]
             shown = [f"{float(t):+.1f}" if t != "" and not math.isnan(float(t)) else "-" for t in ts]
-            cells.append(summary_cell(entry, name, [], 4) + (f" (t {' / '.join(shown)})" if set(shown) != {"-"}
-                                                             else ""))
+            t_part = f" (t {' / '.join(shown)})" if set(shown) != {"-"} else ""
+            cells.append(summary_cell(entry, name, [], 4) + t_part)
         time_row = timed.get(f"{entry['regime']} {entry['config'].removesuffix(' vote')}")
         time_cell = (f"{time_row['ms_per_frame_median']} ({float(time_row['ratio_to_plain_median']):.1f}x)"
                      if time_row else "-")

@@ -129,3 +129,19 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch, interrupt, line):
         cli_main(main, "prog.py")
     assert exit_info.value.code == INTERRUPTED_EXIT == 130
     assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_ctrl_c_inside_a_constructor_still_prints_one_line():
+    """Ctrl-C that lands while an object is being built (a tqdm bar, say) leaves it half-built; its finaliser then
+    fails when it is collected at exit, and Python would print that traceback under our one line."""
+    script = ("import os; os.environ.pop('CBBL_TRACEBACK', None)\n"
+              "from utils.options import cli_main\n"
+              "class Bar:\n"
+              "    def __init__(self):\n"
+              "        raise KeyboardInterrupt\n"
+              "    def __del__(self):\n"
+              "        self.position  # set in __init__ after the interrupt: AttributeError\n"
+              "cli_main(Bar, 'prog.py')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == INTERRUPTED_EXIT
+    assert done.stderr.splitlines() == ["prog.py: interrupted"], done.stderr

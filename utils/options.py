@@ -122,6 +122,10 @@ def options_from_kwargs(options_cls: type[T], kwargs: dict[str, Any]) -> T:
     return options_cls(**kwargs)
 
 
+def _ignore_unraisable(unraisable: Any) -> None:
+    """``sys.unraisablehook`` that prints nothing."""
+
+
 def cli_main(main: Callable[[], Any], prog: str) -> None:
     """Run a CLI's ``main``: user errors (bad value, missing file, unreadable YAML, a failed write such as a full
     disk or a read-only folder) print one line ``prog: error: ...`` and exit 2; ctrl-C prints one line (what the
@@ -131,6 +135,8 @@ def cli_main(main: Callable[[], Any], prog: str) -> None:
     except KeyboardInterrupt as interrupt:
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
+        # an object that ctrl-C caught mid-construction (a tqdm bar) fails in its finaliser at exit: not the news
+        sys.unraisablehook = _ignore_unraisable
         logging.shutdown()
         print(f"{prog}: {' '.join(str(interrupt).split()) or 'interrupted'}", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)

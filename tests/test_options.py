@@ -121,6 +121,7 @@ def _tiny_weights(tmp_path):
                                                   "prog.py: saved in x/last.pt: resume it")])
 def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch, interrupt, line):
     monkeypatch.delenv("CBBL_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # cli_main replaces it for the exiting process
 
     def main():
         raise interrupt
